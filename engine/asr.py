@@ -1,0 +1,50 @@
+from collections.abc import Sequence as SequenceOf
+
+from tqdm import tqdm
+
+from engine.audio import AudioInput, load_audio
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import Transcription
+from scheduler import SamplingParams
+
+
+class ASR:
+    """Offline transcription: the thin synchronous face of the engine."""
+
+    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
+                 **engine_options: object):
+        self.engine = LLMEngine(EngineConfig.from_options(model=model, device=device, dtype=dtype,
+                                                          **engine_options))
+
+    def transcribe(self, audio: AudioInput | SequenceOf[AudioInput], language: str | list[str | None] | None = None,
+                   context: str | list[str] = "", sampling_params: SamplingParams | None = None,
+                   use_tqdm: bool = False) -> list[Transcription]:
+        audios = list(audio) if isinstance(audio, list) else [audio]
+        languages = _per_item(language, len(audios), "language")
+        contexts = _per_item(context, len(audios), "context")
+        samples = [load_audio(item) for item in audios]
+        request_ids: list[str] = []
+        try:
+            for wave, lang, ctx in zip(samples, languages, contexts):
+                request_ids.append(self.engine.add_request(wave, lang, ctx or "", sampling_params))
+        except Exception:
+            for request_id in request_ids:
+                self.engine.abort(request_id)
+            raise
+        results: dict[str, Transcription] = {}
+        with tqdm(total=len(request_ids), desc="transcribing", unit="audio", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished:
+                for output in self.engine.step():
+                    if output.finished and output.result is not None:
+                        results[output.request_id] = output.result
+                        bar.update(1)
+        return [results[request_id] for request_id in request_ids]
+
+
+def _per_item(value: object, count: int, name: str) -> list:
+    if isinstance(value, list):
+        if len(value) != count:
+            raise ValueError(f"got {len(value)} {name} values for {count} audios")
+        return value
+    return [value] * count

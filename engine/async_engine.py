@@ -1,0 +1,139 @@
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput, Transcription
+from scheduler import SamplingParams
+
+
+@dataclass(slots=True)
+class _Submit:
+    request_id: str
+    samples: np.ndarray
+    language: str | None
+    context: str
+    sampling_params: SamplingParams | None
+    sink: "asyncio.Queue[RequestOutput | BaseException]"
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass(slots=True)
+class _Abort:
+    request_id: str
+
+
+class AsyncEngine:
+    """The engine for servers: one background thread runs the step loop; callers await text deltas.
+
+    The engine thread owns LLMEngine; the event loop only exchanges messages with it.
+    """
+
+    def __init__(self, config: EngineConfig):
+        self.engine = LLMEngine(config)
+        self.commands: queue.Queue[_Submit | _Abort | None] = queue.Queue()
+        self.sinks: dict[str, _Submit] = {}
+        self.request_ids = (f"areq-{i}" for i in itertools.count())
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="qasr-engine", daemon=True)
+        self.thread.start()
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.sinks)
+
+    async def stream(self, samples: np.ndarray, language: str | None = None, context: str = "",
+                     sampling_params: SamplingParams | None = None,
+                     request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yields text deltas; the last output has finished=True and the result. Cancelling aborts."""
+        if self.error is not None:
+            raise RuntimeError("the engine stopped after an error") from self.error
+        request_id = request_id or next(self.request_ids)
+        sink: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.commands.put(_Submit(request_id, samples, language, context, sampling_params, sink,
+                                  asyncio.get_running_loop()))
+        finished = False
+        try:
+            while True:
+                item = await sink.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    async def transcribe(self, samples: np.ndarray, language: str | None = None, context: str = "",
+                         sampling_params: SamplingParams | None = None,
+                         request_id: str | None = None) -> Transcription:
+        async for output in self.stream(samples, language, context, sampling_params, request_id):
+            if output.finished and output.result is not None:
+                return output.result
+        raise RuntimeError("the engine ended the request without a result")
+
+    def abort(self, request_id: str) -> None:
+        self.commands.put(_Abort(request_id))
+
+    def shutdown(self) -> None:
+        self.commands.put(None)
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            block = not self.engine.has_unfinished
+            try:
+                while True:
+                    command = self.commands.get(block=block)
+                    block = False
+                    if command is None:
+                        return
+                    self._apply(command)
+            except queue.Empty:
+                pass
+            if not self.engine.has_unfinished:
+                continue
+            try:
+                outputs = self.engine.step()
+            except BaseException as error:  # a failed step fails every request in flight, not the process
+                self._fail_all(error)
+                continue
+            for output in outputs:
+                self._deliver(output)
+
+    def _apply(self, command: _Submit | _Abort) -> None:
+        if isinstance(command, _Abort):
+            output = self.engine.abort(command.request_id)
+            if output is not None:
+                self._deliver(output)
+            return
+        try:
+            self.engine.add_request(command.samples, command.language, command.context,
+                                    command.sampling_params, request_id=command.request_id)
+        except Exception as error:
+            command.loop.call_soon_threadsafe(command.sink.put_nowait, error)
+            return
+        self.sinks[command.request_id] = command
+
+    def _deliver(self, output: RequestOutput) -> None:
+        submit = self.sinks.get(output.request_id)
+        if submit is None:
+            return
+        if output.finished:
+            del self.sinks[output.request_id]
+        submit.loop.call_soon_threadsafe(submit.sink.put_nowait, output)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request_id in list(self.sinks):
+            self.engine.abort(request_id)
+            submit = self.sinks.pop(request_id)
+            submit.loop.call_soon_threadsafe(submit.sink.put_nowait, RuntimeError(f"engine step failed: {error!r}"))

@@ -1,0 +1,54 @@
+import torch
+import torch.nn.functional as F
+
+from engine.attention.metadata import AttentionMetadata
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """key/value [num_tokens, kv_heads, head_dim] into caches [num_blocks, block_size, kv_heads, head_dim]."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key[keep])
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value[keep])
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    block_size = cache.shape[1]
+    num_blocks = (length + block_size - 1) // block_size
+    return cache[block_table[:num_blocks]].flatten(0, 1)[:length]
+
+
+def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Causal attention of query [num_tokens, heads, head_dim] over each sequence's cached context."""
+    if meta.is_pure_decode:
+        return _decode_attention(query, k_cache, v_cache, meta, scale)
+    out = torch.empty_like(query)
+    start = 0
+    for i, (q_len, s_len) in enumerate(zip(meta.query_lens_host, meta.seq_lens_host)):
+        q = query[start:start + q_len].transpose(0, 1)
+        k = gather_kv(k_cache, meta.block_tables[i], s_len).transpose(0, 1)
+        v = gather_kv(v_cache, meta.block_tables[i], s_len).transpose(0, 1)
+        context = s_len - q_len
+        mask = None
+        if q_len > 1:
+            rows = torch.arange(q_len, device=query.device)[:, None] + context
+            mask = torch.arange(s_len, device=query.device)[None, :] <= rows
+        out[start:start + q_len] = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=True).transpose(0, 1)
+        start += q_len
+    return out
+
+
+def _decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    block_size = k_cache.shape[1]
+    max_blocks = (meta.max_seq_len + block_size - 1) // block_size
+    tables = meta.block_tables[:, :max_blocks]
+    k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # [seqs, kv_heads, max_blocks*block_size, dim]
+    v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+    positions = torch.arange(k.shape[2], device=query.device)
+    mask = (positions[None, :] < meta.seq_lens[:, None].to(positions.dtype))[:, None, None, :]
+    out = F.scaled_dot_product_attention(query[:, :, None, :], k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out[:, :, 0, :]

@@ -1,0 +1,117 @@
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import AttentionBackend
+from engine.model_config import AudioEncoderConfig
+
+TOKENS_PER_FULL_CHUNK = 13  # a 100-frame chunk after three stride-2 convolutions
+
+
+def conv_output_length(frames: int) -> int:
+    for _ in range(3):
+        frames = (frames - 1) // 2 + 1 if frames > 0 else 0
+    return frames
+
+
+def num_audio_tokens(frames: int, chunk_frames: int = 100) -> int:
+    """Encoder outputs for a clip of `frames` mel frames: 13 per full chunk plus the partial tail."""
+    return (frames // chunk_frames) * conv_output_length(chunk_frames) + conv_output_length(frames % chunk_frames)
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2).float())
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+class EncoderAttention(nn.Module):
+    def __init__(self, config: AudioEncoderConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.d_model // config.num_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, hidden: torch.Tensor, window_lens: list[int], backend: AttentionBackend) -> torch.Tensor:
+        q, k, v = (proj(hidden).view(-1, self.num_heads, self.head_dim)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(backend.windowed_attention(q, k, v, window_lens, self.scale).flatten(1))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: AudioEncoderConfig):
+        super().__init__()
+        self.self_attn = EncoderAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden: torch.Tensor, window_lens: list[int], backend: AttentionBackend) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.self_attn_layer_norm(hidden), window_lens, backend)
+        hidden = hidden + self.fc2(F.gelu(self.fc1(self.final_layer_norm(hidden))))
+        if hidden.dtype == torch.float16:
+            limit = torch.finfo(torch.float16).max - 1000
+            hidden = hidden.clamp(-limit, limit)
+        return hidden
+
+
+class AudioEncoder(nn.Module):
+    """Conv stem per 1 s chunk, per-chunk sinusoid positions, windowed bidirectional attention, projector.
+
+    Many clips are encoded in one pass: their chunks are stacked for the convolutions and their tokens
+    packed for the transformer layers, with attention windows that never cross a clip.
+    """
+
+    def __init__(self, config: AudioEncoderConfig):
+        super().__init__()
+        self.chunk_frames = 2 * config.n_window
+        self.window_tokens = conv_output_length(self.chunk_frames) * (config.n_window_infer // self.chunk_frames)
+        channels = config.conv_channels
+        self.conv2d1 = nn.Conv2d(1, channels, 3, 2, padding=1)
+        self.conv2d2 = nn.Conv2d(channels, channels, 3, 2, padding=1)
+        self.conv2d3 = nn.Conv2d(channels, channels, 3, 2, padding=1)
+        freq_after_conv = conv_output_length(config.num_mel_bins)
+        self.conv_out = nn.Linear(channels * freq_after_conv, config.d_model, bias=False)
+        self.register_buffer("positions", sinusoids(conv_output_length(self.chunk_frames), config.d_model),
+                             persistent=False)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.ln_post = nn.LayerNorm(config.d_model)
+        self.proj1 = nn.Linear(config.d_model, config.d_model)
+        self.proj2 = nn.Linear(config.d_model, config.output_dim)
+
+    def forward(self, mels: list[torch.Tensor], backend: AttentionBackend) -> torch.Tensor:
+        """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""
+        chunks, valid_per_chunk, window_lens = [], [], []
+        for mel in mels:
+            frames = mel.shape[-1]
+            num_chunks = math.ceil(frames / self.chunk_frames)
+            padded = F.pad(mel, (0, num_chunks * self.chunk_frames - frames))
+            chunks.append(padded.view(mel.shape[0], num_chunks, self.chunk_frames).transpose(0, 1))
+            tails = [self.chunk_frames] * (num_chunks - 1) + [frames - (num_chunks - 1) * self.chunk_frames]
+            valid_per_chunk += [conv_output_length(n) for n in tails]
+            tokens = num_audio_tokens(frames, self.chunk_frames)
+            window_lens += [self.window_tokens] * (tokens // self.window_tokens)
+            if tokens % self.window_tokens:
+                window_lens.append(tokens % self.window_tokens)
+        x = torch.cat(chunks).unsqueeze(1).to(self.conv_out.weight.dtype)  # [chunks, 1, mel, 100]
+        x = F.gelu(self.conv2d1(x))
+        x = F.gelu(self.conv2d2(x))
+        x = F.gelu(self.conv2d3(x))
+        num_chunks, channels, freq, time = x.shape
+        x = self.conv_out(x.permute(0, 3, 1, 2).reshape(num_chunks, time, channels * freq))
+        x = x + self.positions[:time].to(x.dtype)
+        valid = torch.arange(time, device=x.device)[None, :] < torch.tensor(valid_per_chunk, device=x.device)[:, None]
+        hidden = x[valid]
+        for layer in self.layers:
+            hidden = layer(hidden, window_lens, backend)
+        hidden = self.ln_post(hidden)
+        return self.proj2(F.gelu(self.proj1(hidden)))

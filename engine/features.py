@@ -1,0 +1,80 @@
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.audio_utils import mel_filter_bank
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    num_mel_bins: int = 128
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    min_samples: int = 8000  # shorter clips are zero-padded to 0.5 s, as transformers and qwen-asr do
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> "FeatureConfig":
+        file = path / "preprocessor_config.json"
+        if not file.exists():
+            return cls()
+        raw = json.loads(file.read_text())
+        return cls(
+            num_mel_bins=raw.get("feature_size", cls.num_mel_bins),
+            sample_rate=raw.get("sampling_rate", cls.sample_rate),
+            n_fft=raw.get("n_fft", cls.n_fft),
+            hop_length=raw.get("hop_length", cls.hop_length),
+            min_samples=raw.get("min_length", cls.min_samples),
+        )
+
+
+class LogMelExtractor:
+    """Whisper-style log-mel features, one clip at a time in meaning, batched in execution.
+
+    Each clip gets exactly the features it would get alone (no padding to batch-mates): its own STFT with
+    reflect padding, its own dynamic-range floor (max - 8).
+    """
+
+    def __init__(self, config: FeatureConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        filters = mel_filter_bank(
+            num_frequency_bins=1 + config.n_fft // 2,
+            num_mel_filters=config.num_mel_bins,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=config.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.mel_filters_t = torch.from_numpy(filters).to(self.device, torch.float32).T.contiguous()
+        self.window = torch.hann_window(config.n_fft, device=self.device)
+
+    def pad_to_min_length(self, samples: np.ndarray) -> np.ndarray:
+        short = self.config.min_samples - len(samples)
+        return np.pad(samples, (0, short)) if short > 0 else samples
+
+    def num_frames(self, num_samples: int) -> int:
+        return max(num_samples, self.config.min_samples) // self.config.hop_length
+
+    def __call__(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
+        """Returns one float32 [num_mel_bins, frames] tensor per clip, frames = samples // hop_length."""
+        if not clips:
+            return []
+        powers = []
+        for clip in clips:
+            wave = torch.from_numpy(np.ascontiguousarray(self.pad_to_min_length(clip), dtype=np.float32))
+            stft = torch.stft(
+                wave.to(self.device), self.config.n_fft, self.config.hop_length, window=self.window,
+                return_complex=True,
+            )
+            powers.append(stft[..., :-1].abs() ** 2)
+        frames = [p.shape[-1] for p in powers]
+        log_spec = torch.clamp(self.mel_filters_t @ torch.cat(powers, dim=-1), min=1e-10).log10()
+        per_clip = log_spec.split(frames, dim=-1)
+        floors = torch.stack([part.max() for part in per_clip]) - 8.0
+        floor_per_frame = torch.repeat_interleave(floors, torch.tensor(frames, device=self.device))
+        log_spec = (torch.maximum(log_spec, floor_per_frame) + 4.0) / 4.0
+        return list(log_spec.split(frames, dim=-1))
