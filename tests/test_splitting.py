@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from engine.splitting import AudioPiece, split_audio
+
+RATE = 16000
+
+
+def speech_like(seconds: float, seed: int) -> np.ndarray:
+    return (0.3 * np.random.default_rng(seed).standard_normal(round(seconds * RATE))).astype(np.float32)
+
+
+def with_quiet_gaps(seconds: float, gaps: list[tuple[float, float]], seed: int = 0) -> np.ndarray:
+    """Loud noise everywhere except the (start, end) second ranges in `gaps`, which hold faint noise."""
+    samples = speech_like(seconds, seed)
+    for start, end in gaps:
+        samples[round(start * RATE) : round(end * RATE)] *= 1e-3
+    return samples
+
+
+def unpadded(pieces: list[AudioPiece], total: int) -> list[np.ndarray]:
+    ends = [round(piece.start * RATE) for piece in pieces[1:]] + [total]
+    return [piece.samples[: end - round(piece.start * RATE)] for piece, end in zip(pieces, ends, strict=True)]
+
+
+def test_cuts_land_in_the_quiet_gaps() -> None:
+    gaps = [(27.0, 27.4), (55.5, 56.0), (83.0, 83.3)]
+    samples = with_quiet_gaps(95.0, gaps)
+
+    pieces = split_audio(samples, max_piece_seconds=30.0)
+
+    assert len(pieces) == 4
+    for piece, (gap_start, gap_end) in zip(pieces[1:], gaps, strict=True):
+        assert gap_start <= piece.start < gap_end
+    assert all(len(piece.samples) <= 30 * RATE for piece in pieces)
+    assert pieces[0].start == 0.0
+    parts = unpadded(pieces, len(samples))
+    np.testing.assert_array_equal(np.concatenate(parts), samples)
+    starts = np.cumsum([0] + [len(part) for part in parts[:-1]]) / RATE
+    np.testing.assert_allclose([piece.start for piece in pieces], starts)
+
+
+def test_cut_is_the_quietest_sample_of_the_quietest_window() -> None:
+    samples = speech_like(12.0, seed=1)
+    samples[round(8.0 * RATE) : round(8.1 * RATE)] *= 0.01
+    samples[round(8.05 * RATE)] = 0.0
+    pieces = split_audio(samples, max_piece_seconds=10.0, search_seconds=5.0)
+    assert [piece.start for piece in pieces] == [0.0, 8.05]
+
+
+def test_search_never_passes_the_longest_allowed_piece() -> None:
+    # The only silence is just after 10 s: the reference would cut there and exceed the limit.
+    samples = with_quiet_gaps(15.0, [(10.05, 11.0)], seed=2)
+    pieces = split_audio(samples, max_piece_seconds=10.0)
+    assert len(pieces[0].samples) <= 10 * RATE
+    assert 5.0 <= pieces[1].start <= 10.0
+
+
+def test_short_clip_is_one_unpadded_piece() -> None:
+    samples = speech_like(0.2, seed=3)
+    (piece,) = split_audio(samples, max_piece_seconds=30.0)
+    assert piece.samples is samples
+    assert piece.start == 0.0
+    assert piece.duration == pytest.approx(0.2)
+
+
+def test_clip_of_exactly_max_length_is_not_split() -> None:
+    samples = speech_like(30.0, seed=4)
+    assert len(split_audio(samples, max_piece_seconds=30.0)) == 1
+
+
+def test_tiny_tail_is_zero_padded_to_half_a_second() -> None:
+    samples = speech_like(30.2, seed=5)
+    head, tail = split_audio(samples, max_piece_seconds=30.0, search_seconds=0.0)
+
+    assert len(head.samples) == 30 * RATE
+    assert tail.start == pytest.approx(30.0)
+    assert len(tail.samples) == RATE // 2
+    assert tail.duration == pytest.approx(0.5)
+    np.testing.assert_array_equal(tail.samples[: round(0.2 * RATE)], samples[30 * RATE :])
+    assert not tail.samples[round(0.2 * RATE) :].any()
+    assert tail.samples.dtype == np.float32
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pieces_always_tile_the_input(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    samples = speech_like(rng.uniform(1.0, 40.0), seed) * rng.uniform(0.0, 1.0, 1).astype(np.float32)
+    max_seconds = rng.uniform(0.3, 8.0)
+
+    pieces = split_audio(samples, max_piece_seconds=max_seconds, search_seconds=rng.uniform(0.0, 6.0))
+
+    max_len = int(max_seconds * RATE)
+    parts = unpadded(pieces, len(samples))
+    np.testing.assert_array_equal(np.concatenate(parts), samples)
+    assert all(0 < len(part) <= max_len for part in parts)
+    assert all(len(piece.samples) >= min(RATE // 2, len(samples)) for piece in pieces)
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match=r"max_piece_seconds must be positive"):
+        split_audio(speech_like(1.0, seed=6), max_piece_seconds=0.0)
+    with pytest.raises(ValueError, match=r"1-D mono"):
+        split_audio(np.zeros((100, 2), np.float32), max_piece_seconds=1.0)
