@@ -21,12 +21,13 @@ class FeatureConfig:
         if not file.exists():
             return cls()
         raw = json.loads(file.read_text())
+        default = cls()
         return cls(
-            num_mel_bins=raw.get("feature_size", cls.num_mel_bins),
-            sample_rate=raw.get("sampling_rate", cls.sample_rate),
-            n_fft=raw.get("n_fft", cls.n_fft),
-            hop_length=raw.get("hop_length", cls.hop_length),
-            min_samples=raw.get("min_length", cls.min_samples),
+            num_mel_bins=raw.get("feature_size", default.num_mel_bins),
+            sample_rate=raw.get("sampling_rate", default.sample_rate),
+            n_fft=raw.get("n_fft", default.n_fft),
+            hop_length=raw.get("hop_length", default.hop_length),
+            min_samples=raw.get("min_length", default.min_samples),
         )
 
 

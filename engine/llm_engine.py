@@ -184,7 +184,7 @@ class LLMEngine:
             touched[state.request_id] = state
         for seq in finished:
             state, piece_state = self.piece_of_seq[seq.seq_id]
-            tail = piece_state.stream.finish()
+            tail = piece_state.stream.push(piece_state.detokenizer.finish()) + piece_state.stream.finish()
             if tail:
                 piece_state.held_deltas.append(tail)
             self._forget(seq)

@@ -1,0 +1,182 @@
+"""Continuous batching gives every request the tokens it gets alone: batched, preempted, chunked, shuffled."""
+
+import asyncio
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from checkpoints import SHAPES, write_checkpoint
+from conftest import speech_like
+
+from engine import ASR, AsyncEngine, EngineConfig, SamplingParams
+from engine.languages import UnknownLanguageError
+from scheduler import SchedulerOutput
+
+SECONDS = [0.3, 0.7, 1.0, 1.6, 2.2, 3.1, 4.0, 5.5, 6.3, 7.9, 8.1, 9.4, 10.2, 11.7, 2.8, 0.5, 12.5, 3.3]
+MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_root: Path) -> Path:
+    return write_checkpoint(checkpoint_root / "engine-gqa2", SHAPES[0], layout="hf", seed=3)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return [speech_like(s, seed=100 + i) for i, s in enumerate(SECONDS)]
+
+
+@pytest.fixture(scope="module")
+def alone(checkpoint: Path, clips: list[np.ndarray]) -> list[list[int]]:
+    asr = ASR(str(checkpoint))
+    params = SamplingParams(max_tokens=MAX_TOKENS)
+    return [asr.transcribe([(c, 16000)], sampling_params=params)[0].token_ids for c in clips]
+
+
+class StepRecorder:
+    def __init__(self, asr: ASR):
+        scheduler = asr.engine.scheduler
+        self.steps: list[SchedulerOutput] = []
+        original = scheduler.schedule
+
+        def schedule() -> SchedulerOutput:
+            out = original()
+            self.steps.append(out)
+            return out
+
+        scheduler.schedule = schedule
+
+
+def transcribe_all(asr: ASR, clips: list[np.ndarray]) -> list[list[int]]:
+    results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+    return [r.token_ids for r in results]
+
+
+def test_batch_equals_one_at_a_time(checkpoint: Path, clips, alone) -> None:
+    asr = ASR(str(checkpoint))
+    recorder = StepRecorder(asr)
+    assert transcribe_all(asr, clips) == alone
+    assert max(len(step.chunks) for step in recorder.steps) >= 16
+    assert any(len(step.to_encode) > 1 for step in recorder.steps), "the encoder never ran batched"
+    assert asr.engine.scheduler.block_manager.num_free_blocks == asr.engine.scheduler.block_manager.num_blocks
+
+
+def test_preemption_under_a_small_kv_pool(checkpoint: Path, clips, alone) -> None:
+    asr = ASR(str(checkpoint), num_kv_blocks=24, block_size=16)  # 384 slots: about two long clips at once
+    results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+    assert [r.token_ids for r in results] == alone
+    assert sum(r.metrics.num_preemptions for r in results) > 0
+
+
+def test_chunked_prefill_under_a_small_token_budget(checkpoint: Path, clips, alone) -> None:
+    asr = ASR(str(checkpoint), max_num_batched_tokens=48, max_num_encoder_tokens=200)
+    recorder = StepRecorder(asr)
+    assert transcribe_all(asr, clips) == alone
+    chunked = [c for step in recorder.steps for c in step.chunks if c.start > 0 and c.start < c.seq.num_prompt_tokens]
+    assert chunked, "no prefill was split across steps"
+    assert all(step.num_batched_tokens <= 48 for step in recorder.steps)
+
+
+def test_random_arrival_order(checkpoint: Path, clips, alone) -> None:
+    asr = ASR(str(checkpoint), max_num_seqs=5)
+    engine = asr.engine
+    order = list(range(len(clips)))
+    random.Random(0).shuffle(order)
+    params = SamplingParams(max_tokens=MAX_TOKENS)
+    request_of = {}
+    results = {}
+    rng = random.Random(1)
+    pending = list(order)
+    while pending or engine.has_unfinished:
+        for _ in range(rng.randint(0, 3)):
+            if pending:
+                i = pending.pop()
+                request_of[engine.add_request(clips[i], sampling_params=params)] = i
+        for output in engine.step() if engine.has_unfinished else []:
+            if output.finished:
+                results[request_of[output.request_id]] = output.result.token_ids
+    assert [results[i] for i in range(len(clips))] == alone
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(checkpoint: Path, clips) -> None:
+    asr = ASR(str(checkpoint))
+    params = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=1234, max_tokens=MAX_TOKENS)
+    one = asr.transcribe([(clips[3], 16000)], sampling_params=params)[0].token_ids
+    batch = asr.transcribe([(c, 16000) for c in clips[:6]], sampling_params=params)
+    assert batch[3].token_ids == one
+    other = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=99, max_tokens=MAX_TOKENS)
+    assert asr.transcribe([(clips[3], 16000)], sampling_params=other)[0].token_ids != one
+
+
+def test_ignore_eos_and_max_tokens(checkpoint: Path, clips) -> None:
+    asr = ASR(str(checkpoint))
+    [result] = asr.transcribe([(clips[0], 16000)], sampling_params=SamplingParams(max_tokens=40, ignore_eos=True))
+    assert len(result.token_ids) == 40 and result.finish_reason == "length"
+
+
+def test_stop_on_the_checkpoints_eos(checkpoint: Path, clips) -> None:
+    asr = ASR(str(checkpoint))
+    eos = set(asr.engine.special.eos)
+    results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=200))
+    for r in results:
+        stopped = r.finish_reason == "stop"
+        assert stopped == (r.token_ids[-1] in eos)
+        assert not eos & set(r.token_ids[:-1])
+
+
+def test_bad_requests_raise_clear_errors(checkpoint: Path, clips) -> None:
+    asr = ASR(str(checkpoint))
+    with pytest.raises(UnknownLanguageError, match="unsupported language 'Klingon'"):
+        asr.transcribe([(clips[0], 16000)], language="Klingon")
+    with pytest.raises(ValueError, match="audio is empty"):
+        asr.transcribe([(np.zeros(0, np.float32), 16000)])
+    with pytest.raises(ValueError, match="special token"):
+        asr.transcribe([(clips[0], 16000)], context="<|im_end|>")
+    with pytest.raises(TypeError, match="unknown engine option"):
+        ASR(str(checkpoint), max_num_sequences=3)
+    assert not asr.engine.has_unfinished
+
+
+def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, clips) -> None:
+    engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
+
+    async def run() -> list[tuple[str, str]]:
+        async def one(clip: np.ndarray) -> tuple[str, str]:
+            deltas, final = [], None
+            async for output in engine.stream(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS)):
+                deltas.append(output.delta)
+                if output.finished:
+                    final = output.result
+            return "".join(deltas), final.text
+
+        return await asyncio.gather(*(one(c) for c in clips[:6]))
+
+    try:
+        for streamed, text in asyncio.run(run()):
+            assert streamed == text
+    finally:
+        engine.shutdown()
+
+
+def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
+    engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
+
+    async def run() -> None:
+        with pytest.raises(UnknownLanguageError):
+            await engine.transcribe(clips[0], language="xx-none")
+        stream = engine.stream(clips[5], sampling_params=SamplingParams(max_tokens=500, ignore_eos=True))
+        await anext(stream)
+        await stream.aclose()  # the client went away
+        for _ in range(100):
+            if engine.num_unfinished == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.num_unfinished == 0
+        result = await engine.transcribe(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True))
+        assert len(result.token_ids) == 4
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.shutdown()

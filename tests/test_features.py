@@ -1,0 +1,62 @@
+"""Log-mel features equal Qwen3ASRFeatureExtractor's for each clip processed alone."""
+
+import numpy as np
+import pytest
+from conftest import speech_like
+from transformers import Qwen3ASRFeatureExtractor
+
+from engine.features import FeatureConfig, LogMelExtractor
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(seconds * 16000)).astype(np.float32) * 0.2
+
+
+def tone(seconds: float, hz: float) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+CLIPS = {
+    "noise-0.1s": noise(0.1, 1),
+    "noise-0.3s": noise(0.3, 2),
+    "noise-2.37s": noise(2.37, 3),
+    "tone-440-1s": tone(1.0, 440.0),
+    "tone-3k-5.5s": tone(5.55, 3000.0),
+    "speech-like-7.9s": speech_like(7.9, 4),
+    "speech-like-12.3s": speech_like(12.3, 5),
+    "silence-1s": np.zeros(16000, dtype=np.float32),
+}
+
+
+def reference_features(clip: np.ndarray) -> np.ndarray:
+    out = Qwen3ASRFeatureExtractor()(clip, sampling_rate=16000, padding="longest", return_attention_mask=True)
+    frames = int(out["attention_mask"][0].sum())
+    return out["input_features"][0, :, :frames].numpy()
+
+
+def test_features_match_transformers_one_clip_at_a_time_and_batched() -> None:
+    extractor = LogMelExtractor(FeatureConfig())
+    batched = extractor(list(CLIPS.values()))
+    for (name, clip), ours_in_batch in zip(CLIPS.items(), batched):
+        expected = reference_features(clip)
+        [alone] = extractor([clip])
+        assert alone.shape == expected.shape, name
+        assert np.abs(alone.numpy() - expected).max() < 1e-4, name
+        assert np.array_equal(alone.numpy(), ours_in_batch.numpy()), f"{name} depends on its batch-mates"
+
+
+@pytest.mark.parametrize("samples", [1, 159, 160, 161, 7999, 8000, 8001, 16000, 16159])
+def test_frame_count_is_samples_over_hop_with_a_half_second_floor(samples: int) -> None:
+    extractor = LogMelExtractor(FeatureConfig())
+    [mel] = extractor([noise(samples / 16000, 0)[:samples] if samples > 1 else np.ones(1, np.float32)])
+    assert mel.shape == (128, max(samples, 8000) // 160)
+    assert extractor.num_frames(samples) == mel.shape[1]
+
+
+def test_feature_config_reads_the_checkpoint(tmp_path) -> None:
+    (tmp_path / "preprocessor_config.json").write_text(
+        '{"feature_size": 80, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400}')
+    config = FeatureConfig.from_checkpoint(tmp_path)
+    assert config.num_mel_bins == 80 and config.min_samples == 8000
+    assert FeatureConfig.from_checkpoint(tmp_path / "missing") == FeatureConfig()

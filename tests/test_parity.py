@@ -1,0 +1,104 @@
+"""Greedy output of engine.ASR is token-identical to transformers, in both checkpoint layouts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import SHAPES, Shape, write_checkpoint
+from conftest import speech_like
+from reference import Reference
+
+from engine import ASR, SamplingParams
+from engine.splitting import split_audio
+
+CLIP_SECONDS = [0.3, 1.0, 7.9, 8.1, 23.0]
+CONDITIONS = [(None, None), ("en", None), ("German", "Hotwords: Qwen, qasr, Paris.")]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: s.name)
+def shape(request: pytest.FixtureRequest) -> Shape:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def checkpoints(shape: Shape, checkpoint_root: Path) -> dict[str, Path]:
+    return {layout: write_checkpoint(checkpoint_root / f"parity-{shape.name}-{layout}", shape, layout=layout,
+                                     seed=SHAPES.index(shape))
+            for layout in ("hf", "original")}
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints: dict[str, Path]) -> Reference:
+    return Reference(checkpoints["hf"])
+
+
+class LogitRecorder:
+    def __init__(self, asr: ASR):
+        model = asr.engine.runner.model
+        self.calls: list[torch.Tensor] = []
+        original = model.compute_logits
+
+        def record(hidden: torch.Tensor) -> torch.Tensor:
+            logits = original(hidden)
+            self.calls.append(logits.detach().clone())
+            return logits
+
+        model.compute_logits = record
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_greedy_tokens_and_logits_match_transformers(layout: str, checkpoints: dict[str, Path],
+                                                     reference: Reference) -> None:
+    asr = ASR(str(checkpoints[layout]))
+    recorder = LogitRecorder(asr)
+    params = SamplingParams(max_tokens=MAX_TOKENS)
+    for language, context in CONDITIONS:
+        for i, seconds in enumerate(CLIP_SECONDS):
+            clip = speech_like(seconds, seed=i)
+            expected = reference.generate(clip, MAX_TOKENS, language, context)
+            recorder.calls.clear()
+            [result] = asr.transcribe([(clip, 16000)], language=language, context=context or "",
+                                      sampling_params=params)
+            where = f"{layout} {seconds}s language={language} context={bool(context)}"
+            assert result.token_ids == expected.token_ids, where
+            assert len(set(expected.token_ids)) >= 5, f"reference output not varied enough: {where}"
+            assert relative_error(recorder.calls[-1][0], expected.last_logits) < 1e-4, where
+            assert result.duration == pytest.approx(seconds, abs=1e-3)
+
+
+def test_prompt_ids_match_the_processor(checkpoints: dict[str, Path], reference: Reference) -> None:
+    asr = ASR(str(checkpoints["original"]))
+    for language, context in CONDITIONS + [("zh", "背景: 会议"), (None, "only context")]:
+        for seconds in (0.3, 2.5, 9.0):
+            clip = speech_like(seconds, seed=7)
+            expected = reference.inputs(clip, language, context)["input_ids"][0].tolist()
+            num_audio = expected.count(asr.engine.special.audio_pad)
+            from engine.languages import resolve_language
+            ours, audio_start = asr.engine.prompts.build(num_audio, context or "", resolve_language(language))
+            assert ours == expected
+            assert ours[audio_start] == asr.engine.special.audio_pad
+            assert ours[audio_start - 1] == asr.engine.special.audio_start
+
+
+def test_long_audio_pieces_match_transformers_piece_by_piece(checkpoints: dict[str, Path],
+                                                             reference: Reference) -> None:
+    clip = speech_like(23.0, seed=11)
+    clip[int(9.5 * 16000):int(9.8 * 16000)] = 0.0  # a pause near the first cut
+    asr = ASR(str(checkpoints["hf"]), max_piece_seconds=10.0)
+    [result] = asr.transcribe([(clip, 16000)], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+    pieces = split_audio(clip, 10.0)
+    assert len(pieces) == 3 and len(result.segments) == 3
+    expected = []
+    for piece in pieces:
+        expected += reference.generate(piece.samples, MAX_TOKENS).token_ids
+    assert result.token_ids == expected
+    assert [s.start for s in result.segments] == pytest.approx([p.start for p in pieces])
+    assert 9.5 <= pieces[1].start <= 9.8
+    assert result.segments[-1].end == pytest.approx(23.0, abs=1e-3)
+    assert np.all(np.diff([s.start for s in result.segments]) > 0)
