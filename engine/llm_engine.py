@@ -24,9 +24,9 @@ from engine.transcript import (
     IncrementalDetokenizer,
     TranscriptStream,
     join_texts,
-    piece_separator,
     merge_languages,
     parse_transcript,
+    piece_separator,
 )
 from scheduler import AudioSpan, SamplingParams, Scheduler, SchedulerConfig, Sequence
 

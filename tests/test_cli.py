@@ -1,0 +1,75 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from checkpoints import SHAPES, write_checkpoint
+from conftest import speech_like
+
+from engine.outputs import Segment, Transcription
+from serve.cli import main
+from serve.formats import render
+
+
+@pytest.fixture(scope="module")
+def setup(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    checkpoint = write_checkpoint(checkpoint_root / "cli-original", SHAPES[1], layout="original", seed=5)
+    audio_dir = tmp_path_factory.mktemp("audio")
+    files = []
+    for i, seconds in enumerate((1.2, 14.0)):
+        path = audio_dir / f"clip{i}.flac"
+        sf.write(path, speech_like(seconds, seed=i), 16000)
+        files.append(path)
+    return checkpoint, files
+
+
+def test_transcribe_json_matches_the_python_api(setup, capsys) -> None:
+    checkpoint, files = setup
+    from engine import ASR, SamplingParams
+
+    expected = ASR(str(checkpoint), max_piece_seconds=10).transcribe(
+        [str(f) for f in files], sampling_params=SamplingParams(max_tokens=12))
+    code = main(["transcribe", *map(str, files), "--model", str(checkpoint), "--format", "json", "--quiet",
+                 "--max-tokens", "12", "--max-piece-seconds", "10"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == [r.text for r in expected]
+    assert len(lines[1]["segments"]) == 2 and lines[1]["segments"][1]["start"] > 0
+    assert lines[1]["duration"] == pytest.approx(14.0)
+
+
+def test_transcribe_writes_srt_files_and_the_console_script_runs(setup, tmp_path) -> None:
+    checkpoint, files = setup
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "qasr"), "transcribe", str(files[1]), "--model", str(checkpoint),
+         "--format", "srt", "--output-dir", str(tmp_path), "--max-tokens", "8", "--max-piece-seconds", "10",
+         "--language", "en"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    srt = (tmp_path / "clip1.srt").read_text()
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:")
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(setup, tmp_path, capsys) -> None:
+    checkpoint, _ = setup
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not audio")
+    assert main(["transcribe", str(text_file), "--model", str(checkpoint), "--quiet"]) == 2
+    assert "could not decode audio" in capsys.readouterr().err
+    assert main(["transcribe", str(text_file), "--model", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "qasr: error:" in capsys.readouterr().err
+
+
+def test_subtitle_formats() -> None:
+    result = Transcription(text="hello there general", language="English", token_ids=[1, 2], duration=3725.5,
+                           segments=[Segment(0.0, 1.5, "hello there"), Segment(1.5, 3725.5, "general"),
+                                     Segment(3725.5, 3725.5, "")], finish_reason="stop")
+    assert render(result, "srt") == ("1\n00:00:00,000 --> 00:00:01,500\nhello there\n\n"
+                                     "2\n00:00:01,500 --> 01:02:05,500\ngeneral\n")
+    assert render(result, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nhello there\n")
+    assert render(result, "text") == "hello there general\n"
+    assert json.loads(render(result, "json"))["segments"][1]["end"] == 3725.5
+    with pytest.raises(ValueError):
+        render(result, "docx")
