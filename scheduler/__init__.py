@@ -1,0 +1,16 @@
+from scheduler.block_manager import BlockManager
+from scheduler.sampling_params import SamplingParams
+from scheduler.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
+from scheduler.sequence import AudioSpan, Sequence, SequenceStatus
+
+__all__ = [
+    "AudioSpan",
+    "BlockManager",
+    "SamplingParams",
+    "ScheduledChunk",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerOutput",
+    "Sequence",
+    "SequenceStatus",
+]

@@ -1,0 +1,228 @@
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import chain
+
+from scheduler.block_manager import BlockManager
+from scheduler.sequence import Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_num_encoder_tokens: int = 8192
+    num_blocks: int = 1024
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    max_model_len: int = 65536
+
+    def __post_init__(self):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_num_encoder_tokens", "num_blocks",
+                     "block_size", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(slots=True)
+class ScheduledChunk:
+    seq: Sequence
+    start: int
+    num_tokens: int
+    samples: bool  # the chunk reaches the sequence's end: the engine samples a token from its last position
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    to_encode: list[Sequence] = field(default_factory=list)
+    free_encoder: list[int] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+    num_batched_tokens: int = 0
+    num_encoder_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+class Scheduler:
+
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.encoder_outputs_to_free: list[int] = []
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.block_manager.usage
+
+    def add(self, seq: Sequence) -> None:
+        cfg = self.config
+        num_prompt, max_tokens = seq.num_prompt_tokens, seq.sampling_params.max_tokens
+        if num_prompt + max_tokens > cfg.max_model_len:
+            raise ValueError(
+                f"request {seq.request_id!r}: prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) "
+                f"exceeds max_model_len ({cfg.max_model_len})"
+            )
+        # the last sampled token is never fed back, so its KV is never stored
+        num_blocks = self.block_manager.num_blocks_for(num_prompt + max_tokens - 1)
+        if num_blocks > cfg.num_blocks:
+            raise ValueError(
+                f"request {seq.request_id!r}: prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) "
+                f"needs up to {num_blocks} KV blocks of {cfg.block_size} tokens, "
+                f"but the pool has only {cfg.num_blocks}"
+            )
+        if not cfg.enable_chunked_prefill and num_prompt > cfg.max_num_batched_tokens:
+            raise ValueError(
+                f"request {seq.request_id!r}: prompt ({num_prompt} tokens) exceeds max_num_batched_tokens "
+                f"({cfg.max_num_batched_tokens}) and chunked prefill is disabled"
+            )
+        if seq.status != SequenceStatus.WAITING or seq.block_ids or seq.num_output_tokens:
+            raise ValueError(f"sequence {seq.seq_id} was already scheduled")
+        self.waiting.append(seq)
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        seq = next((s for s in chain(self.running, self.waiting) if s.seq_id == seq_id), None)
+        if seq is None:
+            return None
+        if seq.status == SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        self._release_encoder_output(seq, self.encoder_outputs_to_free)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = "abort"
+        return seq
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(free_encoder=self.encoder_outputs_to_free)
+        self.encoder_outputs_to_free = []
+        self._schedule_running(out)
+        if not out.preempted:
+            self._schedule_waiting(out)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput) -> None:
+        i = 0
+        while i < len(self.running) and out.num_batched_tokens < self.config.max_num_batched_tokens:
+            seq = self.running[i]
+            i += 1
+            start = seq.num_computed_tokens
+            num_new = min(seq.num_tokens - start, self.config.max_num_batched_tokens - out.num_batched_tokens)
+            needs_encoder = self._chunk_needs_encoder(seq, start, num_new)
+            if needs_encoder and not self._encoder_fits(seq, out):
+                # the audio waits for a later step; the text before it can go now
+                num_new = seq.audio.start - start
+                needs_encoder = False
+                if num_new <= 0:
+                    continue
+            while not self.block_manager.allocate(seq, num_new):
+                victim = self.running.pop()
+                self._preempt(victim, out)
+                if victim is seq:
+                    return
+            self._add_chunk(seq, start, num_new, needs_encoder, out)
+
+    def _schedule_waiting(self, out: SchedulerOutput) -> None:
+        cfg = self.config
+        while self.waiting and out.num_batched_tokens < cfg.max_num_batched_tokens \
+                and len(self.running) < cfg.max_num_seqs:
+            seq = self.waiting[0]
+            start = self.block_manager.match_prefix(seq)
+            num_new = seq.num_tokens - start
+            token_budget = cfg.max_num_batched_tokens - out.num_batched_tokens
+            if num_new > token_budget:
+                # without chunked prefill only a recompute that fits no step at all is split
+                if not cfg.enable_chunked_prefill and num_new <= cfg.max_num_batched_tokens:
+                    break
+                num_new = token_budget
+            needs_encoder = self._chunk_needs_encoder(seq, start, num_new)
+            if needs_encoder and not self._encoder_fits(seq, out):
+                break
+            if not self.block_manager.allocate(seq, num_new):
+                break
+            assert seq.num_computed_tokens == start
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            self._add_chunk(seq, start, num_new, needs_encoder, out)
+
+    @staticmethod
+    def _chunk_needs_encoder(seq: Sequence, start: int, num_tokens: int) -> bool:
+        return not seq.encoded and start < seq.audio.end and start + num_tokens > seq.audio.start
+
+    def _encoder_fits(self, seq: Sequence, out: SchedulerOutput) -> bool:
+        # the first audio of a step always fits, so an audio larger than the budget still runs, alone
+        num_encoder_tokens = out.num_encoder_tokens + seq.audio.length
+        return not out.to_encode or num_encoder_tokens <= self.config.max_num_encoder_tokens
+
+    @staticmethod
+    def _add_chunk(seq: Sequence, start: int, num_tokens: int, needs_encoder: bool, out: SchedulerOutput):
+        samples = start + num_tokens == seq.num_tokens
+        out.chunks.append(ScheduledChunk(seq, start, num_tokens, samples))
+        out.num_batched_tokens += num_tokens
+        if needs_encoder:
+            seq.encoded = True
+            out.to_encode.append(seq)
+            out.num_encoder_tokens += seq.audio.length
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.block_manager.free(seq)
+        self._release_encoder_output(seq, out.free_encoder)
+        seq.status = SequenceStatus.WAITING
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+
+    @staticmethod
+    def _release_encoder_output(seq: Sequence, free_encoder: list[int]) -> None:
+        if seq.encoded:
+            seq.encoded = False
+            free_encoder.append(seq.seq_id)
+
+    def update(self, output: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
+        finished = []
+        for chunk in output.chunks:
+            seq = chunk.seq
+            if seq.is_finished:
+                continue  # aborted after schedule()
+            assert seq.num_computed_tokens == chunk.start, "update() must follow the schedule() of its output"
+            seq.num_computed_tokens = chunk.end
+            if chunk.samples:
+                token_id = sampled[seq.seq_id]
+                seq.append_token(token_id)
+                if token_id in seq.stop_token_ids:
+                    seq.finish_reason = "stop"
+                elif seq.num_output_tokens >= seq.sampling_params.max_tokens:
+                    seq.finish_reason = "length"
+            if not seq.needs_audio:
+                self._release_encoder_output(seq, self.encoder_outputs_to_free)
+            self.block_manager.cache_blocks(seq)
+            if seq.finish_reason is not None:
+                seq.status = SequenceStatus.FINISHED
+                self.block_manager.free(seq)
+                finished.append(seq)
+        if finished:
+            self.running = [seq for seq in self.running if not seq.is_finished]
+        return finished

@@ -1,0 +1,107 @@
+import time
+from dataclasses import dataclass
+from enum import Enum, auto
+from itertools import count
+
+from scheduler.sampling_params import SamplingParams
+
+_seq_ids = count()
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSpan:
+    start: int
+    length: int
+    content_hash: bytes
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class Sequence:
+
+    def __init__(
+        self,
+        prompt_token_ids: list[int],
+        audio: AudioSpan,
+        sampling_params: SamplingParams,
+        stop_token_ids: frozenset[int],
+        request_id: str = "",
+        arrival_time: float | None = None,
+    ):
+        if not prompt_token_ids:
+            raise ValueError("prompt_token_ids is empty")
+        if audio.start < 0 or audio.length < 1 or audio.end > len(prompt_token_ids):
+            raise ValueError(
+                f"audio span [{audio.start}, {audio.end}) must be non-empty and lie inside "
+                f"the prompt of {len(prompt_token_ids)} tokens"
+            )
+        self.seq_id = next(_seq_ids)
+        self.request_id = request_id
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.status = SequenceStatus.WAITING
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.output_token_ids: list[int] = []
+        self.audio = audio
+        self.sampling_params = sampling_params
+        self.stop_token_ids = frozenset() if sampling_params.ignore_eos else frozenset(stop_token_ids)
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0
+        self.block_ids: list[int] = []
+        # chain hashes of the leading blocks in block_ids that the block manager has looked up or registered
+        self.block_hashes: list[bytes] = []
+        self.encoded = False
+        self.finish_reason: str | None = None
+        self.num_preemptions = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence(seq_id={self.seq_id}, status={self.status.name}, tokens={self.num_prompt_tokens}"
+            f"+{self.num_output_tokens}, computed={self.num_computed_tokens})"
+        )
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    @property
+    def needs_audio(self) -> bool:
+        return self.num_computed_tokens < self.audio.end
+
+    def token_ids_slice(self, start: int, end: int) -> list[int]:
+        n = len(self.prompt_token_ids)
+        if end <= n:
+            return self.prompt_token_ids[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n:end - n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - n]
+
+    def append_token(self, token_id: int) -> None:
+        self.output_token_ids.append(token_id)
