@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import AttentionBackend
 from engine.model_config import AudioEncoderConfig
+from kernels import AttentionBackend
 
 TOKENS_PER_FULL_CHUNK = 13  # a 100-frame chunk after three stride-2 convolutions
 

@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from engine.attention import AttentionBackend, AttentionMetadata
 from engine.layers import RMSNorm, RotaryEmbedding, silu_and_mul
 from engine.model_config import TextConfig
+from kernels import AttentionBackend, AttentionMetadata
 
 
 class DecoderAttention(nn.Module):

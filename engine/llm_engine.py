@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.attention import get_attention_backend
 from engine.audio_encoder import num_audio_tokens
 from engine.checkpoint import load_weights, resolve_model_path
 from engine.config import EngineConfig
@@ -28,6 +27,7 @@ from engine.transcript import (
     parse_transcript,
     piece_separator,
 )
+from kernels import get_attention_backend
 from scheduler import AudioSpan, SamplingParams, Scheduler, SchedulerConfig, Sequence
 
 

@@ -1,10 +1,10 @@
 import torch
 from torch import nn
 
-from engine.attention import AttentionBackend, AttentionMetadata
 from engine.audio_encoder import AudioEncoder
 from engine.decoder import Qwen3Decoder
 from engine.model_config import ModelConfig
+from kernels import AttentionBackend, AttentionMetadata
 
 # canonical checkpoint names that load into one fused parameter, in order
 FUSED_PARAMETERS = {

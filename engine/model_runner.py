@@ -3,11 +3,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from engine.attention import AttentionBackend, AttentionMetadata
 from engine.features import LogMelExtractor
 from engine.model import Qwen3ASRModel
 from engine.model_config import ModelConfig
 from engine.sampler import sample
+from kernels import AttentionBackend, AttentionMetadata
 from scheduler import ScheduledChunk, SchedulerOutput, Sequence
 
 

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attention import torch_backend, windowed
+from kernels import paged_attention, windowed_attention
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,9 +16,9 @@ class AttentionBackend:
 
 TORCH_BACKEND = AttentionBackend(
     name="torch",
-    store_kv=torch_backend.store_kv,
-    paged_attention=torch_backend.paged_attention,
-    windowed_attention=windowed.windowed_attention,
+    store_kv=paged_attention.store_kv,
+    paged_attention=paged_attention.paged_attention,
+    windowed_attention=windowed_attention.windowed_attention,
 )
 
 

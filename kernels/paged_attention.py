@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from engine.attention.metadata import AttentionMetadata
+from kernels.attention_metadata import AttentionMetadata
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -1,0 +1,448 @@
+"""Finding a checkpoint, loading its weights under canonical names, and converting layouts.
+
+Canonical names are the original layout's names without the `thinker.` prefix (docs/internals.md):
+`audio_tower.*` (projector as `audio_tower.proj1/proj2`), `model.*` (decoder) and `lm_head.weight`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine.model_config import ModelConfig, load_model_config
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "tokenizer*"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+IGNORED_PREFIXES = ("talker.", "code2wav.")  # Qwen3-Omni parts the original layout may carry
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+# The `-hf` checkpoints' chat template: the original one plus assistant turns, so that a forced language
+# can be prefilled with `continue_final_message=True` ("language English<asr_text>").
+ASR_CHAT_TEMPLATE = """\
+{%- set ns = namespace(system_text='') -%}
+{%- for m in messages -%}
+  {%- if m.role == 'system' -%}
+    {%- if m.content is string -%}
+      {%- set ns.system_text = ns.system_text + m.content -%}
+    {%- else -%}
+      {%- for c in m.content -%}
+        {%- if c.type == 'text' and (c.text is defined) -%}
+          {%- set ns.system_text = ns.system_text + c.text -%}
+        {%- endif -%}
+      {%- endfor -%}
+    {%- endif -%}
+  {%- endif -%}
+{%- endfor -%}
+{%- set ns2 = namespace(audio_tokens='') -%}
+{%- for m in messages -%}
+  {%- if m.content is not string -%}
+    {%- for c in m.content -%}
+      {%- if c.type == 'audio' or ('audio' in c) or ('audio_url' in c) -%}
+        {%- set ns2.audio_tokens = ns2.audio_tokens + '<|audio_start|><|audio_pad|><|audio_end|>' -%}
+      {%- endif -%}
+    {%- endfor -%}
+  {%- endif -%}
+{%- endfor -%}
+{{- '<|im_start|>system\\n' + ns.system_text + '<|im_end|>\\n' -}}
+{{- '<|im_start|>user\\n' + ns2.audio_tokens + '<|im_end|>\\n' -}}
+{%- for m in messages -%}
+  {%- if m.role == 'assistant' -%}
+    {%- set ns3 = namespace(assistant_text='') -%}
+    {%- if m.content is string -%}
+      {%- set ns3.assistant_text = m.content -%}
+    {%- else -%}
+      {%- for c in m.content -%}
+        {%- if c.type == 'text' and (c.text is defined) -%}
+          {%- set ns3.assistant_text = ns3.assistant_text + c.text -%}
+        {%- endif -%}
+      {%- endfor -%}
+    {%- endif -%}
+    {{- '<|im_start|>assistant\\n' -}}
+    {% generation %}
+    {{- ns3.assistant_text + '<|im_end|>\\n' -}}
+    {% endgeneration %}
+  {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '<|im_start|>assistant\\n' -}}
+{%- endif -%}
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding the checkpoint
+
+
+def _hub_offline() -> bool:
+    # Read at call time: huggingface_hub reads its own constant once, at import.
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:  # the cache first: no network, no waiting
+        cached = Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True))
+        if _is_complete(cached):
+            return cached
+    except Exception:
+        pass
+    unreachable = (f"{repo_id!r} is neither a local folder nor in the Hugging Face cache, "
+                   "and the Hugging Face Hub is unreachable")
+    if _hub_offline():
+        raise CheckpointError(f"{unreachable} (HF_HUB_OFFLINE is set)")
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "10"))
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS, etag_timeout=timeout))
+    except Exception as e:
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        if isinstance(e, (RepositoryNotFoundError, GatedRepoError)):
+            raise CheckpointError(f"{repo_id!r}: no such model on the Hugging Face Hub, "
+                                  f"or no access to it ({type(e).__name__})") from e
+        raise CheckpointError(f"{unreachable}: {type(e).__name__}: {e}") from e
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{repo_id!r}: the Hugging Face repository has no config.json")
+    return folder
+
+
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """A local checkpoint folder, or a Hugging Face model id fetched into the local cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: a folder without config.json is not a checkpoint")
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: not a folder (a checkpoint is a folder with config.json)")
+    if not HUB_ID.match(str(model)):
+        raise CheckpointError(f"no such checkpoint folder: {model} (and it is not an 'org/name' model id)")
+    return _download(str(model))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names and shapes
+
+
+# (canonical prefix, original-layout prefix, -hf layout prefix), most specific first
+NAME_PREFIXES = (
+    ("audio_tower.proj1.", "thinker.audio_tower.proj1.", "model.multi_modal_projector.linear_1."),
+    ("audio_tower.proj2.", "thinker.audio_tower.proj2.", "model.multi_modal_projector.linear_2."),
+    ("audio_tower.", "thinker.audio_tower.", "model.audio_tower."),
+    ("model.", "thinker.model.", "model.language_model."),
+    ("lm_head.", "thinker.lm_head.", "lm_head."),
+)
+
+
+def _column(layout: str) -> int:
+    if layout not in ("original", "hf"):
+        raise ValueError(f"unknown checkpoint layout {layout!r}")
+    return 1 if layout == "original" else 2
+
+
+def disk_name(name: str, layout: str) -> str:
+    """The name a canonical tensor has on disk in `layout`."""
+    column = _column(layout)
+    for row in NAME_PREFIXES:
+        if name.startswith(row[0]):
+            return row[column] + name.removeprefix(row[0])
+    raise ValueError(f"not a canonical tensor name: {name}")
+
+
+def canonical_name(name: str, layout: str) -> str | None:
+    """The canonical name of an on-disk tensor, or None when `layout` has no such spelling."""
+    column = _column(layout)
+    for row in NAME_PREFIXES:
+        if name.startswith(row[column]):
+            canonical = row[0] + name.removeprefix(row[column])
+            # e.g. "model.audio_tower.proj1.*" in the -hf layout: a known prefix, but not its spelling there
+            return canonical if disk_name(canonical, layout) == name else None
+    return None
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor the model needs, with its shape (lm_head included even when tied)."""
+    a, t = config.audio, config.text
+    d, c, ffn = a.d_model, a.conv_channels, a.ffn_dim
+    freq_bins = a.num_mel_bins
+    for _ in range(3):  # three stride-2 convolutions with padding 1
+        freq_bins = (freq_bins + 1) // 2
+    shapes: dict[str, tuple[int, ...]] = {
+        "audio_tower.conv2d1.weight": (c, 1, 3, 3), "audio_tower.conv2d1.bias": (c,),
+        "audio_tower.conv2d2.weight": (c, c, 3, 3), "audio_tower.conv2d2.bias": (c,),
+        "audio_tower.conv2d3.weight": (c, c, 3, 3), "audio_tower.conv2d3.bias": (c,),
+        "audio_tower.conv_out.weight": (d, c * freq_bins),
+        "audio_tower.ln_post.weight": (d,), "audio_tower.ln_post.bias": (d,),
+        "audio_tower.proj1.weight": (d, d), "audio_tower.proj1.bias": (d,),
+        "audio_tower.proj2.weight": (a.output_dim, d), "audio_tower.proj2.bias": (a.output_dim,),
+    }
+    for i in range(a.num_layers):
+        p = f"audio_tower.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}self_attn.{proj}.weight"] = (d, d)
+            shapes[f"{p}self_attn.{proj}.bias"] = (d,)
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[f"{p}{norm}.weight"] = (d,)
+            shapes[f"{p}{norm}.bias"] = (d,)
+        shapes[f"{p}fc1.weight"], shapes[f"{p}fc1.bias"] = (ffn, d), (ffn,)
+        shapes[f"{p}fc2.weight"], shapes[f"{p}fc2.bias"] = (d, ffn), (d,)
+
+    h, q, kv, hd = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim, t.head_dim
+    shapes["model.embed_tokens.weight"] = (t.vocab_size, h)
+    for i in range(t.num_layers):
+        p = f"model.layers.{i}."
+        shapes[f"{p}input_layernorm.weight"] = (h,)
+        shapes[f"{p}post_attention_layernorm.weight"] = (h,)
+        shapes[f"{p}self_attn.q_proj.weight"] = (q, h)
+        shapes[f"{p}self_attn.k_proj.weight"] = (kv, h)
+        shapes[f"{p}self_attn.v_proj.weight"] = (kv, h)
+        shapes[f"{p}self_attn.o_proj.weight"] = (h, q)
+        shapes[f"{p}self_attn.q_norm.weight"] = (hd,)
+        shapes[f"{p}self_attn.k_norm.weight"] = (hd,)
+        shapes[f"{p}mlp.gate_proj.weight"] = (t.intermediate_size, h)
+        shapes[f"{p}mlp.up_proj.weight"] = (t.intermediate_size, h)
+        shapes[f"{p}mlp.down_proj.weight"] = (h, t.intermediate_size)
+    shapes["model.norm.weight"] = (h,)
+    shapes["lm_head.weight"] = (t.vocab_size, h)
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and writing safetensors
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: {INDEX_FILE} names shard files that are not there: {missing}")
+        if files:
+            return files
+    if (path / SINGLE_FILE).is_file():
+        return [path / SINGLE_FILE]
+    shards = sorted(path.glob("model-*-of-*.safetensors"))
+    if shards:
+        return shards
+    raise CheckpointError(f"{path}: no {SINGLE_FILE}, {INDEX_FILE} or model-*-of-*.safetensors files")
+
+
+def _tensor_shapes(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """On-disk name -> (file, shape), read from the headers only."""
+    found: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                found[name] = (file, tuple(f.get_slice(name).get_shape()))
+    return found
+
+
+def _listing(kind: str, items: list[str], limit: int = 10) -> str:
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{len(items)} {kind}: {', '.join(items[:limit])}{more}"
+
+
+def _match_tensors(path: Path, config: ModelConfig) -> tuple[dict[str, str], dict[str, Path]]:
+    """Checks the checkpoint against the config's complete set of tensors and shapes.
+
+    Returns canonical -> on-disk name, and on-disk name -> file; lm_head is left out when tied.
+    """
+    on_disk = _tensor_shapes(safetensors_files(path))
+    expected = expected_shapes(config)
+    tied = config.text.tie_word_embeddings
+
+    wanted: dict[str, str] = {}
+    unexpected, wrong_shape = [], []
+    for name, (_, shape) in on_disk.items():
+        if config.layout == "original" and name.startswith(IGNORED_PREFIXES):
+            continue
+        canonical = canonical_name(name, config.layout)
+        if canonical not in expected:
+            unexpected.append(name)
+        elif shape != expected[canonical]:
+            wrong_shape.append(f"{name} {list(shape)} (expected {list(expected[canonical])})")
+        elif not (tied and canonical == "lm_head.weight"):
+            wanted[canonical] = name
+    optional = {"lm_head.weight"} if tied else set()
+    missing = [disk_name(n, config.layout) for n in expected if n not in wanted and n not in optional]
+    if missing or unexpected or wrong_shape:
+        problems = [_listing(kind, sorted(items)) for kind, items in
+                    (("missing tensors", missing), ("unexpected tensors", unexpected),
+                     ("tensors with the wrong shape", wrong_shape)) if items]
+        raise CheckpointError(f"{path}: checkpoint does not match its config.json ({config.layout} layout): "
+                              + "; ".join(problems))
+    return wanted, {name: file for name, (file, _) in on_disk.items()}
+
+
+def _read(wanted: dict[str, str], files: dict[str, Path]) -> dict[str, torch.Tensor]:
+    """Canonical name -> tensor as stored, one open per file."""
+    by_file: dict[Path, list[str]] = {}
+    for canonical, name in wanted.items():
+        by_file.setdefault(files[name], []).append(canonical)
+    tensors = {}
+    for file, names in by_file.items():
+        with safe_open(file, framework="pt") as f:
+            for canonical in names:
+                tensors[canonical] = f.get_tensor(wanted[canonical])
+    return tensors
+
+
+def load_weights(path: Path, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """All weights under canonical names, cast to `dtype`, checked against the config's full set."""
+    weights = {name: t.to(dtype) for name, t in _read(*_match_tensors(Path(path), config)).items()}
+    if config.text.tie_word_embeddings:
+        # Like vLLM: a tied checkpoint's lm_head is the embedding, whatever a stored lm_head.weight holds.
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    return weights
+
+
+def save_safetensors(dst: Path, tensors: dict[str, torch.Tensor], shards: int = 1) -> None:
+    """Write `tensors` as model.safetensors, or as `shards` files plus an index, as transformers does."""
+    dst.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.contiguous() for name, t in tensors.items()}
+    if shards <= 1:
+        save_file(tensors, dst / SINGLE_FILE, metadata={"format": "pt"})
+        return
+    names = list(tensors)
+    groups = [{n: tensors[n] for n in names[i * len(names) // shards:(i + 1) * len(names) // shards]}
+              for i in range(shards)]
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_map = {}
+    for i, group in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(group, dst / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(group, file))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (dst / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Original layout -> transformers `-hf` layout
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json")
+# Keys the transformers converter drops from the sub-configs (serialisation leftovers of 4.57).
+_CONFIG_LEFTOVERS = (
+    "_name_or_path", "architectures", "dtype", "torch_dtype", "model_type", "use_bfloat16",
+    "add_cross_attention", "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id",
+    "finetuning_task", "id2label", "label2id", "is_decoder", "is_encoder_decoder", "output_attentions",
+    "output_hidden_states", "prefix", "problem_type", "pruned_heads", "return_dict", "sep_token_id",
+    "task_specific_params", "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "torchscript",
+)
+_AUDIO_LEFTOVERS = ("max_source_positions", "pad_token_id", "bos_token_id", "eos_token_id",
+                    "tie_word_embeddings")
+_TEXT_MOE_KEYS = ("decoder_sparse_step", "moe_intermediate_size", "num_experts_per_tok", "num_experts",
+                  "norm_topk_prob", "output_router_logits", "router_aux_loss_coef", "mlp_only_layers")
+_MROPE_KEYS = ("mrope_interleaved", "interleaved", "mrope_section", "type")
+
+
+def _special_token_ids(path: Path) -> dict[str, int]:
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return {}
+    added = json.loads(tokenizer_file.read_text()).get("added_tokens", [])
+    return {token["content"]: int(token["id"]) for token in added}
+
+
+def hf_config_dict(raw: dict, eos_token_ids: tuple[int, ...], pad_token_id: int | None) -> dict:
+    """Flatten an original-layout config.json the way transformers' converter does."""
+    thinker = raw["thinker_config"]
+    audio = {k: v for k, v in thinker["audio_config"].items()
+             if k not in _CONFIG_LEFTOVERS and k not in _AUDIO_LEFTOVERS}
+    if "encoder_attention_heads" in audio:
+        audio["num_attention_heads"] = audio.pop("encoder_attention_heads")
+    audio["num_key_value_heads"] = audio.get("num_key_value_heads", audio.get("num_attention_heads"))
+    # Only 13 positions are used (one 100-frame chunk after the convolutions), not Whisper's 1500.
+    audio["max_position_embeddings"] = 13
+    audio["model_type"] = "qwen3_asr_encoder"
+
+    text = {k: v for k, v in thinker["text_config"].items()
+            if k not in _CONFIG_LEFTOVERS and k not in _TEXT_MOE_KEYS}
+    # The declared MRoPE is 1-D RoPE for audio-only prompts; transformers 5 keeps theta in rope_parameters.
+    rope = {k: v for k, v in (text.pop("rope_scaling", None) or {}).items() if k not in _MROPE_KEYS}
+    rope.setdefault("rope_type", "default")
+    theta = text.pop("rope_theta", None)
+    rope["rope_theta"] = theta if theta is not None else (text.get("rope_parameters") or {}).get("rope_theta")
+    text["rope_parameters"] = rope
+    text["model_type"] = "qwen3"
+
+    config = {k: v for k, v in raw.items()
+              if k not in ("thinker_config", "support_languages", "transformers_version", "architectures")}
+    config.update({
+        "architectures": ["Qwen3ASRForConditionalGeneration"],
+        "model_type": "qwen3_asr",
+        "audio_config": audio,
+        "text_config": text,
+        "audio_token_id": thinker["audio_token_id"],
+        "tie_word_embeddings": text.get("tie_word_embeddings", True),
+        "eos_token_id": list(eos_token_ids),
+    })
+    if pad_token_id is not None:
+        config["pad_token_id"] = pad_token_id
+    for key in ("initializer_range", "dtype"):
+        if key in thinker:
+            config[key] = thinker[key]
+    return config
+
+
+def _feature_extractor_config(n_window: int) -> dict:
+    return {
+        "feature_extractor_type": "Qwen3ASRFeatureExtractor",
+        "feature_size": 128, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400,
+        "chunk_length": 30, "n_samples": 480000, "nb_max_frames": 3000,
+        "padding_side": "right", "padding_value": 0.0, "dither": 0.0, "return_attention_mask": True,
+        "n_window": n_window, "min_length": 8000,
+        "processor_class": "Qwen3ASRProcessor",
+    }
+
+
+def convert_to_hf(src: Path, dst: Path) -> None:
+    """Write a transformers `-hf` layout copy of an original-layout checkpoint."""
+    src, dst = Path(src), Path(dst)
+    config = load_model_config(src)
+    if config.layout != "original":
+        raise CheckpointError(f"{src}: already in the transformers -hf layout")
+    raw = json.loads((src / "config.json").read_text())
+    dst.mkdir(parents=True, exist_ok=True)
+
+    ids = _special_token_ids(src)
+    # transformers' converter stops on <|endoftext|> and <|im_end|> and pads with <|im_end|>.
+    eos = tuple(ids[t] for t in ("<|endoftext|>", "<|im_end|>") if t in ids) or config.eos_token_ids
+    pad = ids.get("<|im_end|>")
+    (dst / "config.json").write_text(json.dumps(hf_config_dict(raw, eos, pad), indent=2) + "\n")
+    generation = {"eos_token_id": list(eos), "do_sample": False, "max_new_tokens": 512}
+    if pad is not None:
+        generation["pad_token_id"] = pad
+    (dst / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+    # Tied: lm_head is left out, as save_pretrained does; transformers ties it to the embedding on load.
+    tensors = _read(*_match_tensors(src, config))
+    shards = len(safetensors_files(src))
+    save_safetensors(dst, {disk_name(name, "hf"): t for name, t in tensors.items()}, shards)
+
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    (dst / "chat_template.jinja").write_text(ASR_CHAT_TEMPLATE)
+    preprocessor = _feature_extractor_config(config.audio.n_window)
+    (dst / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
