@@ -364,7 +364,8 @@ def _special_token_ids(path: Path) -> dict[str, int]:
     return {token["content"]: int(token["id"]) for token in added}
 
 
-def hf_config_dict(raw: dict, eos_token_ids: tuple[int, ...], pad_token_id: int | None) -> dict:
+def hf_config_dict(raw: dict, tie_word_embeddings: bool, eos_token_ids: tuple[int, ...],
+                   pad_token_id: int | None) -> dict:
     """Flatten an original-layout config.json the way transformers' converter does."""
     thinker = raw["thinker_config"]
     audio = {k: v for k, v in thinker["audio_config"].items()
@@ -394,7 +395,7 @@ def hf_config_dict(raw: dict, eos_token_ids: tuple[int, ...], pad_token_id: int 
         "audio_config": audio,
         "text_config": text,
         "audio_token_id": thinker["audio_token_id"],
-        "tie_word_embeddings": text.get("tie_word_embeddings", True),
+        "tie_word_embeddings": tie_word_embeddings,
         "eos_token_id": list(eos_token_ids),
     })
     if pad_token_id is not None:
@@ -405,15 +406,19 @@ def hf_config_dict(raw: dict, eos_token_ids: tuple[int, ...], pad_token_id: int 
     return config
 
 
-def _feature_extractor_config(n_window: int) -> dict:
-    return {
-        "feature_extractor_type": "Qwen3ASRFeatureExtractor",
+def _feature_extractor_config(src: Path, n_window: int) -> dict:
+    """Qwen3ASRFeatureExtractor's settings; the source's WhisperFeatureExtractor values where it has them."""
+    config = {
         "feature_size": 128, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400,
         "chunk_length": 30, "n_samples": 480000, "nb_max_frames": 3000,
         "padding_side": "right", "padding_value": 0.0, "dither": 0.0, "return_attention_mask": True,
-        "n_window": n_window, "min_length": 8000,
-        "processor_class": "Qwen3ASRProcessor",
+        "min_length": 8000,
     }
+    if (src / "preprocessor_config.json").is_file():
+        original = json.loads((src / "preprocessor_config.json").read_text())
+        config.update({k: v for k, v in original.items() if k in config})
+    return config | {"n_window": n_window, "feature_extractor_type": "Qwen3ASRFeatureExtractor",
+                     "processor_class": "Qwen3ASRProcessor"}
 
 
 def convert_to_hf(src: Path, dst: Path) -> None:
@@ -422,27 +427,28 @@ def convert_to_hf(src: Path, dst: Path) -> None:
     config = load_model_config(src)
     if config.layout != "original":
         raise CheckpointError(f"{src}: already in the transformers -hf layout")
-    raw = json.loads((src / "config.json").read_text())
-    dst.mkdir(parents=True, exist_ok=True)
-
+    # Tied: lm_head is left out, as save_pretrained does; transformers ties it to the embedding on load.
+    tensors = _read(*_match_tensors(src, config))
     ids = _special_token_ids(src)
     # transformers' converter stops on <|endoftext|> and <|im_end|> and pads with <|im_end|>.
     eos = tuple(ids[t] for t in ("<|endoftext|>", "<|im_end|>") if t in ids) or config.eos_token_ids
     pad = ids.get("<|im_end|>")
-    (dst / "config.json").write_text(json.dumps(hf_config_dict(raw, eos, pad), indent=2) + "\n")
+
+    dst.mkdir(parents=True, exist_ok=True)
+    save_safetensors(dst, {disk_name(name, "hf"): t for name, t in tensors.items()},
+                     shards=len(safetensors_files(src)))
+    raw = json.loads((src / "config.json").read_text())
+    _write_json(dst / "config.json", hf_config_dict(raw, config.text.tie_word_embeddings, eos, pad))
     generation = {"eos_token_id": list(eos), "do_sample": False, "max_new_tokens": 512}
     if pad is not None:
         generation["pad_token_id"] = pad
-    (dst / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-
-    # Tied: lm_head is left out, as save_pretrained does; transformers ties it to the embedding on load.
-    tensors = _read(*_match_tensors(src, config))
-    shards = len(safetensors_files(src))
-    save_safetensors(dst, {disk_name(name, "hf"): t for name, t in tensors.items()}, shards)
-
+    _write_json(dst / "generation_config.json", generation)
+    _write_json(dst / "preprocessor_config.json", _feature_extractor_config(src, config.audio.n_window))
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
     (dst / "chat_template.jinja").write_text(ASR_CHAT_TEMPLATE)
-    preprocessor = _feature_extractor_config(config.audio.n_window)
-    (dst / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")

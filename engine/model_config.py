@@ -122,7 +122,12 @@ def parse_text_config(text: dict[str, Any], tie_word_embeddings: bool,
 
 
 def detect_layout(raw: dict[str, Any]) -> str:
+    model_type = raw.get("model_type")
+    if model_type is not None and model_type != "qwen3_asr":
+        raise ValueError(f"config.json: model_type {model_type!r} is not a Qwen3-ASR model ('qwen3_asr')")
     if isinstance(raw.get("thinker_config"), dict):
+        if "classify_num" in raw["thinker_config"]:
+            raise ValueError("config.json: a Qwen3-ForcedAligner checkpoint, not a Qwen3-ASR one")
         return "original"
     if isinstance(raw.get("audio_config"), dict) and isinstance(raw.get("text_config"), dict):
         return "hf"
