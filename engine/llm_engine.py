@@ -58,8 +58,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = getattr(torch, config.dtype) if config.dtype else (
-            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_path = resolve_model_path(config.model) if config.model else demo_model_path()
         self.model_config = load_model_config(self.model_path)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -246,6 +245,22 @@ class LLMEngine:
                                duration=state.duration, segments=segments, finish_reason=reason,
                                request_id=state.request_id, metrics=state.metrics)
         return RequestOutput(state.request_id, "", finished=True, result=result)
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None or "auto": bfloat16 on CUDA, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
+    return DTYPES[dtype]
 
 
 def build_model(config: ModelConfig, device: torch.device, dtype: torch.dtype) -> Qwen3ASRModel:

@@ -180,3 +180,16 @@ def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
         asyncio.run(run())
     finally:
         engine.shutdown()
+
+
+def test_dtype_options(checkpoint: Path, clips, alone) -> None:
+    import torch
+
+    assert transcribe_all(ASR(str(checkpoint), dtype=torch.float32), clips[:3]) == alone[:3]
+    bf16 = ASR(str(checkpoint), dtype="bfloat16")
+    assert next(bf16.engine.runner.model.parameters()).dtype == torch.bfloat16
+    assert bf16.engine.runner.model.model.layers[0].self_attn.rotary.cos.dtype == torch.float32
+    results = transcribe_all(bf16, clips[:3])
+    assert all(len(tokens) > 0 for tokens in results)
+    with pytest.raises(ValueError, match="unknown dtype 'float64'"):
+        ASR(str(checkpoint), dtype="float64")
