@@ -88,10 +88,12 @@ class IncrementalDetokenizer:
 
 
 class TranscriptStream:
-    """Raw text deltas in, transcript text deltas out: the `language X<asr_text>` header never leaks."""
+    """Raw text deltas in, transcript text deltas out: the `language X<asr_text>` header never leaks, and the
+    deltas add up to the stripped text that parse_transcript returns."""
 
     def __init__(self, forced_language: str | None):
         self.in_text = forced_language is not None
+        self.started = False
         self.pending = ""
 
     def push(self, raw_delta: str) -> str:
@@ -99,11 +101,14 @@ class TranscriptStream:
         if not self.in_text:
             if ASR_TEXT_TAG not in self.pending:
                 return ""
-            self.pending = self.pending.split(ASR_TEXT_TAG, 1)[1].lstrip()
+            self.pending = self.pending.split(ASR_TEXT_TAG, 1)[1]
             self.in_text = True
-        # hold back a tail that could still become a repeated tag or trailing whitespace to strip
-        keep = len(self.pending) - len(self.pending.rstrip())
-        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        if not self.started:
+            self.pending = self.pending.lstrip()
+            self.started = bool(self.pending)
+        # trailing whitespace is held back: it is stripped if nothing follows it
+        body = self.pending.rstrip()
+        out, self.pending = body, self.pending[len(body):]
         return out
 
     def finish(self) -> str:

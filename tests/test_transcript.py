@@ -1,7 +1,7 @@
 """Prompt languages, output parsing and streaming: the `language X<asr_text>` header never leaks."""
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME, _parse_single_output
 
@@ -53,6 +53,7 @@ def test_fix_repetitions_matches_the_reference(text: str) -> None:
 
 
 @given(st.text(max_size=30), st.text(min_size=1, max_size=60), st.lists(st.integers(1, 7), max_size=40))
+@example(language="", text="\r0", cuts=[1, 1, 1, 2, 7, 7])
 def test_streamed_text_never_leaks_the_header(language: str, text: str, cuts: list[int]) -> None:
     language = language.replace("<", "")
     raw = f"language {language}<asr_text>{text}"
