@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from engine.layers import RMSNorm, RotaryEmbedding, silu_and_mul
+from engine.layers import RMSNorm, RotaryEmbedding
 from engine.model_config import TextConfig
 from kernels import AttentionBackend, AttentionMetadata
 
@@ -26,10 +26,11 @@ class DecoderAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 backend: AttentionBackend) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.q_norm(q.view(-1, self.num_heads, self.head_dim))
-        k = self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim))
+        q, k = backend.qk_norm_rope(q.view(-1, self.num_heads, self.head_dim),
+                                    k.view(-1, self.num_kv_heads, self.head_dim), positions,
+                                    self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
+                                    self.rotary.cos, self.rotary.sin)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
         backend.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = backend.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.flatten(1))
@@ -41,8 +42,8 @@ class DecoderMLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
+        return self.down_proj(backend.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -53,10 +54,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DecoderMLP(config)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                backend: AttentionBackend) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), positions, meta, backend)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                meta: AttentionMetadata, backend: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden is the previous layer's MLP output, not yet added to the residual stream (None at layer 0).
+
+        The same sums as the reference `hidden = hidden + attn(norm(hidden))`, with each add fused into
+        the norm that follows it.
+        """
+        norm = self.input_layernorm
+        hidden, residual = backend.add_rms_norm(hidden, residual, norm.weight, norm.eps)
+        hidden = self.self_attn(hidden, positions, meta, backend)
+        norm = self.post_attention_layernorm
+        hidden, residual = backend.add_rms_norm(hidden, residual, norm.weight, norm.eps)
+        return self.mlp(hidden, backend), residual
 
 
 class Qwen3Decoder(nn.Module):
@@ -71,7 +81,8 @@ class Qwen3Decoder(nn.Module):
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 backend: AttentionBackend) -> torch.Tensor:
-        hidden = embeds
+        hidden, residual = embeds, None
         for layer in self.layers:
-            hidden = layer(hidden, positions, meta, backend)
-        return self.norm(hidden)
+            hidden, residual = layer(hidden, residual, positions, meta, backend)
+        hidden, _ = backend.add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps)
+        return hidden

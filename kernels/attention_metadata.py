@@ -2,6 +2,37 @@ from dataclasses import dataclass
 
 import torch
 
+SPLIT_KV_SEGMENTS = 16
+
+
+@dataclass(slots=True)
+class SplitKVWorkspace:
+    """fp32 partial results of split-KV decode, one row per (sequence, query head, KV segment).
+
+    Allocate once for the largest batch and pass it in AttentionMetadata, so a CUDA graph captured
+    around the split-KV path keeps pointing at the same buffers.
+    """
+
+    out: torch.Tensor  # [max_seqs, num_heads, segments, padded_head_dim] unnormalised outputs
+    max: torch.Tensor  # [max_seqs, num_heads, segments] running max of the scaled scores (log2 domain)
+    expsum: torch.Tensor  # [max_seqs, num_heads, segments] sum of exp2(score - max)
+
+    @classmethod
+    def allocate(cls, max_seqs: int, num_heads: int, padded_head_dim: int, device: torch.device | str,
+                 segments: int = SPLIT_KV_SEGMENTS) -> "SplitKVWorkspace":
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty(max_seqs, num_heads, segments, *shape, dtype=torch.float32, device=device)
+
+        return cls(out=empty(padded_head_dim), max=empty(), expsum=empty())
+
+    def fits(self, num_seqs: int, num_heads: int, padded_head_dim: int) -> bool:
+        max_seqs, heads, _, dim = self.out.shape
+        return num_seqs <= max_seqs and heads == num_heads and dim == padded_head_dim
+
+    @property
+    def segments(self) -> int:
+        return self.out.shape[2]
+
 
 @dataclass(slots=True)
 class AttentionMetadata:
@@ -20,6 +51,7 @@ class AttentionMetadata:
     max_seq_len: int
     query_lens_host: list[int]
     seq_lens_host: list[int]
+    split_kv_workspace: SplitKVWorkspace | None = None  # None: the Triton backend allocates per call
 
     @property
     def num_seqs(self) -> int:

@@ -1,0 +1,125 @@
+"""Triton fused RMSNorm kernels: residual add + RMSNorm, and per-head q/k RMSNorm + NeoX RoPE.
+
+Arithmetic is fp32, rounded to the activation dtype wherever the torch reference (kernels.layer_ops) rounds,
+so both backends agree to fp rounding.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_utils import check_last_dim_contiguous
+
+
+@triton.jit
+def _round(x, DTYPE: tl.constexpr):
+    """Round fp32 x to DTYPE and back, where the reference stores an intermediate in the activation dtype."""
+    return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def _add_rms_norm_kernel(x_ptr, residual_ptr, out_ptr, residual_out_ptr, weight_ptr, eps, stride_x, stride_r,
+                         stride_o, stride_ro, HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+                         HAS_RESIDUAL: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    dtype = out_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x = _round(tl.load(residual_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32) + x, dtype)
+        tl.store(residual_out_ptr + row * stride_ro + offs, x.to(dtype), mask=mask)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / HIDDEN + eps)
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, (weight * _round(x * rstd, dtype)).to(dtype), mask=mask)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(residual + x), residual + x) for x [tokens, hidden]; no residual: x is the residual."""
+    hidden = x.shape[-1]
+    x2 = x.reshape(-1, hidden)
+    check_last_dim_contiguous(x2)
+    out = torch.empty_like(x2)
+    # the first layer has no residual yet: x itself becomes it, and the kernel writes no copy
+    residual_in = x2 if residual is None else residual.reshape(-1, hidden)
+    residual_out = x2 if residual is None else torch.empty_like(x2)
+    check_last_dim_contiguous(residual_in)
+    if x2.shape[0]:
+        block = triton.next_power_of_2(hidden)
+        _add_rms_norm_kernel[(x2.shape[0],)](
+            x2, residual_in, out, residual_out, weight, eps, x2.stride(0), residual_in.stride(0), out.stride(0),
+            residual_out.stride(0), HIDDEN=hidden, BLOCK=block, HAS_RESIDUAL=residual is not None,
+            num_warps=min(16, max(1, block // 256)),
+        )
+    return out.view(x.shape), residual_out.view(x.shape)
+
+
+@triton.jit
+def _norm_rope_heads(src_ptr, dst_ptr, weight_ptr, cos_ptr, sin_ptr, eps, stride_src_head, stride_dst_head,
+                     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """RMSNorm + RoPE of all NUM_HEADS heads of one token, a [BLOCK_H, BLOCK_D] tile."""
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    offs = tl.arange(0, BLOCK_D)
+    mask = (heads < NUM_HEADS) & (offs < HEAD_DIM)[None, :]
+    half: tl.constexpr = HEAD_DIM // 2
+    first_half = offs < half
+    partner = tl.where(first_half, offs + half, offs - half)  # rotate_half reads the other half
+    dtype = dst_ptr.dtype.element_ty
+    src = src_ptr + heads * stride_src_head
+    x = tl.load(src + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(src + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
+    weight = tl.load(weight_ptr + offs, mask=offs < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
+    weight_partner = tl.load(weight_ptr + partner, mask=offs < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
+    normed = _round(weight * _round(x * rstd, dtype), dtype)
+    normed_partner = _round(weight_partner * _round(x_partner * rstd, dtype), dtype)
+    rotated = tl.where(first_half[None, :], -normed_partner, normed_partner)
+    cos = _round(tl.load(cos_ptr + offs, mask=offs < HEAD_DIM, other=0.0), dtype)[None, :]
+    sin = _round(tl.load(sin_ptr + offs, mask=offs < HEAD_DIM, other=0.0), dtype)[None, :]
+    out = _round(normed * cos, dtype) + _round(rotated * sin, dtype)
+    tl.store(dst_ptr + heads * stride_dst_head + offs[None, :], out.to(dtype), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, q_weight_ptr, k_weight_ptr, positions_ptr, cos_ptr,
+                         sin_ptr, eps, stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh,
+                         stride_kot, stride_koh, stride_rope, NUM_Q_HEADS: tl.constexpr,
+                         NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HQ: tl.constexpr,
+                         BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token)
+    cos_row = cos_ptr + position * stride_rope
+    sin_row = sin_ptr + position * stride_rope
+    if tl.program_id(1) == 0:
+        _norm_rope_heads(q_ptr + token * stride_qt, q_out_ptr + token * stride_qot, q_weight_ptr, cos_row, sin_row,
+                         eps, stride_qh, stride_qoh, NUM_Q_HEADS, HEAD_DIM, BLOCK_HQ, BLOCK_D)
+    else:
+        _norm_rope_heads(k_ptr + token * stride_kt, k_out_ptr + token * stride_kot, k_weight_ptr, cos_row, sin_row,
+                         eps, stride_kh, stride_koh, NUM_KV_HEADS, HEAD_DIM, BLOCK_HK, BLOCK_D)
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, q_weight: torch.Tensor,
+                 k_weight: torch.Tensor, eps: float, cos_cache: torch.Tensor,
+                 sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm of q [tokens, heads, dim] and k [tokens, kv_heads, dim], then RoPE at `positions`.
+
+    Grid (tokens, 2): one program for a token's q heads, one for its k heads. q and k may be strided views
+    of a fused qkv projection; the results are new contiguous tensors.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    check_last_dim_contiguous(q, k, cos_cache, sin_cache)
+    if cos_cache.stride() != sin_cache.stride():
+        raise ValueError("cos_cache and sin_cache must have the same layout")
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if num_tokens:
+        _qk_norm_rope_kernel[(num_tokens, 2)](
+            q, k, q_out, k_out, q_weight, k_weight, positions, cos_cache, sin_cache, eps,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), q_out.stride(0), q_out.stride(1),
+            k_out.stride(0), k_out.stride(1), cos_cache.stride(0), NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,
+            HEAD_DIM=head_dim, BLOCK_HQ=triton.next_power_of_2(num_heads),
+            BLOCK_HK=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+        )
+    return q_out, k_out

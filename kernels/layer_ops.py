@@ -1,0 +1,50 @@
+"""Plain-torch decoder ops: the CPU implementation and the reference for the Triton kernels.
+
+They reproduce transformers' Qwen3 step by step, including where it rounds to the activation dtype.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(residual + x), residual + x); with no residual yet (first layer) x is the residual."""
+    residual = x if residual is None else residual + x
+    return rms_norm(residual, weight, eps), residual
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """NeoX (rotate-half) RoPE of x [tokens, heads, head_dim] with cos/sin [tokens, 1, head_dim] in x's dtype."""
+    return x * cos + rotate_half(x) * sin
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, q_weight: torch.Tensor,
+                 k_weight: torch.Tensor, eps: float, cos_cache: torch.Tensor,
+                 sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm of q [tokens, heads, dim] and k [tokens, kv_heads, dim], then RoPE at `positions`.
+
+    cos_cache/sin_cache: float32 [max_positions, head_dim], cast to the activation dtype as the reference does.
+    """
+    q = rms_norm(q, q_weight, eps)
+    k = rms_norm(k, k_weight, eps)
+    cos = cos_cache[positions].to(q.dtype).unsqueeze(1)
+    sin = sin_cache[positions].to(q.dtype).unsqueeze(1)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -1,0 +1,31 @@
+import torch
+import triton
+
+
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET=1 was set: kernels then run on the CPU through numpy."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+def upcast_tiles(dtype: torch.dtype) -> bool:
+    """Whether kernels must convert loaded bf16 tiles to fp32 before any arithmetic.
+
+    The interpreter computes bf16 arithmetic and bf16 tl.dot on raw bit patterns (triton #11584); a GPU does not.
+    """
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def dot_precision(dtype: torch.dtype, upcast: bool) -> str:
+    """fp32 operands must not be rounded to tf32 on the GPU; half-precision operands ignore the setting."""
+    return "ieee" if upcast or dtype == torch.float32 else "tf32"
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """tl.arange needs a power of two and tl.dot at least 16 along the reduced dimension."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def check_last_dim_contiguous(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.stride(-1) != 1:
+            raise ValueError(f"the last dimension must be contiguous, got strides {t.stride()}")

@@ -1,0 +1,114 @@
+"""Triton paged attention for the decoder: one launch over a batch mixing decode, chunked and fresh prefill.
+
+Grid (q-blocks, kv_heads). A q-block is BLOCK_Q consecutive query tokens of one sequence times the
+QUERIES_PER_KV query heads sharing one KV head, packed into BLOCK_M rows, so every K/V tile is read once
+per KV head (GQA packing). The number of q-blocks is bounded by num_tokens // BLOCK_Q + num_seqs without
+looking at the query lengths on the host; a program finds its sequence by binary search and exits if its
+block lies past the sequence's queries. Small pure-decode batches go to the split-KV kernels instead.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.attention_metadata import AttentionMetadata
+from kernels.attention_tiles import attend_kv_tiles, find_seq_idx
+from kernels.split_kv_attention import split_kv_decode_attention
+from kernels.triton_utils import check_last_dim_contiguous, dot_precision, padded_head_dim, upcast_tiles
+
+# Split-KV pays when the 2D grid (one program per sequence and KV head in pure decode) leaves SMs idle.
+SPLIT_KV_MAX_PROGRAMS = 128
+DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
+DECODE_TILE_N, PREFILL_TILE_N = 16, 32
+
+
+@triton.jit
+def _unified_attention_kernel(
+        q_ptr, out_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
+        num_seqs, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
+        stride_cache_block, stride_cache_slot, stride_cache_head,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr,
+        DOT_PRECISION: tl.constexpr):
+    q_block = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = find_seq_idx(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    first_query = (q_block - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+    if first_query >= q_len:
+        return
+    context_len = tl.load(seq_lens_ptr + seq) - q_len
+
+    rows = tl.arange(0, BLOCK_M)
+    query = first_query + rows // QUERIES_PER_KV  # position among this step's queries of the sequence
+    head = kv_head * QUERIES_PER_KV + rows % QUERIES_PER_KV
+    row_mask = (rows < BLOCK_Q * QUERIES_PER_KV) & (query < q_len)
+    token = (q_start + query).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], mask=mask,
+                other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    # keys up to the last query of this block, which sees the context and every earlier query
+    kv_end = context_len + tl.minimum(first_query + BLOCK_Q, q_len)
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    block_table = block_tables_ptr + seq.to(tl.int64) * stride_table
+    row_max, row_sum, acc = attend_kv_tiles(
+        q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_table, kv_head,
+        0, tl.cdiv(kv_end, TILE_N), kv_end, context_len + query, qk_scale,
+        stride_cache_block, stride_cache_slot, stride_cache_head,
+        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, UPCAST, DOT_PRECISION)
+    out = acc / row_sum[:, None]
+    tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def use_split_kv(meta: AttentionMetadata, num_kv_heads: int) -> bool:
+    """Pure decode with too few (sequence, KV head) programs to fill the GPU."""
+    return meta.is_pure_decode and meta.num_seqs * num_kv_heads <= SPLIT_KV_MAX_PROGRAMS
+
+
+def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                      scale: float, split_kv: bool | None = None, block_m: int | None = None) -> torch.Tensor:
+    """Causal attention of query [num_tokens, heads, head_dim] over each sequence's paged cache.
+
+    split_kv and block_m override the heuristics (tests use them to reach every path).
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads do not share {num_kv_heads} KV heads evenly")
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError("k_cache and v_cache must have the same layout")
+    check_last_dim_contiguous(query, k_cache)
+    if split_kv is None:
+        split_kv = use_split_kv(meta, num_kv_heads)
+    if split_kv:
+        return split_kv_decode_attention(query, k_cache, v_cache, meta, scale)
+    out = torch.empty_like(query)
+    if num_tokens == 0:
+        return out
+    queries_per_kv = num_heads // num_kv_heads
+    if block_m is None:
+        block_m = DECODE_BLOCK_M if meta.max_query_len * queries_per_kv <= DECODE_BLOCK_M else PREFILL_BLOCK_M
+    block_m = max(block_m, triton.next_power_of_2(queries_per_kv))
+    block_q = block_m // queries_per_kv
+    tile_n = DECODE_TILE_N if meta.is_pure_decode else PREFILL_TILE_N
+    upcast = upcast_tiles(query.dtype)
+    grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
+    _unified_attention_kernel[grid](
+        query, out, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+        meta.num_seqs, scale * math.log2(math.e), query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        meta.block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
+        BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
+        DOT_PRECISION=dot_precision(query.dtype, upcast),
+    )
+    return out

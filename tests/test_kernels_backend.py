@@ -1,0 +1,95 @@
+"""Backend dispatch, and the whole engine on the Triton backend (interpreted on CPU) against the torch backend."""
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import SHAPES, write_checkpoint
+from conftest import speech_like
+
+from engine import ASR, SamplingParams
+from kernels import AttentionBackend, AttentionMetadata, get_attention_backend
+from kernels.unified_attention import use_split_kv
+
+CLIP_SECONDS = [0.6, 2.3, 1.2]
+MAX_TOKENS = 8
+
+
+def test_default_backend_is_torch_on_cpu() -> None:
+    assert get_attention_backend(None, torch.device("cpu")).name == "torch"
+    assert get_attention_backend("torch", torch.device("cpu")).name == "torch"
+
+
+def test_triton_on_cpu_runs_interpreted() -> None:
+    backend = get_attention_backend("triton", torch.device("cpu"))
+    assert backend.name == "triton"
+    assert all(callable(getattr(backend, f.name)) for f in fields(AttentionBackend) if f.name != "name")
+
+
+def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        get_attention_backend("triton", torch.device("cpu"))
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        get_attention_backend("flash", torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_root: Path) -> Path:
+    # gqa3: 6 query heads over 2 KV heads of 24 (padded to 32 in the kernels); encoder heads of 12
+    return write_checkpoint(checkpoint_root / "kernels-gqa3", SHAPES[1], layout="hf", seed=5)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return [speech_like(seconds, seed=7 + i) for i, seconds in enumerate(CLIP_SECONDS)]
+
+
+def transcribe(asr: ASR, clips: list[np.ndarray]) -> list[list[int]]:
+    results = asr.transcribe([(clip, 16000) for clip in clips], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+    return [result.token_ids for result in results]
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint: Path, clips: list[np.ndarray]) -> list[list[int]]:
+    tokens = transcribe(ASR(str(checkpoint), device="cpu", attention_backend="torch"), clips)
+    assert all(len(t) == MAX_TOKENS for t in tokens)
+    return tokens
+
+
+def record_attention_kinds(asr: ASR) -> set[str]:
+    """Which kinds of batch the Triton paged attention was called with."""
+    kinds: set[str] = set()
+    runner = asr.engine.runner
+    attend = runner.backend.paged_attention
+
+    def spy(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+            scale: float) -> torch.Tensor:
+        contexts = [s - q for q, s in zip(meta.query_lens_host, meta.seq_lens_host)]
+        if use_split_kv(meta, k_cache.shape[2]):
+            kinds.add("split-kv decode")
+        if any(q == 1 for q in meta.query_lens_host) and meta.max_query_len > 1:
+            kinds.add("decode mixed with prefill")
+        if any(q > 1 and c > 0 for q, c in zip(meta.query_lens_host, contexts)):
+            kinds.add("chunked prefill")
+        return attend(query, k_cache, v_cache, meta, scale)
+
+    runner.backend = replace(runner.backend, paged_attention=spy)
+    return kinds
+
+
+@pytest.mark.parametrize(("options", "kinds"), [
+    ({}, {"split-kv decode"}),
+    ({"max_num_batched_tokens": 40}, {"split-kv decode", "decode mixed with prefill", "chunked prefill"}),
+], ids=["prefill-then-decode", "chunked-mixed"])
+def test_engine_on_triton_matches_torch(checkpoint: Path, clips: list[np.ndarray], expected: list[list[int]],
+                                        options: dict, kinds: set[str]) -> None:
+    asr = ASR(str(checkpoint), device="cpu", attention_backend="triton", **options)
+    seen = record_attention_kinds(asr)
+    assert transcribe(asr, clips) == expected
+    assert seen == kinds

@@ -1,0 +1,135 @@
+"""Triton KV store, fused add + RMSNorm, q/k RMSNorm + RoPE and SiLU-and-mul against their torch references."""
+
+import pytest
+import torch
+from kernel_batches import gpu_test, seed_of
+
+from engine.layers import RotaryEmbedding
+from kernels import activation, fused_norms, kv_store, layer_ops
+from kernels import paged_attention as reference
+
+DTYPES = [torch.float32, torch.float16]
+
+
+def assert_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """fp32: reduction order only; fp16: the kernels round where the reference rounds, so within an ulp."""
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    tolerance = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[ours.dtype]
+    torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+def randn(generator: torch.Generator, *shape: int, dtype: torch.dtype, mean: float = 0.0,
+          std: float = 1.0, device: str = "cpu") -> torch.Tensor:
+    return (torch.randn(*shape, generator=generator) * std + mean).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=str)  # a pure copy: bf16 is safe to interpret
+@pytest.mark.parametrize("block_size", [8, 16])
+def test_store_kv(block_size: int, dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(seed_of(block_size, dtype))
+    num_tokens, kv_heads, head_dim, num_blocks = 9, 3, 24, 5
+    # v is a strided view of a fused qkv row, as in the model
+    qkv = randn(generator, num_tokens, 2 * 4 * head_dim + 2 * kv_heads * head_dim, dtype=dtype)
+    key = randn(generator, num_tokens, kv_heads, head_dim, dtype=dtype)
+    value = qkv[:, -kv_heads * head_dim:].view(num_tokens, kv_heads, head_dim)
+    slots = torch.randperm(num_blocks * block_size, generator=generator)[:num_tokens]
+    slots[[1, 6]] = -1  # padding tokens: not stored
+    k_cache = randn(generator, num_blocks, block_size, kv_heads, head_dim, dtype=dtype)
+    v_cache = randn(generator, num_blocks, block_size, kv_heads, head_dim, dtype=dtype)
+    k_expected, v_expected = k_cache.clone(), v_cache.clone()
+    reference.store_kv(key, value, k_expected, v_expected, slots)
+    kv_store.store_kv(key, value, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, k_expected) and torch.equal(v_cache, v_expected)
+
+
+def test_store_kv_into_views_of_one_cache_tensor() -> None:
+    """The engine's caches are [2, layers, ...] slices; storing into layer 1 leaves layer 0 untouched."""
+    generator = torch.Generator().manual_seed(1)
+    cache = torch.zeros(2, 2, 4, 16, 2, 16)
+    key, value = randn(generator, 3, 2, 16, dtype=torch.float32), randn(generator, 3, 2, 16, dtype=torch.float32)
+    slots = torch.tensor([5, -1, 63])
+    kv_store.store_kv(key, value, cache[0, 1], cache[1, 1], slots)
+    assert torch.equal(cache[0, 1].view(-1, 2, 16)[[5, 63]], key[[0, 2]])
+    assert torch.equal(cache[1, 1].view(-1, 2, 16)[[5, 63]], value[[0, 2]])
+    assert not cache[:, 0].any() and cache[0, 1].count_nonzero() == 2 * 2 * 16
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [48, 64])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_rms_norm(with_residual: bool, hidden: int, dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(seed_of(with_residual, hidden, dtype))
+    x = randn(generator, 7, hidden, dtype=dtype, std=3.0)
+    residual = randn(generator, 7, hidden, dtype=dtype, std=3.0) if with_residual else None
+    weight = randn(generator, hidden, dtype=dtype, mean=1.0, std=0.1)
+    normed, new_residual = fused_norms.add_rms_norm(x, residual, weight, 1e-6)
+    expected_normed, expected_residual = layer_ops.add_rms_norm(x, residual, weight, 1e-6)
+    assert_close(normed, expected_normed)
+    assert torch.equal(new_residual, expected_residual)  # one rounded add, exactly as torch does it
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads", [(2, 2, 32), (4, 2, 16), (6, 2, 24)], ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
+def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype) -> None:
+    num_heads, num_kv_heads, head_dim = heads
+    generator = torch.Generator().manual_seed(seed_of(heads, dtype))
+    rotary = RotaryEmbedding(head_dim, 1e6, 4096)
+    num_tokens = 6
+    qkv = randn(generator, num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, std=2.0)
+    q, k, _ = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    q, k = q.view(num_tokens, num_heads, head_dim), k.view(num_tokens, num_kv_heads, head_dim)  # strided views
+    positions = torch.cat([torch.tensor([0, 1, 4095]), torch.randint(0, 4096, (num_tokens - 3,), generator=generator)])
+    q_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
+    k_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
+    args = (positions, q_weight, k_weight, 1e-6, rotary.cos, rotary.sin)
+    q_out, k_out = fused_norms.qk_norm_rope(q, k, *args)
+    q_expected, k_expected = layer_ops.qk_norm_rope(q, k, *args)
+    assert_close(q_out, q_expected)
+    assert_close(k_out, k_expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("intermediate", [40, 1500])  # 1500: several column programs per row
+def test_silu_and_mul(intermediate: int, dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(seed_of(intermediate, dtype))
+    gate_up = randn(generator, 3, 2 * intermediate, dtype=dtype, std=3.0)
+    assert_close(activation.silu_and_mul(gate_up), layer_ops.silu_and_mul(gate_up))
+
+
+def test_empty_inputs() -> None:
+    weight = torch.ones(16)
+    normed, residual = fused_norms.add_rms_norm(torch.empty(0, 16), torch.empty(0, 16), weight, 1e-6)
+    assert normed.shape == residual.shape == (0, 16)
+    assert activation.silu_and_mul(torch.empty(0, 8)).shape == (0, 4)
+    kv_store.store_kv(torch.empty(0, 2, 16), torch.empty(0, 2, 16), torch.zeros(1, 8, 2, 16),
+                      torch.zeros(1, 8, 2, 16), torch.empty(0, dtype=torch.int64))
+
+
+@gpu_test
+def test_qwen_shapes_bf16_on_gpu() -> None:
+    """Qwen3-ASR 1.7B geometry in bf16: hidden 2048, 16 q / 8 kv heads of 128, intermediate 6144."""
+    generator = torch.Generator().manual_seed(0)
+    tokens, dtype = 300, torch.bfloat16
+    x = randn(generator, tokens, 2048, dtype=dtype, device="cuda")
+    residual = randn(generator, tokens, 2048, dtype=dtype, device="cuda")
+    weight = randn(generator, 2048, dtype=dtype, mean=1.0, std=0.1, device="cuda")
+    for ours, theirs in zip(fused_norms.add_rms_norm(x, residual, weight, 1e-6),
+                            layer_ops.add_rms_norm(x, residual, weight, 1e-6)):
+        assert_close(ours, theirs)
+    rotary = RotaryEmbedding(128, 1e6, 65536).cuda()
+    qkv = randn(generator, tokens, (16 + 2 * 8) * 128, dtype=dtype, device="cuda")
+    q, k, _ = qkv.split([2048, 1024, 1024], dim=-1)
+    q, k = q.view(tokens, 16, 128), k.view(tokens, 8, 128)
+    args = (torch.randint(0, 65536, (tokens,), generator=generator).cuda(),
+            randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"),
+            randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"), 1e-6, rotary.cos, rotary.sin)
+    for ours, theirs in zip(fused_norms.qk_norm_rope(q, k, *args), layer_ops.qk_norm_rope(q, k, *args)):
+        assert_close(ours, theirs)
+    gate_up = randn(generator, tokens, 2 * 6144, dtype=dtype, device="cuda")
+    assert_close(activation.silu_and_mul(gate_up), layer_ops.silu_and_mul(gate_up))
+    key, value = (randn(generator, tokens, 8, 128, dtype=dtype, device="cuda") for _ in range(2))
+    caches = [torch.zeros(64, 16, 8, 128, dtype=dtype, device="cuda") for _ in range(4)]
+    slots = torch.randperm(64 * 16, generator=generator)[:tokens].cuda()
+    kv_store.store_kv(key, value, caches[0], caches[1], slots)
+    reference.store_kv(key, value, caches[2], caches[3], slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
