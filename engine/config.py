@@ -7,7 +7,7 @@ class EngineConfig:
 
     model: str | None = None  # local checkpoint folder or Hugging Face id; None = the bundled demo model
     device: str | None = None  # None: cuda if available, else cpu
-    dtype: str | None = None  # "bfloat16" | "float16" | "float32" (or a torch.dtype); None: bfloat16 on cuda, float32 on cpu
+    dtype: str | None = None  # "bfloat16", "float16", "float32" or a torch.dtype; None: bf16 on cuda, else fp32
     attention_backend: str | None = None  # "torch" | "triton"; None: triton on cuda, torch elsewhere
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192

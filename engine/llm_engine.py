@@ -52,6 +52,10 @@ class RequestState:
     streamed_tail: str = ""
 
 
+MAX_GRAPH_BATCH_SIZE = 512
+GRAPH_MEMORY_RESERVE = 1 << 30  # captured decode graphs share one pool; sized generously, measured in the GPU tests
+
+
 class LLMEngine:
     """The synchronous engine: requests in, one scheduled step at a time, text deltas and results out."""
 
@@ -69,10 +73,12 @@ class LLMEngine:
         model = build_model(self.model_config, self.device, self.dtype)
         model.load_weights(load_weights(self.model_path, self.model_config, self.dtype))
         model.eval()
+        self.runner = ModelRunner(model, self.features, get_attention_backend(config.attention_backend, self.device),
+                                  config.block_size)
         num_blocks = self._num_kv_blocks()
-        self.runner = ModelRunner(model, self.model_config, self.features,
-                                  get_attention_backend(config.attention_backend, self.device),
-                                  num_blocks, config.block_size)
+        self.runner.allocate_kv_cache(num_blocks)
+        if self.uses_cuda_graphs:
+            self.runner.capture_decode_graphs(min(config.max_num_seqs, MAX_GRAPH_BATCH_SIZE), self.max_model_len)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
@@ -88,20 +94,26 @@ class LLMEngine:
         self.waveforms: dict[int, np.ndarray] = {}
         self.request_ids = (f"req-{i}" for i in itertools.count())
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        return self.device.type == "cuda" and not self.config.enforce_eager and self.runner.backend.name == "triton"
+
     def _num_kv_blocks(self) -> int:
+        """Blocks that fit in what is left after the weights, the largest step's activations and the CUDA
+        graphs (on CPU: a fixed budget), capped at what max_num_seqs full-length sequences could use."""
         config = self.config
+        block_bytes = self.runner.kv_block_bytes()
+        enough = config.max_num_seqs * -(-self.max_model_len // config.block_size)
         if config.num_kv_blocks:
             return config.num_kv_blocks
-        block_bytes = ModelRunner.kv_block_bytes(self.model_config, config.block_size, self.dtype)
         if self.device.type == "cuda":
+            activations = self.runner.profile_peak_activation_bytes(
+                config.max_num_batched_tokens, config.max_num_encoder_tokens or config.max_num_batched_tokens)
+            graphs = GRAPH_MEMORY_RESERVE if self.uses_cuda_graphs else 0
             free, total = torch.cuda.mem_get_info(self.device)
-            used = total - free
-            text = self.model_config.text
-            activations = config.max_num_batched_tokens * (4 * text.hidden_size + 2 * text.intermediate_size) * 4
-            budget = total * config.gpu_memory_utilization - used - activations - (1 << 30)
+            budget = total * config.gpu_memory_utilization - (total - free) - activations - graphs
         else:
             budget = config.cpu_kv_cache_gib * (1 << 30)
-        enough = config.max_num_seqs * -(-self.max_model_len // config.block_size)
         num_blocks = min(int(budget // block_bytes), enough)
         if num_blocks < 1:
             raise RuntimeError("no memory left for the KV cache; lower max_num_batched_tokens or raise "

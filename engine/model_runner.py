@@ -1,14 +1,26 @@
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from engine.decode_graphs import DecodeGraphs
 from engine.features import LogMelExtractor
 from engine.model import Qwen3ASRModel
-from engine.model_config import ModelConfig
 from engine.sampler import sample
 from kernels import AttentionBackend, AttentionMetadata
 from scheduler import ScheduledChunk, SchedulerOutput, Sequence
+
+
+@dataclass(slots=True)
+class StepInputs:
+    token_ids: torch.Tensor
+    positions: torch.Tensor
+    audio_rows: torch.Tensor  # rows of this step's tokens that take encoder outputs
+    audio_embeds: torch.Tensor
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor  # rows whose logits are sampled
 
 
 class ModelRunner:
@@ -17,27 +29,62 @@ class ModelRunner:
     Knows tensors, not policy: what to run comes from the scheduler's output.
     """
 
-    def __init__(self, model: Qwen3ASRModel, model_config: ModelConfig, features: LogMelExtractor,
-                 backend: AttentionBackend, num_kv_blocks: int, block_size: int):
+    def __init__(self, model: Qwen3ASRModel, features: LogMelExtractor, backend: AttentionBackend, block_size: int):
         self.model = model
         self.backend = backend
         self.features = features
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        text = model_config.text
-        self.kv_cache = torch.zeros(2, text.num_layers, num_kv_blocks, block_size, text.num_kv_heads,
-                                    text.head_dim, dtype=self.dtype, device=self.device)
-        for i, layer in enumerate(model.model.layers):
-            layer.self_attn.k_cache = self.kv_cache[0, i]
-            layer.self_attn.v_cache = self.kv_cache[1, i]
+        self.kv_cache = torch.empty(0)
+        self.decode_graphs: DecodeGraphs | None = None
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.generators: dict[int, torch.Generator] = {}
 
-    @staticmethod
-    def kv_block_bytes(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-        text = model_config.text
-        return 2 * text.num_layers * block_size * text.num_kv_heads * text.head_dim * dtype.itemsize
+    def kv_block_bytes(self) -> int:
+        text = self.model.config.text
+        return 2 * text.num_layers * self.block_size * text.num_kv_heads * text.head_dim * self.dtype.itemsize
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        text = self.model.config.text
+        self.kv_cache = torch.zeros(2, text.num_layers, num_blocks, self.block_size, text.num_kv_heads,
+                                    text.head_dim, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(self.model.model.layers):
+            layer.self_attn.k_cache = self.kv_cache[0, i]
+            layer.self_attn.v_cache = self.kv_cache[1, i]
+
+    def capture_decode_graphs(self, max_batch_size: int, max_model_len: int) -> None:
+        self.decode_graphs = DecodeGraphs(self.model, self.backend, max_batch_size,
+                                          math.ceil(max_model_len / self.block_size), self.block_size)
+        self.decode_graphs.capture()
+
+    @torch.inference_mode()
+    def profile_peak_activation_bytes(self, num_tokens: int, num_encoder_tokens: int) -> int:
+        """Peak CUDA memory of the largest step the scheduler can send (a full token budget of prefill plus a
+        full encoder budget), run against a throwaway one-block cache."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        baseline = torch.cuda.memory_allocated(self.device)
+        self.allocate_kv_cache(1)
+        seconds = max(1, num_encoder_tokens // 13)
+        mels = self.features([np.zeros(seconds * self.features.config.sample_rate, dtype=np.float32)])
+        self.model.encode_audio(mels, self.backend)
+        meta = AttentionMetadata(
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.long, device=self.device),
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+            block_tables=torch.zeros(1, math.ceil(num_tokens / self.block_size), dtype=torch.int32,
+                                     device=self.device),
+            max_query_len=num_tokens, max_seq_len=num_tokens, query_lens_host=[num_tokens],
+            seq_lens_host=[num_tokens])
+        token_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        hidden = self.model(self.model.model.embed_tokens(token_ids), token_ids, meta, self.backend)
+        self.model.compute_logits(hidden[-min(num_tokens, 256):])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - baseline
+        self.kv_cache = torch.empty(0)
+        torch.cuda.empty_cache()
+        return peak
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> dict[int, int]:
@@ -48,11 +95,15 @@ class ModelRunner:
             self.encode(step.to_encode, waveforms)
         if not step.chunks:
             return {}
-        token_ids, positions, audio_rows, audio_embeds, meta, sample_rows = self.prepare(step.chunks)
-        embeds = self.model.embed(token_ids, audio_rows, audio_embeds)
-        hidden = self.model(embeds, positions, meta, self.backend)
+        inputs = self.prepare(step.chunks)
+        graphs = self.decode_graphs
+        if graphs is not None and inputs.meta.is_pure_decode and graphs.padded_size(inputs.meta.num_seqs):
+            hidden = graphs.run(inputs.token_ids, inputs.positions, inputs.meta)
+        else:
+            embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
+            hidden = self.model(embeds, inputs.positions, inputs.meta, self.backend)
         sampling = [chunk.seq for chunk in step.chunks if chunk.samples]
-        logits = self.model.compute_logits(hidden[sample_rows])
+        logits = self.model.compute_logits(hidden[inputs.sample_rows])
         tokens = sample(logits, [seq.sampling_params for seq in sampling],
                         [self.generator(seq) for seq in sampling])
         return dict(zip((seq.seq_id for seq in sampling), tokens.tolist()))
@@ -77,7 +128,7 @@ class ModelRunner:
             self.generators[seq.seq_id] = generator
         return self.generators[seq.seq_id]
 
-    def prepare(self, chunks: list[ScheduledChunk]):
+    def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
         token_ids: list[int] = []
         positions: list[np.ndarray] = []
         slots: list[np.ndarray] = []
@@ -89,7 +140,7 @@ class ModelRunner:
         offset = 0
         for i, chunk in enumerate(chunks):
             seq, start, end = chunk.seq, chunk.start, chunk.end
-            token_ids += seq_token_slice(seq, start, end)
+            token_ids += seq.token_ids_slice(start, end)
             pos = np.arange(start, end)
             positions.append(pos)
             table = np.asarray(seq.block_ids, dtype=np.int64)
@@ -104,29 +155,28 @@ class ModelRunner:
             offset += end - start
             if chunk.samples:
                 sample_rows.append(offset - 1)
-        device = self.device
         meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(device),
-            query_start_loc=torch.tensor(np.cumsum([0] + query_lens), dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            block_tables=torch.from_numpy(block_tables).to(device),
+            slot_mapping=self.to_device(np.concatenate(slots)),
+            query_start_loc=self.to_device(np.cumsum([0] + query_lens, dtype=np.int32)),
+            seq_lens=self.to_device(np.asarray(seq_lens, dtype=np.int32)),
+            block_tables=self.to_device(block_tables),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
+            split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
         )
-        rows = torch.from_numpy(np.concatenate(audio_rows)) if audio_rows else torch.empty(0, dtype=torch.long)
-        embeds = torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=device)
-        return (torch.tensor(token_ids, dtype=torch.long, device=device),
-                torch.from_numpy(np.concatenate(positions)).to(device),
-                rows.to(device), embeds, meta,
-                torch.tensor(sample_rows, dtype=torch.long, device=device))
+        return StepInputs(
+            token_ids=self.to_device(np.asarray(token_ids, dtype=np.int64)),
+            positions=self.to_device(np.concatenate(positions)),
+            audio_rows=self.to_device(np.concatenate(audio_rows) if audio_rows else np.zeros(0, dtype=np.int64)),
+            audio_embeds=torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=self.device),
+            meta=meta,
+            sample_rows=self.to_device(np.asarray(sample_rows, dtype=np.int64)),
+        )
 
-
-def seq_token_slice(seq: Sequence, start: int, end: int) -> list[int]:
-    prompt = seq.prompt_token_ids
-    if end <= len(prompt):
-        return prompt[start:end]
-    if start >= len(prompt):
-        return seq.output_token_ids[start - len(prompt):end - len(prompt)]
-    return prompt[start:] + seq.output_token_ids[:end - len(prompt)]
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor

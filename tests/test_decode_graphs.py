@@ -1,0 +1,72 @@
+"""Decode through the CUDA-graph input buffers: padded batches give the tokens of unpadded ones.
+
+Without a GPU the padded buffers run eagerly (what a graph replays); on a GPU the graphs are captured.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import SHAPES, write_checkpoint
+from conftest import speech_like
+
+from engine import ASR, SamplingParams
+from engine.decode_graphs import DecodeGraphs, batch_size_ladder
+
+MAX_TOKENS = 10
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_root: Path) -> Path:
+    return write_checkpoint(checkpoint_root / "graphs-gqa3", SHAPES[1], layout="hf", seed=8)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return [speech_like(0.4 + 0.45 * i, seed=300 + i) for i in range(11)]
+
+
+def transcribe(asr: ASR, clips: list[np.ndarray]) -> list[list[int]]:
+    results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+    return [r.token_ids for r in results]
+
+
+def test_batch_size_ladder() -> None:
+    assert batch_size_ladder(1) == [1]
+    assert batch_size_ladder(6) == [1, 2, 4, 6]
+    assert batch_size_ladder(40) == [1, 2, 4, 8, 16, 32, 40]
+    assert batch_size_ladder(512)[-3:] == [480, 496, 512]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Path, clips) -> None:
+    if backend == "triton" and torch.cuda.is_available():
+        pytest.skip("covered by the CUDA-graph test on a GPU")
+    count = 11 if backend == "torch" else 3
+    expected = transcribe(ASR(str(checkpoint), attention_backend=backend), clips[:count])
+    asr = ASR(str(checkpoint), attention_backend=backend)
+    runner = asr.engine.runner
+    graphs = DecodeGraphs(runner.model, runner.backend, max_batch_size=16, max_blocks_per_seq=64, block_size=16)
+    runner.decode_graphs = graphs
+    calls = []
+    original_run = graphs.run
+
+    def run(*args):
+        calls.append(args[2].num_seqs)
+        return original_run(*args)
+
+    graphs.run = run
+    assert transcribe(asr, clips[:count]) == expected
+    assert calls and any(graphs.padded_size(n) != n for n in calls), "no decode step was padded"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graphs_on_and_off_give_the_same_tokens_in_bf16(checkpoint: Path, clips) -> None:
+    eager = ASR(str(checkpoint), dtype="bfloat16", enforce_eager=True)
+    graphed = ASR(str(checkpoint), dtype="bfloat16", max_num_seqs=16)
+    assert graphed.engine.runner.decode_graphs is not None and graphed.engine.runner.decode_graphs.graphs
+    assert eager.engine.runner.decode_graphs is None
+    assert transcribe(graphed, clips) == transcribe(eager, clips)
