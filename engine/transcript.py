@@ -1,3 +1,4 @@
+from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerBase
 
 ASR_TEXT_TAG = "<asr_text>"
@@ -58,33 +59,27 @@ def merge_languages(languages: list[str | None]) -> str | None:
 
 
 class IncrementalDetokenizer:
-    """Turns generated ids into text deltas without re-decoding everything each token, holding back
-    bytes of an unfinished character."""
+    """Generated ids in, text deltas out, through the tokenizers library's streaming decoder (which holds back
+    the bytes of an unfinished character)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
+        self.stream = DecodeStream(skip_special_tokens=True)
         self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
+        self.emitted = 0
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
-        if len(full) <= len(prefix) or full.endswith("\ufffd"):
-            return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return full[len(prefix):]
+        chunk = self.stream.step(self.tokenizer.backend_tokenizer, token_id) or ""
+        self.emitted += len(chunk)
+        return chunk
 
     def finish(self) -> str:
         """The rest of the text, an unfinished character included, once no more ids will come."""
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix):]
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        full = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        rest = full[self.emitted:]
+        self.emitted = len(full)
+        return rest
 
 
 class TranscriptStream:

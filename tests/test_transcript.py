@@ -1,7 +1,7 @@
 """Prompt languages, output parsing and streaming: the `language X<asr_text>` header never leaks."""
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME, _parse_single_output
 
@@ -76,3 +76,23 @@ def test_join_and_merge() -> None:
     assert join_texts(["你好", "世界"]) == "你好世界"
     assert merge_languages(["English", "English", None, "Chinese", "English"]) == "English,Chinese,English"
     assert merge_languages([None, None]) is None
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    from checkpoints import build_tokenizer
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(folder)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 606), max_size=40))
+def test_incremental_detokenizer_adds_up_to_the_full_decode(tokenizer, ids: list[int]) -> None:
+    from engine.transcript import IncrementalDetokenizer
+
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    text = "".join(detokenizer.push(i) for i in ids) + detokenizer.finish()
+    assert text == tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
