@@ -92,6 +92,7 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
         self.waveforms: dict[int, np.ndarray] = {}
+        self.previous: tuple[dict[int, int], list[Sequence]] | None = None
         self.request_ids = (f"req-{i}" for i in itertools.count())
 
     @property
@@ -173,14 +174,21 @@ class LLMEngine:
         return bool(self.requests)
 
     def step(self) -> list[RequestOutput]:
+        """Schedules and launches step N, then turns step N-1's tokens into text while the device works:
+        outputs trail the device by one step."""
         step = self.scheduler.schedule()
         now = time.monotonic()
         for chunk in step.chunks:
             state, _ = self.piece_of_seq[chunk.seq.seq_id]
             if state.metrics.first_scheduled_time is None:
                 state.metrics.first_scheduled_time = now
-        sampled = self.runner.execute(step, self.waveforms)
-        finished = self.scheduler.update(step, sampled)
+        pending = self.runner.launch(step, self.waveforms)
+        outputs = self._process(*self.previous) if self.previous else []
+        sampled = pending.result()
+        self.previous = (sampled, self.scheduler.update(step, sampled))
+        return outputs
+
+    def _process(self, sampled: dict[int, int], finished: list[Sequence]) -> list[RequestOutput]:
         now = time.monotonic()
         touched: dict[str, RequestState] = {}
         for seq_id, token in sampled.items():
@@ -194,6 +202,8 @@ class LLMEngine:
                 piece_state.held_deltas.append(delta)
             touched[state.request_id] = state
         for seq in finished:
+            if seq.seq_id not in self.piece_of_seq:
+                continue
             state, piece_state = self.piece_of_seq[seq.seq_id]
             tail = piece_state.stream.push(piece_state.detokenizer.finish()) + piece_state.stream.finish()
             if tail:

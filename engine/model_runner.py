@@ -23,6 +23,20 @@ class StepInputs:
     sample_rows: torch.Tensor  # rows whose logits are sampled
 
 
+@dataclass(slots=True)
+class PendingTokens:
+    """Sampled tokens on their way to the host; result() waits for the copy (the step's only sync)."""
+
+    seq_ids: list[int]
+    tokens: torch.Tensor
+    copied: torch.cuda.Event | None = None
+
+    def result(self) -> dict[int, int]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return dict(zip(self.seq_ids, self.tokens.tolist()))
+
+
 class ModelRunner:
     """Runs one scheduled step on the device: encoder for new audio, one decoder forward, sampling.
 
@@ -86,15 +100,19 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return peak
 
-    @torch.inference_mode()
     def execute(self, step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> dict[int, int]:
         """Returns the sampled token of every chunk that samples, by seq_id."""
+        return self.launch(step, waveforms).result()
+
+    @torch.inference_mode()
+    def launch(self, step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> PendingTokens:
+        """Enqueues the step's device work and returns before it finishes, so the host can do other work."""
         for seq_id in step.free_encoder:
             self.encoder_cache.pop(seq_id, None)
         if step.to_encode:
             self.encode(step.to_encode, waveforms)
         if not step.chunks:
-            return {}
+            return PendingTokens([], torch.empty(0, dtype=torch.long))
         inputs = self.prepare(step.chunks)
         graphs = self.decode_graphs
         if graphs is not None and inputs.meta.is_pure_decode and graphs.padded_size(inputs.meta.num_seqs):
@@ -106,7 +124,14 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.sample_rows])
         tokens = sample(logits, [seq.sampling_params for seq in sampling],
                         [self.generator(seq) for seq in sampling])
-        return dict(zip((seq.seq_id for seq in sampling), tokens.tolist()))
+        seq_ids = [seq.seq_id for seq in sampling]
+        if self.device.type != "cuda":
+            return PendingTokens(seq_ids, tokens)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return PendingTokens(seq_ids, host, copied)
 
     def encode(self, seqs: list[Sequence], waveforms: Mapping[int, np.ndarray]) -> None:
         mels = self.features([waveforms[seq.seq_id] for seq in seqs])
