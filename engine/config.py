@@ -13,6 +13,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     max_num_encoder_tokens: int | None = None  # audio tokens encoded per step; None = max_num_batched_tokens
     block_size: int = 16
+    kv_cache_dtype: str = "auto"  # "auto" = the model dtype; "fp8" = float8 e4m3, unscaled, half the bytes per block
     num_kv_blocks: int | None = None  # None: sized from memory
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gib: float = 2.0
@@ -28,6 +29,8 @@ class EngineConfig:
             raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise ValueError(f"kv_cache_dtype must be 'auto' or 'fp8', not {self.kv_cache_dtype!r}")
         if not 0.0 < self.max_piece_seconds <= 1200.0:
             raise ValueError("max_piece_seconds must be in (0, 1200]")
 

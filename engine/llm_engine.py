@@ -74,7 +74,7 @@ class LLMEngine:
         model.load_weights(load_weights(self.model_path, self.model_config, self.dtype))
         model.eval()
         self.runner = ModelRunner(model, self.features, get_attention_backend(config.attention_backend, self.device),
-                                  config.block_size)
+                                  config.block_size, config.kv_cache_dtype)
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         if self.uses_cuda_graphs:

@@ -10,6 +10,7 @@ from engine.features import LogMelExtractor
 from engine.model import Qwen3ASRModel
 from engine.sampler import sample
 from kernels import AttentionBackend, AttentionMetadata
+from kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
 from scheduler import ScheduledChunk, SchedulerOutput, Sequence
 
 
@@ -43,13 +44,19 @@ class ModelRunner:
     Knows tensors, not policy: what to run comes from the scheduler's output.
     """
 
-    def __init__(self, model: Qwen3ASRModel, features: LogMelExtractor, backend: AttentionBackend, block_size: int):
+    def __init__(self, model: Qwen3ASRModel, features: LogMelExtractor, backend: AttentionBackend, block_size: int,
+                 kv_cache_dtype: str = "auto"):
         self.model = model
         self.backend = backend
         self.features = features
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self.kv_cache_dtype = resolve_kv_cache_dtype(kv_cache_dtype, self.dtype)
+        if (is_fp8(self.kv_cache_dtype) and backend.name == "triton" and self.device.type == "cuda"
+                and torch.cuda.get_device_capability(self.device) < (8, 9)):
+            raise ValueError("kv_cache_dtype='fp8' with the triton backend needs a GPU of compute capability 8.9 "
+                             "or newer (Ada, Hopper) for Triton's e4m3 conversions; use kv_cache_dtype='auto'")
         self.kv_cache = torch.empty(0)
         self.decode_graphs: DecodeGraphs | None = None
         self.encoder_cache: dict[int, torch.Tensor] = {}
@@ -57,12 +64,13 @@ class ModelRunner:
 
     def kv_block_bytes(self) -> int:
         text = self.model.config.text
-        return 2 * text.num_layers * self.block_size * text.num_kv_heads * text.head_dim * self.dtype.itemsize
+        return (2 * text.num_layers * self.block_size * text.num_kv_heads * text.head_dim
+                * self.kv_cache_dtype.itemsize)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         text = self.model.config.text
         self.kv_cache = torch.zeros(2, text.num_layers, num_blocks, self.block_size, text.num_kv_heads,
-                                    text.head_dim, dtype=self.dtype, device=self.device)
+                                    text.head_dim, dtype=self.kv_cache_dtype, device=self.device)
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache = self.kv_cache[0, i]
             layer.self_attn.v_cache = self.kv_cache[1, i]

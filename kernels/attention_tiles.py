@@ -25,12 +25,13 @@ def attend_kv_tiles(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_ta
                     tile_lo, tile_hi, seq_len, key_limit, qk_scale,
                     stride_cache_block, stride_cache_slot, stride_cache_head,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-                    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    DOT_PRECISION: tl.constexpr):
     """Online softmax of q [BLOCK_M, BLOCK_D] over key tiles [tile_lo, tile_hi) of one sequence's paged cache.
 
     Row r sees the keys at positions <= key_limit[r] and < seq_len; the caller guarantees every row sees a
     key in the first tile, so no running max stays -inf. row_max and row_sum are the running max and sum
     of exp2 in the log2 domain (qk_scale includes log2(e)); acc is the unnormalised output; all fp32.
+    K/V tiles are converted to q's dtype after the load, so the cache may be narrower (FP8) than q.
     A key's cache slot comes from block_table[position // BLOCK_SIZE], so tiles need not align with blocks.
     """
     offs_d = tl.arange(0, BLOCK_D)
@@ -44,9 +45,9 @@ def attend_kv_tiles(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_ta
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_cache_ptr + slot[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_cache_ptr + slot[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        # to q's dtype: fp32 where the bf16 tiles are upcast, and the query dtype from an FP8 cache
+        k = k.to(q.dtype)
+        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         visible = n_mask[None, :] & (offs_n[None, :] <= key_limit[:, None])
         s = tl.where(visible, s, float("-inf"))

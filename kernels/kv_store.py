@@ -1,17 +1,39 @@
-"""Triton KV-cache store: one program per new token copies its K and V rows into the token's cache slot."""
+"""Triton KV-cache store: one program per new token copies its K and V rows into the token's cache slot.
+
+An FP8 cache gets the rows rounded to e4m3 and saturated at ±448 (kernels.kv_cache_dtype).
+"""
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.kv_cache_dtype import is_fp8
 from kernels.triton_utils import check_last_dim_contiguous
+
+
+@triton.jit
+def round_to_e4m3(x):
+    """fp32 x rounded to the nearest e4m3 value (ties to even), saturated at ±448; still fp32.
+
+    The GPU's fp32 -> e4m3 conversion rounds the same way, but the interpreter's truncates subnormals and
+    rounds ties up, so the rounding is done here and the conversion that follows is exact on both.
+    """
+    x = tl.clamp(x, -448.0, 448.0)  # kernels.kv_cache_dtype.FP8_MAX
+    bits = x.to(tl.uint32, bitcast=True)
+    # normal range: keep 3 of fp32's 23 mantissa bits
+    normal = (((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) << 20).to(tl.float32, bitcast=True)
+    # below 2^-6 e4m3 is subnormal, multiples of 2^-9: adding 1.5 * 2^23 rounds |x| * 512 to an integer
+    magnitude = tl.abs(x)
+    subnormal = ((magnitude * 512.0 + 12582912.0) - 12582912.0) / 512.0
+    subnormal = (subnormal.to(tl.uint32, bitcast=True) | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)
+    return tl.where(magnitude < 0.015625, subnormal, normal)
 
 
 @triton.jit
 def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
                      stride_kt, stride_kh, stride_vt, stride_vh, stride_cache_block, stride_cache_slot,
                      stride_cache_head, num_kv_heads, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token)
     if slot < 0:  # padding: nothing to store
@@ -23,8 +45,11 @@ def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_
         + heads * stride_cache_head + dims
     key = tl.load(key_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
     value = tl.load(value_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
-    tl.store(k_cache_ptr + dst, key, mask=mask)
-    tl.store(v_cache_ptr + dst, value, mask=mask)
+    if FP8:
+        key = round_to_e4m3(key.to(tl.float32))
+        value = round_to_e4m3(value.to(tl.float32))
+    tl.store(k_cache_ptr + dst, key.to(k_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_cache_ptr + dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -33,13 +58,13 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
-    if k_cache.stride() != v_cache.stride():
-        raise ValueError("k_cache and v_cache must have the same layout")
+    if k_cache.stride() != v_cache.stride() or k_cache.dtype != v_cache.dtype:
+        raise ValueError("k_cache and v_cache must have the same layout and dtype")
     check_last_dim_contiguous(key, value, k_cache)
     _store_kv_kernel[(num_tokens,)](
         key, value, k_cache, v_cache, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_kv_heads,
         HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1], BLOCK_H=triton.next_power_of_2(num_kv_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=triton.next_power_of_2(head_dim), FP8=is_fp8(k_cache.dtype),
     )

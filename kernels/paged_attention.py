@@ -2,21 +2,27 @@ import torch
 import torch.nn.functional as F
 
 from kernels.attention_metadata import AttentionMetadata
+from kernels.kv_cache_dtype import is_fp8, to_cache_dtype
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """key/value [num_tokens, kv_heads, head_dim] into caches [num_blocks, block_size, kv_heads, head_dim]."""
+    """key/value [num_tokens, kv_heads, head_dim] into caches [num_blocks, block_size, kv_heads, head_dim],
+    converted to the cache dtype (FP8 saturates, see kernels.kv_cache_dtype)."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key[keep])
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value[keep])
+    for rows, cache in ((key[keep], k_cache), (value[keep], v_cache)):
+        rows = to_cache_dtype(rows, cache.dtype)
+        if is_fp8(cache.dtype):  # index_copy_ has no FP8 kernel on the CPU: copy the bytes
+            rows, cache = rows.view(torch.uint8), cache.view(torch.uint8)
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, rows)
 
 
-def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """One sequence's first `length` cached rows, converted to `dtype` after the gather."""
     block_size = cache.shape[1]
     num_blocks = (length + block_size - 1) // block_size
-    return cache[block_table[:num_blocks]].flatten(0, 1)[:length]
+    return cache[block_table[:num_blocks]].flatten(0, 1)[:length].to(dtype)
 
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -28,8 +34,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     start = 0
     for i, (q_len, s_len) in enumerate(zip(meta.query_lens_host, meta.seq_lens_host)):
         q = query[start:start + q_len].transpose(0, 1)
-        k = gather_kv(k_cache, meta.block_tables[i], s_len).transpose(0, 1)
-        v = gather_kv(v_cache, meta.block_tables[i], s_len).transpose(0, 1)
+        k = gather_kv(k_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)
+        v = gather_kv(v_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)
         context = s_len - q_len
         mask = None
         if q_len > 1:
@@ -46,8 +52,9 @@ def _decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     block_size = k_cache.shape[1]
     max_blocks = (meta.max_seq_len + block_size - 1) // block_size
     tables = meta.block_tables[:, :max_blocks]
-    k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # [seqs, kv_heads, max_blocks*block_size, dim]
-    v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+    # [seqs, kv_heads, max_blocks*block_size, dim] in the query dtype (an FP8 cache converts after the gather)
+    k = k_cache[tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
+    v = v_cache[tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
     positions = torch.arange(k.shape[2], device=query.device)
     mask = (positions[None, :] < meta.seq_lens[:, None].to(positions.dtype))[:, None, None, :]
     out = F.scaled_dot_product_attention(query[:, :, None, :], k, v, attn_mask=mask, scale=scale, enable_gqa=True)

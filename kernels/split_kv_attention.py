@@ -55,7 +55,7 @@ def _segment_kernel(
     row_max, row_sum, acc = attend_kv_tiles(
         q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_table, kv_head,
         tile_lo, tile_hi, seq_len, key_limit, qk_scale, stride_cache_block, stride_cache_slot, stride_cache_head,
-        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, DOT_PRECISION)
 
     partial = (seq * NUM_HEADS + head) * SEGMENTS + segment  # [BLOCK_M] row of the workspace
     tl.store(segment_out_ptr + partial[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_mask[:, None])

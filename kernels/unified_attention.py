@@ -64,7 +64,7 @@ def _unified_attention_kernel(
         q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_table, kv_head,
         0, tl.cdiv(kv_end, TILE_N), kv_end, context_len + query, qk_scale,
         stride_cache_block, stride_cache_slot, stride_cache_head,
-        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, UPCAST, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, DOT_PRECISION)
     out = acc / row_sum[:, None]
     tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask)

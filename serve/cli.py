@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_options(offline)
     offline.set_defaults(run=transcribe)
+
+    bench = commands.add_parser("bench", help="benchmarks: print a table and write JSON under benchmarks/results")
+    benches = bench.add_subparsers(dest="benchmark", required=True)
+    from benchmarks import kernels, throughput
+
+    for name, module in {"throughput": throughput, "kernels": kernels}.items():
+        sub = benches.add_parser(name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else None)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.main)
     return parser
 
 
