@@ -1,0 +1,74 @@
+"""Random-weight Qwen3-ASR checkpoints at the real 0.6B / 1.7B shapes (and a tiny one for CPU), for speed.
+
+The tokenizer, chat template and feature-extractor files come from the bundled demo model; only the
+weights are random, written in the original layout and loaded by the same code as a real checkpoint.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import disk_name, expected_shapes, save_safetensors
+from engine.demo import demo_model_path
+from engine.model_config import parse_config
+
+PRESETS: dict[str, dict[str, dict[str, int]]] = {
+    "tiny": {
+        "audio": {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128,
+                  "downsample_hidden_size": 16, "output_dim": 64},
+        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "head_dim": 16},
+    },
+    "0.6b": {
+        "audio": {"d_model": 896, "encoder_layers": 18, "encoder_attention_heads": 14, "encoder_ffn_dim": 3584,
+                  "downsample_hidden_size": 480, "output_dim": 1024},
+        "text": {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+                 "num_key_value_heads": 8, "head_dim": 128},
+    },
+    "1.7b": {
+        "audio": {"d_model": 1024, "encoder_layers": 24, "encoder_attention_heads": 16, "encoder_ffn_dim": 4096,
+                  "downsample_hidden_size": 480, "output_dim": 2048},
+        "text": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+                 "num_key_value_heads": 8, "head_dim": 128},
+    },
+}
+REAL_VOCAB_SIZE = 151936
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
+                   "generation_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def write_random_checkpoint(dst: Path, preset: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                            device: str = "cpu") -> Path:
+    """Writes (once) an original-layout checkpoint with random weights; returns its folder."""
+    if (dst / "config.json").exists():
+        return dst
+    demo = demo_model_path()
+    demo_config = json.loads((demo / "config.json").read_text())
+    thinker = demo_config["thinker_config"]
+    shapes = PRESETS[preset]
+    audio = {**thinker["audio_config"], **shapes["audio"]}
+    text = {**thinker["text_config"], **shapes["text"], "max_position_embeddings": 65536}
+    if preset != "tiny":
+        text["vocab_size"] = REAL_VOCAB_SIZE
+    raw = {**demo_config, "thinker_config": {**thinker, "audio_config": audio, "text_config": text,
+                                             "dtype": str(dtype).removeprefix("torch.")}}
+    dst.mkdir(parents=True, exist_ok=True)
+    config = parse_config(raw, demo)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tensors = {}
+    for name, shape in expected_shapes(config).items():
+        if name == "lm_head.weight" and config.text.tie_word_embeddings:
+            continue
+        if len(shape) == 1:
+            value = torch.ones(shape, device=device) if "norm" in name else torch.zeros(shape, device=device)
+        else:
+            value = torch.randn(shape, generator=generator, device=device) * 0.02
+        tensors[disk_name(name, "original")] = value.to(dtype).cpu()
+    save_safetensors(dst, tensors)
+    for file in TOKENIZER_FILES:
+        if (demo / file).exists():
+            shutil.copy(demo / file, dst / file)
+    (dst / "config.json").write_text(json.dumps(raw, indent=2))
+    return dst

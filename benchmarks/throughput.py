@@ -1,0 +1,154 @@
+"""Offline throughput: qasr against transformers batched generate on the same checkpoint and clips.
+
+Output lengths are fixed (ignore_eos, about 4 tokens per second of audio) so both do the same work.
+Long clips run twice in qasr: single pass, and split into pieces of at most `piece_seconds` decoded as
+parallel sequences (what the engine does by default).
+"""
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.random_checkpoint import write_random_checkpoint
+from benchmarks.report import print_table, write_results
+from engine.checkpoint import convert_to_hf
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.splitting import split_audio
+from scheduler import SamplingParams
+
+SAMPLE_RATE = 16000
+
+
+def synthetic_clip(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like noise: a syllable-rate envelope over a voiced tone and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 6) * t)
+    voiced = np.sin(2 * np.pi * np.cumsum(np.full_like(t, rng.uniform(90, 220))) / SAMPLE_RATE)
+    return (0.3 * envelope * (voiced + 0.5 * rng.standard_normal(len(t)))).astype(np.float32)
+
+
+def output_tokens(seconds: float, tokens_per_second: float) -> int:
+    return max(1, round(seconds * tokens_per_second))
+
+
+def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[float, float | None]:
+    """Runs every (samples, max_tokens) item to completion; returns (wall seconds, first-token latency)."""
+    sync(engine.device)
+    start = time.perf_counter()
+    for samples, max_tokens in items:
+        engine.add_request(samples, sampling_params=SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+    first_token = None
+    while engine.has_unfinished:
+        outputs = engine.step()
+        if first_token is None and (outputs or any(s.num_output_tokens for s in engine.scheduler.running)):
+            first_token = time.perf_counter() - start
+    sync(engine.device)
+    return time.perf_counter() - start, first_token
+
+
+def run_transformers(model, processor, clips: list[np.ndarray], max_tokens: int, batch_size: int,
+                     device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(clips), batch_size):
+        inputs = processor.apply_transcription_request(clips[i:i + batch_size]).to(device)
+        inputs["input_features"] = inputs["input_features"].to(model.dtype)
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
+        batch_size: int, device: torch.device, dtype: torch.dtype, work_dir: Path, out_dir: Path | None,
+        engine_options: dict) -> tuple[list[dict], Path]:
+    from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
+
+    original = write_random_checkpoint(work_dir / f"{preset}-original", preset, dtype,
+                                       device="cuda" if device.type == "cuda" else "cpu")
+    hf = work_dir / f"{preset}-hf"
+    if not (hf / "config.json").exists():
+        convert_to_hf(original, hf)
+    base = EngineConfig(model=str(original), device=str(device), dtype=str(dtype).removeprefix("torch."),
+                        max_num_seqs=max(batch_size, 1), **engine_options)
+    single = LLMEngine(EngineConfig(**{**_fields(base), "max_piece_seconds": 1200.0}))
+    processor = Qwen3ASRProcessor.from_pretrained(hf)
+    model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=dtype).to(device).eval()
+
+    warm = [(synthetic_clip(2.0, 999), 4)]
+    run_qasr(single, warm)
+    run_transformers(model, processor, [warm[0][0]], 4, 1, device)
+
+    rows = []
+    for seconds in clip_seconds:
+        clips = [synthetic_clip(seconds, seed) for seed in range(num_clips)]
+        audio_seconds = seconds * num_clips
+        max_tokens = output_tokens(seconds, tokens_per_second)
+        hf_wall = run_transformers(model, processor, clips, max_tokens, batch_size, device)
+        qasr_wall, ttft = run_qasr(single, [(c, max_tokens) for c in clips])
+        row = {"clip_s": seconds, "clips": num_clips, "output_tokens_per_clip": max_tokens,
+               "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
+               "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
+               "qasr_first_token_s": ttft}
+        if seconds > piece_seconds:
+            pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
+                      for c in clips for p in split_audio(c, piece_seconds)]
+            # the same number of audios in flight as single pass, each as several parallel sequences
+            single.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(seconds / piece_seconds)
+            split_wall, _ = run_qasr(single, pieces)
+            single.scheduler.config.max_num_seqs = max(batch_size, 1)
+            row["qasr_split_rtfx"] = audio_seconds / split_wall
+            row["speedup_split"] = hf_wall / split_wall
+        rows.append(row)
+    config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
+              "num_clips": num_clips, "tokens_per_second": tokens_per_second, "piece_seconds": piece_seconds,
+              "batch_size": batch_size, "dtype": str(dtype), "engine_options": engine_options}
+    return rows, write_results("throughput", device, config, rows, out_dir)
+
+
+def _fields(config: EngineConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+def _shape(engine: LLMEngine) -> dict:
+    a, t = engine.model_config.audio, engine.model_config.text
+    return {"encoder_d_model": a.d_model, "encoder_layers": a.num_layers, "hidden_size": t.hidden_size,
+            "decoder_layers": t.num_layers, "heads": t.num_heads, "kv_heads": t.num_kv_heads, "head_dim": t.head_dim,
+            "vocab_size": t.vocab_size}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=["tiny", "0.6b", "1.7b"], default="tiny")
+    parser.add_argument("--clip-seconds", type=float, nargs="+", default=[10.0, 30.0, 120.0])
+    parser.add_argument("--num-clips", type=int, default=8)
+    parser.add_argument("--tokens-per-second", type=float, default=4.0)
+    parser.add_argument("--piece-seconds", type=float, default=30.0)
+    parser.add_argument("--batch-size", type=int, default=8, help="transformers batch and qasr max_num_seqs")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--work-dir", default="/tmp/qasr-bench")
+    parser.add_argument("--out-dir", default=None)
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
+                     args.batch_size, device, dtype, Path(args.work_dir), Path(args.out_dir) if args.out_dir else None,
+                     {})
+    print_table(rows)
+    print(f"results: {path}")
+    return 0
