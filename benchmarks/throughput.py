@@ -141,6 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--work-dir", default="/tmp/qasr-bench")
     parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    parser.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
+    parser.add_argument("--enforce-eager", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -148,7 +151,8 @@ def main(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
                      args.batch_size, device, dtype, Path(args.work_dir), Path(args.out_dir) if args.out_dir else None,
-                     {})
+                     {"kv_cache_dtype": args.kv_cache_dtype, "attention_backend": args.attention_backend,
+                      "enforce_eager": args.enforce_eager})
     print_table(rows)
     print(f"results: {path}")
     return 0
