@@ -34,11 +34,16 @@ class ASR:
             raise
         results: dict[str, Transcription] = {}
         with tqdm(total=len(request_ids), desc="transcribing", unit="audio", disable=not use_tqdm) as bar:
-            while self.engine.has_unfinished:
-                for output in self.engine.step():
-                    if output.finished and output.result is not None:
-                        results[output.request_id] = output.result
-                        bar.update(1)
+            try:
+                while self.engine.has_unfinished:
+                    for output in self.engine.step():
+                        if output.finished and output.result is not None:
+                            results[output.request_id] = output.result
+                            bar.update(1)
+            except BaseException:
+                for request_id in request_ids:
+                    self.engine.abort(request_id)
+                raise
         return [results[request_id] for request_id in request_ids]
 
 

@@ -27,6 +27,7 @@ class _Submit:
 @dataclass(slots=True)
 class _Abort:
     request_id: str
+    submit: _Submit | None = None  # only this submission's request is aborted, not a namesake
 
 
 class AsyncEngine:
@@ -41,6 +42,7 @@ class AsyncEngine:
         self.sinks: dict[str, _Submit] = {}
         self.request_ids = (f"areq-{i}" for i in itertools.count())
         self.error: BaseException | None = None
+        self.lock = threading.Lock()  # a submission either reaches a live engine or sees why it stopped
         self.thread = threading.Thread(target=self._run, name="qasr-engine", daemon=True)
         self.thread.start()
 
@@ -52,12 +54,13 @@ class AsyncEngine:
                      sampling_params: SamplingParams | None = None,
                      request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields text deltas; the last output has finished=True and the result. Cancelling aborts."""
-        if self.error is not None:
-            raise RuntimeError("the engine stopped after an error") from self.error
         request_id = request_id or next(self.request_ids)
         sink: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self.commands.put(_Submit(request_id, samples, language, context, sampling_params, sink,
-                                  asyncio.get_running_loop()))
+        submit = _Submit(request_id, samples, language, context, sampling_params, sink, asyncio.get_running_loop())
+        with self.lock:
+            if self.error is not None:
+                raise RuntimeError("the engine has stopped") from self.error
+            self.commands.put(submit)
         finished = False
         try:
             while True:
@@ -71,7 +74,7 @@ class AsyncEngine:
                     return
         finally:
             if not finished:
-                self.abort(request_id)
+                self.commands.put(_Abort(request_id, submit))
 
     async def transcribe(self, samples: np.ndarray, language: str | None = None, context: str = "",
                          sampling_params: SamplingParams | None = None,
@@ -85,10 +88,25 @@ class AsyncEngine:
         self.commands.put(_Abort(request_id))
 
     def shutdown(self) -> None:
+        """Stops the engine thread; requests still in flight fail with an error instead of hanging."""
         self.commands.put(None)
         self.thread.join(timeout=30)
 
     def _run(self) -> None:
+        if self.engine.device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(self.engine.device)
+        try:
+            self._loop()
+            error: BaseException = RuntimeError("the engine was shut down")
+        except BaseException as failure:  # the thread must never die silently: fail everyone instead
+            error = failure
+        with self.lock:
+            self.error = error
+            self._fail_all(error)
+
+    def _loop(self) -> None:
         while True:
             block = not self.engine.has_unfinished
             try:
@@ -104,23 +122,23 @@ class AsyncEngine:
                 continue
             try:
                 outputs = self.engine.step()
-            except BaseException as error:  # a failed step fails every request in flight, not the process
-                self._fail_all(error)
+            except Exception as error:  # a failed step fails the requests in flight, not the engine
+                self._fail_in_flight(RuntimeError(f"engine step failed: {error!r}"))
                 continue
             for output in outputs:
                 self._deliver(output)
 
     def _apply(self, command: _Submit | _Abort) -> None:
         if isinstance(command, _Abort):
-            output = self.engine.abort(command.request_id)
-            if output is not None:
-                self._deliver(output)
+            if command.submit is None or self.sinks.get(command.request_id) is command.submit:
+                self.sinks.pop(command.request_id, None)
+                self.engine.abort(command.request_id)
             return
         try:
             self.engine.add_request(command.samples, command.language, command.context,
                                     command.sampling_params, request_id=command.request_id)
         except Exception as error:
-            command.loop.call_soon_threadsafe(command.sink.put_nowait, error)
+            _send(command, error)
             return
         self.sinks[command.request_id] = command
 
@@ -130,10 +148,28 @@ class AsyncEngine:
             return
         if output.finished:
             del self.sinks[output.request_id]
-        submit.loop.call_soon_threadsafe(submit.sink.put_nowait, output)
+        _send(submit, output)
+
+    def _fail_in_flight(self, error: BaseException) -> None:
+        for request_id in list(self.sinks):
+            try:
+                self.engine.abort(request_id)
+            finally:
+                _send(self.sinks.pop(request_id), error)
 
     def _fail_all(self, error: BaseException) -> None:
-        for request_id in list(self.sinks):
-            self.engine.abort(request_id)
-            submit = self.sinks.pop(request_id)
-            submit.loop.call_soon_threadsafe(submit.sink.put_nowait, RuntimeError(f"engine step failed: {error!r}"))
+        self._fail_in_flight(error)
+        while True:  # submissions nobody will run
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Submit):
+                _send(command, error)
+
+
+def _send(submit: _Submit, item: RequestOutput | BaseException) -> None:
+    try:
+        submit.loop.call_soon_threadsafe(submit.sink.put_nowait, item)
+    except RuntimeError:  # the caller's event loop is closed: nobody is listening
+        pass

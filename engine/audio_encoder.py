@@ -109,8 +109,11 @@ class AudioEncoder(nn.Module):
         num_chunks, channels, freq, time = x.shape
         x = self.conv_out(x.permute(0, 3, 1, 2).reshape(num_chunks, time, channels * freq))
         x = x + self.positions[:time].to(x.dtype)
-        valid = torch.arange(time, device=x.device)[None, :] < torch.tensor(valid_per_chunk, device=x.device)[:, None]
-        hidden = x[valid]
+        keep = np.concatenate([chunk * time + np.arange(n) for chunk, n in enumerate(valid_per_chunk)])
+        keep_index = torch.from_numpy(keep)
+        if x.is_cuda:
+            keep_index = keep_index.pin_memory().to(x.device, non_blocking=True)
+        hidden = x.flatten(0, 1).index_select(0, keep_index)  # the valid positions of every chunk, in order
         for layer in self.layers:
             hidden = layer(hidden, window_lens, backend)
         hidden = self.ln_post(hidden)

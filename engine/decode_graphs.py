@@ -67,6 +67,7 @@ class DecodeGraphs:
         self.seq_lens.fill_(1)
         pool = None
         stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())  # the cache and buffers are zero-filled on the default stream
         for size in reversed(self.sizes):
             with torch.cuda.stream(stream):
                 self._forward(size, self.max_seq_len)  # warm-up: compiles kernels outside the capture

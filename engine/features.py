@@ -67,15 +67,15 @@ class LogMelExtractor:
         powers = []
         for clip in clips:
             wave = torch.from_numpy(np.ascontiguousarray(self.pad_to_min_length(clip), dtype=np.float32))
-            stft = torch.stft(
-                wave.to(self.device), self.config.n_fft, self.config.hop_length, window=self.window,
-                return_complex=True,
-            )
+            if self.device.type == "cuda":
+                wave = wave.pin_memory().to(self.device, non_blocking=True)
+            stft = torch.stft(wave, self.config.n_fft, self.config.hop_length, window=self.window,
+                              return_complex=True)
             powers.append(stft[..., :-1].abs() ** 2)
         frames = [p.shape[-1] for p in powers]
         log_spec = torch.clamp(self.mel_filters_t @ torch.cat(powers, dim=-1), min=1e-10).log10()
         per_clip = log_spec.split(frames, dim=-1)
         floors = torch.stack([part.max() for part in per_clip]) - 8.0
-        floor_per_frame = torch.repeat_interleave(floors, torch.tensor(frames, device=self.device))
+        floor_per_frame = torch.cat([floor.expand(n) for floor, n in zip(floors, frames)])
         log_spec = (torch.maximum(log_spec, floor_per_frame) + 4.0) / 4.0
         return list(log_spec.split(frames, dim=-1))

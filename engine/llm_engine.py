@@ -62,6 +62,8 @@ class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # Triton launches on the current device
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_path = resolve_model_path(config.model) if config.model else demo_model_path()
         self.model_config = load_model_config(self.model_path)
@@ -69,12 +71,15 @@ class LLMEngine:
         self.special = special_tokens(self.tokenizer, self.model_config)
         self.prompts = PromptBuilder(self.tokenizer, self.special)
         self.features = LogMelExtractor(FeatureConfig.from_checkpoint(self.model_path), self.device)
-        self.max_model_len = config.max_model_len or self.model_config.text.max_position_embeddings
+        max_positions = self.model_config.text.max_position_embeddings
+        self.max_model_len = config.max_model_len or max_positions
+        if self.max_model_len > max_positions:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {max_positions} positions")
         model = build_model(self.model_config, self.device, self.dtype)
         model.load_weights(load_weights(self.model_path, self.model_config, self.dtype))
         model.eval()
         self.runner = ModelRunner(model, self.features, get_attention_backend(config.attention_backend, self.device),
-                                  config.block_size, config.kv_cache_dtype)
+                                  config.block_size, config.kv_cache_dtype, seed=config.seed)
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         if self.uses_cuda_graphs:
@@ -108,8 +113,11 @@ class LLMEngine:
         if config.num_kv_blocks:
             return config.num_kv_blocks
         if self.device.type == "cuda":
+            piece_tokens = num_audio_tokens(self.features.num_frames(
+                int(config.max_piece_seconds * self.features.config.sample_rate)))
+            encoder_tokens = max(config.max_num_encoder_tokens or config.max_num_batched_tokens, piece_tokens)
             activations = self.runner.profile_peak_activation_bytes(
-                config.max_num_batched_tokens, config.max_num_encoder_tokens or config.max_num_batched_tokens)
+                config.max_num_batched_tokens, encoder_tokens, config.max_num_seqs)
             graphs = GRAPH_MEMORY_RESERVE if self.uses_cuda_graphs else 0
             free, total = torch.cuda.mem_get_info(self.device)
             budget = total * config.gpu_memory_utilization - (total - free) - activations - graphs
@@ -183,7 +191,8 @@ class LLMEngine:
             if state.metrics.first_scheduled_time is None:
                 state.metrics.first_scheduled_time = now
         pending = self.runner.launch(step, self.waveforms)
-        outputs = self._process(*self.previous) if self.previous else []
+        previous, self.previous = self.previous, None
+        outputs = self._process(*previous) if previous else []
         sampled = pending.result()
         self.previous = (sampled, self.scheduler.update(step, sampled))
         return outputs

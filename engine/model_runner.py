@@ -22,6 +22,7 @@ class StepInputs:
     audio_embeds: torch.Tensor
     meta: AttentionMetadata
     sample_rows: torch.Tensor  # rows whose logits are sampled
+    is_decode: bool  # one new token per sequence, every one sampled, no audio: what a decode graph replays
 
 
 @dataclass(slots=True)
@@ -45,7 +46,7 @@ class ModelRunner:
     """
 
     def __init__(self, model: Qwen3ASRModel, features: LogMelExtractor, backend: AttentionBackend, block_size: int,
-                 kv_cache_dtype: str = "auto"):
+                 kv_cache_dtype: str = "auto", seed: int = 0):
         self.model = model
         self.backend = backend
         self.features = features
@@ -61,6 +62,7 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.generators: dict[int, torch.Generator] = {}
+        self.default_seeds = np.random.default_rng(seed)  # for requests that sample without a seed of their own
 
     def kv_block_bytes(self) -> int:
         text = self.model.config.text
@@ -81,9 +83,9 @@ class ModelRunner:
         self.decode_graphs.capture()
 
     @torch.inference_mode()
-    def profile_peak_activation_bytes(self, num_tokens: int, num_encoder_tokens: int) -> int:
-        """Peak CUDA memory of the largest step the scheduler can send (a full token budget of prefill plus a
-        full encoder budget), run against a throwaway one-block cache."""
+    def profile_peak_activation_bytes(self, num_tokens: int, num_encoder_tokens: int, num_sampled: int) -> int:
+        """Peak CUDA memory of the largest step the scheduler can send (a full token budget of prefill, the
+        largest encoder pass, logits for every running sequence), run against a throwaway one-block cache."""
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         baseline = torch.cuda.memory_allocated(self.device)
@@ -101,7 +103,7 @@ class ModelRunner:
             seq_lens_host=[num_tokens])
         token_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
         hidden = self.model(self.model.model.embed_tokens(token_ids), token_ids, meta, self.backend)
-        self.model.compute_logits(hidden[-min(num_tokens, 256):])
+        self.model.compute_logits(hidden[-min(num_tokens, num_sampled):])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - baseline
         self.kv_cache = torch.empty(0)
@@ -123,7 +125,7 @@ class ModelRunner:
             return PendingTokens([], torch.empty(0, dtype=torch.long))
         inputs = self.prepare(step.chunks)
         graphs = self.decode_graphs
-        if graphs is not None and inputs.meta.is_pure_decode and graphs.padded_size(inputs.meta.num_seqs):
+        if graphs is not None and inputs.is_decode and graphs.padded_size(inputs.meta.num_seqs):
             hidden = graphs.run(inputs.token_ids, inputs.positions, inputs.meta)
         else:
             embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
@@ -138,14 +140,14 @@ class ModelRunner:
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         copied = torch.cuda.Event()
-        copied.record()
+        copied.record(torch.cuda.current_stream(self.device))
         return PendingTokens(seq_ids, host, copied)
 
     def encode(self, seqs: list[Sequence], waveforms: Mapping[int, np.ndarray]) -> None:
         mels = self.features([waveforms[seq.seq_id] for seq in seqs])
         outputs = self.model.encode_audio(mels, self.backend)
         for seq, rows in zip(seqs, outputs.split([seq.audio.length for seq in seqs])):
-            self.encoder_cache[seq.seq_id] = rows
+            self.encoder_cache[seq.seq_id] = rows.clone() if len(seqs) > 1 else rows  # free the batch as pieces finish
 
     def forget(self, seq_id: int) -> None:
         self.encoder_cache.pop(seq_id, None)
@@ -157,7 +159,7 @@ class ModelRunner:
             return None
         if seq.seq_id not in self.generators:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(2**62, ()).item()))
+            generator.manual_seed(params.seed if params.seed is not None else int(self.default_seeds.integers(2**62)))
             self.generators[seq.seq_id] = generator
         return self.generators[seq.seq_id]
 
@@ -206,6 +208,7 @@ class ModelRunner:
             audio_embeds=torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=self.device),
             meta=meta,
             sample_rows=self.to_device(np.asarray(sample_rows, dtype=np.int64)),
+            is_decode=meta.max_query_len == 1 and not audio_rows and len(sample_rows) == len(chunks),
         )
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:

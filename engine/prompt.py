@@ -18,7 +18,7 @@ class PromptBuilder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, special: SpecialTokens):
         self.tokenizer = tokenizer
         self.special = special
-        self.special_strings = [t for t in tokenizer.all_special_tokens if t]
+        self.special_strings = [t for t in {*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder} if t]
         self.template_ids = lru_cache(maxsize=1024)(self._template_ids)
 
     def build(self, num_audio_tokens: int, context: str = "", language: str | None = None) -> tuple[list[int], int]:

@@ -193,3 +193,36 @@ def test_dtype_options(checkpoint: Path, clips, alone) -> None:
     assert all(len(tokens) > 0 for tokens in results)
     with pytest.raises(ValueError, match="unknown dtype 'float64'"):
         ASR(str(checkpoint), dtype="float64")
+
+
+def test_async_engine_survives_a_failed_step_and_fails_requests_after_shutdown(checkpoint: Path, clips) -> None:
+    engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
+    runner = engine.engine.runner
+    original_launch = runner.launch
+    failures = []
+
+    def failing_launch(*args):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("device on fire")
+        return original_launch(*args)
+
+    runner.launch = failing_launch
+
+    async def run() -> None:
+        with pytest.raises(RuntimeError, match="engine step failed.*device on fire"):
+            await engine.transcribe(clips[0], sampling_params=SamplingParams(max_tokens=4))
+        result = await engine.transcribe(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True))
+        assert len(result.token_ids) == 4
+        stream = engine.stream(clips[2], language="English",  # forced: text streams from the first token
+                               sampling_params=SamplingParams(max_tokens=50_000, ignore_eos=True))
+        await anext(stream)
+        await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
+        with pytest.raises(RuntimeError, match="shut down"):
+            async for _ in stream:
+                pass
+        with pytest.raises(RuntimeError, match="has stopped"):
+            await engine.transcribe(clips[0])
+
+    asyncio.run(asyncio.wait_for(run(), timeout=120))
+    assert not engine.thread.is_alive()
