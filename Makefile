@@ -12,6 +12,8 @@ $(BIN)/qasr: pyproject.toml
 	# torch first and pinned: 2.13.0 is the CPU wheel on disk here; a looser pin pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# espeak-ng speaks the demo model's training corpus (and one test)
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
 	touch $@
 
 setup: $(BIN)/qasr

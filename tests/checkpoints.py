@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from engine.checkpoint import ASR_CHAT_TEMPLATE, canonical_name, disk_name, save_safetensors
+from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS
+from training.tokenizer import build_tokenizer as build_bpe_tokenizer
 
 
 @dataclass(frozen=True)
@@ -41,16 +43,7 @@ SHAPES: list[Shape] = [
           hidden=64, layers=2, heads=2, kv_heads=2, head_dim=32, intermediate=128),
 ]
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>",
-                  "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"]
-ASR_TEXT_TOKEN = "<asr_text>"  # an added token that is NOT special: skip_special_tokens keeps it
 BPE_VOCAB_SIZE = 600  # 256 byte symbols + merges; the added tokens come after
-
-# The Qwen2 pre-tokenizer split, so transformers' Qwen2Tokenizer and a raw `tokenizers` load agree.
-PRETOKENIZE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 CORPUS = """\
 Set a timer for ten minutes and remind me to check the oven.
@@ -78,48 +71,8 @@ system user assistant: language English, language None.
 
 
 def build_tokenizer(dst: Path) -> None:
-    """Train a small byte-level BPE and save it with Qwen's special tokens at non-Qwen ids."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE, min_frequency=1, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    lines = CORPUS.splitlines()
-    tokenizer.train_from_iterator(lines * 3, trainer=trainer)
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    tokenizer.add_tokens([AddedToken(ASR_TEXT_TOKEN, special=False, normalized=False)])
-
-    dst.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(dst / "tokenizer.json"))
-    added = {}
-    for token in [*SPECIAL_TOKENS, ASR_TEXT_TOKEN]:
-        added[str(tokenizer.token_to_id(token))] = {
-            "content": token, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": token != ASR_TEXT_TOKEN,
-        }
-    tokenizer_config = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "added_tokens_decoder": added,
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "additional_special_tokens": SPECIAL_TOKENS[1:],  # the 4.57-era key; transformers 5 reads it too
-        "audio_token": "<|audio_pad|>",
-        "audio_bos_token": "<|audio_start|>",
-        "audio_eos_token": "<|audio_end|>",
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "model_max_length": 131072,
-        "split_special_tokens": False,
-    }
-    (dst / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    """A small byte-level BPE with Qwen's special tokens at non-Qwen ids (the demo model's tokenizer builder)."""
+    build_bpe_tokenizer(dst, CORPUS.splitlines() * 3, BPE_VOCAB_SIZE)
 
 
 ORIGINAL_CHAT_TEMPLATE = """\

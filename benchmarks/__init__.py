@@ -1,0 +1,1 @@
+"""Benchmarks of qasr: throughput, and WER of the demo model on the committed held-out set."""

@@ -1,0 +1,85 @@
+"""WER of a model on the committed held-out set, transcribed by `qasr transcribe`.
+
+    python -m benchmarks.heldout                  # the bundled demo model (qasr's default --model)
+    python -m benchmarks.heldout --model DIR      # any checkpoint
+
+The set (benchmarks/data/heldout) holds sentences never trained on, in voices seen in training and in
+one voice variant never trained on; the table gives corpus WER per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.wer import corpus_wer, normalize_english
+
+HELDOUT = Path(__file__).parent / "data" / "heldout"
+MANIFEST = HELDOUT / "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class Score:
+    group: str
+    utterances: int
+    words: int
+    wer: float
+
+
+def read_manifest(manifest: Path = MANIFEST) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
+def transcribe_files(files: list[Path], model: str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """Texts of `files` from `qasr transcribe --format json --output-dir` (one JSON file per input)."""
+    from serve.cli import main
+
+    with tempfile.TemporaryDirectory() as out:
+        args = ["transcribe", *map(str, files), "--format", "json", "--quiet", "--output-dir", out, *extra_args]
+        if model:
+            args += ["--model", model]
+        if main(args) != 0:
+            raise RuntimeError("qasr transcribe failed")
+        return [json.loads((Path(out) / f"{Path(f).stem}.json").read_text())["text"] for f in files]
+
+
+def heldout_scores(model: str | None = None, manifest: Path = MANIFEST) -> tuple[list[Score], list[dict]]:
+    """Scores for seen voices, the unseen voice and all; and the rows with their hypotheses."""
+    rows = read_manifest(manifest)
+    hypotheses = transcribe_files([manifest.parent / row["file"] for row in rows], model)
+    rows = [row | {"hypothesis": hypothesis} for row, hypothesis in zip(rows, hypotheses)]
+    unseen = sorted({row["voice"] for row in rows if not row["seen_voice"]})
+    groups = {"seen voices": [r for r in rows if r["seen_voice"]],
+              f"unseen voice ({', '.join(unseen)})": [r for r in rows if not r["seen_voice"]],
+              "all": rows}
+    scores = [Score(name, len(group), sum(len(normalize_english(r["text"]).split()) for r in group),
+                    corpus_wer([r["text"] for r in group], [r["hypothesis"] for r in group]))
+              for name, group in groups.items() if group]
+    return scores, rows
+
+
+def table(scores: list[Score]) -> str:
+    lines = ["| voices | utterances | words | WER |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {s.group} | {s.utterances} | {s.words} | {100 * s.wer:.2f}% |" for s in scores]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="WER on the committed held-out set via qasr transcribe")
+    parser.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the demo model)")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST)
+    parser.add_argument("--errors", action="store_true", help="also print every utterance with an error")
+    args = parser.parse_args()
+    scores, rows = heldout_scores(args.model, args.manifest)
+    if args.errors:
+        for row in rows:
+            if normalize_english(row["text"]) != normalize_english(row["hypothesis"]):
+                print(f"{row['file']} ({row['voice']}):\n  ref: {row['text']}\n  hyp: {row['hypothesis']}")
+    print(table(scores))
+
+
+if __name__ == "__main__":
+    main()

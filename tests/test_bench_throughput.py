@@ -1,0 +1,29 @@
+"""The offline throughput benchmark end to end on the CPU with the tiny shape, so its code runs in make test."""
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks import throughput as bench
+
+TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
+
+
+def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--preset", "tiny", "--clip-seconds", "3", "7", "--num-clips", "2", "--piece-seconds",
+                              "5", "--batch-size", "2", "--device", "cpu", "--work-dir", str(tmp_path / "work"),
+                              "--out-dir", str(tmp_path / "out")])
+    assert bench.main(args) == 0
+    [path] = (tmp_path / "out").glob("throughput-cpu-*.json")
+    document = json.loads(path.read_text())
+    assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "throughput"
+    assert document["config"]["model_shape"]["decoder_layers"] == 2
+    short, long = document["results"]
+    for row in (short, long):
+        assert row["transformers_rtfx"] > 0 and row["qasr_single_pass_rtfx"] > 0 and row["speedup_single_pass"] > 0
+        assert row["qasr_first_token_s"] > 0
+    assert short["qasr_split_rtfx"] is None  # 3 s fits one piece
+    assert long["qasr_split_rtfx"] > 0 and long["speedup_split"] > 0  # 7 s is split into pieces of at most 5 s
+    assert long["output_tokens_per_clip"] == 28

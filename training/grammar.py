@@ -1,0 +1,79 @@
+"""A tiny template grammar: rules map to alternatives, alternatives name other rules as `{rule}`.
+
+Alternatives are chosen uniformly; an empty alternative makes a part optional. Expansion is deterministic
+for a given `random.Random` state.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+
+Grammar = Mapping[str, Sequence[str]]
+
+SLOT = re.compile(r"\{(\w+)\}")
+WORD = re.compile(r"[A-Za-z']+")
+
+
+def check(grammar: Grammar, start: str) -> None:
+    """Every referenced rule exists, every rule is reachable from `start`, and nothing recurses."""
+    for rule, alternatives in grammar.items():
+        if not alternatives:
+            raise ValueError(f"rule {rule!r} has no alternatives")
+        for alternative in alternatives:
+            for name in SLOT.findall(alternative):
+                if name not in grammar:
+                    raise ValueError(f"rule {rule!r} refers to the unknown rule {name!r}")
+    reachable = _reachable(grammar, start, ())
+    unused = sorted(set(grammar) - reachable)
+    if unused:
+        raise ValueError(f"rules not reachable from {start!r}: {unused}")
+
+
+def _reachable(grammar: Grammar, rule: str, path: tuple[str, ...]) -> set[str]:
+    if rule in path:
+        raise ValueError(f"recursive rule: {' -> '.join((*path, rule))}")
+    found = {rule}
+    for alternative in grammar[rule]:
+        for name in SLOT.findall(alternative):
+            found |= _reachable(grammar, name, (*path, rule))
+    return found
+
+
+def expand(grammar: Grammar, rule: str, rng: random.Random) -> str:
+    return expand_with_probability(grammar, rule, rng)[0]
+
+
+def expand_with_probability(grammar: Grammar, rule: str, rng: random.Random) -> tuple[str, float]:
+    """A random expansion and the probability of the choices that made it (of this derivation)."""
+    alternatives = grammar[rule]
+    alternative = rng.choice(alternatives)
+    probability = 1.0 / len(alternatives)
+    parts, end = [], 0
+    for match in SLOT.finditer(alternative):
+        text, p = expand_with_probability(grammar, match.group(1), rng)
+        parts += [alternative[end:match.start()], text]
+        probability *= p
+        end = match.end()
+    return "".join(parts) + alternative[end:], probability
+
+
+def finish(text: str) -> str:
+    """Tidy spacing around punctuation, capitalize the first letter, end with a full stop unless punctuated."""
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+([,?.!])", r"\1", text)
+    text = re.sub(r",+", ",", text).strip(" ,")
+    if not text.endswith(("?", ".", "!")):
+        text += "."
+    return text[0].upper() + text[1:]
+
+
+def vocabulary(grammar: Grammar) -> set[str]:
+    """Every word the grammar can produce, lowercased (the literal text of all alternatives)."""
+    words = set()
+    for alternatives in grammar.values():
+        for alternative in alternatives:
+            # "{name}'s" leaves "'s", a suffix rather than a word
+            words.update(w.lower() for w in WORD.findall(SLOT.sub(" ", alternative)) if not w.startswith("'"))
+    return words

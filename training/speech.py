@@ -1,0 +1,81 @@
+"""Rendering a sentence as 16 kHz speech with espeak-ng, then light noise, gain and silence around it."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000
+ESPEAK = "espeak-ng"
+
+# espeak-ng voice variants (espeak-ng-data/voices/!v) on the en-us voice. m4 is never trained on.
+TRAIN_VARIANTS = ("m1", "m2", "m3", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5")
+UNSEEN_VARIANTS = ("m4",)
+SPEED_RANGE = (130, 200)  # words per minute (espeak-ng -s)
+PITCH_RANGE = (30, 70)  # espeak-ng -p, 0..99
+SNR_DB_RANGE = (25.0, 40.0)
+GAIN_DB_RANGE = (-12.0, 4.0)
+SILENCE_RANGE = (0.02, 0.3)  # seconds added before and after
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    variant: str
+    speed: int
+    pitch: int
+
+    @property
+    def name(self) -> str:
+        return f"en-us+{self.variant}"
+
+
+def espeak_available() -> bool:
+    return shutil.which(ESPEAK) is not None
+
+
+def random_voice(rng: np.random.Generator, variants: tuple[str, ...]) -> Voice:
+    return Voice(variants[int(rng.integers(len(variants)))], int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+                 int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)))
+
+
+def synthesize(text: str, voice: Voice) -> np.ndarray:
+    """espeak-ng's rendering of `text`, float32 mono at 16 kHz."""
+    wav = subprocess.run([ESPEAK, "-v", voice.name, "-s", str(voice.speed), "-p", str(voice.pitch), "--stdout",
+                          text], check=True, capture_output=True).stdout
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    if samples.ndim > 1:
+        samples = samples.mean(axis=1)
+    return soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
+
+
+def augment(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Silence before and after, a gain change, and white to pink noise 25-40 dB below the speech."""
+    before, after = (int(rng.uniform(*SILENCE_RANGE) * SAMPLE_RATE) for _ in range(2))
+    speech = np.concatenate([np.zeros(before, np.float32), speech, np.zeros(after, np.float32)])
+    speech_rms = float(np.sqrt(np.mean(speech**2))) or 1e-3
+    noise = coloured_noise(len(speech), float(rng.uniform(0.0, 1.0)), rng)
+    noise *= speech_rms / (float(np.sqrt(np.mean(noise**2))) or 1.0) * 10 ** (-rng.uniform(*SNR_DB_RANGE) / 20)
+    mixed = (speech + noise) * 10 ** (rng.uniform(*GAIN_DB_RANGE) / 20)
+    peak = float(np.abs(mixed).max())
+    if peak > 0.99:  # a gain change never clips
+        mixed *= 0.99 / peak
+    return mixed.astype(np.float32)
+
+
+def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise with power falling as 1/f**exponent: 0 is white, 1 is pink."""
+    size = 1 << max(1, (length - 1).bit_length())  # a power of two: a fast FFT
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    frequencies = np.fft.rfftfreq(size)
+    frequencies[0] = frequencies[1]
+    return np.fft.irfft(spectrum * frequencies ** (-exponent / 2), n=size)[:length].astype(np.float32)
+
+
+def render(text: str, voice: Voice, seed: int) -> np.ndarray:
+    return augment(synthesize(text, voice), np.random.default_rng(seed))
