@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,15 @@ def test_splits_are_deterministic_and_heldout_sentences_never_occur_in_training(
     train_voices = {u.voice for u, _ in plan_split(spec, "train", splits["train"])}
     assert unseen_voices == set(speech.UNSEEN_VARIANTS) and not unseen_voices & train_voices
     assert seen_voices <= train_voices == set(speech.TRAIN_VARIANTS)
+
+
+def test_the_committed_heldout_set_is_the_corpus_test_split() -> None:
+    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()]
+    spec = CorpusSpec()
+    splits = split_sentences(spec)
+    planned = [asdict(u) for split in ("test_seen", "test_unseen") for u, _ in plan_split(spec, split, splits[split])]
+    keys = ("text", "voice", "speed", "pitch", "seen_voice")
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: p[k] for k in keys} for p in planned]
 
 
 def test_synthesis_is_deterministic_16khz_speech() -> None:

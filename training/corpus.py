@@ -1,7 +1,6 @@
 """The synthetic speech corpus: domain sentences rendered by espeak-ng, split so that the test set is unseen.
 
-Deterministic from a seed. Sentences of the validation and test splits are unlikely ones of the grammar (short
-fixed phrases stay trainable) and never occur in the training split;
+Deterministic from a seed. Sentences of the validation and test splits never occur in the training split;
 the test split has utterances in the training voices ("seen") and in a voice variant never trained on
 ("unseen"). Each split is a folder of 16 kHz audio files plus a JSON-lines manifest:
 `{"file", "text", "voice", "speed", "pitch", "seen_voice", "seconds"}`.
@@ -29,14 +28,11 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from training.domain import sentence_with_probability
+from training.domain import sentence
 from training.speech import SAMPLE_RATE, TRAIN_VARIANTS, UNSEEN_VARIANTS, Voice, random_voice, render
 
 WORD = re.compile(r"[A-Za-z']+")
 CANDIDATES = 6  # sentences drawn per pick; the one with the rarest word so far wins (flattens word counts)
-# Held-out sentences are rare ones: a likely sentence ("Good morning.") kept out of training would leave a hole in
-# the domain, while one this unlikely is almost never drawn into a training set of tens of thousands anyway.
-HELDOUT_MAX_PROBABILITY = 1e-6
 HELDOUT_OPUS_LEVEL = 0.85  # libsndfile Opus compression level of the committed held-out files (~46 kbit/s)
 
 
@@ -74,16 +70,15 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in WORD.findall(text)]
 
 
-def sample_sentences(count: int, rng: random.Random, exclude: set[str] = frozenset(), unique: bool = False,
-                     max_probability: float = 1.0) -> list[str]:
+def sample_sentences(count: int, rng: random.Random, exclude: set[str] = frozenset(),
+                     unique: bool = False) -> list[str]:
     """`count` domain sentences, each the one of a few candidates whose rarest word is rarest so far."""
     counts: Counter[str] = Counter()
     chosen: list[str] = []
     taken: set[str] = set()
     while len(chosen) < count:
-        drawn = (sentence_with_probability(rng) for _ in range(CANDIDATES))
-        candidates = [s for s, p in drawn
-                      if p <= max_probability and s not in exclude and not (unique and s in taken)]
+        candidates = [s for s in (sentence(rng) for _ in range(CANDIDATES))
+                      if s not in exclude and not (unique and s in taken)]
         if not candidates:
             continue
         best = min(candidates, key=lambda s: min(counts[w] for w in _words(s)))
@@ -94,10 +89,10 @@ def sample_sentences(count: int, rng: random.Random, exclude: set[str] = frozens
 
 
 def split_sentences(spec: CorpusSpec) -> dict[str, list[str]]:
-    """Sentences per split; held-out sentences are drawn first, unique and rare; training avoids them all."""
+    """Sentences per split; held-out sentences are drawn first and are unique, training avoids them all."""
     rng = random.Random(spec.seed)
     heldout = sample_sentences(spec.test_seen + spec.test_unseen + spec.val_seen + spec.val_unseen, rng,
-                               unique=True, max_probability=HELDOUT_MAX_PROBABILITY)
+                               unique=True)
     sizes = {"test_seen": spec.test_seen, "test_unseen": spec.test_unseen, "val_seen": spec.val_seen,
              "val_unseen": spec.val_unseen}
     splits, start = {}, 0

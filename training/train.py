@@ -44,7 +44,7 @@ class TrainConfig:
     log: Path | None = Path(__file__).parent / "logs" / "demo-model.jsonl"
     train_manifest: Path | None = None  # train on this manifest instead of the synthesized corpus
     model: str = "S"
-    steps: int = 5500
+    steps: int = 5000
     batch_size: int = 24
     lr: float = 1.5e-3
     warmup: int = 300
