@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from engine.checkpoint import ASR_CHAT_TEMPLATE, canonical_name, disk_name, save_safetensors
+from training.export import original_config
 from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS
 from training.tokenizer import build_tokenizer as build_bpe_tokenizer
 
@@ -199,49 +200,6 @@ def build_model(shape: Shape, ids: dict[str, int], seed: int, dtype: torch.dtype
     return model.eval()
 
 
-def _mrope_section(head_dim: int) -> list[int]:
-    half, rest = head_dim // 2, head_dim // 2 * 20 // 64  # [24, 20, 20] for head_dim 128
-    return [half - 2 * rest, rest, rest]
-
-
-def original_config_dict(shape: Shape, ids: dict[str, int], dtype: torch.dtype) -> dict:
-    """config.json as transformers 4.57 wrote it for Qwen/Qwen3-ASR-*: everything under thinker_config."""
-    dtype_name = str(dtype).removeprefix("torch.")
-    audio = {
-        "model_type": "qwen3_asr_audio_encoder", "num_mel_bins": NUM_MEL_BINS, "d_model": shape.enc_d_model,
-        "encoder_layers": shape.enc_layers, "encoder_attention_heads": shape.enc_heads,
-        "encoder_ffn_dim": shape.enc_ffn, "downsample_hidden_size": shape.conv_channels,
-        "output_dim": shape.hidden, "n_window": N_WINDOW, "n_window_infer": N_WINDOW_INFER,
-        "conv_chunksize": 500, "max_source_positions": 1500, "activation_function": "gelu",
-        "scale_embedding": False, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
-        "initializer_range": 0.02, "dtype": dtype_name,
-    }
-    text = {
-        "model_type": "qwen3", "vocab_size": _vocab_size(ids["vocab_size"]), "hidden_size": shape.hidden,
-        "intermediate_size": shape.intermediate, "num_hidden_layers": shape.layers,
-        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
-        "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000, "max_position_embeddings": 65536, "tie_word_embeddings": True,
-        "rope_scaling": {"interleaved": True, "mrope_interleaved": True,
-                         "mrope_section": _mrope_section(shape.head_dim), "rope_type": "default",
-                         "type": "default"},
-        "use_cache": True, "sliding_window": None, "use_sliding_window": False, "initializer_range": 0.02,
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "dtype": dtype_name,
-    }
-    return {
-        "architectures": ["Qwen3ASRForConditionalGeneration"],
-        "model_type": "qwen3_asr",
-        "support_languages": SUPPORT_LANGUAGES,
-        "thinker_config": {
-            "model_type": "qwen3_asr", "audio_config": audio, "text_config": text,
-            "audio_token_id": ids["<|audio_pad|>"], "audio_start_token_id": ids["<|audio_start|>"],
-            "audio_end_token_id": ids["<|audio_end|>"], "user_token_id": 872, "dtype": dtype_name,
-            "initializer_range": 0.02,
-        },
-        "transformers_version": "4.57.6",
-    }
-
-
 WHISPER_PREPROCESSOR = {
     "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "Qwen3ASRProcessor",
     "feature_size": NUM_MEL_BINS, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400, "chunk_length": 30,
@@ -281,7 +239,8 @@ def write_checkpoint(dst: Path, shape: Shape, layout: str = "hf", seed: int = 0,
     tensors = {disk_name(canonical_name(name, "hf"), "original"): t for name, t in state.items()}
     tensors["thinker.lm_head.weight"] = state["lm_head.weight"].clone()  # stored, and equal to the embedding
     save_safetensors(dst, tensors, shards)
-    _write_json(dst / "config.json", original_config_dict(shape, ids, dtype))
+    config = original_config(model, ids, str(dtype).removeprefix("torch."))
+    _write_json(dst / "config.json", {**config, "support_languages": SUPPORT_LANGUAGES})
     _write_json(dst / "generation_config.json", {
         "eos_token_id": eos, "pad_token_id": ids["<|endoftext|>"], "do_sample": False,
         "transformers_version": "4.57.6"})
