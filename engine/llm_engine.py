@@ -42,6 +42,14 @@ class PieceState:
 
 
 @dataclass(slots=True)
+class GraphMemory:
+    """Device memory of the decode graphs: measured before sizing the KV pool, and when captured for real."""
+
+    profiled_bytes: int = 0
+    captured_bytes: int = 0
+
+
+@dataclass(slots=True)
 class RequestState:
     request_id: str
     pieces: list[PieceState]
@@ -53,7 +61,6 @@ class RequestState:
 
 
 MAX_GRAPH_BATCH_SIZE = 512
-GRAPH_MEMORY_RESERVE = 1 << 30  # captured decode graphs share one pool; sized generously, measured in the GPU tests
 
 
 class LLMEngine:
@@ -80,10 +87,12 @@ class LLMEngine:
         model.eval()
         self.runner = ModelRunner(model, self.features, get_attention_backend(config.attention_backend, self.device),
                                   config.block_size, config.kv_cache_dtype, seed=config.seed)
+        self.graph_memory = GraphMemory()
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         if self.uses_cuda_graphs:
-            self.runner.capture_decode_graphs(min(config.max_num_seqs, MAX_GRAPH_BATCH_SIZE), self.max_model_len)
+            self.graph_memory.captured_bytes = self.runner.capture_decode_graphs(self.max_graph_batch_size,
+                                                                                 self.max_model_len)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
@@ -99,6 +108,10 @@ class LLMEngine:
         self.waveforms: dict[int, np.ndarray] = {}
         self.previous: tuple[dict[int, int], list[Sequence]] | None = None
         self.request_ids = (f"req-{i}" for i in itertools.count())
+
+    @property
+    def max_graph_batch_size(self) -> int:
+        return min(self.config.max_num_seqs, MAX_GRAPH_BATCH_SIZE)
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -118,7 +131,10 @@ class LLMEngine:
             encoder_tokens = max(config.max_num_encoder_tokens or config.max_num_batched_tokens, piece_tokens)
             activations = self.runner.profile_peak_activation_bytes(
                 config.max_num_batched_tokens, encoder_tokens, config.max_num_seqs)
-            graphs = GRAPH_MEMORY_RESERVE if self.uses_cuda_graphs else 0
+            if self.uses_cuda_graphs:
+                self.graph_memory.profiled_bytes = self.runner.profile_decode_graph_bytes(
+                    self.max_graph_batch_size, self.max_model_len)
+            graphs = self.graph_memory.profiled_bytes
             free, total = torch.cuda.mem_get_info(self.device)
             budget = total * config.gpu_memory_utilization - (total - free) - activations - graphs
         else:

@@ -77,10 +77,28 @@ class ModelRunner:
             layer.self_attn.k_cache = self.kv_cache[0, i]
             layer.self_attn.v_cache = self.kv_cache[1, i]
 
-    def capture_decode_graphs(self, max_batch_size: int, max_model_len: int) -> None:
+    def capture_decode_graphs(self, max_batch_size: int, max_model_len: int) -> int:
+        """Captures the decode graphs against the current cache; returns the device memory they took (static
+        buffers, the graphs' pool, the driver's share), as the device reports it."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        free_before, _ = torch.cuda.mem_get_info(self.device)
         self.decode_graphs = DecodeGraphs(self.model, self.backend, max_batch_size,
                                           math.ceil(max_model_len / self.block_size), self.block_size)
         self.decode_graphs.capture()
+        free_after, _ = torch.cuda.mem_get_info(self.device)
+        return free_before - free_after
+
+    def profile_decode_graph_bytes(self, max_batch_size: int, max_model_len: int) -> int:
+        """Memory the decode graphs will take, measured by capturing them against a throwaway one-block cache
+        (what a graph holds does not depend on the cache's size) and releasing them again."""
+        self.allocate_kv_cache(1)
+        used = self.capture_decode_graphs(max_batch_size, max_model_len)
+        self.decode_graphs = None
+        self.kv_cache = torch.empty(0)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        return used
 
     @torch.inference_mode()
     def profile_peak_activation_bytes(self, num_tokens: int, num_encoder_tokens: int, num_sampled: int) -> int:

@@ -123,9 +123,12 @@ class Scheduler:
         return out
 
     def _schedule_running(self, out: SchedulerOutput) -> None:
+        # decodes first: a long chunked prefill must not take the budget of the one-token steps behind it.
+        # Victims come from the end of this order, so they are never sequences already scheduled this step.
+        queue = sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1)
         i = 0
-        while i < len(self.running) and out.num_batched_tokens < self.config.max_num_batched_tokens:
-            seq = self.running[i]
+        while i < len(queue) and out.num_batched_tokens < self.config.max_num_batched_tokens:
+            seq = queue[i]
             i += 1
             start = seq.num_computed_tokens
             num_new = min(seq.num_tokens - start, self.config.max_num_batched_tokens - out.num_batched_tokens)
@@ -137,7 +140,8 @@ class Scheduler:
                 if num_new <= 0:
                     continue
             while not self.block_manager.allocate(seq, num_new):
-                victim = self.running.pop()
+                victim = queue.pop()
+                self.running.remove(victim)
                 self._preempt(victim, out)
                 if victim is seq:
                     return

@@ -69,4 +69,8 @@ def test_cuda_graphs_on_and_off_give_the_same_tokens_in_bf16(checkpoint: Path, c
     graphed = ASR(str(checkpoint), dtype="bfloat16", max_num_seqs=16)
     assert graphed.engine.runner.decode_graphs is not None and graphed.engine.runner.decode_graphs.graphs
     assert eager.engine.runner.decode_graphs is None
+    # the KV pool was sized with the graphs' memory measured beforehand; the real capture must not take more
+    memory = graphed.engine.graph_memory
+    assert memory.profiled_bytes > 0 and eager.engine.graph_memory.profiled_bytes == 0
+    assert memory.captured_bytes <= memory.profiled_bytes * 1.1 + (64 << 20), memory
     assert transcribe(graphed, clips) == transcribe(eager, clips)

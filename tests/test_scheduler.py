@@ -81,10 +81,14 @@ class FakeEngine:
         assert out.num_batched_tokens == sum(c.num_tokens for c in out.chunks) <= cfg.max_num_batched_tokens
         assert all(c.num_tokens >= 1 for c in out.chunks)
         assert len(sched.running) <= cfg.max_num_seqs
-        # running first, in running order, then the newly admitted, in arrival order
-        assert seqs == [s for s in sched.running if s in seqs]
+        # running decodes first, then running prefills, each in running order, then the newly admitted in
+        # arrival order
         old = [s for s in seqs if s in running_before]
+        decoding = [s for s in running_before if s in old and chunk_start(out, s) == s.num_tokens - 1]
+        assert old == decoding + [s for s in running_before if s in old and s not in decoding]
         assert seqs[:len(old)] == old
+        new = seqs[len(old):]
+        assert new == [s for s in sched.running if s in new]
         for chunk in out.chunks:
             seq = chunk.seq
             assert seq.status == SequenceStatus.RUNNING
@@ -133,6 +137,10 @@ class FakeEngine:
         assert flush.is_empty and not flush.to_encode
         self.encoder_cache -= set(flush.free_encoder)
         assert not self.encoder_cache
+
+
+def chunk_start(out: SchedulerOutput, seq: Sequence) -> int:
+    return next(c.start for c in out.chunks if c.seq is seq)
 
 
 def check_finished(seq: Sequence) -> None:
@@ -298,6 +306,27 @@ def test_running_sequences_come_first():
     sched.add(b)
     out = engine.step()
     assert [(c.seq, c.start, c.num_tokens) for c in out.chunks] == [(a, 10, 1), (b, 0, 10)]
+
+
+def test_decodes_are_not_held_back_by_a_long_prefill_ahead_of_them():
+    # a chunked prefill at the head of running (e.g. readmitted after preemption) and two decodes behind it;
+    # build that state by hand, as admission alone rarely leaves it
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=8, block_size=4))
+    long = make_seq(prefix=3, audio_len=30, suffix=2, content=b"long", max_tokens=2, ignore_eos=True)
+    shorts = [make_seq(prefix=1, audio_len=2, suffix=1, content=bytes([i]), max_tokens=5, ignore_eos=True)
+              for i in range(2)]
+    for seq, computed in ((long, 8), (shorts[0], 4), (shorts[1], 4)):
+        assert sched.block_manager.allocate(seq, computed)
+        seq.num_computed_tokens = computed
+        seq.status = SequenceStatus.RUNNING
+        sched.running.append(seq)
+    long.encoded = True  # its prefill is past the start of its audio
+    for seq in shorts:
+        seq.append_token(7)  # one sampled token each: the next step is a decode
+    out = sched.schedule()
+    assert [(c.seq, c.start, c.num_tokens) for c in out.chunks] == [
+        (shorts[0], 4, 1), (shorts[1], 4, 1), (long, 8, 6)]
+    assert not out.to_encode
 
 
 def test_admission_is_fifo():
