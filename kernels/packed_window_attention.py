@@ -68,8 +68,12 @@ def _window_attention_kernel(
 
 @lru_cache(maxsize=8)
 def _window_starts(window_lens: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    # every encoder layer of one forward passes the same windows: copy them to the device once
-    return torch.tensor([0, *accumulate(window_lens)], dtype=torch.int32, device=device)
+    # every encoder layer of one forward passes the same windows: copy them to the device once, without
+    # making the host wait for the device (a pageable copy would)
+    starts = torch.tensor([0, *accumulate(window_lens)], dtype=torch.int32)
+    if device.type == "cuda":
+        return starts.pin_memory().to(device, non_blocking=True)
+    return starts
 
 
 def windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
