@@ -2,7 +2,7 @@ import torch
 
 from engine.model import Qwen3ASRModel
 from kernels import AttentionBackend, AttentionMetadata
-from kernels.attention_metadata import SplitKVWorkspace
+from kernels.attention_metadata import SplitKVWorkspace, split_kv_max_seqs
 from kernels.triton_utils import padded_head_dim
 
 
@@ -41,7 +41,9 @@ class DecodeGraphs:
         self.block_tables = zeros(n, max_blocks_per_seq, dtype=torch.int32)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.hidden = zeros(n, text.hidden_size, dtype=next(model.parameters()).dtype)
-        self.workspace = (SplitKVWorkspace.allocate(n, text.num_heads, padded_head_dim(text.head_dim), device)
+        # only batches up to split_kv_max_seqs take the split-KV path; larger ones never touch the workspace
+        self.workspace = (SplitKVWorkspace.allocate(min(n, split_kv_max_seqs(text.num_kv_heads)), text.num_heads,
+                                                    padded_head_dim(text.head_dim), device)
                           if backend.name == "triton" else None)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 

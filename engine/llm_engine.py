@@ -14,7 +14,7 @@ from engine.features import FeatureConfig, LogMelExtractor
 from engine.languages import resolve_language
 from engine.model import Qwen3ASRModel
 from engine.model_config import ModelConfig, load_model_config
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, PendingTokens
 from engine.outputs import RequestMetrics, RequestOutput, Segment, Transcription
 from engine.prompt import PromptBuilder
 from engine.splitting import AudioPiece, split_audio
@@ -28,7 +28,7 @@ from engine.transcript import (
     piece_separator,
 )
 from kernels import get_attention_backend
-from scheduler import AudioSpan, SamplingParams, Scheduler, SchedulerConfig, Sequence
+from scheduler import AudioSpan, SamplingParams, Scheduler, SchedulerConfig, SchedulerOutput, Sequence
 
 
 @dataclass(slots=True)
@@ -106,7 +106,7 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
         self.waveforms: dict[int, np.ndarray] = {}
-        self.previous: tuple[dict[int, int], list[Sequence]] | None = None
+        self.in_flight: tuple[SchedulerOutput, PendingTokens] | None = None
         self.request_ids = (f"req-{i}" for i in itertools.count())
 
     @property
@@ -198,8 +198,9 @@ class LLMEngine:
         return bool(self.requests)
 
     def step(self) -> list[RequestOutput]:
-        """Schedules and launches step N, then turns step N-1's tokens into text while the device works:
-        outputs trail the device by one step."""
+        """Schedules and launches step N while the device still runs step N-1, then takes N-1's tokens and
+        turns them into text while the device runs N: the host work hides behind the device, and outputs
+        trail the launches by one step."""
         step = self.scheduler.schedule()
         now = time.monotonic()
         for chunk in step.chunks:
@@ -207,11 +208,14 @@ class LLMEngine:
             if state.metrics.first_scheduled_time is None:
                 state.metrics.first_scheduled_time = now
         pending = self.runner.launch(step, self.waveforms)
-        previous, self.previous = self.previous, None
-        outputs = self._process(*previous) if previous else []
-        sampled = pending.result()
-        self.previous = (sampled, self.scheduler.update(step, sampled))
-        return outputs
+        previous, self.in_flight = self.in_flight, (step, pending)
+        if previous is None:
+            return []
+        previous_step, previous_pending = previous
+        # a sequence that stopped before this step's results came back sampled once more: drop that token
+        live = {c.seq.seq_id for c in previous_step.chunks if c.samples and not c.seq.is_finished}
+        sampled = {seq_id: token for seq_id, token in previous_pending.result().items() if seq_id in live}
+        return self._process(sampled, self.scheduler.update(previous_step, sampled))
 
     def _process(self, sampled: dict[int, int], finished: list[Sequence]) -> list[RequestOutput]:
         now = time.monotonic()

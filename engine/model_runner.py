@@ -1,6 +1,7 @@
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from engine.model import Qwen3ASRModel
 from engine.sampler import sample
 from kernels import AttentionBackend, AttentionMetadata
 from kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
-from scheduler import ScheduledChunk, SchedulerOutput, Sequence
+from scheduler import PENDING_TOKEN, ScheduledChunk, SchedulerOutput, Sequence
 
 
 @dataclass(slots=True)
@@ -63,6 +64,9 @@ class ModelRunner:
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.generators: dict[int, torch.Generator] = {}
         self.default_seeds = np.random.default_rng(seed)  # for requests that sample without a seed of their own
+        # the last launch's sampled ids stay on the device: the next step's decodes read their input from here
+        self.last_sampled = torch.empty(0, dtype=torch.long, device=self.device)
+        self.last_sampled_row: dict[int, int] = {}
 
     def kv_block_bytes(self) -> int:
         text = self.model.config.text
@@ -128,10 +132,6 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return peak
 
-    def execute(self, step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> dict[int, int]:
-        """Returns the sampled token of every chunk that samples, by seq_id."""
-        return self.launch(step, waveforms).result()
-
     @torch.inference_mode()
     def launch(self, step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> PendingTokens:
         """Enqueues the step's device work and returns before it finishes, so the host can do other work."""
@@ -140,6 +140,7 @@ class ModelRunner:
         if step.to_encode:
             self.encode(step.to_encode, waveforms)
         if not step.chunks:
+            self.last_sampled_row = {}
             return PendingTokens([], torch.empty(0, dtype=torch.long))
         inputs = self.prepare(step.chunks)
         graphs = self.decode_graphs
@@ -153,6 +154,7 @@ class ModelRunner:
         tokens = sample(logits, [seq.sampling_params for seq in sampling],
                         [self.generator(seq) for seq in sampling])
         seq_ids = [seq.seq_id for seq in sampling]
+        self.last_sampled, self.last_sampled_row = tokens, {seq_id: row for row, seq_id in enumerate(seq_ids)}
         if self.device.type != "cuda":
             return PendingTokens(seq_ids, tokens)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
@@ -182,23 +184,27 @@ class ModelRunner:
         return self.generators[seq.seq_id]
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
+        # plain Python ints per token: most chunks are one-token decodes, where numpy calls cost more than they save
+        bs = self.block_size
         token_ids: list[int] = []
-        positions: list[np.ndarray] = []
-        slots: list[np.ndarray] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        tables: list[list[int]] = []
         audio_rows: list[np.ndarray] = []
         audio_embeds: list[torch.Tensor] = []
         query_lens, seq_lens, sample_rows = [], [], []
-        max_blocks = max(len(chunk.seq.block_ids) for chunk in chunks)
-        block_tables = np.zeros((len(chunks), max_blocks), dtype=np.int32)
+        pending_rows, pending_sources = [], []  # rows whose input token the previous launch sampled
         offset = 0
-        for i, chunk in enumerate(chunks):
+        for chunk in chunks:
             seq, start, end = chunk.seq, chunk.start, chunk.end
+            table = seq.block_ids
             token_ids += seq.token_ids_slice(start, end)
-            pos = np.arange(start, end)
-            positions.append(pos)
-            table = np.asarray(seq.block_ids, dtype=np.int64)
-            slots.append(table[pos // self.block_size] * self.block_size + pos % self.block_size)
-            block_tables[i, :len(table)] = table
+            if token_ids[-1] == PENDING_TOKEN:  # only ever the one token of a decode
+                pending_rows.append(offset + end - start - 1)
+                pending_sources.append(self.last_sampled_row[seq.seq_id])
+            positions += range(start, end)
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            tables.append(table)
             lo, hi = max(start, seq.audio.start), min(end, seq.audio.end)
             if lo < hi:
                 audio_rows.append(np.arange(lo, hi) - start + offset)
@@ -208,8 +214,12 @@ class ModelRunner:
             offset += end - start
             if chunk.samples:
                 sample_rows.append(offset - 1)
+        table_lens = np.fromiter(map(len, tables), dtype=np.int64, count=len(tables))
+        block_tables = np.zeros((len(tables), table_lens.max()), dtype=np.int32)
+        block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
+            chain.from_iterable(tables), dtype=np.int32, count=int(table_lens.sum()))
         meta = AttentionMetadata(
-            slot_mapping=self.to_device(np.concatenate(slots)),
+            slot_mapping=self.to_device(np.asarray(slots, dtype=np.int64)),
             query_start_loc=self.to_device(np.cumsum([0] + query_lens, dtype=np.int32)),
             seq_lens=self.to_device(np.asarray(seq_lens, dtype=np.int32)),
             block_tables=self.to_device(block_tables),
@@ -219,9 +229,13 @@ class ModelRunner:
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
         )
+        token_ids_device = self.to_device(np.asarray(token_ids, dtype=np.int64))
+        if pending_rows:
+            token_ids_device[self.to_device(np.asarray(pending_rows, dtype=np.int64))] = \
+                self.last_sampled[self.to_device(np.asarray(pending_sources, dtype=np.int64))]
         return StepInputs(
-            token_ids=self.to_device(np.asarray(token_ids, dtype=np.int64)),
-            positions=self.to_device(np.concatenate(positions)),
+            token_ids=token_ids_device,
+            positions=self.to_device(np.asarray(positions, dtype=np.int64)),
             audio_rows=self.to_device(np.concatenate(audio_rows) if audio_rows else np.zeros(0, dtype=np.int64)),
             audio_embeds=torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=self.device),
             meta=meta,

@@ -3,6 +3,13 @@ from dataclasses import dataclass
 import torch
 
 SPLIT_KV_SEGMENTS = 16
+# Split-KV pays when the 2D grid (one program per sequence and KV head in pure decode) leaves SMs idle.
+SPLIT_KV_MAX_PROGRAMS = 128
+
+
+def split_kv_max_seqs(num_kv_heads: int) -> int:
+    """The largest pure-decode batch that takes the split-KV path."""
+    return max(1, SPLIT_KV_MAX_PROGRAMS // num_kv_heads)
 
 
 @dataclass(slots=True)

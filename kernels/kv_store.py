@@ -18,7 +18,7 @@ def round_to_e4m3(x):
     The GPU's fp32 -> e4m3 conversion rounds the same way, but the interpreter's truncates subnormals and
     rounds ties up, so the rounding is done here and the conversion that follows is exact on both.
     """
-    x = tl.clamp(x, -448.0, 448.0)  # kernels.kv_cache_dtype.FP8_MAX
+    x = tl.clamp(x, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)  # kernels.kv_cache_dtype.FP8_MAX
     bits = x.to(tl.uint32, bitcast=True)
     # normal range: keep 3 of fp32's 23 mantissa bits
     normal = (((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) << 20).to(tl.float32, bitcast=True)

@@ -20,7 +20,7 @@ TILE_N = 16
 MIN_BLOCK_M = 16  # tl.dot needs 16 rows even when a KV head serves fewer query heads
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_table"])
 def _segment_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
         segment_out_ptr, segment_max_ptr, segment_expsum_ptr, qk_scale, stride_qt, stride_qh, stride_table,
@@ -71,7 +71,7 @@ def _reduce_segments_kernel(
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     num_tiles = tl.cdiv(tl.load(seq_lens_ptr + seq), TILE_N)
-    used_segments = tl.cdiv(num_tiles, tl.cdiv(num_tiles, SEGMENTS))
+    used_segments = tl.cdiv(num_tiles, tl.maximum(tl.cdiv(num_tiles, SEGMENTS), 1))
     segments = tl.arange(0, SEGMENTS)
     used = segments < used_segments
     partial = (seq * NUM_HEADS + head) * SEGMENTS + segments

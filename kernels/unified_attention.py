@@ -13,18 +13,18 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_metadata import AttentionMetadata
+from kernels.attention_metadata import AttentionMetadata, split_kv_max_seqs
 from kernels.attention_tiles import attend_kv_tiles, find_seq_idx
 from kernels.split_kv_attention import split_kv_decode_attention
 from kernels.triton_utils import check_last_dim_contiguous, dot_precision, padded_head_dim, upcast_tiles
 
-# Split-KV pays when the 2D grid (one program per sequence and KV head in pure decode) leaves SMs idle.
-SPLIT_KV_MAX_PROGRAMS = 128
 DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
 DECODE_TILE_N, PREFILL_TILE_N = 16, 32
 
 
-@triton.jit
+# num_seqs and the block-table width change every step; specialised (1, multiple of 16) they would each
+# trigger a compile mid-serving
+@triton.jit(do_not_specialize=["num_seqs", "stride_table"])
 def _unified_attention_kernel(
         q_ptr, out_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
         num_seqs, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
@@ -72,7 +72,7 @@ def _unified_attention_kernel(
 
 def use_split_kv(meta: AttentionMetadata, num_kv_heads: int) -> bool:
     """Pure decode with too few (sequence, KV head) programs to fill the GPU."""
-    return meta.is_pure_decode and meta.num_seqs * num_kv_heads <= SPLIT_KV_MAX_PROGRAMS
+    return meta.is_pure_decode and meta.num_seqs <= split_kv_max_seqs(num_kv_heads)
 
 
 def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,

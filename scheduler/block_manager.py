@@ -2,7 +2,7 @@ import hashlib
 from array import array
 from collections import OrderedDict
 
-from scheduler.sequence import Sequence
+from scheduler.sequence import PENDING_TOKEN, Sequence
 
 HASH_SIZE = 16
 ROOT_HASH = bytes(HASH_SIZE)
@@ -59,6 +59,7 @@ class BlockManager:
     def _block_key(self, seq: Sequence, i: int, parent_hash: bytes) -> tuple[bytes, list[int], bytes]:
         start, end = i * self.block_size, (i + 1) * self.block_size
         token_ids = seq.token_ids_slice(start, end)
+        assert PENDING_TOKEN not in token_ids, "a block with a token still on the device cannot be hashed"
         # audio placeholders share one token id: the audio content must be part of the key
         extra_key = seq.audio.content_hash if start < seq.audio.end and end > seq.audio.start else b""
         return compute_block_hash(parent_hash, token_ids, extra_key), token_ids, extra_key

@@ -115,11 +115,18 @@ class Scheduler:
         return seq
 
     def schedule(self) -> SchedulerOutput:
+        """Picks the next step. It may run before the previous step's tokens are known (the engine overlaps
+        scheduling with the device): scheduled tokens count as computed at once, and a chunk that samples
+        leaves a pending token that update() resolves; a decode whose input is pending is scheduled anyway."""
         out = SchedulerOutput(free_encoder=self.encoder_outputs_to_free)
         self.encoder_outputs_to_free = []
         self._schedule_running(out)
         if not out.preempted:
             self._schedule_waiting(out)
+        for chunk in out.chunks:
+            chunk.seq.num_computed_tokens = chunk.end
+            if chunk.samples:
+                chunk.seq.num_pending_tokens += 1
         return out
 
     def _schedule_running(self, out: SchedulerOutput) -> None:
@@ -130,6 +137,8 @@ class Scheduler:
         while i < len(queue) and out.num_batched_tokens < self.config.max_num_batched_tokens:
             seq = queue[i]
             i += 1
+            if seq.awaits_last_token:
+                continue
             start = seq.num_computed_tokens
             num_new = min(seq.num_tokens - start, self.config.max_num_batched_tokens - out.num_batched_tokens)
             needs_encoder = self._chunk_needs_encoder(seq, start, num_new)
@@ -152,6 +161,7 @@ class Scheduler:
         while self.waiting and out.num_batched_tokens < cfg.max_num_batched_tokens \
                 and len(self.running) < cfg.max_num_seqs:
             seq = self.waiting[0]
+            assert not seq.num_pending_tokens, "a preempted sequence waits until its pending token is known"
             start = self.block_manager.match_prefix(seq)
             num_new = seq.num_tokens - start
             token_budget = cfg.max_num_batched_tokens - out.num_batched_tokens
@@ -206,14 +216,14 @@ class Scheduler:
             free_encoder.append(seq.seq_id)
 
     def update(self, output: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
+        """Takes the sampled tokens of a step scheduled earlier (later steps may already be scheduled)."""
         finished = []
         for chunk in output.chunks:
             seq = chunk.seq
             if seq.is_finished:
-                continue  # aborted after schedule()
-            assert seq.num_computed_tokens == chunk.start, "update() must follow the schedule() of its output"
-            seq.num_computed_tokens = chunk.end
+                continue  # aborted, or stopped by an earlier step while this one was in flight
             if chunk.samples:
+                seq.num_pending_tokens -= 1
                 token_id = sampled[seq.seq_id]
                 seq.append_token(token_id)
                 if token_id in seq.stop_token_ids:
@@ -224,6 +234,8 @@ class Scheduler:
                 self._release_encoder_output(seq, self.encoder_outputs_to_free)
             self.block_manager.cache_blocks(seq)
             if seq.finish_reason is not None:
+                if seq.status == SequenceStatus.WAITING:
+                    self.waiting.remove(seq)  # preempted by a later schedule() before its last token came back
                 seq.status = SequenceStatus.FINISHED
                 self.block_manager.free(seq)
                 finished.append(seq)

@@ -6,6 +6,7 @@ from itertools import count
 from scheduler.sampling_params import SamplingParams
 
 _seq_ids = count()
+PENDING_TOKEN = -1  # a sampled token still on the device; the runner feeds it from there
 
 
 class SequenceStatus(Enum):
@@ -52,7 +53,8 @@ class Sequence:
         self.audio = audio
         self.sampling_params = sampling_params
         self.stop_token_ids = frozenset() if sampling_params.ignore_eos else frozenset(stop_token_ids)
-        self.num_computed_tokens = 0
+        self.num_computed_tokens = 0  # includes the tokens of steps launched but not yet finished
+        self.num_pending_tokens = 0  # sampled by launched steps, not yet known on the host (at most 2)
         self.num_cached_tokens = 0
         self.block_ids: list[int] = []
         # chain hashes of the leading blocks in block_ids that the block manager has looked up or registered
@@ -77,7 +79,13 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending_tokens
+
+    @property
+    def awaits_last_token(self) -> bool:
+        """Its final token (by max_tokens) is sampled but not yet known: nothing is left to schedule."""
+        return (self.num_pending_tokens > 0
+                and self.num_output_tokens + self.num_pending_tokens >= self.sampling_params.max_tokens)
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -96,12 +104,13 @@ class Sequence:
         return self.num_computed_tokens < self.audio.end
 
     def token_ids_slice(self, start: int, end: int) -> list[int]:
+        """Token ids of positions [start, end); a pending position reads PENDING_TOKEN."""
         n = len(self.prompt_token_ids)
         if end <= n:
             return self.prompt_token_ids[start:end]
-        if start >= n:
-            return self.output_token_ids[start - n:end - n]
-        return self.prompt_token_ids[start:] + self.output_token_ids[:end - n]
+        known = self.output_token_ids[max(start - n, 0):end - n]
+        head = self.prompt_token_ids[start:] if start < n else []
+        return head + known + [PENDING_TOKEN] * (end - start - len(head) - len(known))
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

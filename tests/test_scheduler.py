@@ -1,10 +1,12 @@
 import random
+from itertools import chain
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler import (
+    PENDING_TOKEN,
     AudioSpan,
     SamplingParams,
     Scheduler,
@@ -29,10 +31,10 @@ def overlaps_audio(seq: Sequence, start: int, end: int) -> bool:
     return start < seq.audio.end and end > seq.audio.start
 
 
-def fingerprints(seq: Sequence) -> list[int]:
+def fingerprints(seq: Sequence, token_ids: list[int]) -> list[int]:
     """What a KV slot must hold: depends on every earlier token and, for placeholders, on the audio."""
     out, h = [], 0
-    for i, token_id in enumerate(seq.all_token_ids):
+    for i, token_id in enumerate(token_ids):
         in_audio = seq.audio.start <= i < seq.audio.end
         h = hash((h, token_id, (seq.audio.content_hash, i - seq.audio.start) if in_audio else None))
         out.append(h)
@@ -40,41 +42,71 @@ def fingerprints(seq: Sequence) -> list[int]:
 
 
 class FakeEngine:
-    """Drives a Scheduler the way the engine does and checks every step's output against the contract."""
+    """Drives a Scheduler the way the engine does and checks every step's output against the contract.
 
-    def __init__(self, scheduler: Scheduler, seed: int = 0):
+    A step runs on a fake device as soon as it is scheduled (the device runs steps in launch order), sampling
+    random tokens it remembers. pipelined=True is the real engine's order: schedule step N+1 before update()
+    takes step N's tokens, so decodes are scheduled on inputs the host does not know yet.
+    """
+
+    def __init__(self, scheduler: Scheduler, seed: int = 0, pipelined: bool = False):
         self.scheduler = scheduler
         self.rng = random.Random(seed)
+        self.pipelined = pipelined
         self.encoder_cache: set[int] = set()
         self.kv: dict[tuple[int, int], int] = {}
+        self.device_outputs: dict[int, list[int]] = {}  # every token the device sampled, by seq_id
+        self.in_flight: tuple[SchedulerOutput, dict[int, int]] | None = None
         self.finished: list[Sequence] = []
         self.outputs: list[SchedulerOutput] = []
 
     def step(self, abort_between: list[Sequence] = ()) -> SchedulerOutput:
         sched, cfg = self.scheduler, self.scheduler.config
         running_before = list(sched.running)
+        before = {id(s): (s.num_computed_tokens, s.num_tokens, s.num_pending_tokens)
+                  for s in chain(sched.running, sched.waiting)}
         out = sched.schedule()
         self.outputs.append(out)
-        self.check_output(out, running_before)
+        self.check_output(out, running_before, before)
         for seq_id in out.free_encoder:
             self.encoder_cache.remove(seq_id)
         for seq in out.to_encode:
             assert seq.seq_id not in self.encoder_cache
             self.encoder_cache.add(seq.seq_id)
+        sampled = {}
         for chunk in out.chunks:
             seq = chunk.seq
             if overlaps_audio(seq, chunk.start, chunk.end):
                 assert seq.seq_id in self.encoder_cache, "chunk touches audio that was never encoded"
             self.run_chunk(seq, chunk.start, chunk.end, cfg.block_size)
+            if chunk.samples:
+                sampled[seq.seq_id] = self.rng.randrange(VOCAB)
+                self.device_outputs.setdefault(seq.seq_id, []).append(sampled[seq.seq_id])
         for seq in abort_between:
             sched.abort(seq.seq_id)
-        sampled = {c.seq.seq_id: self.rng.randrange(VOCAB) for c in out.chunks if c.samples}
-        finished = sched.update(out, sampled)
-        assert all(s.is_finished and s.finish_reason in ("stop", "length") for s in finished)
-        self.finished += finished
+        if self.pipelined:
+            previous, self.in_flight = self.in_flight, (out, sampled)
+            if previous is not None:
+                self.take(*previous)
+        else:
+            self.take(out, sampled)
         return out
 
-    def check_output(self, out: SchedulerOutput, running_before: list[Sequence]) -> None:
+    def take(self, out: SchedulerOutput, sampled: dict[int, int]) -> None:
+        finished = self.scheduler.update(out, sampled)
+        assert all(s.is_finished and s.finish_reason in ("stop", "length") for s in finished)
+        for seq in chain(self.scheduler.running, self.scheduler.waiting):
+            assert seq.num_pending_tokens <= (1 if self.pipelined else 0)
+        self.finished += finished
+
+    def device_token_ids(self, seq: Sequence) -> list[int]:
+        """The sequence as the device knows it: the host's tokens, or more while the host lags a step."""
+        device = self.device_outputs.get(seq.seq_id, [])
+        assert device[:seq.num_output_tokens] == seq.output_token_ids, "host and device disagree on tokens"
+        return seq.prompt_token_ids + device
+
+    def check_output(self, out: SchedulerOutput, running_before: list[Sequence],
+                     before: dict[int, tuple[int, int, int]]) -> None:
         sched, cfg = self.scheduler, self.scheduler.config
         seqs = [c.seq for c in out.chunks]
         assert len(set(map(id, seqs))) == len(seqs), "a sequence scheduled twice in one step"
@@ -84,16 +116,21 @@ class FakeEngine:
         # running decodes first, then running prefills, each in running order, then the newly admitted in
         # arrival order
         old = [s for s in seqs if s in running_before]
-        decoding = [s for s in running_before if s in old and chunk_start(out, s) == s.num_tokens - 1]
+        decoding = [s for s in running_before if s in old and chunk_start(out, s) == before[id(s)][1] - 1]
         assert old == decoding + [s for s in running_before if s in old and s not in decoding]
         assert seqs[:len(old)] == old
         new = seqs[len(old):]
         assert new == [s for s in sched.running if s in new]
         for chunk in out.chunks:
             seq = chunk.seq
+            computed, num_tokens, pending = before[id(seq)]
             assert seq.status == SequenceStatus.RUNNING
-            assert chunk.start == seq.num_computed_tokens and chunk.end <= seq.num_tokens
-            assert chunk.samples == (chunk.end == seq.num_tokens)
+            assert chunk.start == (computed if seq in running_before else seq.num_cached_tokens)
+            assert seq.num_computed_tokens == chunk.end <= num_tokens
+            assert chunk.samples == (chunk.end == num_tokens)
+            assert seq.num_pending_tokens == pending + chunk.samples
+            assert pending == 0 or chunk.num_tokens == 1, "only a decode may start on a token still in flight"
+            assert seq.num_output_tokens + seq.num_pending_tokens <= seq.sampling_params.max_tokens
             assert len(seq.block_ids) * cfg.block_size >= chunk.end
         encoder_tokens = sum(s.audio.length for s in out.to_encode)
         assert encoder_tokens == out.num_encoder_tokens
@@ -112,7 +149,7 @@ class FakeEngine:
     def run_chunk(self, seq: Sequence, start: int, end: int, block_size: int) -> None:
         """Checks the KV the chunk attends to (including prefix-cache hits), then writes its own."""
         blocks = self.scheduler.block_manager.blocks
-        expected = fingerprints(seq)
+        expected = fingerprints(seq, self.device_token_ids(seq))
         slot = lambda i: (seq.block_ids[i // block_size], i % block_size)  # noqa: E731
         for i in range(start):
             assert self.kv[slot(i)] == expected[i], f"wrong KV at token {i} of {seq}"
@@ -123,11 +160,19 @@ class FakeEngine:
     def run(self, max_steps: int = 5000) -> None:
         for _ in range(max_steps):
             if not self.scheduler.has_unfinished:
+                self.flush()
                 return
             self.step()
         raise AssertionError("no progress")
 
+    def flush(self) -> None:
+        """Takes the tokens of the step still in flight (only finished sequences can be in it by now)."""
+        if self.in_flight is not None:
+            self.take(*self.in_flight)
+            self.in_flight = None
+
     def check_drained(self) -> None:
+        self.flush()
         sched = self.scheduler
         assert not sched.has_unfinished and sched.num_running == sched.num_waiting == 0
         bm = sched.block_manager
@@ -169,7 +214,7 @@ request = st.tuples(
 )
 
 
-@settings(deadline=None, max_examples=600)
+@settings(deadline=None, max_examples=1000)
 @given(
     max_num_seqs=st.integers(1, 6),
     max_num_batched_tokens=st.integers(1, 40),
@@ -180,15 +225,16 @@ request = st.tuples(
     chunked_prefill=st.booleans(),
     requests=st.lists(request, min_size=1, max_size=12),
     seed=st.integers(0, 2**16),
+    pipelined=st.booleans(),
 )
 def test_random_engine_loop(max_num_seqs, max_num_batched_tokens, max_num_encoder_tokens, num_blocks, block_size,
-                            prefix_caching, chunked_prefill, requests, seed):
+                            prefix_caching, chunked_prefill, requests, seed, pipelined):
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                           max_num_encoder_tokens=max_num_encoder_tokens, num_blocks=num_blocks,
                           block_size=block_size, enable_prefix_caching=prefix_caching,
                           enable_chunked_prefill=chunked_prefill, max_model_len=40)
     sched = Scheduler(cfg)
-    engine = FakeEngine(sched, seed)
+    engine = FakeEngine(sched, seed, pipelined)
     arrivals: dict[int, list[Sequence]] = {}
     aborts: dict[int, list[tuple[Sequence, bool]]] = {}
     accepted = []
@@ -327,6 +373,48 @@ def test_decodes_are_not_held_back_by_a_long_prefill_ahead_of_them():
     assert [(c.seq, c.start, c.num_tokens) for c in out.chunks] == [
         (shorts[0], 4, 1), (shorts[1], 4, 1), (long, 8, 6)]
     assert not out.to_encode
+
+
+def test_pipelined_decode_is_scheduled_before_its_input_is_known():
+    sched = Scheduler(SchedulerConfig())
+    seq = make_seq(max_tokens=5, ignore_eos=True)  # 10 prompt tokens
+    sched.add(seq)
+    first = sched.schedule()
+    assert seq.num_computed_tokens == 10 and seq.num_pending_tokens == 1 and seq.num_tokens == 11
+    assert seq.token_ids_slice(9, 11)[-1] == PENDING_TOKEN
+    second = sched.schedule()  # the engine schedules step 2 while step 1 still runs
+    assert [(c.seq, c.start, c.num_tokens, c.samples) for c in second.chunks] == [(seq, 10, 1, True)]
+    assert seq.num_pending_tokens == 2
+    sched.update(first, {seq.seq_id: 7})
+    assert seq.output_token_ids == [7] and seq.num_pending_tokens == 1
+    sched.update(second, {seq.seq_id: 8})
+    assert seq.output_token_ids == [7, 8] and seq.num_pending_tokens == 0
+
+
+def test_a_sequence_that_stops_in_flight_wastes_one_step_and_frees_its_blocks():
+    sched = Scheduler(SchedulerConfig(block_size=4))
+    seq = make_seq(max_tokens=8)
+    sched.add(seq)
+    first = sched.schedule()
+    second = sched.schedule()
+    assert [c.seq for c in second.chunks] == [seq]
+    assert sched.update(first, {seq.seq_id: STOP}) == [seq]
+    assert seq.is_finished and seq.finish_reason == "stop" and not seq.block_ids
+    assert sched.block_manager.num_free_blocks == sched.block_manager.num_blocks
+    assert sched.update(second, {seq.seq_id: 5}) == []  # the token sampled after the stop is dropped
+    assert seq.output_token_ids == [STOP] and not sched.has_unfinished
+
+
+def test_max_tokens_are_not_overshot_while_the_last_token_is_in_flight():
+    sched = Scheduler(SchedulerConfig())
+    seq = make_seq(max_tokens=2, ignore_eos=True)
+    sched.add(seq)
+    steps = [sched.schedule(), sched.schedule()]
+    assert seq.awaits_last_token
+    assert sched.schedule().is_empty  # both tokens are sampled; nothing is left to run
+    assert sched.update(steps[0], {seq.seq_id: 3}) == []
+    assert sched.update(steps[1], {seq.seq_id: 4}) == [seq]
+    assert seq.output_token_ids == [3, 4] and seq.finish_reason == "length"
 
 
 def test_admission_is_fifo():
