@@ -90,6 +90,8 @@ class LLMEngine:
         self.graph_memory = GraphMemory()
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
+        if self.device.type == "cuda" and self.runner.backend.name == "triton":
+            self.runner.warm_up()
         if self.uses_cuda_graphs:
             self.graph_memory.captured_bytes = self.runner.capture_decode_graphs(self.max_graph_batch_size,
                                                                                  self.max_model_len)

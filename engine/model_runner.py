@@ -11,6 +11,7 @@ from engine.features import LogMelExtractor
 from engine.model import Qwen3ASRModel
 from engine.sampler import sample
 from kernels import AttentionBackend, AttentionMetadata
+from kernels.attention_metadata import split_kv_max_seqs
 from kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
 from scheduler import PENDING_TOKEN, ScheduledChunk, SchedulerOutput, Sequence
 
@@ -105,6 +106,29 @@ class ModelRunner:
         return used
 
     @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compiles every attention kernel variant a step can pick (split-KV and unified decode, short mixed
+        queries, prefill) before serving, so no request waits on a compile. Stores nothing (slot -1)."""
+        decode_batch = split_kv_max_seqs(self.model.config.text.num_kv_heads) + 1
+        for query_lens in ([1], [1] * decode_batch, [1, 2], [64]):
+            self._forward_without_cache(query_lens)
+
+    def _forward_without_cache(self, query_lens: list[int]) -> torch.Tensor:
+        """One decoder forward over sequences whose keys are only their own new tokens, all read through
+        block 0 of the cache and none written: for profiling and warm-up."""
+        num_tokens = sum(query_lens)
+        meta = AttentionMetadata(
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.long, device=self.device),
+            query_start_loc=self.to_device(np.cumsum([0, *query_lens], dtype=np.int32)),
+            seq_lens=self.to_device(np.asarray(query_lens, dtype=np.int32)),
+            block_tables=torch.zeros(len(query_lens), math.ceil(max(query_lens) / self.block_size),
+                                     dtype=torch.int32, device=self.device),
+            max_query_len=max(query_lens), max_seq_len=max(query_lens), query_lens_host=list(query_lens),
+            seq_lens_host=list(query_lens))
+        token_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        return self.model(self.model.model.embed_tokens(token_ids), token_ids, meta, self.backend)
+
+    @torch.inference_mode()
     def profile_peak_activation_bytes(self, num_tokens: int, num_encoder_tokens: int, num_sampled: int) -> int:
         """Peak CUDA memory of the largest step the scheduler can send (a full token budget of prefill, the
         largest encoder pass, logits for every running sequence), run against a throwaway one-block cache."""
@@ -115,16 +139,7 @@ class ModelRunner:
         seconds = max(1, num_encoder_tokens // 13)
         mels = self.features([np.zeros(seconds * self.features.config.sample_rate, dtype=np.float32)])
         self.model.encode_audio(mels, self.backend)
-        meta = AttentionMetadata(
-            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.long, device=self.device),
-            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
-            block_tables=torch.zeros(1, math.ceil(num_tokens / self.block_size), dtype=torch.int32,
-                                     device=self.device),
-            max_query_len=num_tokens, max_seq_len=num_tokens, query_lens_host=[num_tokens],
-            seq_lens_host=[num_tokens])
-        token_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        hidden = self.model(self.model.model.embed_tokens(token_ids), token_ids, meta, self.backend)
+        hidden = self._forward_without_cache([num_tokens])
         self.model.compute_logits(hidden[-min(num_tokens, num_sampled):])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - baseline

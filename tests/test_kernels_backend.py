@@ -93,3 +93,23 @@ def test_engine_on_triton_matches_torch(checkpoint: Path, clips: list[np.ndarray
     seen = record_attention_kinds(asr)
     assert transcribe(asr, clips) == expected
     assert seen == kinds
+
+
+def test_warm_up_runs_every_kernel_variant_and_stores_nothing(checkpoint: Path) -> None:
+    asr = ASR(str(checkpoint), device="cpu", attention_backend="triton", num_kv_blocks=8)
+    runner = asr.engine.runner
+    runner.kv_cache.normal_()
+    before = runner.kv_cache.clone()
+    attended = []
+    attend = runner.backend.paged_attention
+
+    def spy(query, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        attended.append((tuple(meta.query_lens_host), use_split_kv(meta, k_cache.shape[2])))
+        return attend(query, k_cache, v_cache, meta, scale)
+
+    runner.backend = replace(runner.backend, paged_attention=spy)
+    runner.warm_up()
+    assert torch.equal(runner.kv_cache, before)
+    kinds = {(max(lens), len(lens) > 1, split) for lens, split in attended}
+    # split-KV decode, unified decode, short mixed queries, prefill
+    assert {(1, False, True), (1, True, False), (2, True, False), (64, False, False)} <= kinds
