@@ -47,6 +47,11 @@ class AsyncEngine:
         self.thread.start()
 
     @property
+    def is_running(self) -> bool:
+        """False once the engine thread has stopped (shut down or failed): nothing submitted will run."""
+        return self.error is None and self.thread.is_alive()
+
+    @property
     def num_unfinished(self) -> int:
         return len(self.sinks)
 

@@ -1,13 +1,15 @@
 import argparse
+import asyncio
 import dataclasses
+import logging
 import sys
 import types
 import typing
 from pathlib import Path
 
 from engine.config import EngineConfig
-
-FORMATS = ("json", "text", "srt", "vtt")
+from serve.formats import FORMATS
+from serve.state import STATE, ServerOptions
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -41,15 +43,42 @@ def transcribe(args: argparse.Namespace) -> int:
     results = asr.transcribe(args.files, language=args.language, context=args.context, sampling_params=params,
                              use_tqdm=not args.quiet)
     for file, result in zip(args.files, results):
-        text = render(result, args.format)
+        text = render(result, args.format, temperature=args.temperature)
         if args.output_dir:
-            out = Path(args.output_dir) / (Path(file).stem + "." + ("txt" if args.format == "text" else args.format))
+            suffix = {"text": "txt", "verbose_json": "json"}.get(args.format, args.format)
+            out = Path(args.output_dir) / (Path(file).stem + "." + suffix)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text, encoding="utf-8")
         else:
-            if len(args.files) > 1 and args.format != "json":
+            if len(args.files) > 1 and not args.format.endswith("json"):
                 sys.stdout.write(f"== {file}\n")
             sys.stdout.write(text)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from engine import AsyncEngine
+    from serve.app import create_app, serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServerOptions(served_model_names=args.served_model_name or [], max_upload_mb=args.max_upload_mb,
+                            max_queued_requests=args.max_queued_requests)
+    config = engine_config(args)
+    print(f"qasr: loading {config.model or 'the bundled demo model'} ...", file=sys.stderr, flush=True)
+    engine = AsyncEngine(config)
+    app = create_app(engine, options)  # from here on the app's cleanup shuts the engine down
+
+    def ready(url: str) -> None:
+        names = ", ".join(app[STATE].model_names)
+        print(f"qasr: serving {names} on {url} (OpenAI API under {url}/v1, metrics at {url}/metrics); "
+              "Ctrl-C stops", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(serve_forever(app, args.host, args.port, ready))
+    except OSError as error:  # the address is taken or cannot be bound
+        print(f"qasr: error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    print("qasr: stopped", file=sys.stderr)
     return 0
 
 
@@ -67,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_options(offline)
     offline.set_defaults(run=transcribe)
+
+    defaults = ServerOptions()
+    server = commands.add_parser("serve", help="serve the OpenAI-compatible transcription API over HTTP")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--served-model-name", nargs="+", default=None,
+                        help="model name(s) clients may send; default: derived from --model (qasr-demo for the "
+                             "bundled demo model)")
+    server.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb,
+                        help="largest audio upload; bigger ones get 413")
+    server.add_argument("--max-queued-requests", type=int, default=defaults.max_queued_requests,
+                        help="requests that may wait beyond the engine's --max-num-seqs; more get 429")
+    add_engine_options(server)
+    server.set_defaults(run=serve)
 
     bench = commands.add_parser("bench", help="benchmarks: print a table and write JSON under benchmarks/results")
     benches = bench.add_subparsers(dest="benchmark", required=True)

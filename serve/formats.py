@@ -1,6 +1,10 @@
 import json
+import math
+import zlib
 
 from engine.outputs import Transcription
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 
 
 def _timestamp(seconds: float, decimal: str) -> str:
@@ -33,7 +37,38 @@ def to_dict(result: Transcription) -> dict:
     }
 
 
-def render(result: Transcription, fmt: str) -> str:
+def to_verbose_json(result: Transcription, temperature: float = 0.0) -> dict:
+    """OpenAI's `verbose_json` (TranscriptionVerbose): one segment per audio piece the engine decoded.
+
+    Real values: task, language (lower-case name, as OpenAI writes it; "unknown" if none was detected), duration,
+    text, and per segment id, start, end, text, seek (the start in 10 ms mel frames, as Whisper counts),
+    temperature (the request's) and compression_ratio (zlib, as Whisper computes it).
+    Placeholders, because the engine does not report them: tokens ([]: the result's token ids are not split per
+    segment and include the language header), avg_logprob (0.0) and no_speech_prob (0.0).
+    """
+    return {
+        "task": "transcribe",
+        "language": (result.language or "unknown").lower(),
+        "duration": round(result.duration, 3),
+        "text": result.text,
+        "segments": [{"id": i, "seek": round(s.start * 100), "start": round(s.start, 3), "end": round(s.end, 3),
+                      "text": s.text, "tokens": [], "temperature": temperature, "avg_logprob": 0.0,
+                      "compression_ratio": round(compression_ratio(s.text), 4), "no_speech_prob": 0.0}
+                     for i, s in enumerate(result.segments)],
+        "usage": duration_usage(result),
+    }
+
+
+def duration_usage(result: Transcription) -> dict:
+    return {"type": "duration", "seconds": math.ceil(result.duration)}
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def render(result: Transcription, fmt: str, temperature: float = 0.0) -> str:
     if fmt == "text":
         return result.text + "\n"
     if fmt == "srt":
@@ -42,4 +77,6 @@ def render(result: Transcription, fmt: str) -> str:
         return to_vtt(result)
     if fmt == "json":
         return json.dumps(to_dict(result), ensure_ascii=False) + "\n"
-    raise ValueError(f"unknown format {fmt!r}; choose json, text, srt or vtt")
+    if fmt == "verbose_json":
+        return json.dumps(to_verbose_json(result, temperature), ensure_ascii=False) + "\n"
+    raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")

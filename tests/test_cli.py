@@ -71,5 +71,9 @@ def test_subtitle_formats() -> None:
     assert render(result, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nhello there\n")
     assert render(result, "text") == "hello there general\n"
     assert json.loads(render(result, "json"))["segments"][1]["end"] == 3725.5
+    verbose = json.loads(render(result, "verbose_json", temperature=0.2))
+    assert (verbose["task"], verbose["language"], verbose["text"]) == ("transcribe", "english", result.text)
+    assert [s["seek"] for s in verbose["segments"]] == [0, 150, 372550]
+    assert verbose["segments"][1]["temperature"] == 0.2 and verbose["usage"] == {"type": "duration", "seconds": 3726}
     with pytest.raises(ValueError):
         render(result, "docx")

@@ -1,0 +1,86 @@
+"""The aiohttp application: routes, the engine's lifetime, and running it on a socket."""
+
+import asyncio
+import signal
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from engine import AsyncEngine
+from serve.errors import error_middleware
+from serve.metrics import Metrics
+from serve.openai_api import create_transcription, engine_unavailable, list_models, retrieve_model
+from serve.state import STATE, ServerOptions, ServerState, audio_pool, default_model_name
+
+
+def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web.Application:
+    """The server for one running engine; the app's cleanup shuts the engine down."""
+    options = options or ServerOptions()
+    app = web.Application(middlewares=[error_middleware], client_max_size=options.max_body_bytes)
+    app[STATE] = ServerState(engine=engine, options=options,
+                             model_names=options.served_model_names or [default_model_name(engine.engine.config.model)],
+                             metrics=Metrics(engine), audio_pool=audio_pool())
+    app.router.add_post("/v1/audio/transcriptions", create_transcription)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", retrieve_model)
+    app.router.add_get("/health", health)
+    app.router.add_get("/version", server_version)
+    app.router.add_get("/metrics", metrics)
+    app.on_cleanup.append(_shutdown)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    if request.app[STATE].engine_failed:
+        raise engine_unavailable()
+    return web.json_response({"status": "ok"})
+
+
+async def server_version(request: web.Request) -> web.Response:
+    try:
+        number = version("qasr")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        number = "unknown"
+    return web.json_response({"version": number})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[STATE].metrics.render())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def _shutdown(app: web.Application) -> None:
+    state = app[STATE]
+    state.audio_pool.shutdown(wait=False, cancel_futures=True)
+    await asyncio.to_thread(state.engine.shutdown)
+
+
+async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serves `app` on host:port (port 0: any free one; see runner.addresses) until runner.cleanup()."""
+    # handler_cancellation: a client that hangs up cancels its handler, and so aborts its engine request
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Serves until SIGINT or SIGTERM, then stops accepting, lets requests in flight finish, and cleans up."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await start(app, host, port)
+    try:
+        bound_host, bound_port = runner.addresses[0][:2]
+        on_ready(f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}")
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,75 @@
+"""Prometheus metrics, prefix `qasr_`, in a registry each app owns (several apps can live in one process)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from engine import AsyncEngine, Transcription
+
+# vLLM's buckets, so dashboards built for vLLM read the same
+LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+                   480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0, 160.0, 640.0, 2560.0)
+RTF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+AUDIO_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+
+STATUSES = ("success", "client_error", "server_error", "aborted")
+
+
+class Metrics:
+    def __init__(self, engine: AsyncEngine):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.e2e_latency = Histogram("qasr_e2e_request_latency_seconds",
+                                     "Transcription requests, from the server receiving the request to the last byte "
+                                     "of the answer (upload and audio decoding included)", buckets=LATENCY_BUCKETS,
+                                     registry=r)
+        self.ttft = Histogram("qasr_time_to_first_token_seconds", "Engine arrival to the first generated token",
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.queue_time = Histogram("qasr_request_queue_time_seconds", "Engine arrival to first scheduled",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.rtf = Histogram("qasr_request_real_time_factor",
+                             "Engine processing time (arrival to finished) divided by the audio's duration",
+                             buckets=RTF_BUCKETS, registry=r)
+        self.audio_duration = Histogram("qasr_request_audio_duration_seconds", "Audio duration per request",
+                                        buckets=AUDIO_BUCKETS, registry=r)
+        self.audio_seconds = Counter("qasr_audio_input_seconds", "Seconds of audio transcribed", registry=r)
+        self.prompt_tokens = Counter("qasr_prompt_tokens", "Prompt tokens (audio placeholders included) of finished "
+                                     "requests", registry=r)
+        self.generation_tokens = Counter("qasr_generation_tokens", "Tokens generated for finished requests",
+                                         registry=r)
+        self.preemptions = Counter("qasr_num_preemptions", "Preemptions of finished requests' sequences", registry=r)
+        self.requests = Counter("qasr_requests", "Transcription requests by outcome", ["status"], registry=r)
+        for status in STATUSES:
+            self.requests.labels(status)
+        # read from the engine thread's scheduler when scraped: plain len() and a ratio, safe to read racily
+        scheduler = engine.engine.scheduler
+        Gauge("qasr_num_requests_running", "Sequences (audio pieces) in the running batch",
+              registry=r).set_function(lambda: scheduler.num_running)
+        Gauge("qasr_num_requests_waiting", "Sequences (audio pieces) waiting to be scheduled",
+              registry=r).set_function(lambda: scheduler.num_waiting)
+        Gauge("qasr_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
+              registry=r).set_function(lambda: scheduler.kv_usage)
+
+    def observe_success(self, result: Transcription, latency: float) -> None:
+        self.requests.labels("success").inc()
+        self.e2e_latency.observe(latency)
+        self.audio_duration.observe(result.duration)
+        self.audio_seconds.inc(result.duration)
+        m = result.metrics
+        if m is None:
+            return
+        if m.first_token_time is not None:
+            self.ttft.observe(m.first_token_time - m.arrival_time)
+        if m.first_scheduled_time is not None:
+            self.queue_time.observe(m.first_scheduled_time - m.arrival_time)
+        if m.finished_time is not None and result.duration > 0:
+            self.rtf.observe((m.finished_time - m.arrival_time) / result.duration)
+        self.prompt_tokens.inc(m.num_prompt_tokens)
+        self.generation_tokens.inc(m.num_output_tokens)
+        self.preemptions.inc(m.num_preemptions)
+
+    def observe_failure(self, status: str) -> None:
+        self.requests.labels(status).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,294 @@
+"""OpenAI's `POST /v1/audio/transcriptions` and `GET /v1/models`, as the official SDK calls them."""
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from engine import RequestOutput, SamplingParams, Transcription
+from engine.audio import AudioError, load_audio
+from engine.languages import UnknownLanguageError, language_code, resolve_language
+from serve.errors import APIError, bad_request, logger
+from serve.formats import duration_usage, to_srt, to_verbose_json, to_vtt
+from serve.state import STATE, ServerState
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_FORMATS = ("json", "text")
+MAX_TEMPERATURE = 2.0
+
+
+@dataclass(slots=True)
+class TranscriptionRequest:
+    file: IO[bytes]
+    model: str
+    language: str | None  # resolved name, e.g. "English"; None: the model detects it
+    prompt: str
+    response_format: str
+    temperature: float
+    stream: bool
+    max_tokens: int | None  # vLLM's max_completion_tokens; None: the engine's default
+
+
+async def create_transcription(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.monotonic()
+    try:
+        if state.engine_failed:
+            raise engine_unavailable()
+        if state.in_flight >= state.max_in_flight:
+            raise APIError(429, f"The server is at capacity ({state.in_flight} requests in flight); retry later.",
+                           code="too_many_requests", retry_after=1)
+        state.in_flight += 1
+        try:
+            return await _transcribe(request, state, started)
+        finally:
+            state.in_flight -= 1
+    except APIError as error:
+        state.metrics.observe_failure("client_error" if error.status < 500 else "server_error")
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):  # the client hung up: the engine request is aborted
+        state.metrics.observe_failure("aborted")
+        raise
+    except Exception:
+        state.metrics.observe_failure("server_error")
+        raise
+
+
+async def _transcribe(request: web.Request, state: ServerState, started: float) -> web.StreamResponse:
+    form = await _read_form(request, state)
+    params = parse_request(form, state.model_names)
+    samples = await asyncio.get_running_loop().run_in_executor(
+        state.audio_pool, _read_audio, params.file, state.options.max_upload_bytes)
+    sampling = SamplingParams(temperature=params.temperature)
+    if params.max_tokens is not None:
+        sampling.max_tokens = params.max_tokens
+    request_id = f"trsc-{uuid.uuid4().hex}"
+    headers = {"X-Request-Id": request_id}
+    stream = state.engine.stream(samples, params.language, params.prompt, sampling, request_id=request_id)
+    async with contextlib.aclosing(stream) as outputs:  # leaving early, however, aborts the engine request
+        try:
+            output = await anext(outputs)  # before any byte is sent, so a failure still gets its HTTP status
+            while not (params.stream or output.finished):
+                output = await anext(outputs)
+        except (ValueError, RuntimeError) as error:
+            raise engine_failure(state, error) from error
+        if params.stream:
+            return await _stream_events(request, state, outputs, output, started, headers)
+    result = _result(output)
+    response = _response(result, params, headers)
+    state.metrics.observe_success(result, time.monotonic() - started)
+    return response
+
+
+async def _read_form(request: web.Request, state: ServerState) -> MultiDictProxy:
+    limit = state.options.max_upload_bytes
+    if request.content_length is not None and request.content_length > state.options.max_body_bytes:
+        raise too_large(limit)
+    if request.content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise bad_request(f"Expected a multipart/form-data body, got {request.content_type!r}.")
+    try:
+        return await request.post()
+    except web.HTTPRequestEntityTooLarge as error:
+        raise too_large(limit) from error
+    except ValueError as error:
+        raise bad_request(f"Could not parse the multipart body: {error}") from error
+
+
+def parse_request(form: MultiDictProxy, model_names: list[str]) -> TranscriptionRequest:
+    file = form.get("file")
+    if file is None:
+        raise bad_request("Missing required parameter: 'file'.", param="file")
+    if not isinstance(file, web.FileField):
+        raise bad_request("'file' must be an uploaded file, not a text field.", param="file")
+
+    model = _text(form, "model") or model_names[0]
+    if model not in model_names:
+        raise APIError(404, f"The model `{model}` does not exist. Served: {', '.join(model_names)}.",
+                       param="model", code="model_not_found")
+
+    response_format = _text(form, "response_format") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise bad_request(f"Unsupported response_format {response_format!r}; supported: "
+                          f"{', '.join(RESPONSE_FORMATS)}.", param="response_format")
+
+    stream = _boolean(form, "stream")
+    if stream and response_format not in STREAM_FORMATS:
+        raise bad_request(f"Streaming supports response_format json or text, not {response_format!r}.",
+                          param="response_format")
+
+    for granularity in form.getall("timestamp_granularities[]", []) + form.getall("timestamp_granularities", []):
+        if granularity == "word":
+            raise bad_request("Word timestamps are not supported (the model has no word alignment); use "
+                              "timestamp_granularities[]=segment.", param="timestamp_granularities[]")
+        if granularity != "segment":
+            raise bad_request(f"Unknown timestamp granularity {granularity!r}; supported: segment.",
+                              param="timestamp_granularities[]")
+
+    try:
+        language = resolve_language(_text(form, "language"))
+    except UnknownLanguageError as error:
+        raise bad_request(str(error), param="language") from error
+
+    temperature = _number(form, "temperature", 0.0)
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise bad_request(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {temperature:g}.",
+                          param="temperature")
+
+    max_tokens = _text(form, "max_completion_tokens")
+    if max_tokens is not None and (not max_tokens.isdigit() or int(max_tokens) < 1):
+        raise bad_request(f"max_completion_tokens must be a positive integer, got {max_tokens!r}.",
+                          param="max_completion_tokens")
+
+    return TranscriptionRequest(file=file.file, model=model, language=language, prompt=_text(form, "prompt") or "",
+                                response_format=response_format, temperature=temperature, stream=stream,
+                                max_tokens=int(max_tokens) if max_tokens else None)
+
+
+def _text(form: MultiDictProxy, name: str) -> str | None:
+    value = form.get(name)
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"'{name}' must be a text field, not a file.", param=name)
+    return value.strip() if value is not None else None
+
+
+def _boolean(form: MultiDictProxy, name: str) -> bool:
+    value = (_text(form, name) or "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise bad_request(f"'{name}' must be true or false, got {value!r}.", param=name)
+    return value in ("true", "1")
+
+
+def _number(form: MultiDictProxy, name: str, default: float) -> float:
+    value = _text(form, name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise bad_request(f"'{name}' must be a number, got {value!r}.", param=name)
+    return number
+
+
+def _read_audio(file: IO[bytes], limit: int) -> np.ndarray:
+    """Runs on the audio pool: reading and decoding a large upload would stall every other request."""
+    data = file.read()
+    if len(data) > limit:
+        raise too_large(limit)
+    try:
+        return load_audio(data)
+    except AudioError as error:
+        raise bad_request(f"Could not read the audio file: {error}.", param="file",
+                          code="invalid_audio") from error
+
+
+async def _stream_events(request: web.Request, state: ServerState, outputs: AsyncIterator[RequestOutput],
+                         output: RequestOutput, started: float, headers: dict[str, str]) -> web.StreamResponse:
+    """Server-sent events as OpenAI sends them: `transcript.text.delta`s, `transcript.text.done`, then `[DONE]`
+    (which vLLM and sglang-omni send too; the SDK stops on it). A failure after the first event becomes an
+    `{"error": ...}` event, which the SDK raises as an APIError."""
+    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    try:
+        while True:
+            if output.delta:
+                await _send(response, {"type": "transcript.text.delta", "delta": output.delta})
+            if output.finished:
+                break
+            output = await anext(outputs)
+        result = _result(output)
+    except (ValueError, RuntimeError) as failure:
+        error = engine_failure(state, failure)
+        state.metrics.observe_failure("client_error" if error.status < 500 else "server_error")
+        await _send(response, {"error": {"message": error.message, "type": error.type, "param": error.param,
+                                         "code": error.code}})
+        await response.write_eof()
+        return response
+    done = {"type": "transcript.text.done", "text": result.text}
+    if result.metrics is not None:
+        done["usage"] = {"type": "tokens", "input_tokens": result.metrics.num_prompt_tokens,
+                         "output_tokens": result.metrics.num_output_tokens,
+                         "total_tokens": result.metrics.num_prompt_tokens + result.metrics.num_output_tokens}
+    await _send(response, done)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    state.metrics.observe_success(result, time.monotonic() - started)
+    return response
+
+
+async def _send(response: web.StreamResponse, event: dict) -> None:
+    await response.write(b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n")
+
+
+def _result(output: RequestOutput) -> Transcription:
+    if output.result is None:
+        raise RuntimeError("the engine finished a request without a result")
+    return output.result
+
+
+def _response(result: Transcription, params: TranscriptionRequest, headers: dict[str, str]) -> web.Response:
+    fmt = params.response_format
+    if fmt == "json":
+        body: dict = {"text": result.text, "usage": duration_usage(result)}
+        code = language_code(result.language)
+        if code:
+            body["languages"] = [{"code": code}]
+        return web.json_response(body, headers=headers)
+    if fmt == "verbose_json":
+        return web.json_response(to_verbose_json(result, params.temperature), headers=headers)
+    if fmt == "srt":
+        return web.Response(text=to_srt(result), content_type="text/plain", headers=headers)
+    if fmt == "vtt":
+        return web.Response(text=to_vtt(result), content_type="text/vtt", headers=headers)
+    return web.Response(text=result.text + "\n", content_type="text/plain", headers=headers)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"object": "list", "data": [_model_card(state, name) for name in state.model_names]})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = request.match_info["model"]
+    if name not in state.model_names:
+        raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+    return web.json_response(_model_card(state, name))
+
+
+def _model_card(state: ServerState, name: str) -> dict:
+    engine = state.engine.engine
+    return {"id": name, "object": "model", "created": state.created, "owned_by": "qasr",
+            "root": str(engine.model_path), "parent": None, "max_model_len": engine.max_model_len}
+
+
+def engine_unavailable() -> APIError:
+    return APIError(503, "The engine has stopped; this server cannot transcribe until it is restarted.",
+                    code="engine_unavailable", retry_after=10)
+
+
+def engine_failure(state: ServerState, error: Exception) -> APIError:
+    """What the engine raised, as the client should see it: its ValueErrors name the request's fault (too long
+    for max_model_len, a special token in the prompt), a stopped engine is a 503; anything else is ours."""
+    if isinstance(error, ValueError):
+        return bad_request(str(error))
+    if state.engine_failed:
+        return engine_unavailable()
+    logger.error("the engine failed request: %r", error)
+    return APIError(500, "The engine failed while processing your request.")
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, f"Maximum content size limit ({limit}) exceeded.", param="file",
+                    code="request_too_large")

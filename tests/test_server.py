@@ -1,0 +1,394 @@
+"""The HTTP server on loopback: the official openai SDK for the happy paths, plain aiohttp for the errors."""
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jiwer
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine import AsyncEngine, EngineConfig
+from engine.audio import load_audio
+from serve.app import create_app, start
+from serve.state import STATE, ServerOptions
+
+HELDOUT = Path(__file__).parent.parent / "benchmarks" / "data" / "heldout"
+MAX_UPLOAD_MB = 0.25
+
+
+class LiveServer:
+    """An app served on a free loopback port by an event loop on its own thread, so tests can block."""
+
+    def __init__(self, app: aiohttp.web.Application):
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner = self.call(start(app, "127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    @property
+    def state(self):
+        return self.app[STATE]
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def client(self, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", **options)
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused")
+
+    def close(self) -> None:
+        self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine() -> AsyncEngine:
+    return AsyncEngine(EngineConfig(max_num_seqs=8))
+
+
+@pytest.fixture(scope="module")
+def server(engine: AsyncEngine):
+    live = LiveServer(create_app(engine, ServerOptions(max_upload_mb=MAX_UPLOAD_MB)))
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def clips(server: LiveServer, engine: AsyncEngine) -> list[dict]:
+    """Eight held-out clips with what the engine itself transcribes for each (the server must match it)."""
+    rows = [json.loads(line) for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:8]]
+
+    async def transcribe_all() -> list[str]:
+        results = await asyncio.gather(*(engine.transcribe(load_audio(HELDOUT / row["file"])) for row in rows))
+        return [result.text for result in results]
+
+    for row, text in zip(rows, server.call(transcribe_all())):
+        row["bytes"] = (HELDOUT / row["file"]).read_bytes()
+        row["engine_text"] = text
+    return rows
+
+
+def upload(clip: dict) -> tuple[str, bytes, str]:
+    return (clip["file"], clip["bytes"], "audio/ogg")
+
+
+def metric_values(url: str) -> dict[tuple[str, tuple], float]:
+    text = http("GET", url + "/metrics")[2].decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def http(method: str, url: str, data: Any = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    async def go() -> tuple[int, dict, bytes]:
+        async with aiohttp.ClientSession() as session:
+            body = data() if callable(data) else data
+            async with session.request(method, url, data=body, headers=headers) as response:
+                return response.status, dict(response.headers), await response.read()
+
+    return asyncio.run(go())
+
+
+def form(file: bytes | None, fields: dict[str, str] | None = None) -> Callable[[], aiohttp.FormData]:
+    def build() -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        for name, value in (fields or {}).items():
+            data.add_field(name, value)
+        if file is not None:
+            data.add_field("file", file, filename="clip.opus", content_type="audio/ogg")
+        return data
+
+    return build
+
+
+def assert_openai_error(response: tuple[int, dict, bytes], status: int, param: str | None = None,
+                        code: str | None = None) -> dict:
+    got, headers, body = response
+    assert got == status, body
+    assert headers["Content-Type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_every_response_format_through_the_sdk(server: LiveServer, clips: list[dict]) -> None:
+    client, clip = server.client(), clips[0]
+    expected = clip["engine_text"]
+
+    result = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo")
+    assert result.text == expected
+    assert result.usage.type == "duration" and result.usage.seconds == 3  # ceil(2.32 s)
+    assert [language.code for language in result.languages] == ["en"]
+
+    assert client.audio.transcriptions.create(file=upload(clip), model="qasr-demo",
+                                              response_format="text") == expected + "\n"
+
+    verbose = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", response_format="verbose_json",
+                                                 timestamp_granularities=["segment"], temperature=0.0)
+    assert verbose.text == expected and verbose.language == "english"
+    assert verbose.duration == pytest.approx(clip["seconds"], abs=0.01)
+    [segment] = verbose.segments
+    assert (segment.id, segment.seek, segment.start, segment.text) == (0, 0, 0.0, expected)
+    assert segment.end == pytest.approx(verbose.duration) and segment.compression_ratio > 0
+
+    srt = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", response_format="srt")
+    assert srt == f"1\n00:00:00,000 --> 00:00:02,324\n{expected}\n"
+    vtt = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", response_format="vtt")
+    assert vtt == f"WEBVTT\n\n00:00:00.000 --> 00:00:02.324\n{expected}\n"
+
+
+def test_streamed_deltas_add_up_to_the_final_text(server: LiveServer, clips: list[dict]) -> None:
+    clip = clips[1]
+    events = list(server.client().audio.transcriptions.create(file=upload(clip), model="qasr-demo", stream=True))
+    deltas = [event.delta for event in events[:-1]]
+    assert all(event.type == "transcript.text.delta" for event in events[:-1]) and len(deltas) > 1
+    done = events[-1]
+    assert done.type == "transcript.text.done"
+    assert "".join(deltas) == done.text == clip["engine_text"]
+    usage = done.usage
+    assert usage.output_tokens > 0 and usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+    async def stream_async() -> list:
+        async with server.async_client() as client:
+            stream = await client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", stream=True,
+                                                              response_format="text")
+            return [event async for event in stream]
+
+    assert [e.model_dump() for e in asyncio.run(stream_async())] == [e.model_dump() for e in events]
+
+
+def test_raw_stream_is_openai_sse_and_ends_with_done(server: LiveServer, clips: list[dict]) -> None:
+    status, headers, body = http("POST", server.url + "/v1/audio/transcriptions",
+                                 form(clips[0]["bytes"], {"stream": "true"}))
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = body.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    assert all(event.startswith("data: {") for event in events[:-2])
+
+
+def test_language_prompt_and_temperature_are_accepted(server: LiveServer, clips: list[dict]) -> None:
+    client, clip = server.client(), clips[2]
+    for language in ("en", "English"):
+        result = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", language=language,
+                                                    prompt="timers, alarms and reminders")
+        assert jiwer.wer(clip["text"].lower(), result.text.lower()) < 0.5
+    sampled = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", temperature=0.7,
+                                                 extra_body={"max_completion_tokens": "4"})
+    assert isinstance(sampled.text, str)
+
+
+def test_concurrent_requests_match_the_engine(server: LiveServer, clips: list[dict]) -> None:
+    async def run_all() -> list[str]:
+        async with server.async_client() as client:
+            async def one(i: int, clip: dict) -> str:
+                if i % 2:
+                    stream = await client.audio.transcriptions.create(file=upload(clip), model="qasr-demo",
+                                                                      stream=True)
+                    return "".join([event.delta async for event in stream if event.type.endswith("delta")])
+                return (await client.audio.transcriptions.create(file=upload(clip), model="qasr-demo")).text
+
+            return await asyncio.gather(*(one(i, clip) for i, clip in enumerate(clips)))
+
+    texts = asyncio.run(run_all())
+    assert texts == [clip["engine_text"] for clip in clips]
+    assert jiwer.wer([c["text"].lower() for c in clips], [t.lower() for t in texts]) < 0.2
+
+
+def test_models_health_and_version(server: LiveServer) -> None:
+    client = server.client()
+    assert [model.id for model in client.models.list()] == ["qasr-demo"]
+    card = client.models.retrieve("qasr-demo")
+    assert card.owned_by == "qasr" and card.model_extra["max_model_len"] > 0
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("whisper-1")
+    status, _, body = http("GET", server.url + "/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, _, body = http("GET", server.url + "/version")
+    assert status == 200 and json.loads(body)["version"]
+
+
+def test_metrics_move_after_requests(server: LiveServer, clips: list[dict]) -> None:
+    before = metric_values(server.url)
+    server.client().audio.transcriptions.create(file=upload(clips[3]), model="qasr-demo")
+    http("POST", server.url + "/v1/audio/transcriptions", form(b"not audio at all"))
+    after = metric_values(server.url)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before.get(key, 0.0)
+
+    assert moved("qasr_requests_total", status="success") == 1
+    assert moved("qasr_requests_total", status="client_error") == 1
+    assert moved("qasr_audio_input_seconds_total") == pytest.approx(clips[3]["seconds"], abs=0.01)
+    assert moved("qasr_generation_tokens_total") > 0 and moved("qasr_prompt_tokens_total") > 0
+    for histogram in ("qasr_e2e_request_latency_seconds", "qasr_time_to_first_token_seconds",
+                      "qasr_request_queue_time_seconds", "qasr_request_real_time_factor"):
+        assert moved(histogram + "_count") == 1
+    for gauge in ("qasr_num_requests_running", "qasr_num_requests_waiting", "qasr_kv_cache_usage_perc"):
+        assert after[(gauge, ())] >= 0
+    assert ("qasr_num_preemptions_total", ()) in after
+
+
+@pytest.mark.parametrize(("fields", "file", "param", "code"), [
+    ({"model": "qasr-demo"}, None, "file", None),
+    ({}, b"this is not audio, it is text", "file", "invalid_audio"),
+    ({}, bytes(range(256)) * 8, "file", "invalid_audio"),
+    ({}, b"", "file", "invalid_audio"),
+    ({"language": "klingon"}, ..., "language", None),
+    ({"temperature": "3"}, ..., "temperature", None),
+    ({"temperature": "warm"}, ..., "temperature", None),
+    ({"response_format": "docx"}, ..., "response_format", None),
+    ({"response_format": "srt", "stream": "true"}, ..., "response_format", None),
+    ({"stream": "maybe"}, ..., "stream", None),
+    ({"timestamp_granularities[]": "word"}, ..., "timestamp_granularities[]", None),
+    ({"max_completion_tokens": "0"}, ..., "max_completion_tokens", None),
+    ({"prompt": "<|im_end|>"}, ..., None, None),
+])
+def test_bad_fields_are_400(server: LiveServer, clips: list[dict], fields: dict, file: Any, param: str | None,
+                            code: str | None) -> None:
+    file = clips[0]["bytes"] if file is ... else file
+    response = http("POST", server.url + "/v1/audio/transcriptions", form(file, fields))
+    assert_openai_error(response, 400, param, code)
+
+
+def test_other_client_errors(server: LiveServer, clips: list[dict]) -> None:
+    url = server.url + "/v1/audio/transcriptions"
+    assert_openai_error(http("POST", url, form(clips[0]["bytes"], {"model": "whisper-1"})), 404, "model",
+                        "model_not_found")
+    assert_openai_error(http("POST", url, json.dumps({"file": "x"}), {"Content-Type": "application/json"}), 400)
+    with aiohttp.MultipartWriter("form-data") as text_instead_of_file:
+        text_instead_of_file.append("just text").set_content_disposition("form-data", name="file")
+    assert_openai_error(http("POST", url, text_instead_of_file), 400, "file")
+    assert_openai_error(http("GET", server.url + "/v1/audio/nothing"), 404)
+    error = assert_openai_error(http("GET", url), 405)
+    assert "POST" in error["message"]
+
+    with pytest.raises(openai.NotFoundError) as not_found:
+        server.client(max_retries=0).audio.transcriptions.create(file=upload(clips[0]), model="gpt-4o-transcribe")
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="Word timestamps"):
+        server.client(max_retries=0).audio.transcriptions.create(
+            file=upload(clips[0]), model="qasr-demo", response_format="verbose_json", timestamp_granularities=["word"])
+
+
+def test_uploads_over_the_limit_are_413(server: LiveServer) -> None:
+    url, limit = server.url + "/v1/audio/transcriptions", int(MAX_UPLOAD_MB * (1 << 20))
+    # with a Content-Length, rejected before the body is read; just over the file limit, after reading it
+    assert_openai_error(http("POST", url, form(b"\0" * (2 * limit))), 413, code="request_too_large")
+    assert_openai_error(http("POST", url, form(b"\0" * (limit + 1))), 413, code="request_too_large")
+
+    async def chunked_body():  # no Content-Length: aiohttp stops reading at the app's body limit
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"
+        for _ in range(8):
+            yield b"\0" * limit
+        yield b"\r\n--b--\r\n"
+
+    response = http("POST", url, chunked_body, {"Content-Type": "multipart/form-data; boundary=b"})
+    assert_openai_error(response, 413, code="request_too_large")
+
+
+def test_unexpected_errors_are_500_without_internals(server: LiveServer, clips: list[dict],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_: bytes) -> None:
+        raise KeyError("secret internal detail")
+
+    monkeypatch.setattr("serve.openai_api.load_audio", broken)
+    before = metric_values(server.url)[("qasr_requests_total", (("status", "server_error"),))]
+    response = http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"]))
+    error = assert_openai_error(response, 500)
+    assert "secret" not in response[2].decode() and "Traceback" not in error["message"]
+    assert metric_values(server.url)[("qasr_requests_total", (("status", "server_error"),))] == before + 1
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_client_disconnect_mid_stream_aborts_the_engine_request(server: LiveServer, engine: AsyncEngine,
+                                                                clips: list[dict]) -> None:
+    llm, gate, first_delta = engine.engine, threading.Event(), threading.Event()
+    aborted: dict[str, object] = {}
+    step, abort = llm.step, llm.abort
+
+    def held_step():  # once a delta is out, the engine stalls until the client has gone
+        if first_delta.is_set():
+            gate.wait(30)
+        outputs = step()
+        if any(output.delta and not output.finished for output in outputs):
+            first_delta.set()
+        return outputs
+
+    def recording_abort(request_id: str):
+        aborted[request_id] = output = abort(request_id)
+        return output
+
+    llm.step, llm.abort = held_step, recording_abort
+    before = metric_values(server.url)
+    try:
+        with server.client(max_retries=0).audio.transcriptions.with_streaming_response.create(
+                file=upload(clips[0]), model="qasr-demo", stream=True) as response:
+            request_id = response.headers["X-Request-Id"]
+            first = next(iter(response.parse()))
+            assert first.type == "transcript.text.delta"
+        wait_for(lambda: server.state.in_flight == 0)  # the handler was cancelled
+    finally:
+        gate.set()
+        wait_for(lambda: engine.num_unfinished == 0)
+        llm.step, llm.abort = step, abort
+    assert aborted.get(request_id) is not None  # the request was still running when it was aborted
+    after = metric_values(server.url)
+    key = ("qasr_requests_total", (("status", "aborted"),))
+    assert after[key] == before[key] + 1
+    assert after[("qasr_requests_total", (("status", "success"),))] == \
+        before[("qasr_requests_total", (("status", "success"),))]
+
+
+def test_full_queue_is_429_and_a_dead_engine_is_503(clips: list[dict]) -> None:
+    small = AsyncEngine(EngineConfig(max_num_seqs=1))
+    live = LiveServer(create_app(small, ServerOptions(max_queued_requests=0, served_model_names=["a", "b"])))
+    try:
+        gate, step = threading.Event(), small.engine.step
+        small.engine.step = lambda: gate.wait(30) and step()
+        holder = threading.Thread(target=lambda: live.client().audio.transcriptions.create(
+            file=upload(clips[0]), model="b"))
+        holder.start()
+        try:
+            wait_for(lambda: small.num_unfinished == 1)
+            status, headers, body = http("POST", live.url + "/v1/audio/transcriptions", form(clips[0]["bytes"]))
+            assert_openai_error((status, headers, body), 429, code="too_many_requests")
+            assert int(headers["Retry-After"]) >= 1
+            with pytest.raises(openai.RateLimitError):
+                live.client(max_retries=0).audio.transcriptions.create(file=upload(clips[0]), model="a")
+        finally:
+            gate.set()
+            holder.join(30)
+        assert live.client().audio.transcriptions.create(file=upload(clips[0]), model="a").text
+
+        small.shutdown()  # as if the engine thread had died
+        status, headers, body = http("GET", live.url + "/health")
+        assert_openai_error((status, headers, body), 503)
+        assert int(headers["Retry-After"]) > 0
+        assert_openai_error(http("POST", live.url + "/v1/audio/transcriptions", form(clips[0]["bytes"])), 503,
+                            code="engine_unavailable")
+    finally:
+        live.close()
