@@ -2,7 +2,8 @@
 
 Output lengths are fixed (ignore_eos, about 4 tokens per second of audio) so both do the same work.
 Long clips run twice in qasr: single pass, and split into pieces of at most `piece_seconds` decoded as
-parallel sequences (what the engine does by default).
+parallel sequences (what the engine does by default). `qasr_first_token_s` is the first token of the whole
+batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of 3).
 """
 
 import argparse
@@ -50,6 +51,21 @@ def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[fl
             first_token = time.perf_counter() - start
     sync(engine.device)
     return time.perf_counter() - start, first_token
+
+
+def first_token_alone(engine: LLMEngine, clip: np.ndarray, repeats: int = 3) -> float:
+    """Median time from submitting one clip to an idle engine until its first generated token is on the host:
+    time to first token at concurrency 1."""
+    times = []
+    for _ in range(repeats):
+        sync(engine.device)
+        start = time.perf_counter()
+        request_id = engine.add_request(clip, sampling_params=SamplingParams(max_tokens=2, ignore_eos=True))
+        while not any(s.num_output_tokens for s in engine.scheduler.running):
+            engine.step()
+        times.append(time.perf_counter() - start)
+        engine.abort(request_id)
+    return float(np.median(times))
 
 
 def run_transformers(model, processor, clips: list[np.ndarray], max_tokens: int, batch_size: int,
@@ -100,7 +116,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
         row = {"clip_s": seconds, "clips": num_clips, "output_tokens_per_clip": max_tokens,
                "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
                "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
-               "qasr_first_token_s": ttft}
+               "qasr_first_token_s": ttft, "qasr_ttft_concurrency1_s": first_token_alone(single, clips[0])}
         if seconds > piece_seconds:
             pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
                       for c in clips for p in split_audio(c, piece_seconds)]

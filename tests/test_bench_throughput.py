@@ -23,7 +23,7 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     short, long = document["results"]
     for row in (short, long):
         assert row["transformers_rtfx"] > 0 and row["qasr_single_pass_rtfx"] > 0 and row["speedup_single_pass"] > 0
-        assert row["qasr_first_token_s"] > 0
+        assert row["qasr_first_token_s"] > 0 and row["qasr_ttft_concurrency1_s"] > 0
     assert short["qasr_split_rtfx"] is None  # 3 s fits one piece
     assert long["qasr_split_rtfx"] > 0 and long["speedup_split"] > 0  # 7 s is split into pieces of at most 5 s
     assert long["output_tokens_per_clip"] == 28
