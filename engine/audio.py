@@ -19,7 +19,12 @@ class AudioError(ValueError):
     """The input could not be turned into audio: undecodable, empty, malformed or out of range."""
 
 
-def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int | None = None) -> np.ndarray:
+class AudioTooLongError(AudioError):
+    """The audio lasts longer than the caller allows (found out while decoding, before it is all in memory)."""
+
+
+def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int | None = None,
+               max_seconds: float | None = None) -> np.ndarray:
     """Returns `source` as a contiguous float32 mono waveform at 16 kHz, peak-limited to [-1, 1].
 
     `source` is a file path, the raw bytes of an audio file (wav, flac, mp3, ogg, opus, m4a, webm, ...),
@@ -27,7 +32,9 @@ def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int 
     Arrays are shaped (frames,) or (frames, channels), as soundfile returns them; integer arrays are
     PCM and scaled to [-1, 1]. `sample_rate` is only used for bare arrays.
 
-    Channels are averaged into one, unless `channel` picks one of them.
+    Channels are averaged into one, unless `channel` picks one of them. Audio longer than `max_seconds` is an
+    AudioTooLongError, raised as soon as the header or the decoded frames show it (a small compressed file can
+    hold hours of audio).
     """
     if isinstance(source, tuple):
         if len(source) != 2:
@@ -38,7 +45,7 @@ def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int 
     elif isinstance(source, bytes | bytearray):
         if not source:
             raise AudioError("audio bytes are empty (0 bytes)")
-        samples, rate = _decode(bytes(source))
+        samples, rate = _decode(bytes(source), max_seconds)
     elif isinstance(source, str | os.PathLike):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -47,11 +54,13 @@ def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int 
             raise AudioError(f"audio path is not a file: {path}")
         if os.path.getsize(path) == 0:
             raise AudioError(f"audio file is empty (0 bytes): {path}")
-        samples, rate = _decode(path)
+        samples, rate = _decode(path, max_seconds)
     else:
         raise AudioError(f"unsupported audio input type: {type(source).__name__}")
 
     samples = _to_mono(samples, channel)
+    if max_seconds is not None and rate > 0:
+        _check_duration(len(samples), rate, max_seconds)
     if samples.size == 0:
         raise AudioError("audio is empty (0 samples)")
     if not (isinstance(rate, int | float | np.integer | np.floating) and 0 < rate < math.inf):
@@ -97,14 +106,22 @@ def _to_mono(samples: np.ndarray, channel: int | None) -> np.ndarray:
     return samples[:, channel]
 
 
-def _decode(source: str | bytes) -> tuple[np.ndarray, int]:
+def _check_duration(num_samples: int, rate: float, max_seconds: float) -> None:
+    if num_samples > max_seconds * rate:
+        raise AudioTooLongError(f"audio is longer than the {max_seconds:g} s allowed")
+
+
+def _decode(source: str | bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decodes to ((frames, channels) float32, rate): soundfile first, PyAV for what libsndfile can't read."""
     try:
-        return sf.read(_reopen(source), dtype="float32", always_2d=True)
+        with sf.SoundFile(_reopen(source)) as file:
+            if max_seconds is not None:
+                _check_duration(file.frames, file.samplerate, max_seconds)
+            return file.read(dtype="float32", always_2d=True), file.samplerate
     except sf.SoundFileError:
         pass
     try:
-        return _decode_with_av(_reopen(source))
+        return _decode_with_av(_reopen(source), max_seconds)
     except AudioError:
         raise
     except (av.FFmpegError, ValueError, EOFError) as error:
@@ -119,17 +136,18 @@ def _reopen(source: str | bytes) -> str | io.BytesIO:
     return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
-def _decode_with_av(source: str | io.BytesIO) -> tuple[np.ndarray, int]:
+def _decode_with_av(source: str | io.BytesIO, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     with av.open(source, metadata_errors="ignore") as container:
         if not container.streams.audio:
             raise AudioError("could not decode audio: the input has no audio stream")
         # Converting every frame to planar float gives (channels, frames) arrays whatever the codec's layout.
         to_planar = av.AudioResampler(format="fltp")
-        frames = [
-            converted
-            for frame in container.decode(container.streams.audio[0])
-            for converted in to_planar.resample(frame)
-        ]
+        frames, num_samples = [], 0
+        for frame in container.decode(container.streams.audio[0]):
+            num_samples += frame.samples
+            if max_seconds is not None:
+                _check_duration(num_samples, frame.sample_rate, max_seconds)
+            frames += to_planar.resample(frame)
         frames += to_planar.resample(None)
     if not frames:
         return np.zeros((0, 1), dtype=np.float32), SAMPLE_RATE

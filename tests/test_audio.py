@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, AudioError, load_audio
+from engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 
 TONE_HZ = 1000.0
 
@@ -264,3 +264,15 @@ def test_unsupported_inputs() -> None:
         load_audio(42)  # type: ignore[arg-type]
     with pytest.raises(AudioError, match=r"audio tuple must be \(array, sample_rate\)"):
         load_audio((np.zeros(100), 16000, 1))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["wav", "ogg-opus"])  # the header path (soundfile) and the decode path (PyAV)
+def test_audio_longer_than_max_seconds_is_refused(tmp_path: Path, name: str) -> None:
+    suffix, rate, write = FORMATS[name]
+    path = tmp_path / f"clip{suffix}"
+    write(path, tone(TONE_HZ, 3.0, rate), rate)
+    with pytest.raises(AudioTooLongError, match="longer than the 2 s allowed"):
+        load_audio(path.read_bytes(), max_seconds=2)
+    assert abs(len(load_audio(path.read_bytes(), max_seconds=4)) / SAMPLE_RATE - 3.0) < 0.02
+    with pytest.raises(AudioTooLongError):
+        load_audio((tone(TONE_HZ, 3.0, rate), rate), max_seconds=2.5)
