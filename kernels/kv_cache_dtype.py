@@ -4,7 +4,9 @@ FP8 values are stored unscaled, i.e. with a per-tensor scale of 1.0 (vLLM's defa
 calibrated k/v scales): K and V are rounded to the nearest e4m3 value (ties to even) and saturate at ±448
 instead of overflowing to NaN. Qwen3's keys are RMS-normalised (k_norm) and its values are projections of a
 normalised hidden state, so they normally sit far inside that range and the cost of FP8 is its 3-bit mantissa
-(relative error up to 2^-4). A per-layer scale would only move the range, not add precision, so there is none.
+(relative error up to 2^-4). That bound holds only above 2^-6: smaller magnitudes fall into e4m3's subnormals
+(a fixed step of 2^-9), where a per-layer scale that lifts them would add precision. No scale is applied yet:
+how much of a real checkpoint's K/V lies below 2^-6 is still to be measured on the real weights.
 Attention reads FP8 tiles and converts them to the query dtype before any arithmetic.
 """
 
