@@ -9,25 +9,39 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine import AsyncEngine
+from serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
 from serve.errors import error_middleware
 from serve.metrics import Metrics
 from serve.openai_api import create_transcription, engine_unavailable, list_models, retrieve_model
 from serve.state import STATE, ServerOptions, ServerState, audio_pool, default_model_name
+from serve.task_store import TaskStore
+from serve.task_worker import TaskWorker
 
 
 def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web.Application:
-    """The server for one running engine; the app's cleanup shuts the engine down."""
+    """The server for one running engine and task store; its startup starts the task worker, its cleanup stops
+    the worker and shuts the engine down."""
     options = options or ServerOptions()
     app = web.Application(middlewares=[error_middleware], client_max_size=options.max_body_bytes)
+    tasks = TaskStore(options.task_db)
+    meters, pool = Metrics(engine, tasks), audio_pool()
     app[STATE] = ServerState(engine=engine, options=options,
                              model_names=options.served_model_names or [default_model_name(engine.engine.config.model)],
-                             metrics=Metrics(engine), audio_pool=audio_pool())
+                             metrics=meters, audio_pool=pool, tasks=tasks,
+                             worker=TaskWorker(tasks, engine, options, meters, pool))
     app.router.add_post("/v1/audio/transcriptions", create_transcription)
+    app.router.add_post("/api/v1/services/audio/asr/transcription", submit_task)
+    app.router.add_get("/api/v1/tasks", list_tasks)
+    app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
+    app.router.add_get("/api/v1/tasks/{task_id}/result", get_result)
+    app.router.add_get("/api/v1/tasks/{task_id}/result/{index}", get_result)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_get("/health", health)
     app.router.add_get("/version", server_version)
     app.router.add_get("/metrics", metrics)
+    app.on_startup.append(_start_worker)
     app.on_cleanup.append(_shutdown)
     return app
 
@@ -52,8 +66,14 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
+async def _start_worker(app: web.Application) -> None:
+    await app[STATE].worker.start()
+
+
 async def _shutdown(app: web.Application) -> None:
     state = app[STATE]
+    await state.worker.stop()  # first: its tasks go back to PENDING while the engine can still abort them
+    state.tasks.close()
     state.audio_pool.shutdown(wait=False, cancel_futures=True)
     await asyncio.to_thread(state.engine.shutdown)
 

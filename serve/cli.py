@@ -62,7 +62,11 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServerOptions(served_model_names=args.served_model_name or [], max_upload_mb=args.max_upload_mb,
-                            max_queued_requests=args.max_queued_requests)
+                            max_queued_requests=args.max_queued_requests, task_db=args.task_db,
+                            max_running_tasks=args.max_running_tasks, max_fetch_mb=args.max_fetch_mb,
+                            fetch_timeout_s=args.fetch_timeout_s, allow_private_urls=args.allow_private_urls,
+                            max_audio_seconds=args.max_audio_seconds, task_lease_s=args.task_lease_s,
+                            task_ttl_hours=args.task_ttl_hours, public_url=args.public_url)
     config = engine_config(args)
     print(f"qasr: loading {config.model or 'the bundled demo model'} ...", file=sys.stderr, flush=True)
     engine = AsyncEngine(config)
@@ -70,8 +74,9 @@ def serve(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         names = ", ".join(app[STATE].model_names)
-        print(f"qasr: serving {names} on {url} (OpenAI API under {url}/v1, metrics at {url}/metrics); "
-              "Ctrl-C stops", file=sys.stderr, flush=True)
+        print(f"qasr: serving {names} on {url} (OpenAI API under {url}/v1, DashScope file transcription under "
+              f"{url}/api/v1, metrics at {url}/metrics; tasks in {options.task_db}); Ctrl-C stops",
+              file=sys.stderr, flush=True)
 
     try:
         asyncio.run(serve_forever(app, args.host, args.port, ready))
@@ -108,6 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest audio upload; bigger ones get 413")
     server.add_argument("--max-queued-requests", type=int, default=defaults.max_queued_requests,
                         help="requests that may wait beyond the engine's --max-num-seqs; more get 429")
+    tasks = server.add_argument_group("DashScope-style file transcription tasks")
+    tasks.add_argument("--task-db", default=defaults.task_db,
+                       help="SQLite file of the task store; replicas on one host may share it")
+    tasks.add_argument("--max-running-tasks", type=int, default=defaults.max_running_tasks,
+                       help="tasks this server runs at once (0: accept tasks but leave them to other replicas)")
+    tasks.add_argument("--max-fetch-mb", type=float, default=defaults.max_fetch_mb,
+                       help="largest file_url download")
+    tasks.add_argument("--fetch-timeout-s", type=float, default=defaults.fetch_timeout_s,
+                       help="time limit of one download")
+    tasks.add_argument("--allow-private-urls", action="store_true",
+                       help="let file_url reach private, loopback, link-local and reserved addresses (off: SSRF guard)")
+    tasks.add_argument("--max-audio-seconds", type=float, default=defaults.max_audio_seconds,
+                       help="longest audio: a longer upload is a 400, a longer task file (per channel) fails its task")
+    tasks.add_argument("--task-lease-s", type=float, default=defaults.task_lease_s,
+                       help="a RUNNING task whose server stops renewing it for this long runs again")
+    tasks.add_argument("--task-ttl-hours", type=float, default=defaults.task_ttl_hours,
+                       help="finished tasks and their results are deleted after this")
+    tasks.add_argument("--public-url", default=None,
+                       help="base URL of result links (default: from the request's Host and X-Forwarded-* headers)")
     add_engine_options(server)
     server.set_defaults(run=serve)
 

@@ -1,6 +1,8 @@
-"""OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, for every failure the server answers."""
+"""Error bodies for every failure the server answers: OpenAI's `{"error": {"message", "type", "param", "code"}}`,
+and DashScope's `{"request_id", "code", "message"}` under /api/v1/."""
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -8,6 +10,10 @@ from aiohttp import web
 logger = logging.getLogger("qasr.serve")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DASHSCOPE_PREFIX = "/api/v1/"
+DASHSCOPE_CODES = {400: "InvalidParameter", 401: "InvalidApiKey", 403: "AccessDenied", 404: "NotFound",
+                   405: "UnsupportedOperation", 413: "BadRequest.TooLarge", 429: "Throttling", 500: "InternalError"}
 
 
 class APIError(Exception):
@@ -35,22 +41,29 @@ def error_body(error: APIError) -> dict:
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
-def error_response(error: APIError) -> web.Response:
+def dashscope_error_body(error: APIError) -> dict:
+    code = error.code or DASHSCOPE_CODES.get(error.status, "InternalError" if error.status >= 500 else "BadRequest")
+    return {"request_id": str(uuid.uuid4()), "code": code, "message": error.message}
+
+
+def error_response(error: APIError, request: web.Request | None = None) -> web.Response:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return web.json_response(error_body(error), status=error.status, headers=headers)
+    dashscope = request is not None and request.path.startswith(DASHSCOPE_PREFIX)
+    body = dashscope_error_body(error) if dashscope else error_body(error)
+    return web.json_response(body, status=error.status, headers=headers)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 pages and any unexpected exception become OpenAI JSON; no traceback leaks."""
+    """aiohttp's own 404/405/413 pages and any unexpected exception become error JSON; no traceback leaks."""
     try:
         return await handler(request)
     except APIError as error:
-        return error_response(error)
+        return error_response(error, request)
     except web.HTTPException as http:
         if http.status < 400:
             raise
-        response = error_response(APIError(http.status, _http_message(request, http)))
+        response = error_response(APIError(http.status, _http_message(request, http)), request)
         if "Allow" in http.headers:
             response.headers["Allow"] = http.headers["Allow"]
         return response
@@ -58,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(APIError(500, "The server had an error while processing your request."))
+        return error_response(APIError(500, "The server had an error while processing your request."), request)
 
 
 def _http_message(request: web.Request, http: web.HTTPException) -> str:

@@ -2,6 +2,7 @@ import json
 import math
 import zlib
 
+from engine.languages import language_code
 from engine.outputs import Transcription
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -57,6 +58,17 @@ def to_verbose_json(result: Transcription, temperature: float = 0.0) -> dict:
                      for i, s in enumerate(result.segments)],
         "usage": duration_usage(result),
     }
+
+
+def to_filetrans_transcript(channel_id: int, result: Transcription) -> dict:
+    """One channel of DashScope's file-transcription result document: times in milliseconds, one sentence per
+    audio piece the engine decoded (the model gives no finer timing; `words` is never filled)."""
+    language = language_code(result.language) or ""
+    sentences = [{"sentence_id": i, "begin_time": round(s.start * 1000), "end_time": round(s.end * 1000),
+                  "text": s.text, "language": language}
+                 for i, s in enumerate(s for s in result.segments if s.text)]
+    return {"channel_id": channel_id, "content_duration_in_milliseconds": round(result.duration * 1000),
+            "text": result.text, "sentences": sentences}
 
 
 def duration_usage(result: Transcription) -> dict:

@@ -1,8 +1,14 @@
 """Prometheus metrics, prefix `qasr_`, in a registry each app owns (several apps can live in one process)."""
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from engine import AsyncEngine, Transcription
+from serve import task_store
+from serve.task_store import Task, TaskStore
 
 # vLLM's buckets, so dashboards built for vLLM read the same
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
@@ -16,7 +22,7 @@ STATUSES = ("success", "client_error", "server_error", "aborted")
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, tasks: TaskStore | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.e2e_latency = Histogram("qasr_e2e_request_latency_seconds",
@@ -49,6 +55,16 @@ class Metrics:
               registry=r).set_function(lambda: scheduler.num_waiting)
         Gauge("qasr_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
               registry=r).set_function(lambda: scheduler.kv_usage)
+        # DashScope-style tasks. The counter cannot be called qasr_async_tasks_total: its family name would be
+        # qasr_async_tasks, the gauge's.
+        self.tasks_finished = Counter("qasr_async_tasks_finished", "File-transcription tasks this server finished, "
+                                      "by final status", ["status"], registry=r)
+        for status in task_store.FINAL_STATUSES:
+            self.tasks_finished.labels(status.lower())
+        self.task_latency = Histogram("qasr_async_task_latency_seconds", "File-transcription tasks, submitted to "
+                                      "finished (SUCCEEDED or FAILED)", buckets=LATENCY_BUCKETS, registry=r)
+        if tasks is not None:
+            r.register(TaskCounts(tasks))
 
     def observe_success(self, result: Transcription, latency: float) -> None:
         self.requests.labels("success").inc()
@@ -71,5 +87,26 @@ class Metrics:
     def observe_failure(self, status: str) -> None:
         self.requests.labels(status).inc()
 
+    def observe_task(self, task: Task) -> None:
+        self.tasks_finished.labels(task.status.lower()).inc()
+        if task.end_time is not None and task.status != "CANCELED":
+            self.task_latency.observe(task.end_time - task.submit_time)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TaskCounts(Collector):
+    """`qasr_async_tasks{status}`: the store's tasks by status when scraped (all replicas sharing it; finished
+    tasks count until they expire)."""
+
+    def __init__(self, tasks: TaskStore):
+        self.tasks = tasks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("qasr_async_tasks", "File-transcription tasks in the task store by status",
+                                   labels=["status"])
+        counts = self.tasks.counts()
+        for status in task_store.STATUSES:
+            family.add_metric([status.lower()], counts[status])
+        yield family

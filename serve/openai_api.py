@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from engine import RequestOutput, SamplingParams, Transcription
-from engine.audio import AudioError, load_audio
+from engine.audio import AudioError, AudioTooLongError, load_audio
 from engine.languages import UnknownLanguageError, language_code, resolve_language
 from serve.errors import APIError, bad_request, logger
 from serve.formats import duration_usage, to_srt, to_verbose_json, to_vtt
@@ -67,7 +67,7 @@ async def _transcribe(request: web.Request, state: ServerState, started: float) 
     form = await _read_form(request, state)
     params = parse_request(form, state.model_names)
     samples = await asyncio.get_running_loop().run_in_executor(
-        state.audio_pool, _read_audio, params.file, state.options.max_upload_bytes)
+        state.audio_pool, _read_audio, params.file, state.options.max_upload_bytes, state.options.max_audio_seconds)
     sampling = SamplingParams(temperature=params.temperature)
     if params.max_tokens is not None:
         sampling.max_tokens = params.max_tokens
@@ -180,13 +180,15 @@ def _number(form: MultiDictProxy, name: str, default: float) -> float:
     return number
 
 
-def _read_audio(file: IO[bytes], limit: int) -> np.ndarray:
+def _read_audio(file: IO[bytes], limit: int, max_seconds: float) -> np.ndarray:
     """Runs on the audio pool: reading and decoding a large upload would stall every other request."""
     data = file.read()
     if len(data) > limit:
         raise too_large(limit)
     try:
-        return load_audio(data)
+        return load_audio(data, max_seconds=max_seconds)
+    except AudioTooLongError as error:
+        raise bad_request(f"The audio is too long: {error}.", param="file", code="audio_too_long") from error
     except AudioError as error:
         raise bad_request(f"Could not read the audio file: {error}.", param="file",
                           code="invalid_audio") from error

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from engine import AsyncEngine
 from serve.metrics import Metrics
+from serve.task_store import TaskStore
+from serve.task_worker import TaskWorker
 
 DEMO_MODEL_NAME = "qasr-demo"
 FORM_OVERHEAD_BYTES = 64 << 10
@@ -18,16 +20,33 @@ class ServerOptions:
     served_model_names: list[str] = field(default_factory=list)  # empty: a name derived from the model
     max_upload_mb: float = 25.0  # OpenAI's and vLLM's limit
     max_queued_requests: int = 1024  # requests beyond the engine's max_num_seqs that may wait; more get 429
+    # DashScope-style file transcription tasks
+    task_db: str = ".qasr/tasks.sqlite3"  # the SQLite file; ":memory:" keeps tasks in this process only
+    max_running_tasks: int = 64  # tasks this server runs at once (the engine batches them); 0: run none
+    max_fetch_mb: float = 512.0  # largest file_url download
+    fetch_timeout_s: float = 300.0  # a whole download, redirects included
+    allow_private_urls: bool = False  # let file_url reach private, loopback and link-local addresses
+    max_audio_seconds: float = 3 * 3600.0  # an upload longer than this is a 400; a task's file fails (per channel)
+    task_lease_s: float = 30.0  # a RUNNING task whose server stops renewing for this long runs again elsewhere
+    task_ttl_hours: float = 24.0  # finished tasks and their results are deleted after this, as DashScope does
+    public_url: str | None = None  # base of result URLs; None: from the request's Host and X-Forwarded-* headers
 
     def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
-        if self.max_queued_requests < 0:
-            raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests}")
+        for name in ("max_upload_mb", "max_fetch_mb", "fetch_timeout_s", "max_audio_seconds", "task_lease_s",
+                     "task_ttl_hours"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_queued_requests", "max_running_tasks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * (1 << 20))
+
+    @property
+    def max_fetch_bytes(self) -> int:
+        return int(self.max_fetch_mb * (1 << 20))
 
     @property
     def max_body_bytes(self) -> int:
@@ -44,6 +63,8 @@ class ServerState:
     model_names: list[str]
     metrics: Metrics
     audio_pool: ThreadPoolExecutor  # decodes uploads off the event loop
+    tasks: TaskStore
+    worker: TaskWorker
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0  # transcription requests accepted and not yet answered
 

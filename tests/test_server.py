@@ -61,7 +61,7 @@ def engine() -> AsyncEngine:
 
 @pytest.fixture(scope="module")
 def server(engine: AsyncEngine):
-    live = LiveServer(create_app(engine, ServerOptions(max_upload_mb=MAX_UPLOAD_MB)))
+    live = LiveServer(create_app(engine, ServerOptions(max_upload_mb=MAX_UPLOAD_MB, task_db=":memory:")))
     yield live
     live.close()
 
@@ -288,6 +288,17 @@ def test_other_client_errors(server: LiveServer, clips: list[dict]) -> None:
             file=upload(clips[0]), model="qasr-demo", response_format="verbose_json", timestamp_granularities=["word"])
 
 
+def test_audio_longer_than_max_audio_seconds_is_400(server: LiveServer, clips: list[dict]) -> None:
+    options = server.app[STATE].options
+    allowed, options.max_audio_seconds = options.max_audio_seconds, 0.5
+    try:
+        response = http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"]))
+    finally:
+        options.max_audio_seconds = allowed
+    error = assert_openai_error(response, 400, "file", "audio_too_long")
+    assert "0.5 s" in error["message"]
+
+
 def test_uploads_over_the_limit_are_413(server: LiveServer) -> None:
     url, limit = server.url + "/v1/audio/transcriptions", int(MAX_UPLOAD_MB * (1 << 20))
     # with a Content-Length, rejected before the body is read; just over the file limit, after reading it
@@ -365,7 +376,8 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(server: LiveServ
 
 def test_full_queue_is_429_and_a_dead_engine_is_503(clips: list[dict]) -> None:
     small = AsyncEngine(EngineConfig(max_num_seqs=1))
-    live = LiveServer(create_app(small, ServerOptions(max_queued_requests=0, served_model_names=["a", "b"])))
+    live = LiveServer(create_app(small, ServerOptions(max_queued_requests=0, served_model_names=["a", "b"],
+                                                      task_db=":memory:")))
     try:
         gate, step = threading.Event(), small.engine.step
         small.engine.step = lambda: gate.wait(30) and step()

@@ -1,0 +1,212 @@
+"""DashScope's asynchronous file transcription (Qwen3-ASR-Flash-Filetrans, Paraformer), as the `dashscope` SDK
+calls it: submit a task, poll it, fetch the result document it points at, cancel it while PENDING."""
+
+import asyncio
+import math
+import time
+import uuid
+
+from aiohttp import web
+
+from engine.languages import UnknownLanguageError, resolve_language
+from serve.errors import APIError
+from serve.fetch import FetchError, check_url
+from serve.state import STATE, ServerState
+from serve.task_store import STATUSES, SUCCEEDED, Task, TaskRequest
+
+MAX_FILE_URLS = 100  # Paraformer's limit
+MAX_PAGE_SIZE = 100
+
+
+def invalid(message: str, code: str = "InvalidParameter") -> APIError:
+    return APIError(400, message, code=code)
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.headers.get("X-DashScope-Async", "").strip().lower() != "enable":
+        raise invalid("This API runs asynchronously only: send the header 'X-DashScope-Async: enable'.")
+    try:
+        body = await request.json()
+    except ValueError as error:
+        raise invalid(f"The request body is not valid JSON: {error}.") from error
+    task = Task(task_id=str(uuid.uuid4()), request=parse_task_request(body, state.model_names))
+    await asyncio.to_thread(state.tasks.add, task)  # in the database before the client hears of it
+    state.worker.wake_up()
+    return web.json_response({"request_id": _request_id(),
+                              "output": {"task_id": task.task_id, "task_status": task.status}})
+
+
+def parse_task_request(body: object, model_names: list[str]) -> TaskRequest:
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    model = body.get("model")
+    if not model:
+        raise invalid('Required parameter "model" missing from request.', code="BadRequest.EmptyModel")
+    if model not in model_names:
+        raise APIError(404, f"Model not found: {model!r}. Served: {', '.join(model_names)}.", code="ModelNotFound")
+
+    input_ = body.get("input")
+    if not isinstance(input_, dict) or not (input_.get("file_url") or input_.get("file_urls")):
+        raise invalid('Required input "input.file_url" (or "input.file_urls") missing from request.',
+                      code="BadRequest.EmptyInput")
+    if "file_url" in input_ and "file_urls" in input_:
+        raise invalid('Send either "input.file_url" or "input.file_urls", not both.')
+    multi_file = "file_urls" in input_
+    urls = input_["file_urls"] if multi_file else [input_["file_url"]]
+    if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+        raise invalid('"input.file_urls" must be a list of URLs.' if multi_file else
+                      '"input.file_url" must be a URL string.')
+    if len(urls) > MAX_FILE_URLS:
+        raise invalid(f'"input.file_urls" holds {len(urls)} URLs; at most {MAX_FILE_URLS} are allowed.')
+    for url in urls:
+        try:
+            check_url(url)
+        except FetchError as error:
+            raise invalid(error.message, code=error.code) from error
+
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
+    if not isinstance(parameters, dict):
+        raise invalid('"parameters" must be a JSON object.')
+    channels = parameters.get("channel_id", [0])
+    if (not isinstance(channels, list) or not channels or len(set(channels)) != len(channels)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels)):
+        raise invalid(f'"parameters.channel_id" must be a list of distinct channel numbers (from 0), '
+                      f'got {channels!r}.')
+    for flag in ("enable_itn", "enable_words"):  # accepted; the model has neither a separate ITN nor word timing
+        if not isinstance(parameters.get(flag, False), bool):
+            raise invalid(f'"parameters.{flag}" must be true or false.')
+    return TaskRequest(model=model, file_urls=urls, multi_file=multi_file, channels=channels,
+                       language=_language(parameters))
+
+
+def _language(parameters: dict) -> str | None:
+    """Qwen's `language`, or Paraformer's `language_hints` when it names exactly one (more: detect)."""
+    language = parameters.get("language")
+    hints = parameters.get("language_hints")
+    if language is None and isinstance(hints, list) and len(hints) == 1:
+        language = hints[0]
+    if language is not None and not isinstance(language, str):
+        raise invalid('"parameters.language" must be a language code such as "en" or "zh".')
+    try:
+        return resolve_language(language)
+    except UnknownLanguageError as error:
+        raise invalid(str(error)) from error
+
+
+async def get_task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task = await _task(state, request.match_info["task_id"])
+    body = {"request_id": _request_id(), "output": _output(task, _base_url(request, state))}
+    if task.status == SUCCEEDED:
+        seconds = math.ceil(task.audio_seconds)
+        body["usage"] = {"duration": seconds} if task.request.multi_file else {"seconds": seconds}
+    return web.json_response(body)
+
+
+async def get_result(request: web.Request) -> web.Response:
+    """The result document of one file of a finished task (file 0 unless the URL names another)."""
+    state = request.app[STATE]
+    task = await _task(state, request.match_info["task_id"])
+    index = request.match_info.get("index", "0")
+    entry = task.results[int(index)] if index.isdigit() and int(index) < len(task.results) else None
+    if entry is None or "document" not in entry:
+        raise APIError(404, f"Task {task.task_id} has no result {index} (it is {task.status}).", code="NotFound")
+    return web.json_response(entry["document"])
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task_id = request.match_info["task_id"]
+    canceled = await asyncio.to_thread(state.tasks.cancel, task_id)
+    if canceled is None:
+        task = await _task(state, task_id)
+        raise APIError(400, f"Only PENDING tasks can be canceled; task {task_id} is {task.status}.",
+                       code="UnsupportedOperation")
+    state.metrics.observe_task(canceled)
+    return web.json_response({"request_id": _request_id(),
+                              "output": {"task_id": task_id, "task_status": canceled.status}})
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """`GET /api/v1/tasks?page_no=1&page_size=10&status=...&model_name=...`, newest first."""
+    state = request.app[STATE]
+    query = request.query
+    page_no, page_size = _positive(query, "page_no", 1), _positive(query, "page_size", 10)
+    if page_size > MAX_PAGE_SIZE:
+        raise invalid(f"page_size must be at most {MAX_PAGE_SIZE}.")
+    status = query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise invalid(f"Unknown status {status!r}; one of {', '.join(STATUSES)}.")
+    tasks, total = await asyncio.to_thread(state.tasks.page, status, query.get("model_name") or None,
+                                           (page_no - 1) * page_size, page_size)
+    data = [{"task_id": t.task_id, "model_name": t.request.model, "status": t.status,
+             "gmt_create": _time(t.submit_time), "start_time": _time(t.scheduled_time),
+             "end_time": _time(t.end_time)} for t in tasks]
+    return web.json_response({"request_id": _request_id(), "data": data, "page_no": page_no,
+                              "page_size": page_size, "total": total, "total_page": math.ceil(total / page_size)})
+
+
+def _output(task: Task, base_url: str) -> dict:
+    """Qwen's shape (`result.transcription_url`) for `input.file_url`; Paraformer's (`results[]`,
+    `task_metrics`) for `input.file_urls`."""
+    output: dict = {"task_id": task.task_id, "task_status": task.status, "submit_time": _time(task.submit_time)}
+    if task.scheduled_time is not None:
+        output["scheduled_time"] = _time(task.scheduled_time)
+    if task.end_time is not None:
+        output["end_time"] = _time(task.end_time)
+    result_url = f"{base_url}/api/v1/tasks/{task.task_id}/result"
+    if task.request.multi_file and task.results:
+        output["results"] = [
+            {"file_url": entry["file_url"], "subtask_status": entry["status"],
+             **({"transcription_url": f"{result_url}/{i}"} if "document" in entry else {}),
+             **{key: entry[key] for key in ("code", "message") if key in entry}}
+            for i, entry in enumerate(task.results)]
+        succeeded = sum(entry["status"] == SUCCEEDED for entry in task.results)
+        output["task_metrics"] = {"TOTAL": len(task.results), "SUCCEEDED": succeeded,
+                                  "FAILED": len(task.results) - succeeded}
+    elif task.status == SUCCEEDED:
+        output["result"] = {"transcription_url": result_url}
+    if task.code is not None:
+        output["code"], output["message"] = task.code, task.message
+    return output
+
+
+async def _task(state: ServerState, task_id: str) -> Task:
+    task = await asyncio.to_thread(state.tasks.get, task_id)
+    if task is None:
+        raise APIError(404, f"Task {task_id!r} does not exist (or has expired).", code="NotFound")
+    return task
+
+
+def _base_url(request: web.Request, state: ServerState) -> str:
+    """Where clients reach this server: --public-url, else what a proxy or load balancer says it forwarded
+    (X-Forwarded-Proto/-Host/-Prefix, first hop), else the request's own scheme and Host."""
+    if state.options.public_url:
+        return state.options.public_url.rstrip("/")
+    headers = request.headers
+    scheme = headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
+    host = headers.get("X-Forwarded-Host", "").split(",")[0].strip() or request.host
+    prefix = headers.get("X-Forwarded-Prefix", "").split(",")[0].strip().rstrip("/")
+    return f"{scheme}://{host}{prefix}"
+
+
+def _time(seconds: float | None) -> str | None:
+    """DashScope's "YYYY-MM-DD HH:MM:SS.mmm", in the server's local time."""
+    if seconds is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}"
+
+
+def _positive(query, name: str, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise invalid(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,195 @@
+"""The durable store of DashScope-style file-transcription tasks: SQLite, shared safely by several server processes.
+
+Every method is one short statement, atomic on its own, so replicas on one database file coordinate through it
+alone: `claim` moves PENDING tasks to RUNNING under the caller's name with a lease, `renew` extends the leases of
+what the caller still runs, and `requeue_expired` hands the tasks of a replica that stopped renewing (it died)
+back to PENDING. `finish` only lands while the caller still owns the task, so a task is never finished twice.
+A PostgreSQL store for replicas on several hosts would be a second class with these same methods
+(`... FOR UPDATE SKIP LOCKED` in `claim`); the server uses nothing else.
+"""
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# DashScope's TaskStatus values; SUSPENDED and UNKNOWN never occur here
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"
+STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED)
+FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    submit_time REAL NOT NULL,
+    scheduled_time REAL,
+    end_time REAL,
+    owner TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    code TEXT,
+    message TEXT,
+    audio_seconds REAL NOT NULL DEFAULT 0,
+    results TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, submit_time);
+"""
+COLUMNS = ("task_id", "status", "request", "submit_time", "scheduled_time", "end_time", "owner", "lease_until",
+           "attempts", "code", "message", "audio_seconds", "results")
+
+
+@dataclass(slots=True)
+class TaskRequest:
+    model: str
+    file_urls: list[str]
+    multi_file: bool  # Paraformer's input.file_urls: answered with one output.results entry per file
+    channels: list[int] = field(default_factory=lambda: [0])
+    language: str | None = None  # resolved name, e.g. "English"; None: the model detects it
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: str
+    request: TaskRequest
+    status: str = PENDING
+    submit_time: float = field(default_factory=time.time)  # wall-clock seconds since the epoch
+    scheduled_time: float | None = None
+    end_time: float | None = None
+    owner: str | None = None  # the worker running it
+    lease_until: float | None = None  # the owner must renew before this, or the task goes back to PENDING
+    attempts: int = 0  # claims that did not end in a final status (the owner died) count toward max_attempts
+    code: str | None = None
+    message: str | None = None
+    audio_seconds: float = 0.0  # billed: every transcribed channel of every file
+    results: list[dict] = field(default_factory=list)  # per file: file_url, status, code/message or document
+
+
+class TaskStore:
+    """Tasks in one SQLite file (WAL, fully synced: an accepted task survives a crash); safe from any thread."""
+
+    def __init__(self, path: str | Path, max_attempts: int = 3):
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.max_attempts = max_attempts
+        self.lock = threading.Lock()
+        # autocommit: each statement is its own transaction; the busy timeout waits out other processes' writes
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        with self.lock:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    def add(self, task: Task) -> None:
+        self._execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                      _row(task))
+
+    def get(self, task_id: str) -> Task | None:
+        rows = self._execute(f"SELECT {', '.join(COLUMNS)} FROM tasks WHERE task_id = ?", (task_id,))
+        return _task(rows[0]) if rows else None
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Task]:
+        """Up to `limit` of the oldest PENDING tasks become RUNNING under `owner`; one statement, so two
+        replicas never claim the same task."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        rows = self._execute(
+            "UPDATE tasks SET status = ?, owner = ?, lease_until = ?, attempts = attempts + 1, "
+            "scheduled_time = COALESCE(scheduled_time, ?) WHERE task_id IN "
+            "(SELECT task_id FROM tasks WHERE status = ? ORDER BY submit_time LIMIT ?) "
+            f"RETURNING {', '.join(COLUMNS)}",
+            (RUNNING, owner, now + lease_seconds, now, PENDING, limit))
+        return sorted((_task(row) for row in rows), key=lambda task: task.submit_time)
+
+    def renew(self, owner: str, task_ids: list[str], lease_seconds: float) -> None:
+        for start in range(0, len(task_ids), 500):  # SQLite caps the number of bound parameters
+            chunk = task_ids[start:start + 500]
+            self._execute(f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND status = ? AND task_id IN "
+                          f"({', '.join('?' * len(chunk))})", (time.time() + lease_seconds, owner, RUNNING, *chunk))
+
+    def finish(self, task: Task) -> bool:
+        """Writes the task's final status and results if its owner still holds it; False if it lost the task."""
+        rows = self._execute(
+            "UPDATE tasks SET status = ?, end_time = ?, code = ?, message = ?, audio_seconds = ?, results = ?, "
+            "lease_until = NULL WHERE task_id = ? AND owner = ? AND status = ? RETURNING task_id",
+            (task.status, task.end_time or time.time(), task.code, task.message, task.audio_seconds,
+             json.dumps(task.results, ensure_ascii=False), task.task_id, task.owner, RUNNING))
+        return bool(rows)
+
+    def release(self, owner: str, task_ids: list[str]) -> None:
+        """The owner stops (a graceful shutdown): its tasks go back to PENDING, and the attempt does not count."""
+        for task_id in task_ids:
+            self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL, attempts = attempts - 1 "
+                          "WHERE task_id = ? AND owner = ? AND status = ?", (PENDING, task_id, owner, RUNNING))
+
+    def requeue_expired(self) -> list[Task]:
+        """RUNNING tasks whose lease ran out (the owner died) go back to PENDING, or FAIL after max_attempts
+        claims, so that audio which kills the server cannot kill every replica in turn. Returns the failed."""
+        now = time.time()
+        failed = self._execute(
+            "UPDATE tasks SET status = ?, end_time = ?, code = 'InternalError', "
+            "message = 'The task was interrupted ' || attempts || ' times (the server running it stopped); "
+            "giving up.', lease_until = NULL WHERE status = ? AND lease_until < ? AND attempts >= ? "
+            f"RETURNING {', '.join(COLUMNS)}", (FAILED, now, RUNNING, now, self.max_attempts))
+        self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL WHERE status = ? "
+                      "AND lease_until < ?", (PENDING, RUNNING, now))
+        return [_task(row) for row in failed]
+
+    def cancel(self, task_id: str) -> Task | None:
+        """PENDING -> CANCELED; None if the task is not PENDING (or does not exist)."""
+        rows = self._execute(f"UPDATE tasks SET status = ?, end_time = ? WHERE task_id = ? AND status = ? "
+                             f"RETURNING {', '.join(COLUMNS)}", (CANCELED, time.time(), task_id, PENDING))
+        return _task(rows[0]) if rows else None
+
+    def purge(self, finished_before: float) -> int:
+        """Deletes finished tasks (and so their results) that ended before the given time."""
+        rows = self._execute("DELETE FROM tasks WHERE end_time < ? AND status IN (?, ?, ?) RETURNING task_id",
+                             (finished_before, *FINAL_STATUSES))
+        return len(rows)
+
+    def page(self, status: str | None = None, model: str | None = None, offset: int = 0,
+             limit: int = 10) -> tuple[list[Task], int]:
+        """The newest tasks first, and how many match in all."""
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if model is not None:
+            where.append("json_extract(request, '$.model') = ?")
+            args.append(model)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self._execute(f"SELECT COUNT(*) FROM tasks{clause}", args)[0][0]
+        rows = self._execute(f"SELECT {', '.join(COLUMNS)} FROM tasks{clause} ORDER BY submit_time DESC "
+                             "LIMIT ? OFFSET ?", (*args, limit, offset))
+        return [_task(row) for row in rows], total
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update(self._execute("SELECT status, COUNT(*) FROM tasks GROUP BY status", ()))
+        return counts
+
+    def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+
+def _row(task: Task) -> tuple:
+    values = asdict(task)
+    values["request"] = json.dumps(values["request"], ensure_ascii=False)
+    values["results"] = json.dumps(values["results"], ensure_ascii=False)
+    return tuple(values[name] for name in COLUMNS)
+
+
+def _task(row: tuple) -> Task:
+    values = dict(zip(COLUMNS, row))
+    values["request"] = TaskRequest(**json.loads(values["request"]))
+    values["results"] = json.loads(values["results"])
+    return Task(**values)

@@ -1,0 +1,185 @@
+"""Runs file-transcription tasks: claims PENDING ones from the store, fetches, decodes, transcribes, stores results."""
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+
+from engine import AsyncEngine, Transcription
+from engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
+from serve.fetch import Fetcher, FetchError
+from serve.formats import to_filetrans_transcript
+from serve.metrics import Metrics
+from serve.task_store import FAILED, SUCCEEDED, Task, TaskRequest, TaskStore
+
+if TYPE_CHECKING:
+    from serve.state import ServerOptions
+
+logger = logging.getLogger("qasr.tasks")
+
+POLL_SECONDS = 1.0  # how soon a task submitted to another replica is noticed; our own submissions wake us at once
+
+
+@dataclass(slots=True)
+class DecodedFile:
+    container: str | None  # e.g. "wav", "ogg"; None if the probe could not tell
+    codec: str | None  # e.g. "pcm_s16le", "opus"
+    sample_rate: int | None  # the file's own rate
+    num_channels: int | None
+    channels: list[np.ndarray]  # the requested channels, each 16 kHz mono float32
+
+
+class TaskWorker:
+    """Claims up to max_running_tasks tasks at a time under its own name, renews their leases while they run, and
+    hands back its tasks to PENDING when stopped; every file and channel of every task runs through the engine at
+    once, so the engine batches them."""
+
+    def __init__(self, store: TaskStore, engine: AsyncEngine, options: "ServerOptions", metrics: Metrics,
+                 audio_pool: ThreadPoolExecutor):
+        self.store = store
+        self.engine = engine
+        self.options = options
+        self.metrics = metrics
+        self.audio_pool = audio_pool
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.running: dict[str, asyncio.Task] = {}
+        self.wake = asyncio.Event()
+        self.loop_task: asyncio.Task | None = None
+        self.fetcher: Fetcher | None = None
+
+    async def start(self) -> None:
+        self.fetcher = Fetcher(self.options.max_fetch_bytes, self.options.fetch_timeout_s,
+                               self.options.allow_private_urls)
+        self.loop_task = asyncio.create_task(self._loop(), name="qasr-task-worker")
+
+    async def stop(self) -> None:
+        """Stops claiming, abandons the tasks in flight (cancelling aborts their engine requests) and puts them
+        back to PENDING, so the next server to start runs them."""
+        if self.loop_task is not None:
+            self.loop_task.cancel()
+            await asyncio.gather(self.loop_task, return_exceptions=True)
+        abandoned = list(self.running)
+        for task in self.running.values():
+            task.cancel()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        if abandoned:
+            await asyncio.to_thread(self.store.release, self.owner, abandoned)
+        if self.fetcher is not None:
+            await self.fetcher.close()
+
+    def wake_up(self) -> None:
+        self.wake.set()
+
+    async def _loop(self) -> None:
+        housekeeping_due = 0.0
+        while True:
+            self.wake.clear()
+            try:
+                if time.monotonic() >= housekeeping_due:
+                    await self._housekeeping()
+                    housekeeping_due = time.monotonic() + self.options.task_lease_s / 3
+                free = self.options.max_running_tasks - len(self.running)
+                if free > 0 and self.engine.is_running:
+                    for task in await asyncio.to_thread(self.store.claim, self.owner, free, self.options.task_lease_s):
+                        self.running[task.task_id] = asyncio.create_task(self._run(task))
+            except Exception:  # e.g. the database stayed locked: try again on the next round
+                logger.exception("the task worker's round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+
+    async def _housekeeping(self) -> None:
+        if self.running:
+            await asyncio.to_thread(self.store.renew, self.owner, list(self.running), self.options.task_lease_s)
+        for task in await asyncio.to_thread(self.store.requeue_expired):
+            logger.warning("task %s failed: %s", task.task_id, task.message)
+            self.metrics.observe_task(task)
+        await asyncio.to_thread(self.store.purge, time.time() - self.options.task_ttl_hours * 3600)
+
+    async def _run(self, task: Task) -> None:
+        try:
+            files = await asyncio.gather(*(self._file(task.request, url) for url in task.request.file_urls))
+            task.results = [entry for entry, _ in files]
+            task.audio_seconds = sum(seconds for _, seconds in files)
+            failures = [entry for entry in task.results if entry["status"] == FAILED]
+            task.status = FAILED if len(failures) == len(files) else SUCCEEDED
+            if task.status == FAILED:
+                task.code, task.message = failures[0]["code"], failures[0]["message"]
+        except Exception as error:
+            if not self.engine.is_running:  # not the task's fault: leave it to a server whose engine works
+                await asyncio.to_thread(self.store.release, self.owner, [task.task_id])
+                return
+            logger.exception("task %s failed", task.task_id)
+            task.status, task.code = FAILED, "InternalError"
+            task.message = f"The server failed while processing the task: {type(error).__name__}."
+        finally:
+            self.running.pop(task.task_id, None)
+            self.wake.set()
+        task.end_time = time.time()
+        if await asyncio.to_thread(self.store.finish, task):
+            self.metrics.observe_task(task)
+        else:
+            logger.warning("task %s was taken over by another worker before it finished here", task.task_id)
+
+    async def _file(self, request: TaskRequest, url: str) -> tuple[dict, float]:
+        """One file's entry of the task's results and the seconds of audio it billed."""
+        assert self.fetcher is not None
+        try:
+            data = await self.fetcher.fetch(url)
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                self.audio_pool, decode, data, request.channels, self.options.max_audio_seconds)
+            del data
+            results = await asyncio.gather(*(self.engine.transcribe(samples, request.language)
+                                             for samples in decoded.channels))
+        except FetchError as error:
+            return _failure(url, error.code, error.message), 0.0
+        except AudioTooLongError as error:
+            return _failure(url, "FILE_TOO_LONG", f"The audio is too long: {error}."), 0.0
+        except AudioError as error:
+            return _failure(url, "FILE_DECODE_FAILED", f"Could not read the audio file: {error}."), 0.0
+        except ValueError as error:  # the engine refused the request, e.g. too long for max_model_len
+            return _failure(url, "FILE_TRANSCRIBE_FAILED", f"Could not transcribe the audio: {error}."), 0.0
+        entry = {"file_url": url, "status": SUCCEEDED, "document": document(url, decoded, request.channels, results)}
+        if not any(result.text for result in results):
+            entry["code"] = "SUCCESS_WITH_NO_VALID_FRAGMENT"
+        return entry, sum(result.duration for result in results)
+
+
+def decode(data: bytes, channels: list[int], max_seconds: float) -> DecodedFile:
+    """Runs on the audio pool: the probe reads only the header; each requested channel is decoded on its own."""
+    container = codec = sample_rate = num_channels = None
+    with contextlib.suppress(Exception), av.open(io.BytesIO(data)) as file:
+        container = file.format.name.split(",")[0]
+        stream = next((s for s in file.streams if s.type == "audio"), None)
+        if stream is not None:
+            context = stream.codec_context
+            codec, sample_rate, num_channels = context.name, context.sample_rate, context.channels
+    samples = [load_audio(data, channel=channel, max_seconds=max_seconds) for channel in channels]
+    return DecodedFile(container, codec, sample_rate, num_channels, samples)
+
+
+def document(url: str, decoded: DecodedFile, channels: list[int], results: list[Transcription]) -> dict:
+    """The result file a finished task's transcription_url serves: DashScope's Qwen filetrans fields (audio_info,
+    transcripts) and Paraformer's (properties, content_duration_in_milliseconds), which do not collide."""
+    duration_ms = round(len(decoded.channels[0]) / SAMPLE_RATE * 1000)
+    return {
+        "file_url": url,
+        "properties": {"audio_format": decoded.codec, "channels": list(range(decoded.num_channels or 1)),
+                       "original_sampling_rate": decoded.sample_rate,
+                       "original_duration_in_milliseconds": duration_ms},
+        "audio_info": {"format": decoded.container, "sample_rate": decoded.sample_rate},
+        "transcripts": [to_filetrans_transcript(channel, result) for channel, result in zip(channels, results)],
+    }
+
+
+def _failure(url: str, code: str, message: str) -> dict:
+    return {"file_url": url, "status": FAILED, "code": code, "message": message}

@@ -1,0 +1,446 @@
+"""DashScope-style file transcription on loopback: the official dashscope SDK for the happy paths, plain aiohttp for
+the rest; audio files come from a second local aiohttp server."""
+
+import asyncio
+import io
+import json
+import math
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import dashscope
+import numpy as np
+import pytest
+import soundfile as sf
+from aiohttp import web
+from dashscope.audio.asr import Transcription
+from dashscope.audio.qwen_asr import QwenTranscription
+from test_server import HELDOUT, LiveServer, http, metric_values
+
+from engine import AsyncEngine, EngineConfig
+from engine.audio import load_audio
+from serve.app import create_app
+from serve.fetch import refusal
+from serve.state import STATE, ServerOptions
+from serve.task_store import FAILED, PENDING, RUNNING, SUCCEEDED, Task, TaskRequest, TaskStore
+
+SUBMIT = "/api/v1/services/audio/asr/transcription"
+ASYNC = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
+TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$")
+MAX_FETCH_MB = 0.25
+
+
+@pytest.fixture(scope="module")
+def engine() -> AsyncEngine:
+    return AsyncEngine(EngineConfig(max_num_seqs=8))
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[dict]:
+    rows = [json.loads(line) for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:3]]
+    for row in rows:
+        row["samples"] = load_audio(HELDOUT / row["file"])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def files(clips: list[dict]):
+    """Serves the clips under /audio/NAME, a two-channel WAV of clips 0 (left) and 1 (right), and bad files."""
+    left, right = clips[0]["samples"], clips[1]["samples"]
+    stereo = np.zeros((max(len(left), len(right)), 2), dtype=np.float32)
+    stereo[:len(left), 0], stereo[:len(right), 1] = left, right
+    wav = io.BytesIO()
+    sf.write(wav, stereo, 16000, format="WAV", subtype="PCM_16")
+    big = b"\0" * int(2 * MAX_FETCH_MB * (1 << 20))
+
+    async def stream_big(request: web.Request) -> web.StreamResponse:  # chunked: no Content-Length to go by
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(big), 1 << 16):
+            await response.write(big[start:start + (1 << 16)])
+        return response
+
+    def route(make_response):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return make_response(request)
+        return handler
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"/audio/{clips[0]['file']}")
+
+    app = web.Application()
+    app.router.add_get("/audio/{name}", route(lambda r: web.FileResponse(HELDOUT / r.match_info["name"])))
+    app.router.add_get("/stereo.wav", route(lambda r: web.Response(body=wav.getvalue(), content_type="audio/wav")))
+    app.router.add_get("/garbage.wav", route(lambda r: web.Response(body=b"this is not audio, it is text")))
+    app.router.add_get("/big.wav", route(lambda r: web.Response(body=big)))
+    app.router.add_get("/big-chunked.wav", stream_big)
+    app.router.add_get("/moved.opus", moved)
+    live = LiveServer(app)
+    stereo_samples = [load_audio(wav.getvalue(), channel=c) for c in (0, 1)]
+
+    async def transcribe_stereo(engine: AsyncEngine) -> list[str]:
+        return [(await engine.transcribe(s)).text for s in stereo_samples]
+
+    live.transcribe_stereo = transcribe_stereo
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory):
+    db = tmp_path_factory.mktemp("tasks") / "tasks.sqlite3"
+    live = LiveServer(create_app(engine, ServerOptions(task_db=str(db), allow_private_urls=True,
+                                                       max_fetch_mb=MAX_FETCH_MB, task_lease_s=1.5)))
+    live.db = db
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def expected(server: LiveServer, engine: AsyncEngine, clips: list[dict]) -> list[str]:
+    """What the engine itself transcribes for each clip: the tasks must give the same."""
+    async def transcribe_all() -> list[str]:
+        return [r.text for r in await asyncio.gather(*(engine.transcribe(c["samples"]) for c in clips))]
+
+    return server.call(transcribe_all())
+
+
+def own_server(db: Path, **options) -> LiveServer:
+    """A server with its own small engine, for tests that stop it (stopping an app shuts its engine down)."""
+    return LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
+                                 ServerOptions(task_db=str(db), allow_private_urls=True, **options)))
+
+
+def submit(server: LiveServer, file_url: str | list[str], model: str = "qasr-demo", **parameters) -> str:
+    key = "file_urls" if isinstance(file_url, list) else "file_url"
+    body = {"model": model, "input": {key: file_url}, "parameters": parameters}
+    status, _, answer = http("POST", server.url + SUBMIT, json.dumps(body), ASYNC)
+    assert status == 200, answer
+    output = json.loads(answer)["output"]
+    assert output["task_status"] == PENDING
+    return output["task_id"]
+
+
+def query(server: LiveServer, task_id: str, headers: dict | None = None) -> dict:
+    status, _, answer = http("GET", f"{server.url}/api/v1/tasks/{task_id}", headers=headers)
+    assert status == 200, answer
+    return json.loads(answer)
+
+
+def wait_done(server: LiveServer, task_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while (answer := query(server, task_id))["output"]["task_status"] in (PENDING, RUNNING):
+        assert time.monotonic() < deadline, f"task {task_id} still {answer['output']['task_status']}"
+        time.sleep(0.05)
+    return answer
+
+
+def get_json(url: str) -> dict:
+    status, _, answer = http("GET", url)
+    assert status == 200, answer
+    return json.loads(answer)
+
+
+def assert_dashscope_error(response: tuple[int, dict, bytes], status: int, code: str | None = None) -> dict:
+    got, headers, body = response
+    assert got == status, body
+    assert headers["Content-Type"].startswith("application/json")
+    error = json.loads(body)
+    assert set(error) == {"request_id", "code", "message"} and error["message"] and error["request_id"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_qwen_filetrans_through_the_sdk(server: LiveServer, files: LiveServer, clips: list[dict],
+                                        expected: list[str]) -> None:
+    dashscope.base_http_api_url = server.url + "/api/v1"
+    submitted = QwenTranscription.async_call(model="qasr-demo", file_url=f"{files.url}/audio/{clips[0]['file']}",
+                                             api_key="unused", channel_id=[0], enable_itn=False, enable_words=True,
+                                             language="en")
+    assert submitted.status_code == 200 and submitted.output.task_status == PENDING
+    done = QwenTranscription.wait(submitted, api_key="unused")
+    assert done.status_code == 200 and done.output.task_status == SUCCEEDED, done
+    output = done.output
+    for key in ("submit_time", "scheduled_time", "end_time"):
+        assert TIME.match(output[key]), output
+    assert done.usage["seconds"] == math.ceil(clips[0]["seconds"])
+    fetched = QwenTranscription.fetch(submitted.output.task_id, api_key="unused")
+    assert fetched.output.result == output.result
+
+    document = get_json(output.result["transcription_url"])
+    assert document["file_url"] == f"{files.url}/audio/{clips[0]['file']}"
+    assert document["audio_info"] == {"format": "ogg", "sample_rate": 48000}
+    assert document["properties"]["original_duration_in_milliseconds"] == pytest.approx(clips[0]["seconds"] * 1000,
+                                                                                        abs=10)
+    [transcript] = document["transcripts"]
+    assert transcript["channel_id"] == 0 and transcript["text"] == expected[0]
+    [sentence] = transcript["sentences"]
+    assert sentence["sentence_id"] == 0 and sentence["begin_time"] == 0 and sentence["text"] == expected[0]
+    assert sentence["end_time"] == pytest.approx(clips[0]["seconds"] * 1000, abs=10) and sentence["language"] == "en"
+
+
+def test_paraformer_file_urls_through_the_sdk(server: LiveServer, files: LiveServer, clips: list[dict],
+                                              expected: list[str]) -> None:
+    dashscope.base_http_api_url = server.url + "/api/v1"
+    urls = [f"{files.url}/audio/{clips[1]['file']}", f"{files.url}/missing.wav", f"{files.url}/moved.opus"]
+    submitted = Transcription.async_call(model="qasr-demo", file_urls=urls, api_key="unused", language_hints=["en"])
+    done = Transcription.wait(submitted, api_key="unused")
+    output = done.output
+    assert output.task_status == SUCCEEDED
+    assert output["task_metrics"] == {"TOTAL": 3, "SUCCEEDED": 2, "FAILED": 1}
+    first, missing, moved = output["results"]
+    assert [r["file_url"] for r in output["results"]] == urls
+    assert missing["subtask_status"] == FAILED and missing["code"] == "FILE_DOWNLOAD_FAILED"
+    assert "404" in missing["message"] and "transcription_url" not in missing
+    assert get_json(first["transcription_url"])["transcripts"][0]["text"] == expected[1]
+    assert get_json(moved["transcription_url"])["transcripts"][0]["text"] == expected[0]  # redirect followed
+    assert done.usage["duration"] == math.ceil(clips[1]["seconds"] + clips[0]["seconds"])
+
+
+def test_each_requested_channel_is_transcribed_on_its_own(server: LiveServer, files: LiveServer,
+                                                          engine: AsyncEngine) -> None:
+    task_id = submit(server, f"{files.url}/stereo.wav", channel_id=[1, 0])
+    output = wait_done(server, task_id)["output"]
+    assert output["task_status"] == SUCCEEDED, output
+    document = get_json(output["result"]["transcription_url"])
+    left, right = server.call(files.transcribe_stereo(engine))
+    assert [(t["channel_id"], t["text"]) for t in document["transcripts"]] == [(1, right), (0, left)]
+    assert document["properties"]["channels"] == [0, 1] and document["audio_info"]["format"] == "wav"
+
+    task_id = submit(server, f"{files.url}/stereo.wav", channel_id=[2])
+    output = wait_done(server, task_id)["output"]
+    assert output["task_status"] == FAILED and output["code"] == "FILE_DECODE_FAILED"
+    assert "channel 2 is out of range" in output["message"]
+
+
+@pytest.mark.parametrize(("path", "code", "words"), [
+    ("/garbage.wav", "FILE_DECODE_FAILED", "Could not read the audio"),
+    ("/big.wav", "FILE_TOO_LARGE", "--max-fetch-mb"),
+    ("/big-chunked.wav", "FILE_TOO_LARGE", "--max-fetch-mb"),
+    ("/missing.wav", "FILE_DOWNLOAD_FAILED", "HTTP 404"),
+])
+def test_bad_files_fail_the_task_with_a_message(server: LiveServer, files: LiveServer, path: str, code: str,
+                                                words: str) -> None:
+    answer = wait_done(server, submit(server, files.url + path))
+    output = answer["output"]
+    assert output["task_status"] == FAILED and output["code"] == code and words in output["message"], output
+    assert "result" not in output and "usage" not in answer and TIME.match(output["end_time"])
+
+
+def test_bad_requests_get_dashscope_errors(server: LiveServer, files: LiveServer, clips: list[dict]) -> None:
+    url, file_url = server.url + SUBMIT, f"{files.url}/audio/{clips[0]['file']}"
+
+    def post(body: object, headers: dict = ASYNC) -> tuple[int, dict, bytes]:
+        return http("POST", url, body if isinstance(body, str) else json.dumps(body), headers)
+
+    good = {"model": "qasr-demo", "input": {"file_url": file_url}}
+    error = assert_dashscope_error(post(good, {"Content-Type": "application/json"}), 400, "InvalidParameter")
+    assert "X-DashScope-Async" in error["message"]
+    assert_dashscope_error(post("{not json"), 400, "InvalidParameter")
+    assert_dashscope_error(post([good]), 400, "InvalidParameter")
+    assert_dashscope_error(post({"input": {"file_url": file_url}}), 400, "BadRequest.EmptyModel")
+    assert "whisper" in assert_dashscope_error(post({**good, "model": "whisper"}), 404, "ModelNotFound")["message"]
+    assert_dashscope_error(post({"model": "qasr-demo"}), 400, "BadRequest.EmptyInput")
+    assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_url": "ftp://x/a.wav"}}), 400, "InvalidURL")
+    assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_urls": "http://x/a.wav"}}), 400)
+    assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_url": file_url, "file_urls": [file_url]}}),
+                           400)
+    for parameters in ({"channel_id": 0}, {"channel_id": [0, 0]}, {"channel_id": [-1]}, {"language": "klingon"},
+                       {"enable_words": "yes"}, []):
+        assert_dashscope_error(post({**good, "parameters": parameters}), 400, "InvalidParameter")
+
+    assert_dashscope_error(http("GET", server.url + "/api/v1/tasks/no-such-task"), 404, "NotFound")
+    assert_dashscope_error(http("GET", server.url + "/api/v1/tasks/no-such-task/result"), 404, "NotFound")
+    assert_dashscope_error(http("POST", server.url + "/api/v1/tasks/no-such-task/cancel"), 404, "NotFound")
+    assert_dashscope_error(http("GET", url), 405)
+    assert_dashscope_error(http("GET", server.url + "/api/v1/tasks?status=DONE"), 400, "InvalidParameter")
+    assert "error" in json.loads(http("GET", server.url + "/v1/nothing")[2])  # OpenAI's shape stays off /api/v1
+
+
+def test_result_url_follows_the_load_balancer(server: LiveServer, files: LiveServer, clips: list[dict]) -> None:
+    task_id = submit(server, f"{files.url}/audio/{clips[2]['file']}")
+    wait_done(server, task_id)
+    own = query(server, task_id)["output"]["result"]["transcription_url"]
+    assert own == f"{server.url}/api/v1/tasks/{task_id}/result"
+    proxied = query(server, task_id, {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "asr.example.com, lb",
+                                      "X-Forwarded-Prefix": "/qasr"})["output"]["result"]["transcription_url"]
+    assert proxied == f"https://asr.example.com/qasr/api/v1/tasks/{task_id}/result"
+
+
+def test_private_addresses_are_refused_unless_allowed(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
+    strict = LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=2)),
+                                   ServerOptions(task_db=str(tmp_path / "tasks.sqlite3"))))
+    try:
+        port = files.url.rsplit(":", 1)[1]
+        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]"):
+            output = wait_done(strict, submit(strict, f"http://{host}:{port}/audio/{clips[0]['file']}"))["output"]
+            assert output["task_status"] == FAILED and output["code"] == "FILE_DOWNLOAD_FAILED", output
+            assert "loopback" in output["message"] and "--allow-private-urls" in output["message"], output
+    finally:
+        strict.close()
+    assert refusal("8.8.8.8") is None and refusal("2606:4700:4700::1111") is None
+    for address, kind in (("10.1.2.3", "private"), ("169.254.169.254", "link-local"), ("::1", "loopback"),
+                          ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"), ("fd00::1", "private"),
+                          ("100.64.0.1", "not a public")):
+        assert kind in str(refusal(address)), address
+
+
+def test_cancel_and_list_while_the_worker_is_held(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
+    held = own_server(tmp_path / "tasks.sqlite3", max_running_tasks=0)
+    try:
+        kept, canceled = (submit(held, f"{files.url}/audio/{clips[0]['file']}") for _ in range(2))
+        time.sleep(0.2)
+        assert query(held, kept)["output"]["task_status"] == PENDING
+        status, _, answer = http("POST", f"{held.url}/api/v1/tasks/{canceled}/cancel")
+        assert status == 200 and json.loads(answer)["output"]["task_status"] == "CANCELED"
+        assert_dashscope_error(http("POST", f"{held.url}/api/v1/tasks/{canceled}/cancel"), 400,
+                               "UnsupportedOperation")
+        output = query(held, canceled)["output"]
+        assert output["task_status"] == "CANCELED" and TIME.match(output["end_time"])
+
+        page = get_json(f"{held.url}/api/v1/tasks?page_size=1")
+        assert page["total"] == 2 and page["total_page"] == 2 and [t["task_id"] for t in page["data"]] == [canceled]
+        assert [t["task_id"] for t in get_json(f"{held.url}/api/v1/tasks?status=PENDING")["data"]] == [kept]
+
+        metrics = metric_values(held.url)
+        assert metrics[("qasr_async_tasks", (("status", "pending"),))] == 1
+        assert metrics[("qasr_async_tasks", (("status", "canceled"),))] == 1
+        assert metrics[("qasr_async_tasks_finished_total", (("status", "canceled"),))] == 1
+    finally:
+        held.close()
+
+
+def test_tasks_survive_a_restart(files: LiveServer, clips: list[dict], expected: list[str], tmp_path: Path) -> None:
+    db = tmp_path / "tasks.sqlite3"
+    first = own_server(db, max_running_tasks=0)
+    try:
+        task_id = submit(first, f"{files.url}/audio/{clips[1]['file']}")
+    finally:
+        first.close()
+    second = own_server(db)
+    try:
+        output = wait_done(second, task_id)["output"]
+        assert output["task_status"] == SUCCEEDED
+        assert get_json(output["result"]["transcription_url"])["transcripts"][0]["text"] == expected[1]
+    finally:
+        second.close()
+    third = own_server(db, max_running_tasks=0)  # finished results are served after a restart too
+    try:
+        result = query(third, task_id)["output"]["result"]["transcription_url"]
+        assert get_json(result)["transcripts"][0]["text"] == expected[1]
+    finally:
+        third.close()
+
+
+def test_a_dead_replicas_task_runs_again(server: LiveServer, files: LiveServer, clips: list[dict],
+                                         expected: list[str]) -> None:
+    """A task another process claimed and stopped renewing (it died) goes back to PENDING and runs here."""
+    other = TaskStore(server.db)
+    try:
+        task = Task(task_id="from-a-dead-replica", submit_time=time.time() - 100,
+                    request=TaskRequest(model="qasr-demo", file_urls=[f"{files.url}/audio/{clips[2]['file']}"],
+                                        multi_file=False))
+        other.add(task)
+        [claimed] = other.claim("dead-replica", 1, lease_seconds=0.5)
+        assert claimed.task_id == task.task_id and claimed.status == RUNNING
+        output = wait_done(server, task.task_id)["output"]
+        assert output["task_status"] == SUCCEEDED
+        assert get_json(output["result"]["transcription_url"])["transcripts"][0]["text"] == expected[2]
+        finished = other.get(task.task_id)
+        assert finished.owner != "dead-replica" and finished.attempts == 2
+    finally:
+        other.close()
+
+
+def test_a_task_that_keeps_killing_its_server_fails(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.sqlite3", max_attempts=2)
+    store.add(Task(task_id="poison", request=TaskRequest(model="m", file_urls=["http://x/a.wav"], multi_file=False)))
+    for attempt in range(2):
+        assert [t.task_id for t in store.claim(f"replica-{attempt}", 5, lease_seconds=-1)] == ["poison"]
+        failed = store.requeue_expired()
+    [task] = failed
+    assert task.status == FAILED and "interrupted 2 times" in task.message
+    assert store.claim("replica-3", 5, 10) == []
+
+
+def test_claims_from_many_connections_never_overlap(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.sqlite3"
+    setup = TaskStore(db)
+    ids = [f"task-{i}" for i in range(120)]
+    for task_id in ids:
+        setup.add(Task(task_id=task_id, request=TaskRequest(model="m", file_urls=["http://x/a"], multi_file=False)))
+    claimed: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        store = TaskStore(db)
+        start.wait()
+        while batch := store.claim(f"worker-{i}", 3, 60):
+            claimed[i] += [task.task_id for task in batch]
+            for task in batch:
+                task.status = SUCCEEDED
+                assert store.finish(task)
+                assert not store.finish(task)  # finished once only
+        store.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    everything = [task_id for batch in claimed for task_id in batch]
+    assert sorted(everything) == sorted(ids)  # every task claimed, none twice
+    assert setup.counts()[SUCCEEDED] == len(ids)
+    setup.close()
+
+
+def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips: list[dict], expected: list[str],
+                                                        tmp_path: Path) -> None:
+    db = tmp_path / "tasks.sqlite3"
+    store = TaskStore(db)
+    ids = [f"shared-{i}" for i in range(8)]
+    for i, task_id in enumerate(ids):
+        url = f"{files.url}/audio/{clips[i % 3]['file']}"
+        store.add(Task(task_id=task_id, request=TaskRequest(model="qasr-demo", file_urls=[url], multi_file=False)))
+    apps = [create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
+                       ServerOptions(task_db=str(db), allow_private_urls=True, max_running_tasks=2)) for _ in range(2)]
+    calls = []
+    for app in apps:  # count the engine requests: a task run twice would make more
+        engine = app[STATE].engine
+        original = engine.transcribe
+
+        async def counting(samples, *args, _original=original, **kwargs):
+            calls.append(1)
+            return await _original(samples, *args, **kwargs)
+
+        engine.transcribe = counting
+    servers = [LiveServer(app) for app in apps]  # both claim at once, before either can finish a task
+    try:
+        for i, task_id in enumerate(ids):
+            output = wait_done(servers[i % 2], task_id)["output"]
+            assert output["task_status"] == SUCCEEDED
+            assert get_json(output["result"]["transcription_url"])["transcripts"][0]["text"] == expected[i % 3]
+        owners = {store.get(task_id).owner for task_id in ids}
+        assert owners == {live.state.worker.owner for live in servers}
+        assert len(calls) == len(ids)
+        finished = sum(metric_values(live.url)[("qasr_async_tasks_finished_total", (("status", "succeeded"),))]
+                       for live in servers)
+        assert finished == len(ids)
+    finally:
+        for live in servers:
+            live.close()
+        store.close()
+
+
+def test_the_store_is_plain_sqlite(server: LiveServer) -> None:
+    with sqlite3.connect(server.db) as db:
+        statuses = dict(db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
+    assert statuses.get(SUCCEEDED, 0) > 0
+    metrics = metric_values(server.url)
+    assert metrics[("qasr_async_tasks", (("status", "succeeded"),))] == statuses[SUCCEEDED]
+    assert metrics[("qasr_async_task_latency_seconds_count", ())] >= 1
