@@ -1,0 +1,134 @@
+"""Compiles every Triton kernel for an H100 (sm_90) ahead of time, with no GPU: the interpreter accepts code that
+the compiler rejects (dot shapes, dtype mixes, shared-memory overflow), so this is the CPU's check of the real
+build. Prints one JSON line per kernel configuration: label, error (or null), registers, stack and shared bytes.
+
+Run without TRITON_INTERPRET (tests/test_kernels_compile.py does, in a subprocess). The configurations are the
+ones the launch wrappers pick at the real shapes (16 query and 8 KV heads of 128, blocks of 16 tokens).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import activation, fused_norms, kv_store, packed_window_attention, split_kv_attention  # noqa: E402
+from kernels import unified_attention as unified  # noqa: E402
+from kernels.attention_metadata import SPLIT_KV_SEGMENTS  # noqa: E402
+
+H100 = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+FLOAT_ARGS = {"qk_scale", "eps"}
+HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 16, 8, 128, 16
+
+
+def source(kernel: triton.JITFunction, pointers: dict[str, str], constexprs: dict[str, object],
+           default_pointer: str = "*bf16") -> ASTSource:
+    """Arguments as Triton specialises them at launch: pointers and strides 16-aligned, other ints plain i32."""
+    signature, constants, attributes = {}, {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            constants[(i,)] = constexprs[name]
+        elif name.endswith("_ptr"):
+            signature[name] = pointers.get(name, default_pointer)
+            attributes[(i,)] = [["tt.divisibility", 16]]
+        elif name in FLOAT_ARGS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride"):
+                attributes[(i,)] = [["tt.divisibility", 16]]
+    return ASTSource(kernel, signature, constants, attributes)
+
+
+def compile_report(label: str, src: ASTSource, **options: object) -> dict:
+    try:
+        compiled = triton.compile(src, target=H100, options=options)
+    except Exception as error:  # reported, not raised: every configuration gets its line
+        return {"label": label, "error": f"{type(error).__name__}: {str(error)[:2000]}"}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", cubin.name], capture_output=True,
+                               text=True, check=True).stdout
+    numbers = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage)}
+    return {"label": label, "error": None, "registers": numbers.get("REG"), "stack": numbers.get("STACK"),
+            "local": numbers.get("LOCAL"), "shared": compiled.metadata.shared}
+
+
+def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16", cache: str | None = None,
+                      precision: str = "tf32") -> dict:
+    queries_per_kv = HEADS // KV_HEADS
+    constexprs = {"HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": queries_per_kv, "BLOCK_M": block_m,
+                  "BLOCK_Q": block_m // queries_per_kv, "TILE_N": tile_n, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
+                  "DOT_PRECISION": precision}
+    pointers = {"k_cache_ptr": cache or dtype, "v_cache_ptr": cache or dtype, "block_tables_ptr": "*i32",
+                "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
+    return compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype))
+
+
+def split_kv(label: str, cache: str = "*bf16") -> list[dict]:
+    pointers = {"k_cache_ptr": cache, "v_cache_ptr": cache, "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
+                "query_start_loc_ptr": "*i32", "segment_out_ptr": "*fp32", "segment_max_ptr": "*fp32",
+                "segment_expsum_ptr": "*fp32"}
+    segment = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": HEADS // KV_HEADS,
+               "BLOCK_M": split_kv_attention.MIN_BLOCK_M, "SEGMENTS": SPLIT_KV_SEGMENTS,
+               "TILE_N": split_kv_attention.TILE_N, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
+               "DOT_PRECISION": "tf32"}
+    reduce = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "SEGMENTS": SPLIT_KV_SEGMENTS,
+              "TILE_N": split_kv_attention.TILE_N}
+    return [compile_report(f"split-KV segments {label}", source(split_kv_attention._segment_kernel, pointers, segment)),
+            compile_report(f"split-KV reduce {label}",
+                           source(split_kv_attention._reduce_segments_kernel, pointers, reduce))]
+
+
+def main() -> None:
+    reports = [
+        unified_attention("unified decode bf16", unified.DECODE_BLOCK_M, unified.DECODE_TILE_N),
+        unified_attention("unified short mixed bf16", unified.DECODE_BLOCK_M, unified.PREFILL_TILE_N),
+        unified_attention("unified prefill bf16", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N),
+        unified_attention("unified decode fp16", unified.DECODE_BLOCK_M, unified.DECODE_TILE_N, "*fp16"),
+        unified_attention("unified prefill fp16", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N, "*fp16"),
+        unified_attention("unified decode bf16 + fp8 cache", unified.DECODE_BLOCK_M, unified.DECODE_TILE_N,
+                          cache="*fp8e4nv"),
+        unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N,
+                          cache="*fp8e4nv"),
+        unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N, "*fp32",
+                          precision="ieee"),
+        *split_kv("bf16"),
+        *split_kv("fp8 cache", cache="*fp8e4nv"),
+    ]
+    store = {"HEAD_DIM": HEAD_DIM, "BLOCK_SIZE": BLOCK_SIZE, "BLOCK_H": KV_HEADS, "BLOCK_D": HEAD_DIM}
+    for label, cache, fp8 in (("bf16", "*bf16", False), ("fp8", "*fp8e4nv", True)):
+        pointers = {"k_cache_ptr": cache, "v_cache_ptr": cache, "slot_mapping_ptr": "*i64"}
+        reports.append(compile_report(f"KV store {label}", source(kv_store._store_kv_kernel, pointers,
+                                                                  {**store, "FP8": fp8})))
+    window = {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": packed_window_attention.BLOCK_M,
+              "TILE_N": packed_window_attention.TILE_N, "UPCAST": False, "DOT_PRECISION": "tf32"}
+    reports.append(compile_report("encoder windowed attention bf16", source(
+        packed_window_attention._window_attention_kernel, {"cu_window_ptr": "*i32"}, window)))
+    reports.append(compile_report("add + RMSNorm 2048", source(
+        fused_norms._add_rms_norm_kernel, {}, {"HIDDEN": 2048, "BLOCK": 2048, "HAS_RESIDUAL": True}), num_warps=8))
+    reports.append(compile_report("q/k RMSNorm + RoPE", source(
+        fused_norms._qk_norm_rope_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
+        {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_HQ": HEADS,
+         "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM})))
+    reports.append(compile_report("SiLU and mul 6144", source(
+        activation._silu_and_mul_kernel, {}, {"INTERMEDIATE": 6144, "BLOCK": 1024})))
+    for report in reports:
+        print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("run without TRITON_INTERPRET: the interpreter replaces the kernels this script compiles")
+    main()
