@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks: print a table and write JSON under benchmarks/results")
     benches = bench.add_subparsers(dest="benchmark", required=True)
-    from benchmarks import kernels, throughput
+    from benchmarks import kernels, serving, throughput
 
-    for name, module in {"throughput": throughput, "kernels": kernels}.items():
+    for name, module in {"throughput": throughput, "kernels": kernels, "serve": serving}.items():
         sub = benches.add_parser(name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else None)
         module.add_arguments(sub)
         sub.set_defaults(run=module.main)
