@@ -14,6 +14,9 @@ $(BIN)/qasr: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	# espeak-ng speaks the demo model's training corpus (and one test)
 	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
+	# a throwaway PostgreSQL server for the task store's tests; Debian keeps initdb off PATH
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq postgresql)
 	touch $@
 
 setup: $(BIN)/qasr

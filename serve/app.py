@@ -14,7 +14,7 @@ from serve.errors import error_middleware
 from serve.metrics import Metrics
 from serve.openai_api import create_transcription, engine_unavailable, list_models, retrieve_model
 from serve.state import STATE, ServerOptions, ServerState, audio_pool, default_model_name
-from serve.task_store import TaskStore
+from serve.task_store import open_task_store
 from serve.task_worker import TaskWorker
 
 
@@ -23,7 +23,7 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
     the worker and shuts the engine down."""
     options = options or ServerOptions()
     app = web.Application(middlewares=[error_middleware], client_max_size=options.max_body_bytes)
-    tasks = TaskStore(options.task_db)
+    tasks = open_task_store(options.task_db)
     meters, pool = Metrics(engine, tasks), audio_pool()
     app[STATE] = ServerState(engine=engine, options=options,
                              model_names=options.served_model_names or [default_model_name(engine.engine.config.model)],
@@ -61,7 +61,8 @@ async def server_version(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=request.app[STATE].metrics.render())
+    # off the event loop: the task counts are a database query, over the network with PostgreSQL
+    response = web.Response(body=await asyncio.to_thread(request.app[STATE].metrics.render))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 

@@ -5,6 +5,7 @@ import logging
 import sys
 import types
 import typing
+import urllib.parse
 from pathlib import Path
 
 from engine.config import EngineConfig
@@ -75,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         names = ", ".join(app[STATE].model_names)
         print(f"qasr: serving {names} on {url} (OpenAI API under {url}/v1, DashScope file transcription under "
-              f"{url}/api/v1, metrics at {url}/metrics; tasks in {options.task_db}); Ctrl-C stops",
+              f"{url}/api/v1, metrics at {url}/metrics; tasks in {_without_password(options.task_db)}); Ctrl-C stops",
               file=sys.stderr, flush=True)
 
     try:
@@ -85,6 +86,13 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     print("qasr: stopped", file=sys.stderr)
     return 0
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests that may wait beyond the engine's --max-num-seqs; more get 429")
     tasks = server.add_argument_group("DashScope-style file transcription tasks")
     tasks.add_argument("--task-db", default=defaults.task_db,
-                       help="SQLite file of the task store; replicas on one host may share it")
+                       help="task store: a SQLite file (replicas on one host may share it) or a postgresql:// URL "
+                            "(replicas on several hosts)")
     tasks.add_argument("--max-running-tasks", type=int, default=defaults.max_running_tasks,
                        help="tasks this server runs at once (0: accept tasks but leave them to other replicas)")
     tasks.add_argument("--max-fetch-mb", type=float, default=defaults.max_fetch_mb,

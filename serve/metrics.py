@@ -1,5 +1,6 @@
 """Prometheus metrics, prefix `qasr_`, in a registry each app owns (several apps can live in one process)."""
 
+import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -8,7 +9,9 @@ from prometheus_client.registry import Collector
 
 from engine import AsyncEngine, Transcription
 from serve import task_store
-from serve.task_store import Task, TaskStore
+from serve.task_store import SqlTaskStore, Task
+
+logger = logging.getLogger("qasr.metrics")
 
 # vLLM's buckets, so dashboards built for vLLM read the same
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
@@ -22,7 +25,7 @@ STATUSES = ("success", "client_error", "server_error", "aborted")
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine, tasks: TaskStore | None = None):
+    def __init__(self, engine: AsyncEngine, tasks: SqlTaskStore | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.e2e_latency = Histogram("qasr_e2e_request_latency_seconds",
@@ -100,13 +103,17 @@ class TaskCounts(Collector):
     """`qasr_async_tasks{status}`: the store's tasks by status when scraped (all replicas sharing it; finished
     tasks count until they expire)."""
 
-    def __init__(self, tasks: TaskStore):
+    def __init__(self, tasks: SqlTaskStore):
         self.tasks = tasks
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("qasr_async_tasks", "File-transcription tasks in the task store by status",
                                    labels=["status"])
-        counts = self.tasks.counts()
+        try:
+            counts = self.tasks.counts()
+        except Exception:  # the database is unreachable: the rest of the scrape still matters, more than ever
+            logger.warning("could not count the tasks for /metrics", exc_info=True)
+            return
         for status in task_store.STATUSES:
             family.add_metric([status.lower()], counts[status])
         yield family

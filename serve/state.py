@@ -8,7 +8,7 @@ from aiohttp import web
 
 from engine import AsyncEngine
 from serve.metrics import Metrics
-from serve.task_store import TaskStore
+from serve.task_store import SqlTaskStore
 from serve.task_worker import TaskWorker
 
 DEMO_MODEL_NAME = "qasr-demo"
@@ -21,7 +21,8 @@ class ServerOptions:
     max_upload_mb: float = 25.0  # OpenAI's and vLLM's limit
     max_queued_requests: int = 1024  # requests beyond the engine's max_num_seqs that may wait; more get 429
     # DashScope-style file transcription tasks
-    task_db: str = ".qasr/tasks.sqlite3"  # the SQLite file; ":memory:" keeps tasks in this process only
+    # a SQLite file (":memory:": this process only), or postgresql://... for replicas on several hosts
+    task_db: str = ".qasr/tasks.sqlite3"
     max_running_tasks: int = 64  # tasks this server runs at once (the engine batches them); 0: run none
     max_fetch_mb: float = 512.0  # largest file_url download
     fetch_timeout_s: float = 300.0  # a whole download, redirects included
@@ -63,7 +64,7 @@ class ServerState:
     model_names: list[str]
     metrics: Metrics
     audio_pool: ThreadPoolExecutor  # decodes uploads off the event loop
-    tasks: TaskStore
+    tasks: SqlTaskStore
     worker: TaskWorker
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0  # transcription requests accepted and not yet answered

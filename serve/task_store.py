@@ -1,11 +1,11 @@
-"""The durable store of DashScope-style file-transcription tasks: SQLite, shared safely by several server processes.
+"""The durable store of DashScope-style file-transcription tasks: SQLite for one host, PostgreSQL for replicas on many.
 
-Every method is one short statement, atomic on its own, so replicas on one database file coordinate through it
-alone: `claim` moves PENDING tasks to RUNNING under the caller's name with a lease, `renew` extends the leases of
-what the caller still runs, and `requeue_expired` hands the tasks of a replica that stopped renewing (it died)
-back to PENDING. `finish` only lands while the caller still owns the task, so a task is never finished twice.
-A PostgreSQL store for replicas on several hosts would be a second class with these same methods
-(`... FOR UPDATE SKIP LOCKED` in `claim`); the server uses nothing else.
+Every method is one short statement, atomic on its own, so replicas on one database coordinate through it alone:
+`claim` moves PENDING tasks to RUNNING under the caller's name with a lease, `renew` extends the leases of what the
+caller still runs, and `requeue_expired` hands the tasks of a replica that stopped renewing (it died) back to
+PENDING. `finish` only lands while the caller still owns the task, so a task is never finished twice. The statements
+live once, in `SqlTaskStore`; `TaskStore` (SQLite, here) and `PostgresTaskStore` (task_store_postgres.py) only
+connect and name their few dialect differences. `open_task_store` picks one from `--task-db`.
 """
 
 import json
@@ -20,6 +20,7 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCEEDED
 STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED)
 FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELED)
 
+# SQLite's; PostgreSQL reads it too, with DOUBLE PRECISION for REAL (its REAL has 24 bits: seconds, not ms)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
@@ -60,7 +61,7 @@ class Task:
     scheduled_time: float | None = None
     end_time: float | None = None
     owner: str | None = None  # the worker running it
-    lease_until: float | None = None  # the owner must renew before this, or the task goes back to PENDING
+    lease_until: float | None = None  # by the database's clock: the owner must renew before it, or it runs again
     attempts: int = 0  # claims that did not end in a final status (the owner died) count toward max_attempts
     code: str | None = None
     message: str | None = None
@@ -68,24 +69,25 @@ class Task:
     results: list[dict] = field(default_factory=list)  # per file: file_url, status, code/message or document
 
 
-class TaskStore:
-    """Tasks in one SQLite file (WAL, fully synced: an accepted task survives a crash); safe from any thread."""
+class SqlTaskStore:
+    """The task store's statements, written once for both databases. Lease times come from the database's clock
+    (`NOW`), so replicas on hosts whose clocks disagree still agree on which leases ran out; the times shown to
+    clients (submit, scheduled, end) are the replica's wall clock. Subclasses connect and implement `_execute`, which
+    takes `?` placeholders; statements must hold no literal `?` or `%`, as psycopg would read them as placeholders."""
 
-    def __init__(self, path: str | Path, max_attempts: int = 3):
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    NOW = ""  # SQL for the database's clock in seconds since the epoch
+    LOCK_CLAIMED = ""  # appended to claim's inner SELECT: PostgreSQL's row locks; SQLite's writes are serial anyway
+    MODEL = ""  # SQL for the `model` of the JSON `request` column
+
+    def __init__(self, max_attempts: int = 3):
         self.max_attempts = max_attempts
-        self.lock = threading.Lock()
-        # autocommit: each statement is its own transaction; the busy timeout waits out other processes' writes
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-        with self.lock:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        raise NotImplementedError
+
+    def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
+        """Runs one statement in its own transaction (safe from any thread) and returns its rows."""
+        raise NotImplementedError
 
     def add(self, task: Task) -> None:
         self._execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
@@ -100,20 +102,19 @@ class TaskStore:
         replicas never claim the same task."""
         if limit <= 0:
             return []
-        now = time.time()
         rows = self._execute(
-            "UPDATE tasks SET status = ?, owner = ?, lease_until = ?, attempts = attempts + 1, "
+            f"UPDATE tasks SET status = ?, owner = ?, lease_until = {self.NOW} + ?, attempts = attempts + 1, "
             "scheduled_time = COALESCE(scheduled_time, ?) WHERE task_id IN "
-            "(SELECT task_id FROM tasks WHERE status = ? ORDER BY submit_time LIMIT ?) "
+            f"(SELECT task_id FROM tasks WHERE status = ? ORDER BY submit_time LIMIT ?{self.LOCK_CLAIMED}) "
             f"RETURNING {', '.join(COLUMNS)}",
-            (RUNNING, owner, now + lease_seconds, now, PENDING, limit))
+            (RUNNING, owner, lease_seconds, time.time(), PENDING, limit))
         return sorted((_task(row) for row in rows), key=lambda task: task.submit_time)
 
     def renew(self, owner: str, task_ids: list[str], lease_seconds: float) -> None:
         for start in range(0, len(task_ids), 500):  # SQLite caps the number of bound parameters
             chunk = task_ids[start:start + 500]
-            self._execute(f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND status = ? AND task_id IN "
-                          f"({', '.join('?' * len(chunk))})", (time.time() + lease_seconds, owner, RUNNING, *chunk))
+            self._execute(f"UPDATE tasks SET lease_until = {self.NOW} + ? WHERE owner = ? AND status = ? AND "
+                          f"task_id IN ({', '.join('?' * len(chunk))})", (lease_seconds, owner, RUNNING, *chunk))
 
     def finish(self, task: Task) -> bool:
         """Writes the task's final status and results if its owner still holds it; False if it lost the task."""
@@ -133,14 +134,13 @@ class TaskStore:
     def requeue_expired(self) -> list[Task]:
         """RUNNING tasks whose lease ran out (the owner died) go back to PENDING, or FAIL after max_attempts
         claims, so that audio which kills the server cannot kill every replica in turn. Returns the failed."""
-        now = time.time()
         failed = self._execute(
             "UPDATE tasks SET status = ?, end_time = ?, code = 'InternalError', "
             "message = 'The task was interrupted ' || attempts || ' times (the server running it stopped); "
-            "giving up.', lease_until = NULL WHERE status = ? AND lease_until < ? AND attempts >= ? "
-            f"RETURNING {', '.join(COLUMNS)}", (FAILED, now, RUNNING, now, self.max_attempts))
-        self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL WHERE status = ? "
-                      "AND lease_until < ?", (PENDING, RUNNING, now))
+            f"giving up.', lease_until = NULL WHERE status = ? AND lease_until < {self.NOW} AND attempts >= ? "
+            f"RETURNING {', '.join(COLUMNS)}", (FAILED, time.time(), RUNNING, self.max_attempts))
+        self._execute(f"UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL WHERE status = ? "
+                      f"AND lease_until < {self.NOW}", (PENDING, RUNNING))
         return [_task(row) for row in failed]
 
     def cancel(self, task_id: str) -> Task | None:
@@ -163,7 +163,7 @@ class TaskStore:
             where.append("status = ?")
             args.append(status)
         if model is not None:
-            where.append("json_extract(request, '$.model') = ?")
+            where.append(f"{self.MODEL} = ?")
             args.append(model)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = self._execute(f"SELECT COUNT(*) FROM tasks{clause}", args)[0][0]
@@ -176,9 +176,43 @@ class TaskStore:
         counts.update(self._execute("SELECT status, COUNT(*) FROM tasks GROUP BY status", ()))
         return counts
 
+
+class TaskStore(SqlTaskStore):
+    """Tasks in one SQLite file (WAL, fully synced: an accepted task survives a crash); safe from any thread, and
+    shared safely by the server processes of one host (SQLite's locks do not hold over network file systems)."""
+
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # millisecond resolution
+    MODEL = "json_extract(request, '$.model')"
+
+    def __init__(self, path: str | Path, max_attempts: int = 3):
+        super().__init__(max_attempts)
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        # autocommit: each statement is its own transaction; the busy timeout waits out other processes' writes
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        with self.lock:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
     def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
         with self.lock:
             return self.db.execute(sql, args).fetchall()
+
+
+def open_task_store(url: str | Path, max_attempts: int = 3) -> SqlTaskStore:
+    """`postgresql://...` or `postgres://...` (a libpq URL): PostgreSQL, for replicas on several hosts; anything
+    else is the path of a SQLite file (":memory:": this process only)."""
+    if str(url).startswith(("postgresql://", "postgres://")):
+        from serve.task_store_postgres import PostgresTaskStore  # psycopg is the optional `postgres` extra
+
+        return PostgresTaskStore(str(url), max_attempts)
+    return TaskStore(url, max_attempts)
 
 
 def _row(task: Task) -> tuple:

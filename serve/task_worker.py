@@ -20,7 +20,7 @@ from engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 from serve.fetch import Fetcher, FetchError
 from serve.formats import to_filetrans_transcript
 from serve.metrics import Metrics
-from serve.task_store import FAILED, SUCCEEDED, Task, TaskRequest, TaskStore
+from serve.task_store import FAILED, SUCCEEDED, SqlTaskStore, Task, TaskRequest
 
 if TYPE_CHECKING:
     from serve.state import ServerOptions
@@ -44,7 +44,7 @@ class TaskWorker:
     hands back its tasks to PENDING when stopped; every file and channel of every task runs through the engine at
     once, so the engine batches them."""
 
-    def __init__(self, store: TaskStore, engine: AsyncEngine, options: "ServerOptions", metrics: Metrics,
+    def __init__(self, store: SqlTaskStore, engine: AsyncEngine, options: "ServerOptions", metrics: Metrics,
                  audio_pool: ThreadPoolExecutor):
         self.store = store
         self.engine = engine

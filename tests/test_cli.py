@@ -77,3 +77,11 @@ def test_subtitle_formats() -> None:
     assert verbose["segments"][1]["temperature"] == 0.2 and verbose["usage"] == {"type": "duration", "seconds": 3726}
     with pytest.raises(ValueError):
         render(result, "docx")
+
+
+def test_a_task_db_password_never_reaches_the_startup_line() -> None:
+    from serve.cli import _without_password
+
+    assert _without_password("postgresql://qasr:s3cret@db:5432/tasks") == "postgresql://qasr:***@db:5432/tasks"
+    assert _without_password("postgresql://qasr@db/tasks") == "postgresql://qasr@db/tasks"
+    assert _without_password(".qasr/tasks.sqlite3") == ".qasr/tasks.sqlite3"

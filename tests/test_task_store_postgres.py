@@ -1,0 +1,413 @@
+"""The task store's contract, checked against SQLite and against a real throwaway PostgreSQL server by the same
+tests; then PostgreSQL's own cases, and two servers sharing one PostgreSQL database."""
+
+import dataclasses
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiohttp import web
+from test_dashscope import get_json, submit, wait_done
+from test_server import HELDOUT, LiveServer, metric_values
+
+from engine import AsyncEngine, EngineConfig
+from serve.app import create_app
+from serve.state import STATE, ServerOptions
+from serve.task_store import (
+    CANCELED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STATUSES,
+    SUCCEEDED,
+    SqlTaskStore,
+    Task,
+    TaskRequest,
+    TaskStore,
+    open_task_store,
+)
+from serve.task_store_postgres import PostgresTaskStore
+
+
+class Postgres:
+    """A PostgreSQL server of its own in a temporary folder, on a free loopback port; one database per test."""
+
+    def __init__(self):
+        bindir = postgres_bindir()
+        # postgres refuses to run as root; pytest's tmp_path is private to root, so the folder is a fresh one in /tmp
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = Path(tempfile.mkdtemp(prefix="qasr-pg-"))
+        if self.as_user:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail("the tests run as root and PostgreSQL needs a user to run as: no `postgres` user here "
+                            "(installing postgresql with apt-get creates it)")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.pg_ctl = [*self.as_user, str(bindir / "pg_ctl"), "-D", str(self.root / "data")]
+        self._run(*self.as_user, str(bindir / "initdb"), "-D", str(self.root / "data"), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run(*self.pg_ctl, "-l", str(self.root / "log"), "-w", "-t", "30", "start", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+        self.admin = psycopg.connect(self.url("postgres"), autocommit=True)
+        self.databases = 0
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        self.databases += 1
+        self.admin.execute(f"CREATE DATABASE tasks_{self.databases}")
+        return self.url(f"tasks_{self.databases}")
+
+    def stop(self) -> None:
+        self.admin.close()
+        subprocess.run([*self.pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self, *command: str) -> None:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            log = self.root / "log"
+            pytest.fail(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}"
+                        f"{log.read_text() if log.exists() else ''}")
+
+
+def postgres_bindir() -> Path:
+    """The folder of initdb and pg_ctl: on PATH, or where Debian's packages put them (the newest version)."""
+    initdb = shutil.which("initdb")
+    if initdb is not None:
+        return Path(initdb).resolve().parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: int(path.split("/")[4]))
+    if not found:
+        pytest.fail("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin): "
+                    "`apt-get install postgresql`, which `make setup` does")
+    return Path(found[-1]).parent
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = Postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "tasks.sqlite3")
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def store(url: str):
+    store = open_task_store(url)
+    yield store
+    store.close()
+
+
+def new_task(task_id: str, submit_time: float | None = None, model: str = "m") -> Task:
+    task = Task(task_id=task_id, request=TaskRequest(model=model, file_urls=[f"http://x/{task_id}.wav"],
+                                                     multi_file=False))
+    if submit_time is not None:
+        task.submit_time = submit_time
+    return task
+
+
+def ids(tasks: list[Task]) -> list[str]:
+    return [task.task_id for task in tasks]
+
+
+def test_the_url_picks_the_store(postgres) -> None:
+    assert type(open_task_store(":memory:")) is TaskStore
+    url = postgres.new_database()
+    for scheme in ("postgresql://", "postgres://"):
+        store = open_task_store(url.replace("postgresql://", scheme))
+        assert type(store) is PostgresTaskStore
+        store.close()
+
+
+def test_add_and_get_round_trip(store: SqlTaskStore) -> None:
+    task = Task(task_id="a", submit_time=1234567890.123456,
+                request=TaskRequest(model="qwen3-asr", file_urls=["http://x/ü.wav", "http://x/b.opus"],
+                                    multi_file=True, channels=[1, 0], language="English"))
+    store.add(task)
+    assert store.get("a") == task
+    assert store.get("missing") is None
+
+
+def test_claim_takes_the_oldest_first_up_to_the_limit(store: SqlTaskStore) -> None:
+    now = time.time()
+    for i in (2, 0, 4, 1, 3):
+        store.add(new_task(f"t{i}", submit_time=now - 100 + i))
+    assert store.claim("a", 0, 60) == []
+    first = store.claim("a", 2, 60)
+    assert ids(first) == ["t0", "t1"]
+    for task in first:
+        assert task.status == RUNNING and task.owner == "a" and task.attempts == 1
+        assert task.scheduled_time == pytest.approx(time.time(), abs=5)
+        assert task.lease_until == pytest.approx(time.time() + 60, abs=5)  # the database's clock, in epoch seconds
+    assert store.get("t1") == first[1]
+    assert ids(store.claim("b", 10, 60)) == ["t2", "t3", "t4"]
+    assert store.claim("c", 10, 60) == []
+
+
+def test_concurrent_claimers_never_share_a_task(url: str) -> None:
+    setup = open_task_store(url)
+    task_ids = [f"task-{i}" for i in range(100)]
+    for task_id in task_ids:
+        setup.add(new_task(task_id))
+    claimed: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def claimer(i: int) -> None:
+        store = open_task_store(url)
+        start.wait()
+        while batch := store.claim(f"worker-{i}", 3, 60):
+            claimed[i] += ids(batch)
+            for task in batch:
+                task.status = SUCCEEDED
+                assert store.finish(task)
+        store.close()
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(task_id for batch in claimed for task_id in batch) == sorted(task_ids)  # all claimed, none twice
+    assert setup.counts()[SUCCEEDED] == len(task_ids)
+    setup.close()
+
+
+def test_only_the_owner_finishes_and_only_once(store: SqlTaskStore) -> None:
+    store.add(new_task("a"))
+    [task] = store.claim("owner", 1, 60)
+    task.status, task.audio_seconds, task.end_time = SUCCEEDED, 12.5, time.time()
+    task.results = [{"file_url": "http://x/a.wav", "status": SUCCEEDED, "document": {"text": "héllo, 世界"}}]
+    assert not store.finish(dataclasses.replace(task, owner="someone-else"))
+    assert store.get("a").status == RUNNING
+    assert store.finish(task)
+    assert not store.finish(task)
+    done = store.get("a")
+    assert (done.status, done.audio_seconds, done.results, done.lease_until) == (SUCCEEDED, 12.5, task.results, None)
+    assert done.end_time == pytest.approx(task.end_time)
+
+
+def test_renew_extends_only_the_owners_leases(store: SqlTaskStore) -> None:
+    for i in range(3):
+        store.add(new_task(f"t{i}", submit_time=i))
+    store.claim("a", 3, lease_seconds=-1)  # already expired
+    store.renew("a", ["t0", *(f"other-{i}" for i in range(600))], 60)  # more ids than SQLite binds at once
+    store.renew("b", ["t1"], 60)
+    assert store.requeue_expired() == []
+    t0, t1, t2 = (store.get(f"t{i}") for i in range(3))
+    assert t0.status == RUNNING and t0.owner == "a" and t0.lease_until == pytest.approx(time.time() + 60, abs=5)
+    for task in (t1, t2):
+        assert (task.status, task.owner, task.lease_until, task.attempts) == (PENDING, None, None, 1)
+
+
+def test_leases_run_out_on_time(store: SqlTaskStore) -> None:
+    store.add(new_task("a"))
+    store.claim("a", 1, lease_seconds=1.0)
+    store.requeue_expired()
+    assert store.get("a").status == RUNNING
+    time.sleep(1.2)
+    store.requeue_expired()
+    assert store.get("a").status == PENDING
+
+
+def test_a_task_interrupted_max_attempts_times_fails(url: str) -> None:
+    store = open_task_store(url, max_attempts=2)
+    store.add(new_task("poison", submit_time=1))
+    store.add(new_task("healthy", submit_time=2))
+    assert ids(store.claim("r1", 1, lease_seconds=-1)) == ["poison"]
+    assert store.requeue_expired() == []
+    assert (store.get("poison").status, store.get("poison").attempts) == (PENDING, 1)
+    assert ids(store.claim("r2", 1, lease_seconds=-1)) == ["poison"]
+    assert ids(store.claim("r2", 1, lease_seconds=60)) == ["healthy"]
+    [failed] = store.requeue_expired()
+    assert failed.task_id == "poison" and failed.status == FAILED and failed.code == "InternalError"
+    assert "interrupted 2 times" in failed.message and failed.end_time == pytest.approx(time.time(), abs=5)
+    assert store.get("poison") == failed and store.get("healthy").status == RUNNING
+    assert store.claim("r3", 5, 60) == []
+    store.close()
+
+
+def test_release_hands_tasks_back_without_counting_the_attempt(store: SqlTaskStore) -> None:
+    store.add(new_task("t0", submit_time=0))
+    store.add(new_task("t1", submit_time=1))
+    store.claim("a", 2, 60)
+    store.release("b", ["t0"])
+    assert store.get("t0").status == RUNNING
+    store.release("a", ["t0", "t1"])
+    for task_id in ("t0", "t1"):
+        task = store.get(task_id)
+        assert (task.status, task.owner, task.lease_until, task.attempts) == (PENDING, None, None, 0)
+    assert [task.attempts for task in store.claim("b", 2, 60)] == [1, 1]
+
+
+def test_only_pending_tasks_cancel(store: SqlTaskStore) -> None:
+    store.add(new_task("running", submit_time=0))
+    store.add(new_task("pending", submit_time=1))
+    store.claim("a", 1, 60)
+    canceled = store.cancel("pending")
+    assert canceled.status == CANCELED and canceled.end_time == pytest.approx(time.time(), abs=5)
+    assert store.get("pending") == canceled
+    assert store.cancel("pending") is None and store.cancel("running") is None and store.cancel("missing") is None
+    assert store.get("running").status == RUNNING
+    assert store.claim("b", 5, 60) == []
+
+
+def test_page_lists_newest_first_with_filters(store: SqlTaskStore) -> None:
+    for i in range(5):
+        store.add(new_task(f"t{i}", submit_time=100 + i, model="m1" if i % 2 == 0 else "m2"))
+    store.cancel("t3")
+    tasks, total = store.page()
+    assert ids(tasks) == ["t4", "t3", "t2", "t1", "t0"] and total == 5
+    assert store.page(offset=1, limit=2) == (store.page()[0][1:3], 5)
+    assert ids(store.page(offset=10)[0]) == [] and store.page(offset=10)[1] == 5
+    assert ids(store.page(status=CANCELED)[0]) == ["t3"]
+    assert (ids(store.page(model="m1")[0]), store.page(model="m1")[1]) == (["t4", "t2", "t0"], 3)
+    assert store.page(status=PENDING, model="m2", limit=1) == ([store.get("t1")], 1)
+    assert store.page(model="nobody") == ([], 0)
+
+
+def test_counts_every_status(store: SqlTaskStore) -> None:
+    assert store.counts() == dict.fromkeys(STATUSES, 0)
+    for i in range(4):
+        store.add(new_task(f"t{i}", submit_time=i))
+    [done] = store.claim("a", 1, 60)
+    done.status = FAILED
+    store.finish(done)
+    store.claim("a", 1, 60)
+    store.cancel("t3")
+    assert store.counts() == {PENDING: 1, RUNNING: 1, SUCCEEDED: 0, FAILED: 1, CANCELED: 1}
+
+
+def test_purge_deletes_only_old_finished_tasks(store: SqlTaskStore) -> None:
+    now = time.time()
+    for i, task_id in enumerate(("old-done", "new-done", "old-running", "old-pending")):
+        store.add(new_task(task_id, submit_time=now - 1000 + i))
+    for task in store.claim("a", 3, 60)[:2]:
+        task.status, task.end_time = SUCCEEDED, now - (500 if task.task_id == "old-done" else 10)
+        assert store.finish(task)
+    assert store.purge(now - 100) == 1
+    assert store.get("old-done") is None
+    assert ids(store.page()[0]) == ["old-pending", "old-running", "new-done"]
+    assert store.purge(now + 10) == 1  # RUNNING and PENDING tasks stay, whatever their age
+    assert ids(store.page()[0]) == ["old-pending", "old-running"]
+
+
+def test_tasks_outlive_the_store_object(url: str) -> None:
+    first = open_task_store(url)
+    for i in range(3):
+        first.add(new_task(f"t{i}", submit_time=i))
+    [done] = first.claim("a", 1, 60)
+    done.status, done.results = SUCCEEDED, [{"file_url": "http://x/t0.wav", "document": {"text": "kept"}}]
+    first.finish(done)
+    before = [first.get(f"t{i}") for i in range(3)]
+    first.close()
+    second = open_task_store(url)
+    assert [second.get(f"t{i}") for i in range(3)] == before
+    assert ids(second.claim("b", 5, 60)) == ["t1", "t2"]
+    second.close()
+
+
+def test_postgres_claim_skips_rows_another_replica_holds(postgres) -> None:
+    url = postgres.new_database()
+    store = open_task_store(url)
+    store.add(new_task("t0", submit_time=0))
+    store.add(new_task("t1", submit_time=1))
+    with psycopg.connect(url) as other:  # a transaction of another replica, in the middle of claiming t0
+        other.execute("SELECT task_id FROM tasks WHERE task_id = 't0' FOR UPDATE")
+        claimed: list[Task] = []
+        thread = threading.Thread(target=lambda: claimed.extend(store.claim("a", 2, 60)))
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "claim waited for the other transaction's lock"
+        other.rollback()
+    assert ids(claimed) == ["t1"]
+    assert ids(store.claim("a", 2, 60)) == ["t0"]
+    store.close()
+
+
+def test_postgres_store_reconnects_after_the_connection_drops(postgres) -> None:
+    url = postgres.new_database()
+    store = open_task_store(url)
+    store.add(new_task("a"))
+    postgres.admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                           (url.rsplit("/", 1)[1],))
+    with pytest.raises(psycopg.OperationalError):
+        store.get("a")
+    assert store.get("a").task_id == "a"
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def files():
+    async def audio(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(HELDOUT / request.match_info["name"])
+
+    app = web.Application()
+    app.router.add_get("/audio/{name}", audio)
+    live = LiveServer(app)
+    yield live
+    live.close()
+
+
+def test_two_servers_on_one_postgres_database_run_each_task_once(postgres, files: LiveServer) -> None:
+    url = postgres.new_database()
+    clips = [json.loads(line)["file"] for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:3]]
+    store = open_task_store(url)
+    preloaded = [f"shared-{i}" for i in range(6)]  # waiting before either server starts: both claim at once
+    for i, task_id in enumerate(preloaded):
+        store.add(Task(task_id=task_id, request=TaskRequest(
+            model="qasr-demo", file_urls=[f"{files.url}/audio/{clips[i % 3]}"], multi_file=False)))
+    apps = [create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
+                       ServerOptions(task_db=url, allow_private_urls=True, max_running_tasks=2)) for _ in range(2)]
+    calls = []
+    for app in apps:  # count the engine requests: a task run twice would make more
+        engine = app[STATE].engine
+        original = engine.transcribe
+
+        async def counting(samples, *args, _original=original, **kwargs):
+            calls.append(1)
+            return await _original(samples, *args, **kwargs)
+
+        engine.transcribe = counting
+    servers = [LiveServer(app) for app in apps]
+    try:
+        submitted = [submit(servers[0], f"{files.url}/audio/{clips[i % 3]}") for i in range(6, 8)]
+        clip_of = {task_id: clips[i % 3] for i, task_id in enumerate(preloaded + submitted)}
+        texts: dict[str, set[str]] = {clip: set() for clip in clips}
+        for i, task_id in enumerate(preloaded + submitted):
+            output = wait_done(servers[i % 2], task_id)["output"]  # either server answers for every task
+            assert output["task_status"] == SUCCEEDED, output
+            texts[clip_of[task_id]].add(get_json(output["result"]["transcription_url"])["transcripts"][0]["text"])
+        assert all(len(same) == 1 and "" not in same for same in texts.values())  # one clip, one transcript
+        assert {store.get(task_id).owner for task_id in preloaded} == {live.state.worker.owner for live in servers}
+        assert len(calls) == len(preloaded) + len(submitted)
+        assert all(store.get(task_id).attempts == 1 for task_id in preloaded + submitted)
+        succeeded = ("qasr_async_tasks", (("status", "succeeded"),))
+        assert [metric_values(live.url)[succeeded] for live in servers] == [len(calls)] * 2  # the shared store's
+        servers[1].state.tasks.close()  # as if the database were gone: /metrics still answers, without the counts
+        after = metric_values(servers[1].url)
+        assert succeeded not in after and ("qasr_async_tasks_finished_total", (("status", "succeeded"),)) in after
+    finally:
+        for live in servers:
+            live.close()
+        store.close()
