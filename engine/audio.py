@@ -71,6 +71,8 @@ def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int 
         # HQ (20-bit) resampling noise sits far below the 80 dB range the log-mel front end keeps; VHQ buys
         # nothing audible to the model.
         samples = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ")
+        if samples.size == 0:
+            raise AudioError(f"audio is empty after resampling {rate} Hz to {SAMPLE_RATE} Hz (too few samples)")
     peak = float(np.abs(samples).max())
     if peak > 1.0:
         samples = samples / peak

@@ -10,6 +10,8 @@ PROMPT_TEMPLATE = (
     "<|im_start|>assistant\n{prefill}"
 )
 
+MAX_CACHED_CONTEXT_CHARS = 2048
+
 
 class PromptBuilder:
     """Token ids of the Qwen3-ASR transcription prompt: system context, the audio placeholders, and an
@@ -19,11 +21,13 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.special = special
         self.special_strings = [t for t in {*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder} if t]
-        self.template_ids = lru_cache(maxsize=1024)(self._template_ids)
+        self.cached_template_ids = lru_cache(maxsize=1024)(self._template_ids)
 
     def build(self, num_audio_tokens: int, context: str = "", language: str | None = None) -> tuple[list[int], int]:
         """Returns (prompt ids, index of the first audio placeholder)."""
-        before, after = self.template_ids(context, language)
+        # a long context (a document pasted as hotwords) is tokenized each time rather than held in the cache
+        template_ids = self.cached_template_ids if len(context) <= MAX_CACHED_CONTEXT_CHARS else self._template_ids
+        before, after = template_ids(context, language)
         return before + [self.special.audio_pad] * num_audio_tokens + after, len(before)
 
     def _template_ids(self, context: str, language: str | None) -> tuple[list[int], list[int]]:

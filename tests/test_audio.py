@@ -276,3 +276,10 @@ def test_audio_longer_than_max_seconds_is_refused(tmp_path: Path, name: str) -> 
     assert abs(len(load_audio(path.read_bytes(), max_seconds=4)) / SAMPLE_RATE - 3.0) < 0.02
     with pytest.raises(AudioTooLongError):
         load_audio((tone(TONE_HZ, 3.0, rate), rate), max_seconds=2.5)
+
+
+def test_a_clip_that_resamples_to_nothing_is_an_audio_error(tmp_path: Path) -> None:
+    path = tmp_path / "one-frame.wav"
+    sf.write(path, np.zeros(1, dtype=np.float32), 48000)
+    with pytest.raises(AudioError, match="empty after resampling 48000 Hz"):
+        load_audio(path.read_bytes())

@@ -11,6 +11,7 @@ from conftest import speech_like
 
 from engine import ASR, AsyncEngine, EngineConfig, SamplingParams
 from engine.languages import UnknownLanguageError
+from engine.prompt import MAX_CACHED_CONTEXT_CHARS
 from scheduler import SchedulerOutput
 
 SECONDS = [0.3, 0.7, 1.0, 1.6, 2.2, 3.1, 4.0, 5.5, 6.3, 7.9, 8.1, 9.4, 10.2, 11.7, 2.8, 0.5, 12.5, 3.3]
@@ -136,6 +137,17 @@ def test_bad_requests_raise_clear_errors(checkpoint: Path, clips) -> None:
     with pytest.raises(TypeError, match="unknown engine option"):
         ASR(str(checkpoint), max_num_sequences=3)
     assert not asr.engine.has_unfinished
+
+
+def test_long_contexts_are_tokenized_without_filling_the_prompt_cache(checkpoint: Path) -> None:
+    prompts = ASR(str(checkpoint)).engine.prompts
+    long_context = "hotword " * (MAX_CACHED_CONTEXT_CHARS // 8 + 1)
+    short_prompt, short_at = prompts.build(5, "hotword " * 3, "English")
+    long_prompt, long_at = prompts.build(5, long_context, "English")
+    assert prompts.cached_template_ids.cache_info().currsize == 1  # only the short context
+    assert long_at > short_at and long_prompt[long_at:] == short_prompt[short_at:]
+    with pytest.raises(ValueError, match="special token"):
+        prompts.build(5, long_context + "<|im_end|>")
 
 
 def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, clips) -> None:
