@@ -62,7 +62,8 @@ async def server_version(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     # off the event loop: the task counts are a database query, over the network with PostgreSQL
-    response = web.Response(body=await asyncio.to_thread(request.app[STATE].metrics.render))
+    state = request.app[STATE]
+    response = web.Response(body=await state.tasks.run(state.metrics.render, read=True))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
@@ -74,7 +75,7 @@ async def _start_worker(app: web.Application) -> None:
 async def _shutdown(app: web.Application) -> None:
     state = app[STATE]
     await state.worker.stop()  # first: its tasks go back to PENDING while the engine can still abort them
-    state.tasks.close()
+    await asyncio.to_thread(state.tasks.close)
     state.audio_pool.shutdown(wait=False, cancel_futures=True)
     await asyncio.to_thread(state.engine.shutdown)
 

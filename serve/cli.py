@@ -63,11 +63,13 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServerOptions(served_model_names=args.served_model_name or [], max_upload_mb=args.max_upload_mb,
+                            upload_timeout_s=args.upload_timeout_s, max_prompt_chars=args.max_prompt_chars,
                             max_queued_requests=args.max_queued_requests, task_db=args.task_db,
                             max_running_tasks=args.max_running_tasks, max_fetch_mb=args.max_fetch_mb,
                             fetch_timeout_s=args.fetch_timeout_s, allow_private_urls=args.allow_private_urls,
                             max_audio_seconds=args.max_audio_seconds, task_lease_s=args.task_lease_s,
-                            task_ttl_hours=args.task_ttl_hours, public_url=args.public_url)
+                            task_ttl_hours=args.task_ttl_hours, public_url=args.public_url,
+                            enable_task_listing=args.enable_task_listing)
     config = engine_config(args)
     print(f"qasr: loading {config.model or 'the bundled demo model'} ...", file=sys.stderr, flush=True)
     engine = AsyncEngine(config)
@@ -119,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "bundled demo model)")
     server.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb,
                         help="largest audio upload; bigger ones get 413")
+    server.add_argument("--upload-timeout-s", type=float, default=defaults.upload_timeout_s,
+                        help="a request body that takes longer to arrive gets 408")
+    server.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars,
+                        help="longest prompt (context) a transcription request may send; longer gets 400")
     server.add_argument("--max-queued-requests", type=int, default=defaults.max_queued_requests,
                         help="requests that may wait beyond the engine's --max-num-seqs; more get 429")
     tasks = server.add_argument_group("DashScope-style file transcription tasks")
@@ -141,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="finished tasks and their results are deleted after this")
     tasks.add_argument("--public-url", default=None,
                        help="base URL of result links (default: from the request's Host and X-Forwarded-* headers)")
+    tasks.add_argument("--enable-task-listing", action="store_true",
+                       help="serve GET /api/v1/tasks, which lists every client's tasks (off: 403)")
     add_engine_options(server)
     server.set_defaults(run=serve)
 

@@ -1,7 +1,6 @@
 """DashScope's asynchronous file transcription (Qwen3-ASR-Flash-Filetrans, Paraformer), as the `dashscope` SDK
 calls it: submit a task, poll it, fetch the result document it points at, cancel it while PENDING."""
 
-import asyncio
 import math
 import time
 import uuid
@@ -9,13 +8,14 @@ import uuid
 from aiohttp import web
 
 from engine.languages import UnknownLanguageError, resolve_language
-from serve.errors import APIError
+from serve.errors import APIError, is_digits
 from serve.fetch import FetchError, check_url
 from serve.state import STATE, ServerState
 from serve.task_store import STATUSES, SUCCEEDED, Task, TaskRequest
 
 MAX_FILE_URLS = 100  # Paraformer's limit
 MAX_PAGE_SIZE = 100
+MAX_PAGE_NO = 1_000_000  # SQLite's OFFSET is a 64-bit integer
 
 
 def invalid(message: str, code: str = "InvalidParameter") -> APIError:
@@ -28,10 +28,10 @@ async def submit_task(request: web.Request) -> web.Response:
         raise invalid("This API runs asynchronously only: send the header 'X-DashScope-Async: enable'.")
     try:
         body = await request.json()
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
         raise invalid(f"The request body is not valid JSON: {error}.") from error
     task = Task(task_id=str(uuid.uuid4()), request=parse_task_request(body, state.model_names))
-    await asyncio.to_thread(state.tasks.add, task)  # in the database before the client hears of it
+    await state.tasks.run(state.tasks.add, task)  # in the database before the client hears of it
     state.worker.wake_up()
     return web.json_response({"request_id": _request_id(),
                               "output": {"task_id": task.task_id, "task_status": task.status}})
@@ -70,8 +70,9 @@ def parse_task_request(body: object, model_names: list[str]) -> TaskRequest:
     if not isinstance(parameters, dict):
         raise invalid('"parameters" must be a JSON object.')
     channels = parameters.get("channel_id", [0])
-    if (not isinstance(channels, list) or not channels or len(set(channels)) != len(channels)
-            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels)):
+    if (not isinstance(channels, list) or not channels
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels)
+            or len(set(channels)) != len(channels)):
         raise invalid(f'"parameters.channel_id" must be a list of distinct channel numbers (from 0), '
                       f'got {channels!r}.')
     for flag in ("enable_itn", "enable_words"):  # accepted; the model has neither a separate ITN nor word timing
@@ -110,7 +111,7 @@ async def get_result(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task = await _task(state, request.match_info["task_id"])
     index = request.match_info.get("index", "0")
-    entry = task.results[int(index)] if index.isdigit() and int(index) < len(task.results) else None
+    entry = task.results[int(index)] if is_digits(index) and int(index) < len(task.results) else None
     if entry is None or "document" not in entry:
         raise APIError(404, f"Task {task.task_id} has no result {index} (it is {task.status}).", code="NotFound")
     return web.json_response(entry["document"])
@@ -119,7 +120,7 @@ async def get_result(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task_id = request.match_info["task_id"]
-    canceled = await asyncio.to_thread(state.tasks.cancel, task_id)
+    canceled = await state.tasks.run(state.tasks.cancel, task_id)
     if canceled is None:
         task = await _task(state, task_id)
         raise APIError(400, f"Only PENDING tasks can be canceled; task {task_id} is {task.status}.",
@@ -132,15 +133,20 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def list_tasks(request: web.Request) -> web.Response:
     """`GET /api/v1/tasks?page_no=1&page_size=10&status=...&model_name=...`, newest first."""
     state = request.app[STATE]
+    if not state.options.enable_task_listing:
+        raise APIError(403, "Listing tasks is turned off on this server: it would show every client's tasks. Query "
+                       "a task by its id, or start the server with --enable-task-listing.", code="AccessDenied")
     query = request.query
     page_no, page_size = _positive(query, "page_no", 1), _positive(query, "page_size", 10)
     if page_size > MAX_PAGE_SIZE:
         raise invalid(f"page_size must be at most {MAX_PAGE_SIZE}.")
+    if page_no > MAX_PAGE_NO:
+        raise invalid(f"page_no must be at most {MAX_PAGE_NO}.")
     status = query.get("status") or None
     if status is not None and status not in STATUSES:
         raise invalid(f"Unknown status {status!r}; one of {', '.join(STATUSES)}.")
-    tasks, total = await asyncio.to_thread(state.tasks.page, status, query.get("model_name") or None,
-                                           (page_no - 1) * page_size, page_size)
+    tasks, total = await state.tasks.run(state.tasks.page, status, query.get("model_name") or None,
+                                         (page_no - 1) * page_size, page_size, read=True)
     data = [{"task_id": t.task_id, "model_name": t.request.model, "status": t.status,
              "gmt_create": _time(t.submit_time), "start_time": _time(t.scheduled_time),
              "end_time": _time(t.end_time)} for t in tasks]
@@ -174,7 +180,7 @@ def _output(task: Task, base_url: str) -> dict:
 
 
 async def _task(state: ServerState, task_id: str) -> Task:
-    task = await asyncio.to_thread(state.tasks.get, task_id)
+    task = await state.tasks.run(state.tasks.get, task_id, read=True)
     if task is None:
         raise APIError(404, f"Task {task_id!r} does not exist (or has expired).", code="NotFound")
     return task
@@ -203,7 +209,7 @@ def _positive(query, name: str, default: int) -> int:
     value = query.get(name)
     if value is None:
         return default
-    if not value.isdigit() or int(value) < 1:
+    if not is_digits(value) or int(value) < 1:
         raise invalid(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
 

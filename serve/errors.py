@@ -30,11 +30,18 @@ class APIError(Exception):
 
     @property
     def type(self) -> str:
+        if self.status == 429:
+            return "requests"  # OpenAI's type for its own rate limits, with code rate_limit_exceeded
         return "server_error" if self.status >= 500 else "invalid_request_error"
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def is_digits(text: str) -> bool:
+    """ASCII decimal digits only: str.isdigit() also takes "²", which int() rejects, and "٣", which it reads."""
+    return text.isascii() and text.isdigit()
 
 
 def error_body(error: APIError) -> dict:

@@ -1,19 +1,21 @@
 """Downloading a task's `file_url` without letting it reach into the server's own network (SSRF).
 
 Only http and https; at most `max_bytes`, counted while streaming; one deadline for the whole download, redirects
-included. Unless private addresses are allowed, every address a host name resolves to is checked before
-connecting (by the resolver the connection itself uses, so a second DNS answer cannot differ), IP literals in the
-URL likewise, and redirects are followed by hand so that each hop gets the same checks.
+included. Unless private addresses are allowed, every address the connection is about to use is checked inside the
+connector itself, after aiohttp's own parsing: the host as yarl normalised it (fullwidth digits, ideographic full
+stops and IDNA folded), resolved by DNS or read as an IP literal in any form the C library accepts (`2130706433`,
+`0x7f.1`), so a second DNS answer or a spelling the checks did not foresee cannot differ from what is connected to.
+Redirects are followed by hand so that each hop gets the same checks.
 """
 
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from collections.abc import Sequence
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.abc import ResolveResult
+from aiohttp.tracing import Trace
 from yarl import URL
 
 MAX_REDIRECTS = 5
@@ -35,17 +37,22 @@ class RefusedAddress(OSError):
     pass
 
 
-def check_url(url: str) -> None:
-    """What can be told without any network: the scheme and a host. Raises FetchError (code InvalidURL)."""
+def check_url(url: str) -> URL:
+    """What can be told without any network: the scheme and a host, parsed as aiohttp will parse them. Raises
+    FetchError (code InvalidURL)."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a malformed port
-    except ValueError as error:
+        parsed = URL(url)
+        parsed.port  # noqa: B018 -- raises ValueError for a malformed port
+    except (ValueError, TypeError) as error:
         raise FetchError(f"Invalid file URL {url!r}: {error}.", code="InvalidURL") from error
-    if parts.scheme.lower() not in ("http", "https"):
+    if parsed.scheme.lower() not in ("http", "https"):
         raise FetchError(f"Only http and https file URLs can be fetched, not {url!r}.", code="InvalidURL")
-    if not parts.hostname:
+    if not parsed.raw_host:
         raise FetchError(f"The file URL {url!r} has no host.", code="InvalidURL")
+    if not parsed.raw_host.isascii():
+        raise FetchError(f"The file URL {url!r} has a host that is not ASCII even after IDNA encoding.",
+                         code="InvalidURL")
+    return parsed
 
 
 def refusal(address: str) -> str | None:
@@ -59,23 +66,38 @@ def refusal(address: str) -> str | None:
     return None if ip.is_global else f"{address} is not a public address"
 
 
-class PublicResolver(AbstractResolver):
-    """Resolves as usual, then drops every address that `refusal` names; none left is an error."""
+def numeric_address(host: str) -> str | None:
+    """The IP address an IP literal names, in its plain form, as the C library reads it (inet_aton takes decimal,
+    octal, hex and shortened IPv4 forms such as `2130706433` or `0x7f.1`); None for a host name."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))  # an IPv6 zone id is dropped
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
 
-    def __init__(self) -> None:
-        self.inner = DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self.inner.resolve(host, port, family)
-        allowed = [result for result in results if refusal(result["host"]) is None]
+class PublicConnector(aiohttp.TCPConnector):
+    """Refuses every address `refusal` names, right where aiohttp turns a host into the addresses it connects to;
+    aiohttp never calls the resolver for an IP literal, so a resolver alone would miss those."""
+
+    async def _resolve_host(self, host: str, port: int,
+                            traces: Sequence[Trace] | None = None) -> list[ResolveResult]:
+        results = await super()._resolve_host(host, port, traces)
+        allowed, reasons = [], []
+        for result in results:
+            address = numeric_address(result["host"])
+            reason = f"{result['host']} is not an IP address" if address is None else refusal(address)
+            if reason is None:
+                allowed.append({**result, "host": address})  # connect to exactly what was checked
+            else:
+                reasons.append(reason)
         if not allowed:
-            reasons = "; ".join(dict.fromkeys(str(refusal(result["host"])) for result in results))
-            raise RefusedAddress(f"{host} resolves only to refused addresses: {reasons} {PRIVATE_HINT}")
+            raise RefusedAddress(f"{host} resolves only to refused addresses: {'; '.join(dict.fromkeys(reasons))} "
+                                 f"{PRIVATE_HINT}")
         return allowed
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 class Fetcher:
@@ -85,7 +107,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.allow_private = allow_private
-        connector = aiohttp.TCPConnector(resolver=None if allow_private else PublicResolver(), limit=64)
+        connector = (aiohttp.TCPConnector if allow_private else PublicConnector)(limit=64)
         # trust_env=False: the environment's proxy settings must not route around the address checks
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                              headers={"User-Agent": "qasr-filetrans"})
@@ -101,10 +123,9 @@ class Fetcher:
 
     async def _fetch(self, url: str) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(url)
-            host = urlsplit(url).hostname or ""
-            if not self.allow_private and _is_ip(host) and (reason := refusal(host)):
-                raise FetchError(f"Refused to fetch {url}: {reason} {PRIVATE_HINT}.")
+            address = numeric_address(check_url(url).raw_host or "")
+            if not self.allow_private and address is not None and (reason := refusal(address)):
+                raise FetchError(f"Refused to fetch {url}: {reason} {PRIVATE_HINT}.")  # early, with a plain message
             try:
                 async with self.session.get(url, allow_redirects=False) as response:
                     if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
@@ -135,10 +156,3 @@ class Fetcher:
         return FetchError(f"The file at {url} is larger than this server's limit of {self.max_bytes / (1 << 20):g} "
                           "MB (--max-fetch-mb).", code="FILE_TOO_LARGE")
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True

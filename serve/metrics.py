@@ -70,8 +70,13 @@ class Metrics:
             r.register(TaskCounts(tasks))
 
     def observe_success(self, result: Transcription, latency: float) -> None:
+        """An answered OpenAI request."""
         self.requests.labels("success").inc()
         self.e2e_latency.observe(latency)
+        self.observe_transcription(result)
+
+    def observe_transcription(self, result: Transcription) -> None:
+        """What the engine did for one finished transcription: an OpenAI request's, or one channel of a task's."""
         self.audio_duration.observe(result.duration)
         self.audio_seconds.inc(result.duration)
         m = result.metrics

@@ -12,16 +12,18 @@ from typing import IO
 
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from engine import RequestOutput, SamplingParams, Transcription
 from engine.audio import AudioError, AudioTooLongError, load_audio
 from engine.languages import UnknownLanguageError, language_code, resolve_language
-from serve.errors import APIError, bad_request, logger
+from serve.errors import APIError, bad_request, is_digits, logger
 from serve.formats import duration_usage, to_srt, to_verbose_json, to_vtt
 from serve.state import STATE, ServerState
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+OBSERVED = web.RequestKey("qasr_observed", bool)  # set on a request whose outcome is already in the metrics
 STREAM_FORMATS = ("json", "text")
 MAX_TEMPERATURE = 2.0
 
@@ -44,28 +46,38 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
     try:
         if state.engine_failed:
             raise engine_unavailable()
-        if state.in_flight >= state.max_in_flight:
-            raise APIError(429, f"The server is at capacity ({state.in_flight} requests in flight); retry later.",
-                           code="too_many_requests", retry_after=1)
+        _admit(state)  # before the upload too, not to read one only to refuse it
+        # only a read form counts toward the limit: uploads that stall must not lock every other client out
+        form = await _read_form(request, state)
+        _admit(state)
         state.in_flight += 1
         try:
-            return await _transcribe(request, state, started)
+            return await _transcribe(request, state, form, started)
         finally:
             state.in_flight -= 1
-    except APIError as error:
-        state.metrics.observe_failure("client_error" if error.status < 500 else "server_error")
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):  # the client hung up: the engine request is aborted
-        state.metrics.observe_failure("aborted")
-        raise
-    except Exception:
-        state.metrics.observe_failure("server_error")
+    except (Exception, asyncio.CancelledError) as error:
+        if not request.get(OBSERVED):  # e.g. a client that hangs up after a streamed error event
+            state.metrics.observe_failure(_failure_status(error))
         raise
 
 
-async def _transcribe(request: web.Request, state: ServerState, started: float) -> web.StreamResponse:
-    form = await _read_form(request, state)
-    params = parse_request(form, state.model_names)
+def _failure_status(error: BaseException) -> str:
+    if isinstance(error, APIError):
+        return "client_error" if error.status < 500 else "server_error"
+    if isinstance(error, asyncio.CancelledError | ConnectionResetError):  # the client hung up: its request is aborted
+        return "aborted"
+    return "server_error"
+
+
+def _admit(state: ServerState) -> None:
+    if state.in_flight >= state.max_in_flight:
+        raise APIError(429, f"The server is at capacity ({state.in_flight} requests in flight); retry later.",
+                       code="too_many_requests", retry_after=1)
+
+
+async def _transcribe(request: web.Request, state: ServerState, form: MultiDictProxy,
+                      started: float) -> web.StreamResponse:
+    params = parse_request(form, state.model_names, state.options.max_prompt_chars)
     samples = await asyncio.get_running_loop().run_in_executor(
         state.audio_pool, _read_audio, params.file, state.options.max_upload_bytes, state.options.max_audio_seconds)
     sampling = SamplingParams(temperature=params.temperature)
@@ -89,6 +101,7 @@ async def _transcribe(request: web.Request, state: ServerState, started: float) 
     return response
 
 
+
 async def _read_form(request: web.Request, state: ServerState) -> MultiDictProxy:
     limit = state.options.max_upload_bytes
     if request.content_length is not None and request.content_length > state.options.max_body_bytes:
@@ -96,14 +109,19 @@ async def _read_form(request: web.Request, state: ServerState) -> MultiDictProxy
     if request.content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise bad_request(f"Expected a multipart/form-data body, got {request.content_type!r}.")
     try:
-        return await request.post()
+        return await asyncio.wait_for(request.post(), state.options.upload_timeout_s)
+    except TimeoutError as error:
+        raise APIError(408, f"The request body did not arrive within {state.options.upload_timeout_s:g} s.",
+                       code="request_timeout") from error
     except web.HTTPRequestEntityTooLarge as error:
         raise too_large(limit) from error
-    except ValueError as error:
-        raise bad_request(f"Could not parse the multipart body: {error}") from error
+    # LookupError: an unknown charset; RuntimeError: an unknown Content-Transfer-Encoding; HttpProcessingError: a
+    # part's headers do not parse
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as error:
+        raise bad_request(f"Could not parse the form body: {error}") from error
 
 
-def parse_request(form: MultiDictProxy, model_names: list[str]) -> TranscriptionRequest:
+def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars: int) -> TranscriptionRequest:
     file = form.get("file")
     if file is None:
         raise bad_request("Missing required parameter: 'file'.", param="file")
@@ -144,11 +162,17 @@ def parse_request(form: MultiDictProxy, model_names: list[str]) -> Transcription
                           param="temperature")
 
     max_tokens = _text(form, "max_completion_tokens")
-    if max_tokens is not None and (not max_tokens.isdigit() or int(max_tokens) < 1):
+    if max_tokens is not None and (not is_digits(max_tokens) or int(max_tokens) < 1):
         raise bad_request(f"max_completion_tokens must be a positive integer, got {max_tokens!r}.",
                           param="max_completion_tokens")
 
-    return TranscriptionRequest(file=file.file, model=model, language=language, prompt=_text(form, "prompt") or "",
+    # the engine tokenizes the prompt on its own thread, where a huge one would stall every request
+    prompt = _text(form, "prompt") or ""
+    if len(prompt) > max_prompt_chars:
+        raise bad_request(f"prompt is {len(prompt)} characters long; at most {max_prompt_chars} are allowed.",
+                          param="prompt", code="prompt_too_long")
+
+    return TranscriptionRequest(file=file.file, model=model, language=language, prompt=prompt,
                                 response_format=response_format, temperature=temperature, stream=stream,
                                 max_tokens=int(max_tokens) if max_tokens else None)
 
@@ -212,7 +236,8 @@ async def _stream_events(request: web.Request, state: ServerState, outputs: Asyn
         result = _result(output)
     except (ValueError, RuntimeError) as failure:
         error = engine_failure(state, failure)
-        state.metrics.observe_failure("client_error" if error.status < 500 else "server_error")
+        state.metrics.observe_failure(_failure_status(error))
+        request[OBSERVED] = True
         await _send(response, {"error": {"message": error.message, "type": error.type, "param": error.param,
                                          "code": error.code}})
         await response.write_eof()

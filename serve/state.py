@@ -20,6 +20,8 @@ class ServerOptions:
     served_model_names: list[str] = field(default_factory=list)  # empty: a name derived from the model
     max_upload_mb: float = 25.0  # OpenAI's and vLLM's limit
     max_queued_requests: int = 1024  # requests beyond the engine's max_num_seqs that may wait; more get 429
+    max_prompt_chars: int = 4096  # a longer `prompt` (context) is a 400
+    upload_timeout_s: float = 60.0  # a transcription request's whole body must arrive within this, or 408
     # DashScope-style file transcription tasks
     # a SQLite file (":memory:": this process only), or postgresql://... for replicas on several hosts
     task_db: str = ".qasr/tasks.sqlite3"
@@ -31,13 +33,15 @@ class ServerOptions:
     task_lease_s: float = 30.0  # a RUNNING task whose server stops renewing for this long runs again elsewhere
     task_ttl_hours: float = 24.0  # finished tasks and their results are deleted after this, as DashScope does
     public_url: str | None = None  # base of result URLs; None: from the request's Host and X-Forwarded-* headers
+    # GET /api/v1/tasks shows every client's tasks (their file URLs, presigned credentials included): off unless asked
+    enable_task_listing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_fetch_mb", "fetch_timeout_s", "max_audio_seconds", "task_lease_s",
-                     "task_ttl_hours"):
+        for name in ("max_upload_mb", "upload_timeout_s", "max_fetch_mb", "fetch_timeout_s", "max_audio_seconds",
+                     "task_lease_s", "task_ttl_hours"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_queued_requests", "max_running_tasks"):
+        for name in ("max_queued_requests", "max_running_tasks", "max_prompt_chars"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -67,7 +71,7 @@ class ServerState:
     tasks: SqlTaskStore
     worker: TaskWorker
     created: int = field(default_factory=lambda: int(time.time()))
-    in_flight: int = 0  # transcription requests accepted and not yet answered
+    in_flight: int = 0  # transcription requests whose form was read, not yet answered
 
     @property
     def max_in_flight(self) -> int:

@@ -6,19 +6,29 @@ caller still runs, and `requeue_expired` hands the tasks of a replica that stopp
 PENDING. `finish` only lands while the caller still owns the task, so a task is never finished twice. The statements
 live once, in `SqlTaskStore`; `TaskStore` (SQLite, here) and `PostgresTaskStore` (task_store_postgres.py) only
 connect and name their few dialect differences. `open_task_store` picks one from `--task-db`.
+
+The event loop calls the store through `run`, on the store's own small thread pools (one for writes, one for reads):
+never on asyncio's default executor, which aiohttp needs for DNS and for spooling large uploads to disk, and which a
+database that stopped answering would otherwise fill.
 """
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 # DashScope's TaskStatus values; SUSPENDED and UNKNOWN never occur here
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"
 STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED)
 FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELED)
+T = TypeVar("T")
 
 # SQLite's; PostgreSQL reads it too, with DOUBLE PRECISION for REAL (its REAL has 24 bits: seconds, not ms)
 SCHEMA = """
@@ -81,20 +91,37 @@ class SqlTaskStore:
 
     def __init__(self, max_attempts: int = 3):
         self.max_attempts = max_attempts
+        # writes go through one connection under a lock anyway: more threads would only queue on it
+        self.writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qasr-store-write")
+        self.reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qasr-store-read")
+
+    async def run(self, call: Callable[..., T], *args: object, read: bool = False) -> T:
+        """`call(*args)` (a method of this store, or anything that reads it with read=True) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.reads if read else self.writes, call, *args)
 
     def close(self) -> None:
+        """Waits for the calls in flight, then closes the connections; blocking: not on the event loop."""
+        self.writes.shutdown(wait=True, cancel_futures=True)
+        self.reads.shutdown(wait=True, cancel_futures=True)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         raise NotImplementedError
 
     def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
         """Runs one statement in its own transaction (safe from any thread) and returns its rows."""
         raise NotImplementedError
 
+    def _query(self, sql: str, args: tuple | list) -> list[tuple]:
+        """A read-only `_execute`, which a store may run on a connection of its own."""
+        return self._execute(sql, args)
+
     def add(self, task: Task) -> None:
         self._execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                       _row(task))
 
     def get(self, task_id: str) -> Task | None:
-        rows = self._execute(f"SELECT {', '.join(COLUMNS)} FROM tasks WHERE task_id = ?", (task_id,))
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM tasks WHERE task_id = ?", (task_id,))
         return _task(rows[0]) if rows else None
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Task]:
@@ -110,11 +137,16 @@ class SqlTaskStore:
             (RUNNING, owner, lease_seconds, time.time(), PENDING, limit))
         return sorted((_task(row) for row in rows), key=lambda task: task.submit_time)
 
-    def renew(self, owner: str, task_ids: list[str], lease_seconds: float) -> None:
+    def renew(self, owner: str, task_ids: list[str], lease_seconds: float) -> set[str]:
+        """Extends the leases of the given tasks the owner still holds; returns those (the rest it lost)."""
+        owned = set()
         for start in range(0, len(task_ids), 500):  # SQLite caps the number of bound parameters
             chunk = task_ids[start:start + 500]
-            self._execute(f"UPDATE tasks SET lease_until = {self.NOW} + ? WHERE owner = ? AND status = ? AND "
-                          f"task_id IN ({', '.join('?' * len(chunk))})", (lease_seconds, owner, RUNNING, *chunk))
+            rows = self._execute(f"UPDATE tasks SET lease_until = {self.NOW} + ? WHERE owner = ? AND status = ? AND "
+                                 f"task_id IN ({', '.join('?' * len(chunk))}) RETURNING task_id",
+                                 (lease_seconds, owner, RUNNING, *chunk))
+            owned.update(row[0] for row in rows)
+        return owned
 
     def finish(self, task: Task) -> bool:
         """Writes the task's final status and results if its owner still holds it; False if it lost the task."""
@@ -130,6 +162,13 @@ class SqlTaskStore:
         for task_id in task_ids:
             self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL, attempts = attempts - 1 "
                           "WHERE task_id = ? AND owner = ? AND status = ?", (PENDING, task_id, owner, RUNNING))
+
+    def release_owner(self, owner: str) -> int:
+        """`release` of every task RUNNING under `owner`, also those it claimed but never learnt of (a claim
+        interrupted by the shutdown may still have committed). Returns how many."""
+        return len(self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL, "
+                                 "attempts = attempts - 1 WHERE owner = ? AND status = ? RETURNING task_id",
+                                 (PENDING, owner, RUNNING)))
 
     def requeue_expired(self) -> list[Task]:
         """RUNNING tasks whose lease ran out (the owner died) go back to PENDING, or FAIL after max_attempts
@@ -166,43 +205,58 @@ class SqlTaskStore:
             where.append(f"{self.MODEL} = ?")
             args.append(model)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        total = self._execute(f"SELECT COUNT(*) FROM tasks{clause}", args)[0][0]
-        rows = self._execute(f"SELECT {', '.join(COLUMNS)} FROM tasks{clause} ORDER BY submit_time DESC "
+        total = self._query(f"SELECT COUNT(*) FROM tasks{clause}", args)[0][0]
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM tasks{clause} ORDER BY submit_time DESC "
                              "LIMIT ? OFFSET ?", (*args, limit, offset))
         return [_task(row) for row in rows], total
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        counts.update(self._execute("SELECT status, COUNT(*) FROM tasks GROUP BY status", ()))
+        counts.update(self._query("SELECT status, COUNT(*) FROM tasks GROUP BY status", ()))
         return counts
 
 
 class TaskStore(SqlTaskStore):
     """Tasks in one SQLite file (WAL, fully synced: an accepted task survives a crash); safe from any thread, and
-    shared safely by the server processes of one host (SQLite's locks do not hold over network file systems)."""
+    shared safely by the server processes of one host (SQLite's locks do not hold over network file systems). Reads
+    have a connection of their own: in WAL mode they never wait for a writer, here not for ours either."""
 
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # millisecond resolution
     MODEL = "json_extract(request, '$.model')"
+    # another process's write makes ours wait this long at most, then fail (the worker retries on its next round):
+    # well under a lease, so a stuck writer cannot make a renew late
+    BUSY_TIMEOUT_S = 5.0
 
     def __init__(self, path: str | Path, max_attempts: int = 3):
         super().__init__(max_attempts)
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        # autocommit: each statement is its own transaction; the busy timeout waits out other processes' writes
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db = self._connect(path)
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+        # ":memory:" is a new database on every connection
+        self.read_lock, self.reader = ((self.lock, self.db) if str(path) == ":memory:" else
+                                       (threading.Lock(), self._connect(path)))
 
-    def close(self) -> None:
-        with self.lock:
+    def _connect(self, path: str | Path) -> sqlite3.Connection:
+        # autocommit: each statement is its own transaction
+        return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=self.BUSY_TIMEOUT_S)
+
+    def _disconnect(self) -> None:
+        with self.lock, self.read_lock if self.read_lock is not self.lock else contextlib.nullcontext():
             self.db.close()
+            self.reader.close()
 
     def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
         with self.lock:
             return self.db.execute(sql, args).fetchall()
+
+    def _query(self, sql: str, args: tuple | list) -> list[tuple]:
+        with self.read_lock:
+            return self.reader.execute(sql, args).fetchall()
 
 
 def open_task_store(url: str | Path, max_attempts: int = 3) -> SqlTaskStore:

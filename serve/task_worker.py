@@ -52,7 +52,8 @@ class TaskWorker:
         self.metrics = metrics
         self.audio_pool = audio_pool
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.running: dict[str, asyncio.Task] = {}
+        self.running: dict[str, asyncio.Task] = {}  # claimed and not yet finished (or given up)
+        self.finishing: set[str] = set()  # of those, the ones whose final status is being written
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
         self.fetcher: Fetcher | None = None
@@ -63,17 +64,22 @@ class TaskWorker:
         self.loop_task = asyncio.create_task(self._loop(), name="qasr-task-worker")
 
     async def stop(self) -> None:
-        """Stops claiming, abandons the tasks in flight (cancelling aborts their engine requests) and puts them
-        back to PENDING, so the next server to start runs them."""
+        """Stops claiming, abandons the tasks in flight (cancelling aborts their engine requests), lets a finish
+        already being written land, and puts every task still RUNNING under this owner back to PENDING, so the next
+        server to start runs them."""
         if self.loop_task is not None:
             self.loop_task.cancel()
             await asyncio.gather(self.loop_task, return_exceptions=True)
-        abandoned = list(self.running)
-        for task in self.running.values():
-            task.cancel()
+        for task_id, task in self.running.items():
+            if task_id not in self.finishing:
+                task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
-        if abandoned:
-            await asyncio.to_thread(self.store.release, self.owner, abandoned)
+        # every task, not just self.running: a claim the cancel interrupted still commits on its thread. The store's
+        # single write thread runs this after that claim.
+        try:
+            await self.store.run(self.store.release_owner, self.owner)
+        except Exception:  # the database is gone: the leases run out instead
+            logger.exception("could not hand back this server's tasks")
         if self.fetcher is not None:
             await self.fetcher.close()
 
@@ -90,7 +96,7 @@ class TaskWorker:
                     housekeeping_due = time.monotonic() + self.options.task_lease_s / 3
                 free = self.options.max_running_tasks - len(self.running)
                 if free > 0 and self.engine.is_running:
-                    for task in await asyncio.to_thread(self.store.claim, self.owner, free, self.options.task_lease_s):
+                    for task in await self.store.run(self.store.claim, self.owner, free, self.options.task_lease_s):
                         self.running[task.task_id] = asyncio.create_task(self._run(task))
             except Exception:  # e.g. the database stayed locked: try again on the next round
                 logger.exception("the task worker's round failed")
@@ -99,36 +105,46 @@ class TaskWorker:
 
     async def _housekeeping(self) -> None:
         if self.running:
-            await asyncio.to_thread(self.store.renew, self.owner, list(self.running), self.options.task_lease_s)
-        for task in await asyncio.to_thread(self.store.requeue_expired):
+            renewing = list(self.running)
+            owned = await self.store.run(self.store.renew, self.owner, renewing, self.options.task_lease_s)
+            for task_id in set(renewing) - owned:
+                # the lease ran out (this server stalled) and the task was requeued, maybe to another replica:
+                # stop spending the engine on it; its finish could not land anyway
+                if task_id in self.running and task_id not in self.finishing:
+                    logger.warning("task %s: lost its lease; abandoning it", task_id)
+                    self.running[task_id].cancel()
+        for task in await self.store.run(self.store.requeue_expired):
             logger.warning("task %s failed: %s", task.task_id, task.message)
             self.metrics.observe_task(task)
-        await asyncio.to_thread(self.store.purge, time.time() - self.options.task_ttl_hours * 3600)
+        await self.store.run(self.store.purge, time.time() - self.options.task_ttl_hours * 3600)
 
     async def _run(self, task: Task) -> None:
         try:
-            files = await asyncio.gather(*(self._file(task.request, url) for url in task.request.file_urls))
-            task.results = [entry for entry, _ in files]
-            task.audio_seconds = sum(seconds for _, seconds in files)
-            failures = [entry for entry in task.results if entry["status"] == FAILED]
-            task.status = FAILED if len(failures) == len(files) else SUCCEEDED
-            if task.status == FAILED:
-                task.code, task.message = failures[0]["code"], failures[0]["message"]
-        except Exception as error:
-            if not self.engine.is_running:  # not the task's fault: leave it to a server whose engine works
-                await asyncio.to_thread(self.store.release, self.owner, [task.task_id])
-                return
-            logger.exception("task %s failed", task.task_id)
-            task.status, task.code = FAILED, "InternalError"
-            task.message = f"The server failed while processing the task: {type(error).__name__}."
+            try:
+                files = await asyncio.gather(*(self._file(task.request, url) for url in task.request.file_urls))
+                task.results = [entry for entry, _ in files]
+                task.audio_seconds = sum(seconds for _, seconds in files)
+                failures = [entry for entry in task.results if entry["status"] == FAILED]
+                task.status = FAILED if len(failures) == len(files) else SUCCEEDED
+                if task.status == FAILED:
+                    task.code, task.message = failures[0]["code"], failures[0]["message"]
+            except Exception as error:
+                if not self.engine.is_running:  # not the task's fault: leave it to a server whose engine works
+                    await self.store.run(self.store.release, self.owner, [task.task_id])
+                    return
+                logger.exception("task %s failed", task.task_id)
+                task.status, task.code = FAILED, "InternalError"
+                task.message = f"The server failed while processing the task: {type(error).__name__}."
+            task.end_time = time.time()
+            self.finishing.add(task.task_id)  # from here on stop() waits for the finish instead of cancelling it
+            if await self.store.run(self.store.finish, task):
+                self.metrics.observe_task(task)
+            else:
+                logger.warning("task %s was taken over by another worker before it finished here", task.task_id)
         finally:
+            self.finishing.discard(task.task_id)
             self.running.pop(task.task_id, None)
             self.wake.set()
-        task.end_time = time.time()
-        if await asyncio.to_thread(self.store.finish, task):
-            self.metrics.observe_task(task)
-        else:
-            logger.warning("task %s was taken over by another worker before it finished here", task.task_id)
 
     async def _file(self, request: TaskRequest, url: str) -> tuple[dict, float]:
         """One file's entry of the task's results and the seconds of audio it billed."""
@@ -138,7 +154,7 @@ class TaskWorker:
             decoded = await asyncio.get_running_loop().run_in_executor(
                 self.audio_pool, decode, data, request.channels, self.options.max_audio_seconds)
             del data
-            results = await asyncio.gather(*(self.engine.transcribe(samples, request.language)
+            results = await asyncio.gather(*(self._transcribe(samples, request.language)
                                              for samples in decoded.channels))
         except FetchError as error:
             return _failure(url, error.code, error.message), 0.0
@@ -152,6 +168,12 @@ class TaskWorker:
         if not any(result.text for result in results):
             entry["code"] = "SUCCESS_WITH_NO_VALID_FRAGMENT"
         return entry, sum(result.duration for result in results)
+
+
+    async def _transcribe(self, samples: np.ndarray, language: str | None) -> Transcription:
+        result = await self.engine.transcribe(samples, language)
+        self.metrics.observe_transcription(result)  # each channel once, as it finishes
+        return result
 
 
 def decode(data: bytes, channels: list[int], max_seconds: float) -> DecodedFile:

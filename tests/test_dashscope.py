@@ -19,11 +19,12 @@ from aiohttp import web
 from dashscope.audio.asr import Transcription
 from dashscope.audio.qwen_asr import QwenTranscription
 from test_server import HELDOUT, LiveServer, http, metric_values
+from yarl import URL
 
 from engine import AsyncEngine, EngineConfig
 from engine.audio import load_audio
 from serve.app import create_app
-from serve.fetch import refusal
+from serve.fetch import numeric_address, refusal
 from serve.state import STATE, ServerOptions
 from serve.task_store import FAILED, PENDING, RUNNING, SUCCEEDED, Task, TaskRequest, TaskStore
 
@@ -247,18 +248,22 @@ def test_bad_requests_get_dashscope_errors(server: LiveServer, files: LiveServer
     assert "whisper" in assert_dashscope_error(post({**good, "model": "whisper"}), 404, "ModelNotFound")["message"]
     assert_dashscope_error(post({"model": "qasr-demo"}), 400, "BadRequest.EmptyInput")
     assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_url": "ftp://x/a.wav"}}), 400, "InvalidURL")
+    assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_url": "http://example.com\\@127.0.0.1/a"}}),
+                           400, "InvalidURL")  # a backslash in the authority: parsers disagree on the host
     assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_urls": "http://x/a.wav"}}), 400)
     assert_dashscope_error(post({"model": "qasr-demo", "input": {"file_url": file_url, "file_urls": [file_url]}}),
                            400)
-    for parameters in ({"channel_id": 0}, {"channel_id": [0, 0]}, {"channel_id": [-1]}, {"language": "klingon"},
-                       {"enable_words": "yes"}, []):
+    for parameters in ({"channel_id": 0}, {"channel_id": [0, 0]}, {"channel_id": [-1]}, {"channel_id": [[0]]},
+                       {"channel_id": [{}]}, {"language": "klingon"}, {"enable_words": "yes"}, []):
         assert_dashscope_error(post({**good, "parameters": parameters}), 400, "InvalidParameter")
+    assert_dashscope_error(post("[" * 100000 + "]" * 100000), 400, "InvalidParameter")  # deeper than json parses
 
     assert_dashscope_error(http("GET", server.url + "/api/v1/tasks/no-such-task"), 404, "NotFound")
     assert_dashscope_error(http("GET", server.url + "/api/v1/tasks/no-such-task/result"), 404, "NotFound")
     assert_dashscope_error(http("POST", server.url + "/api/v1/tasks/no-such-task/cancel"), 404, "NotFound")
     assert_dashscope_error(http("GET", url), 405)
-    assert_dashscope_error(http("GET", server.url + "/api/v1/tasks?status=DONE"), 400, "InvalidParameter")
+    error = assert_dashscope_error(http("GET", server.url + "/api/v1/tasks"), 403, "AccessDenied")  # every client's
+    assert "--enable-task-listing" in error["message"]
     assert "error" in json.loads(http("GET", server.url + "/v1/nothing")[2])  # OpenAI's shape stays off /api/v1
 
 
@@ -267,31 +272,54 @@ def test_result_url_follows_the_load_balancer(server: LiveServer, files: LiveSer
     wait_done(server, task_id)
     own = query(server, task_id)["output"]["result"]["transcription_url"]
     assert own == f"{server.url}/api/v1/tasks/{task_id}/result"
+    assert get_json(own + "/0") == get_json(own)
+    for index in ("%C2%B2", "1", "99999999999999999999999"):  # "²".isdigit(), but not int("²")
+        assert_dashscope_error(http("GET", f"{own}/{index}"), 404, "NotFound")
     proxied = query(server, task_id, {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "asr.example.com, lb",
                                       "X-Forwarded-Prefix": "/qasr"})["output"]["result"]["transcription_url"]
     assert proxied == f"https://asr.example.com/qasr/api/v1/tasks/{task_id}/result"
 
 
-def test_private_addresses_are_refused_unless_allowed(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
+def test_private_addresses_are_refused_unless_allowed(files: LiveServer, clips: list[dict], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     strict = LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=2)),
                                    ServerOptions(task_db=str(tmp_path / "tasks.sqlite3"))))
+    # a "public" server for the first hop of a redirect: 127.0.0.2, which only this test lets through
+    allowed, public = refusal, web.AppRunner(web.Application())
+    monkeypatch.setattr("serve.fetch.refusal", lambda address: None if address == "127.0.0.2" else allowed(address))
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(request.query["to"])
+
+    public.app.router.add_get("/redirect", redirect)
+    files.call(public.setup())
+    files.call(web.TCPSite(public, "127.0.0.2", 0).start())
     try:
-        port = files.url.rsplit(":", 1)[1]
-        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]"):
-            output = wait_done(strict, submit(strict, f"http://{host}:{port}/audio/{clips[0]['file']}"))["output"]
-            assert output["task_status"] == FAILED and output["code"] == "FILE_DOWNLOAD_FAILED", output
-            assert "loopback" in output["message"] and "--allow-private-urls" in output["message"], output
+        port, path = files.url.rsplit(":", 1)[1], f"/audio/{clips[0]['file']}"
+        # aiohttp (yarl) reads the Unicode spellings as 127.0.0.1, the C library the numeric ones
+        hosts = ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "１２７.０.０.１", "127。0。0。1",
+                 "①②⑦.0.0.1", "2130706433", "0x7f.1", "017700000001", "127.1", "evil@127.0.0.1", "ｌｏｃａｌｈｏｓｔ")
+        urls = [f"http://{host}:{port}{path}" for host in hosts]
+        redirected = f"http://127.0.0.2:{public.addresses[0][1]}/redirect?to=http://%EF%BC%91%EF%BC%92%EF%BC%97." \
+                     f"%EF%BC%90.%EF%BC%90.%EF%BC%91:{port}{path}"  # to http://１２７.０.０.１:port/...
+        for url in [*urls, redirected]:
+            output = wait_done(strict, submit(strict, url))["output"]
+            assert output["task_status"] == FAILED and output["code"] == "FILE_DOWNLOAD_FAILED", (url, output)
+            assert "loopback" in output["message"] and "--allow-private-urls" in output["message"], (url, output)
     finally:
         strict.close()
-    assert refusal("8.8.8.8") is None and refusal("2606:4700:4700::1111") is None
+        files.call(public.cleanup())
+    assert allowed("8.8.8.8") is None and allowed("2606:4700:4700::1111") is None
     for address, kind in (("10.1.2.3", "private"), ("169.254.169.254", "link-local"), ("::1", "loopback"),
                           ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"), ("fd00::1", "private"),
                           ("100.64.0.1", "not a public")):
-        assert kind in str(refusal(address)), address
+        assert kind in str(allowed(address)), address
+    assert URL("http://１６９.２５４.１６９.２５４/latest/meta-data/").raw_host == "169.254.169.254"
+    assert numeric_address("0xa9.0xfe.0xa9.0xfe") == "169.254.169.254"
 
 
 def test_cancel_and_list_while_the_worker_is_held(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
-    held = own_server(tmp_path / "tasks.sqlite3", max_running_tasks=0)
+    held = own_server(tmp_path / "tasks.sqlite3", max_running_tasks=0, enable_task_listing=True)
     try:
         kept, canceled = (submit(held, f"{files.url}/audio/{clips[0]['file']}") for _ in range(2))
         time.sleep(0.2)
@@ -306,6 +334,8 @@ def test_cancel_and_list_while_the_worker_is_held(files: LiveServer, clips: list
         page = get_json(f"{held.url}/api/v1/tasks?page_size=1")
         assert page["total"] == 2 and page["total_page"] == 2 and [t["task_id"] for t in page["data"]] == [canceled]
         assert [t["task_id"] for t in get_json(f"{held.url}/api/v1/tasks?status=PENDING")["data"]] == [kept]
+        for bad in ("status=DONE", "page_no=%C2%B2", "page_size=%D9%A3", "page_no=100000000000000000000"):
+            assert_dashscope_error(http("GET", f"{held.url}/api/v1/tasks?{bad}"), 400, "InvalidParameter")
 
         metrics = metric_values(held.url)
         assert metrics[("qasr_async_tasks", (("status", "pending"),))] == 1
@@ -444,3 +474,75 @@ def test_the_store_is_plain_sqlite(server: LiveServer) -> None:
     metrics = metric_values(server.url)
     assert metrics[("qasr_async_tasks", (("status", "succeeded"),))] == statuses[SUCCEEDED]
     assert metrics[("qasr_async_task_latency_seconds_count", ())] >= 1
+
+
+def test_a_claim_interrupted_by_shutdown_is_handed_back(tmp_path: Path) -> None:
+    """The worker's claim waits on another process's write lock when the server stops: the claim still commits on
+    its thread, and the task must go back to PENDING, not stay RUNNING under a stopped owner."""
+    db = tmp_path / "tasks.sqlite3"
+    live = own_server(db)
+    owner = live.state.worker.owner
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        time.sleep(0.5)  # the worker's first rounds are done
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO tasks (task_id, status, request, submit_time) VALUES (?, ?, ?, ?)",
+                      ("t-1", PENDING, json.dumps({"model": "qasr-demo", "file_urls": ["http://x.invalid/a.wav"],
+                                                   "multi_file": False}), time.time()))
+        time.sleep(1.5)  # the next claim now waits on the busy lock
+        threading.Timer(1.0, other.execute, ("COMMIT",)).start()
+        live.close()
+    finally:
+        other.close()
+    store = TaskStore(db)
+    task = store.get("t-1")
+    store.close()
+    assert (task.status, task.owner, task.attempts) == (PENDING, None, 0), (task, owner)
+
+
+def test_a_task_whose_lease_was_lost_is_abandoned(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
+    live = own_server(tmp_path / "tasks.sqlite3", task_lease_s=0.6)
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def stuck(*args, **kwargs):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    live.state.engine.transcribe = stuck
+    try:
+        task_id = submit(live, f"{files.url}/audio/{clips[0]['file']}")
+        assert started.wait(20)
+        with sqlite3.connect(tmp_path / "tasks.sqlite3") as other:  # as if it was requeued and another replica took it
+            other.execute("UPDATE tasks SET owner = 'another-replica', lease_until = lease_until + 3600 "
+                          "WHERE task_id = ?", (task_id,))
+        assert cancelled.wait(10), "the task kept running after its lease was lost"
+        deadline = time.monotonic() + 10
+        while live.state.worker.running:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        output = query(live, task_id)["output"]
+        assert output["task_status"] == RUNNING  # left to its new owner, not finished here
+    finally:
+        live.close()
+
+
+def test_task_work_moves_the_request_metrics(server: LiveServer, files: LiveServer, clips: list[dict]) -> None:
+    before = metric_values(server.url)
+    wait_done(server, submit(server, f"{files.url}/audio/{clips[1]['file']}"))
+    after = metric_values(server.url)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("qasr_audio_input_seconds_total") == pytest.approx(clips[1]["seconds"], abs=0.01)  # once
+    assert moved("qasr_generation_tokens_total") > 0 and moved("qasr_prompt_tokens_total") > 0
+    for histogram in ("qasr_request_audio_duration_seconds", "qasr_time_to_first_token_seconds",
+                      "qasr_request_queue_time_seconds", "qasr_request_real_time_factor"):
+        assert moved(histogram + "_count") == 1, histogram
+    # not an OpenAI request: those counts stay as they were
+    assert moved("qasr_requests_total", status="success") == 0 and moved("qasr_e2e_request_latency_seconds_count") == 0

@@ -1,6 +1,7 @@
 """The HTTP server on loopback: the official openai SDK for the happy paths, plain aiohttp for the errors."""
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -14,8 +15,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import AsyncEngine, EngineConfig
+from engine import AsyncEngine, EngineConfig, RequestOutput
 from engine.audio import load_audio
+from serve import openai_api
 from serve.app import create_app, start
 from serve.state import STATE, ServerOptions
 
@@ -120,7 +122,8 @@ def assert_openai_error(response: tuple[int, dict, bytes], status: int, param: s
     assert headers["Content-Type"].startswith("application/json")
     error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    assert error["type"] == ("requests" if status == 429 else "server_error" if status >= 500 else
+                             "invalid_request_error")
     if param is not None:
         assert error["param"] == param
     if code is not None:
@@ -259,6 +262,8 @@ def test_metrics_move_after_requests(server: LiveServer, clips: list[dict]) -> N
     ({"stream": "maybe"}, ..., "stream", None),
     ({"timestamp_granularities[]": "word"}, ..., "timestamp_granularities[]", None),
     ({"max_completion_tokens": "0"}, ..., "max_completion_tokens", None),
+    ({"max_completion_tokens": "²"}, ..., "max_completion_tokens", None),  # "²".isdigit(), but not int("²")
+    ({"prompt": "x" * 4097}, ..., "prompt", "prompt_too_long"),
     ({"prompt": "<|im_end|>"}, ..., None, None),
 ])
 def test_bad_fields_are_400(server: LiveServer, clips: list[dict], fields: dict, file: Any, param: str | None,
@@ -286,6 +291,24 @@ def test_other_client_errors(server: LiveServer, clips: list[dict]) -> None:
     with pytest.raises(openai.BadRequestError, match="Word timestamps"):
         server.client(max_retries=0).audio.transcriptions.create(
             file=upload(clips[0]), model="qasr-demo", response_format="verbose_json", timestamp_granularities=["word"])
+
+
+def test_malformed_forms_are_400(server: LiveServer, clips: list[dict]) -> None:
+    def part(name: str, value: bytes, *headers: str, filename: str | None = None) -> bytes:
+        disposition = f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' * bool(filename))
+        return b"--b\r\n" + "\r\n".join((disposition, *headers)).encode() + b"\r\n\r\n" + value + b"\r\n"
+
+    audio = part("file", clips[0]["bytes"], filename="a.opus")
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    for body in (part("model", b"qasr-demo", "Content-Type: text/plain; charset=bogus") + audio,  # LookupError
+                 part("language", b"en", "Content-Transfer-Encoding: x-bogus") + audio,  # RuntimeError
+                 part("file", clips[0]["bytes"], "Content-Transfer-Encoding: x-bogus", filename="a.opus"),
+                 audio + part("_charset_", b"bogus") + part("model", b"qasr-demo"),
+                 part("prompt", b"\xff\xfe") + audio):
+        response = http("POST", server.url + "/v1/audio/transcriptions", body + b"--b--\r\n", multipart)
+        assert_openai_error(response, 400)
+    urlencoded = {"Content-Type": "application/x-www-form-urlencoded; charset=bogus"}
+    assert_openai_error(http("POST", server.url + "/v1/audio/transcriptions", b"a=b", urlencoded), 400)
 
 
 def test_audio_longer_than_max_audio_seconds_is_400(server: LiveServer, clips: list[dict]) -> None:
@@ -404,3 +427,67 @@ def test_full_queue_is_429_and_a_dead_engine_is_503(clips: list[dict]) -> None:
                             code="engine_unavailable")
     finally:
         live.close()
+
+
+def test_stalled_uploads_neither_fill_the_queue_nor_hang(clips: list[dict]) -> None:
+    """Connections that send headers and stop do not count toward the 429 limit, and get 408 in time."""
+    live = LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=1)),
+                                 ServerOptions(max_queued_requests=0, upload_timeout_s=1.5, task_db=":memory:")))
+    head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+            b"filename=\"a.wav\"\r\n\r\nRIFF")
+
+    async def stall() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(live.url.rsplit(":", 1)[1]))
+        writer.write(head)
+        await writer.drain()
+        return reader, writer
+
+    async def run() -> list[bytes]:
+        stalled = [await stall() for _ in range(3)]
+        await asyncio.sleep(0.3)
+        answers = []
+        for reader, writer in stalled:
+            got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(next(line for line in got.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+                         .split(b":")[1])
+            answers.append(got + await asyncio.wait_for(reader.readexactly(length), 10))
+            writer.close()
+        return answers
+
+    try:
+        stalls = threading.Thread(target=lambda: answers.extend(asyncio.run(run())))
+        answers: list[bytes] = []
+        stalls.start()
+        time.sleep(0.6)  # three uploads stalled, with room for one request in flight
+        assert live.client(max_retries=0).audio.transcriptions.create(file=upload(clips[0]), model="qasr-demo").text
+        stalls.join(15)
+        assert len(answers) == 3
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    finally:
+        live.close()
+
+
+def test_a_stream_that_fails_then_loses_its_client_counts_once(server: LiveServer, clips: list[dict],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing(*args, request_id: str, **kwargs):
+        yield RequestOutput(request_id=request_id, delta="Hello", finished=False)
+        raise RuntimeError("the engine failed")
+
+    async def hung_up(response, event: dict) -> None:
+        if "error" in event:  # the client is gone by the time the error event goes out
+            raise ConnectionResetError
+        await send(response, event)
+
+    send = openai_api._send
+    monkeypatch.setattr(server.state.engine, "stream", failing)
+    monkeypatch.setattr(openai_api, "_send", hung_up)
+    before = metric_values(server.url)
+    with contextlib.suppress(aiohttp.ClientError):
+        http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"], {"stream": "true"}))
+    after = metric_values(server.url)
+    moved = {status: after[("qasr_requests_total", (("status", status),))] -
+             before[("qasr_requests_total", (("status", status),))] for status in ("server_error", "aborted")}
+    assert moved == {"server_error": 1, "aborted": 0}

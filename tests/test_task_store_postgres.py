@@ -1,6 +1,7 @@
 """The task store's contract, checked against SQLite and against a real throwaway PostgreSQL server by the same
 tests; then PostgreSQL's own cases, and two servers sharing one PostgreSQL database."""
 
+import asyncio
 import dataclasses
 import glob
 import json
@@ -8,6 +9,7 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -404,10 +406,66 @@ def test_two_servers_on_one_postgres_database_run_each_task_once(postgres, files
         assert all(store.get(task_id).attempts == 1 for task_id in preloaded + submitted)
         succeeded = ("qasr_async_tasks", (("status", "succeeded"),))
         assert [metric_values(live.url)[succeeded] for live in servers] == [len(calls)] * 2  # the shared store's
-        servers[1].state.tasks.close()  # as if the database were gone: /metrics still answers, without the counts
+        servers[1].state.tasks.db.close()  # as if the database were gone: /metrics still answers, without the counts
         after = metric_values(servers[1].url)
         assert succeeded not in after and ("qasr_async_tasks_finished_total", (("status", "succeeded"),)) in after
     finally:
         for live in servers:
             live.close()
         store.close()
+
+
+def test_store_calls_run_on_the_stores_own_threads(store: SqlTaskStore) -> None:
+    """Not on asyncio's default executor, which aiohttp needs for DNS and for spooling uploads."""
+    async def names() -> tuple[str, str]:
+        def name() -> str:
+            return threading.current_thread().name
+
+        return await store.run(name), await store.run(name, read=True)
+
+    write, read = asyncio.run(names())
+    assert write.startswith("qasr-store-write") and read.startswith("qasr-store-read")
+
+
+def test_release_owner_hands_back_every_running_task_of_an_owner(store: SqlTaskStore) -> None:
+    for i in range(3):
+        store.add(new_task(f"t{i}", submit_time=i))
+    store.claim("a", 2, 60)
+    store.claim("b", 1, 60)
+    assert store.release_owner("a") == 2
+    assert [(store.get(f"t{i}").status, store.get(f"t{i}").attempts) for i in range(3)] == \
+        [(PENDING, 0), (PENDING, 0), (RUNNING, 1)]
+    assert store.renew("b", ["t0", "t1", "t2"], 60) == {"t2"}  # renew says which tasks the owner still holds
+
+
+def test_sqlite_reads_do_not_wait_behind_a_blocked_write(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.sqlite3")
+    store.add(new_task("a"))
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] <= 5000  # well under a lease
+    other = sqlite3.connect(tmp_path / "tasks.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    writer = threading.Thread(target=store.add, args=(new_task("b"),))
+    writer.start()
+    try:
+        time.sleep(0.2)  # the write now waits on the busy lock, holding the store's write lock
+        started = time.monotonic()
+        assert store.get("a").task_id == "a" and store.counts()[PENDING] == 1
+        assert time.monotonic() - started < 1.0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        writer.join(10)
+        store.close()
+
+
+def test_postgres_connections_time_out(postgres) -> None:
+    """A database host gone from the network must fail store calls, not hang them; the URL's settings win."""
+    url = postgres.new_database()
+    store = open_task_store(url)
+    assert store.db.execute("SHOW statement_timeout").fetchone()[0] == "10s"
+    assert store.params["connect_timeout"] == "5" and "connect_timeout=5" in store.db.info.dsn
+    store.close()
+    store = open_task_store(url + "?connect_timeout=2&options=-c%20statement_timeout%3D1234")
+    assert store.db.execute("SHOW statement_timeout").fetchone()[0] == "1234ms"
+    assert "connect_timeout=2" in store.db.info.dsn
+    store.close()
