@@ -51,10 +51,14 @@ class Metrics:
         for status in STATUSES:
             self.requests.labels(status)
         # read from the engine thread's scheduler when scraped: plain len() and a ratio, safe to read racily
-        scheduler = engine.engine.scheduler
-        Gauge("qasr_num_requests_running", "Sequences (audio pieces) in the running batch",
+        llm, scheduler = engine.engine, engine.engine.scheduler
+        Gauge("qasr_num_requests_running", "Requests being decoded (all their audio pieces)",
+              registry=r).set_function(lambda: llm.num_running_requests)
+        Gauge("qasr_num_requests_waiting", "Requests not yet scheduled",
+              registry=r).set_function(lambda: llm.num_waiting_requests)
+        Gauge("qasr_num_sequences_running", "Sequences (audio pieces) in the running batch",
               registry=r).set_function(lambda: scheduler.num_running)
-        Gauge("qasr_num_requests_waiting", "Sequences (audio pieces) waiting to be scheduled",
+        Gauge("qasr_num_sequences_waiting", "Sequences (audio pieces) waiting to be scheduled",
               registry=r).set_function(lambda: scheduler.num_waiting)
         Gauge("qasr_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
               registry=r).set_function(lambda: scheduler.kv_usage)

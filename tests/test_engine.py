@@ -139,6 +139,19 @@ def test_bad_requests_raise_clear_errors(checkpoint: Path, clips) -> None:
     assert not asr.engine.has_unfinished
 
 
+def test_request_counts_for_the_metrics(checkpoint: Path, clips) -> None:
+    engine = ASR(str(checkpoint), max_num_seqs=1).engine
+    ids = [engine.add_request(clip, sampling_params=SamplingParams(max_tokens=3)) for clip in clips[:3]]
+    assert (engine.num_running_requests, engine.num_waiting_requests) == (0, 3)
+    engine.step()
+    assert (engine.num_running_requests, engine.num_waiting_requests) == (1, 2)
+    engine.abort(ids[2])
+    assert (engine.num_running_requests, engine.num_waiting_requests) == (1, 1)
+    while engine.has_unfinished:
+        engine.step()
+    assert (engine.num_running_requests, engine.num_waiting_requests) == (0, 0)
+
+
 def test_long_contexts_are_tokenized_without_filling_the_prompt_cache(checkpoint: Path) -> None:
     prompts = ASR(str(checkpoint)).engine.prompts
     long_context = "hotword " * (MAX_CACHED_CONTEXT_CHARS // 8 + 1)

@@ -23,7 +23,8 @@ REQUIRED = {
     "qasr_request_queue_time_seconds_bucket", "qasr_request_real_time_factor_bucket",
     "qasr_request_audio_duration_seconds_bucket", "qasr_audio_input_seconds_total", "qasr_prompt_tokens_total",
     "qasr_generation_tokens_total", "qasr_num_preemptions_total", "qasr_num_requests_running",
-    "qasr_num_requests_waiting", "qasr_kv_cache_usage_perc", "qasr_async_tasks", "qasr_async_tasks_finished_total",
+    "qasr_num_requests_waiting", "qasr_num_sequences_running", "qasr_num_sequences_waiting",
+    "qasr_kv_cache_usage_perc", "qasr_async_tasks", "qasr_async_tasks_finished_total",
     "qasr_async_task_latency_seconds_bucket",
 }
 # labels Prometheus attaches at scrape time, on top of those the server exports
@@ -71,7 +72,8 @@ def exposition() -> str:
     scheduler = SimpleNamespace(num_running=3, num_waiting=5, kv_usage=0.25)
     store = TaskStore(":memory:")
     try:
-        metrics = Metrics(SimpleNamespace(engine=SimpleNamespace(scheduler=scheduler)), store)
+        llm = SimpleNamespace(scheduler=scheduler, num_running_requests=2, num_waiting_requests=1)
+        metrics = Metrics(SimpleNamespace(engine=llm), store)
         return metrics.render().decode()
     finally:
         store.close()
@@ -305,8 +307,10 @@ def test_labels_exist(dashboard: dict, sample_labels: dict[str, dict[str, set[st
 # ---------------------------------------------------------------------------------------------------- vs the server
 
 def test_fake_engine_feeds_the_gauges(exposition: str) -> None:
-    assert "qasr_num_requests_running 3.0" in exposition
-    assert "qasr_num_requests_waiting 5.0" in exposition
+    assert "qasr_num_requests_running 2.0" in exposition
+    assert "qasr_num_requests_waiting 1.0" in exposition
+    assert "qasr_num_sequences_running 3.0" in exposition
+    assert "qasr_num_sequences_waiting 5.0" in exposition
     assert "qasr_kv_cache_usage_perc 0.25" in exposition
 
 
