@@ -58,7 +58,10 @@ class AsyncEngine:
     async def stream(self, samples: np.ndarray, language: str | None = None, context: str = "",
                      sampling_params: SamplingParams | None = None,
                      request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yields text deltas; the last output has finished=True and the result. Cancelling aborts."""
+        """Yields text deltas; the last output has finished=True and the result. Cancelling aborts.
+
+        The first output (an empty delta) says the engine accepted the request; a request it refuses (too long
+        for max_model_len, a special token in the context) raises instead, before anything else is yielded."""
         request_id = request_id or next(self.request_ids)
         sink: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         submit = _Submit(request_id, samples, language, context, sampling_params, sink, asyncio.get_running_loop())
@@ -146,6 +149,7 @@ class AsyncEngine:
             _send(command, error)
             return
         self.sinks[command.request_id] = command
+        _send(command, RequestOutput(command.request_id, "", finished=False))  # accepted
 
     def _deliver(self, output: RequestOutput) -> None:
         submit = self.sinks.get(output.request_id)

@@ -63,7 +63,8 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServerOptions(served_model_names=args.served_model_name or [], max_upload_mb=args.max_upload_mb,
-                            upload_timeout_s=args.upload_timeout_s, max_prompt_chars=args.max_prompt_chars,
+                            upload_timeout_s=args.upload_timeout_s, sse_keepalive_s=args.sse_keepalive_s,
+                            max_prompt_chars=args.max_prompt_chars,
                             max_queued_requests=args.max_queued_requests, task_db=args.task_db,
                             max_running_tasks=args.max_running_tasks, max_fetch_mb=args.max_fetch_mb,
                             fetch_timeout_s=args.fetch_timeout_s, allow_private_urls=args.allow_private_urls,
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest audio upload; bigger ones get 413")
     server.add_argument("--upload-timeout-s", type=float, default=defaults.upload_timeout_s,
                         help="a request body that takes longer to arrive gets 408")
+    server.add_argument("--sse-keepalive-s", type=float, default=defaults.sse_keepalive_s,
+                        help="a streamed response waiting for its first token sends an SSE comment this often")
     server.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars,
                         help="longest prompt (context) a transcription request may send; longer gets 400")
     server.add_argument("--max-queued-requests", type=int, default=defaults.max_queued_requests,

@@ -232,7 +232,7 @@ async def _stream_events(request: web.Request, state: ServerState, outputs: Asyn
                 await _send(response, {"type": "transcript.text.delta", "delta": output.delta})
             if output.finished:
                 break
-            output = await anext(outputs)
+            output = await _next_keeping_alive(response, outputs, state.options.sse_keepalive_s)
         result = _result(output)
     except (ValueError, RuntimeError) as failure:
         error = engine_failure(state, failure)
@@ -252,6 +252,22 @@ async def _stream_events(request: web.Request, state: ServerState, outputs: Asyn
     await response.write_eof()
     state.metrics.observe_success(result, time.monotonic() - started)
     return response
+
+
+async def _next_keeping_alive(response: web.StreamResponse, outputs: AsyncIterator[RequestOutput],
+                              interval: float) -> RequestOutput:
+    """The next output; while none comes (a long queue), an SSE comment every `interval` seconds keeps load
+    balancers' idle timeouts from cutting the stream. SSE clients ignore comments."""
+    pending = asyncio.ensure_future(anext(outputs))
+    try:
+        while not (await asyncio.wait({pending}, timeout=interval))[0]:
+            await response.write(b": keep-alive\n\n")
+        return pending.result()
+    finally:
+        if not pending.done():  # cancelled (the client left): stop the read before the stream is closed
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
 
 
 async def _send(response: web.StreamResponse, event: dict) -> None:

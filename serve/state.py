@@ -22,6 +22,7 @@ class ServerOptions:
     max_queued_requests: int = 1024  # requests beyond the engine's max_num_seqs that may wait; more get 429
     max_prompt_chars: int = 4096  # a longer `prompt` (context) is a 400
     upload_timeout_s: float = 60.0  # a transcription request's whole body must arrive within this, or 408
+    sse_keepalive_s: float = 15.0  # a streamed response waiting for its first token sends an SSE comment this often
     # DashScope-style file transcription tasks
     # a SQLite file (":memory:": this process only), or postgresql://... for replicas on several hosts
     task_db: str = ".qasr/tasks.sqlite3"
@@ -37,8 +38,8 @@ class ServerOptions:
     enable_task_listing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "upload_timeout_s", "max_fetch_mb", "fetch_timeout_s", "max_audio_seconds",
-                     "task_lease_s", "task_ttl_hours"):
+        for name in ("max_upload_mb", "upload_timeout_s", "sse_keepalive_s", "max_fetch_mb", "fetch_timeout_s",
+                     "max_audio_seconds", "task_lease_s", "task_ttl_hours"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_queued_requests", "max_running_tasks", "max_prompt_chars"):

@@ -186,6 +186,36 @@ def test_raw_stream_is_openai_sse_and_ends_with_done(server: LiveServer, clips: 
     assert all(event.startswith("data: {") for event in events[:-2])
 
 
+def test_a_stream_waiting_for_its_first_token_sends_keep_alives(server: LiveServer, engine: AsyncEngine,
+                                                               clips: list[dict]) -> None:
+    llm, options = engine.engine, server.state.options
+    step, interval = llm.step, options.sse_keepalive_s
+    slow_steps = iter(range(4))
+
+    def slow_step():  # the first steps stall, as behind a long queue
+        if next(slow_steps, None) is not None:
+            time.sleep(0.3)
+        return step()
+
+    llm.step, options.sse_keepalive_s = slow_step, 0.05
+    try:
+        status, _, body = http("POST", server.url + "/v1/audio/transcriptions",
+                               form(clips[1]["bytes"], {"stream": "true"}))
+        slow_steps = iter(range(4))
+        with server.client(max_retries=0).audio.transcriptions.create(
+                file=upload(clips[1]), model="qasr-demo", stream=True) as events:
+            parsed = [event for event in events]
+    finally:
+        llm.step, options.sse_keepalive_s = step, interval
+    assert status == 200
+    events = body.decode().split("\n\n")
+    first_data = next(i for i, event in enumerate(events) if event.startswith("data: "))
+    assert first_data > 0 and all(event == ": keep-alive" for event in events[:first_data])
+    deltas = [json.loads(e[6:])["delta"] for e in events if e.startswith("data: {") and '"delta"' in e]
+    assert "".join(deltas) == clips[1]["engine_text"]
+    assert parsed[-1].type == "transcript.text.done" and parsed[-1].text == clips[1]["engine_text"]
+
+
 def test_language_prompt_and_temperature_are_accepted(server: LiveServer, clips: list[dict]) -> None:
     client, clip = server.client(), clips[2]
     for language in ("en", "English"):
