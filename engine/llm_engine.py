@@ -109,7 +109,9 @@ class LLMEngine:
         self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
         self.waveforms: dict[int, np.ndarray] = {}
         self.in_flight: tuple[SchedulerOutput, PendingTokens] | None = None
-        self.num_scheduled_requests = 0  # unfinished requests that have had a step; the rest are still queued
+        # unfinished requests that have had a step (a preempted one still counts); the rest are queued. A plain int
+        # that the metrics read from another thread while the engine runs
+        self.num_running_requests = 0
         self.request_ids = (f"req-{i}" for i in itertools.count())
 
     @property
@@ -201,14 +203,8 @@ class LLMEngine:
         return bool(self.requests)
 
     @property
-    def num_running_requests(self) -> int:
-        """Requests with at least one step behind them (a preempted one still counts); plain ints, so another
-        thread may read them while the engine runs."""
-        return self.num_scheduled_requests
-
-    @property
     def num_waiting_requests(self) -> int:
-        return len(self.requests) - self.num_scheduled_requests
+        return len(self.requests) - self.num_running_requests
 
     def step(self) -> list[RequestOutput]:
         """Schedules and launches step N while the device still runs step N-1, then takes N-1's tokens and
@@ -220,7 +216,7 @@ class LLMEngine:
             state, _ = self.piece_of_seq[chunk.seq.seq_id]
             if state.metrics.first_scheduled_time is None:
                 state.metrics.first_scheduled_time = now
-                self.num_scheduled_requests += 1
+                self.num_running_requests += 1
         pending = self.runner.launch(step, self.waveforms)
         previous, self.in_flight = self.in_flight, (step, pending)
         if previous is None:
@@ -287,7 +283,7 @@ class LLMEngine:
 
     def _finish(self, state: RequestState) -> RequestOutput:
         if self.requests.pop(state.request_id, None) is not None and state.metrics.first_scheduled_time is not None:
-            self.num_scheduled_requests -= 1
+            self.num_running_requests -= 1
         texts, languages, token_ids, segments = [], [], [], []
         reasons = set()
         for piece_state in state.pieces:

@@ -429,18 +429,13 @@ def test_claims_from_many_connections_never_overlap(tmp_path: Path) -> None:
     setup.close()
 
 
-def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips: list[dict], expected: list[str],
-                                                        tmp_path: Path) -> None:
-    db = tmp_path / "tasks.sqlite3"
-    store = TaskStore(db)
-    ids = [f"shared-{i}" for i in range(8)]
-    for i, task_id in enumerate(ids):
-        url = f"{files.url}/audio/{clips[i % 3]['file']}"
-        store.add(Task(task_id=task_id, request=TaskRequest(model="qasr-demo", file_urls=[url], multi_file=False)))
+def replica_apps(task_db: str, calls: list[int], count: int = 2) -> list[web.Application]:
+    """Apps with their own small engines sharing one task store; every engine request appends to `calls`, so a
+    task run twice shows as one call too many."""
     apps = [create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
-                       ServerOptions(task_db=str(db), allow_private_urls=True, max_running_tasks=2)) for _ in range(2)]
-    calls = []
-    for app in apps:  # count the engine requests: a task run twice would make more
+                       ServerOptions(task_db=task_db, allow_private_urls=True, max_running_tasks=2))
+            for _ in range(count)]
+    for app in apps:
         engine = app[STATE].engine
         original = engine.transcribe
 
@@ -449,6 +444,19 @@ def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips
             return await _original(samples, *args, **kwargs)
 
         engine.transcribe = counting
+    return apps
+
+
+def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips: list[dict], expected: list[str],
+                                                        tmp_path: Path) -> None:
+    db = tmp_path / "tasks.sqlite3"
+    store = TaskStore(db)
+    ids = [f"shared-{i}" for i in range(8)]
+    for i, task_id in enumerate(ids):
+        url = f"{files.url}/audio/{clips[i % 3]['file']}"
+        store.add(Task(task_id=task_id, request=TaskRequest(model="qasr-demo", file_urls=[url], multi_file=False)))
+    calls: list[int] = []
+    apps = replica_apps(str(db), calls)
     servers = [LiveServer(app) for app in apps]  # both claim at once, before either can finish a task
     try:
         for i, task_id in enumerate(ids):

@@ -19,12 +19,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiohttp import web
-from test_dashscope import get_json, submit, wait_done
+from test_dashscope import get_json, replica_apps, submit, wait_done
 from test_server import HELDOUT, LiveServer, metric_values
 
-from engine import AsyncEngine, EngineConfig
-from serve.app import create_app
-from serve.state import STATE, ServerOptions
 from serve.task_store import (
     CANCELED,
     FAILED,
@@ -379,18 +376,8 @@ def test_two_servers_on_one_postgres_database_run_each_task_once(postgres, files
     for i, task_id in enumerate(preloaded):
         store.add(Task(task_id=task_id, request=TaskRequest(
             model="qasr-demo", file_urls=[f"{files.url}/audio/{clips[i % 3]}"], multi_file=False)))
-    apps = [create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
-                       ServerOptions(task_db=url, allow_private_urls=True, max_running_tasks=2)) for _ in range(2)]
-    calls = []
-    for app in apps:  # count the engine requests: a task run twice would make more
-        engine = app[STATE].engine
-        original = engine.transcribe
-
-        async def counting(samples, *args, _original=original, **kwargs):
-            calls.append(1)
-            return await _original(samples, *args, **kwargs)
-
-        engine.transcribe = counting
+    calls: list[int] = []
+    apps = replica_apps(url, calls)
     servers = [LiveServer(app) for app in apps]
     try:
         submitted = [submit(servers[0], f"{files.url}/audio/{clips[i % 3]}") for i in range(6, 8)]
