@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.wer import corpus_wer, normalize_english
+from qasr.benchmarks.wer import corpus_wer, normalize_english
 
 HELDOUT = Path(__file__).parent / "data" / "heldout"
 MANIFEST = HELDOUT / "manifest.jsonl"
@@ -35,7 +35,7 @@ def read_manifest(manifest: Path = MANIFEST) -> list[dict]:
 
 def transcribe_files(files: list[Path], model: str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
     """Texts of `files` from `qasr transcribe --format json --output-dir` (one JSON file per input)."""
-    from serve.cli import main
+    from qasr.cli import main
 
     with tempfile.TemporaryDirectory() as out:
         args = ["transcribe", *map(str, files), "--format", "json", "--quiet", "--output-dir", out, *extra_args]

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.report import print_table, write_results
-from kernels import AttentionMetadata, SplitKVWorkspace, paged_attention
-from kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
+from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.kernels import AttentionMetadata, SplitKVWorkspace
+from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
+from qasr.kernels.reference import paged_attention
 
 IMPLS = ("triton", "triton-split", "torch", "sdpa-flash", "flex")
 BASELINES = ("sdpa-flash", "flex")  # contiguous K/V in the model dtype, the same for every kv_cache_dtype
@@ -71,7 +72,7 @@ def make_case(mode: str, batch: int, context: int, g: Geometry, device: torch.de
 def paged_kv(case: Case, g: Geometry, kv_dtype: torch.dtype,
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
     """A paged cache whose blocks are scattered (a random permutation), and the metadata of the batch."""
-    from kernels.triton_utils import padded_head_dim
+    from qasr.kernels.triton.utils import padded_head_dim
 
     blocks_per_seq = math.ceil(case.context / g.block_size)
     num_blocks = case.batch * blocks_per_seq
@@ -97,7 +98,7 @@ def paged_impls(case: Case, g: Geometry, kv_dtype: torch.dtype, device: torch.de
     scale = g.head_dim**-0.5
     impls: dict[str, Callable[[], torch.Tensor]] = {}
     if "triton" in wanted or "triton-split" in wanted:
-        from kernels.unified_attention import unified_attention, use_split_kv
+        from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
 
         if "triton" in wanted:
             impls["triton"] = lambda: unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=False)
@@ -197,7 +198,7 @@ def row(case: Case, impl: str, kv_dtype: torch.dtype, ms: float, g: Geometry, co
 
 
 def interpreting() -> bool:
-    from kernels.triton_utils import interpreting  # imports triton: not at `qasr` start-up
+    from qasr.kernels.triton.utils import interpreting  # imports triton: not at `qasr` start-up
 
     return interpreting()
 
@@ -260,11 +261,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prefill-tokens", type=int, default=16384, help="skip prefill cases above batch*context")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out-dir", default=None)
+    add_output_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -277,7 +277,7 @@ def main(args: argparse.Namespace) -> int:
               "copy_gb_s": copy_gb_s, "interpreted": interpreting()}
     print_table(rows)
     print(f"device-to-device copy: {copy_gb_s:.1f} GB/s")
-    print(f"results: {write_results('kernels', device, config, rows, Path(args.out_dir) if args.out_dir else None)}")
+    print(f"results: {write_results('kernels', device, config, rows, args.out_dir)}")
     return 0
 
 

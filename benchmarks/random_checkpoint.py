@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import disk_name, expected_shapes, save_safetensors
-from engine.demo import demo_model_path
-from engine.model_config import parse_config
+from qasr.engine.checkpoint import disk_name, expected_shapes, save_safetensors
+from qasr.engine.demo import demo_model_path
+from qasr.engine.model_config import parse_config
 
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "tiny": {

@@ -1,5 +1,8 @@
-"""Every benchmark prints a table and writes JSON with the same top-level keys (DESIGN section 7)."""
+"""Every benchmark prints a table and writes one JSON document with the same top-level keys: benchmark, date,
+git_commit, device, versions (torch, triton, transformers), config (what was measured and how) and results (rows of
+named numbers, units in the key names, e.g. `rtfx`, `p95_latency_s`)."""
 
+import argparse
 import datetime
 import json
 import os
@@ -9,7 +12,12 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).parent / "results"
+RESULTS_DIR = Path("benchmarks-results")  # under the directory the benchmark runs from, never the installed package
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                        help="folder for the results JSON (default: ./benchmarks-results)")
 
 
 def device_name(device: torch.device) -> str:
@@ -27,6 +35,7 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """The commit of the source tree qasr runs from; "unknown" for an installed wheel."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent)
@@ -47,20 +56,20 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__}
 
 
-def write_results(benchmark: str, device: torch.device, config: dict, rows: list[dict],
-                  out_dir: Path | None = None) -> Path:
+def write_results(benchmark: str, device: torch.device | str, config: dict, rows: list[dict], out_dir: Path) -> Path:
+    """`device` is this machine's device, or the description of one elsewhere (a remote server's)."""
+    local = isinstance(device, torch.device)
     document = {
         "benchmark": benchmark,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "device": device_name(device),
+        "device": device_name(device) if local else device,
         "versions": versions(),
         "config": config,
         "results": rows,
     }
-    out_dir = out_dir or RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
+    tag = ("cuda" if device.type == "cuda" else "cpu") if local else "remote"
     path = out_dir / f"{benchmark}-{tag}-{document['date'][:10]}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path

@@ -18,7 +18,6 @@ import asyncio
 import json
 import math
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -28,10 +27,10 @@ import aiohttp
 import numpy as np
 import torch
 
-from benchmarks.report import RESULTS_DIR, print_table, write_results
-from benchmarks.wer import corpus_wer
+from qasr.benchmarks.heldout import HELDOUT
+from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.benchmarks.wer import corpus_wer
 
-HELDOUT = Path(__file__).parent / "data" / "heldout"
 PERCENTILES = (50, 90, 95, 99)
 # counters summed over their labels, qasr's and vLLM's names: row key -> metric sample names
 SERVER_COUNTERS = {
@@ -74,7 +73,7 @@ def load_clips(folder: Path, num_requests: int, seed: int) -> list[Clip]:
 
 
 def _duration(path: Path) -> float:
-    from engine.audio import load_audio
+    from qasr.engine.audio import load_audio
 
     return len(load_audio(path)) / 16000
 
@@ -242,14 +241,13 @@ class LaunchedServer:
     """A qasr server on a free loopback port, its event loop on a thread of this process."""
 
     def __init__(self, engine_args: list[str]):
-        from engine import AsyncEngine
-        from serve.app import create_app, start
-        from serve.cli import add_engine_options, engine_config
-        from serve.state import ServerOptions
+        from qasr.engine import AsyncEngine, EngineConfig
+        from qasr.serve.app import create_app, start
+        from qasr.serve.options import ServerOptions
 
         parser = argparse.ArgumentParser(prog="qasr bench serve --launch")
-        add_engine_options(parser)
-        self.config = engine_config(parser.parse_args(engine_args))
+        EngineConfig.add_cli_args(parser)
+        self.config = EngineConfig.from_cli_args(parser.parse_args(engine_args))
         print(f"qasr bench serve: loading {self.config.model or 'the bundled demo model'} ...", file=sys.stderr)
         self.engine = AsyncEngine(self.config)
         app = create_app(self.engine, ServerOptions(task_db=":memory:"))  # its cleanup shuts the engine down
@@ -261,27 +259,13 @@ class LaunchedServer:
 
     @property
     def device(self) -> torch.device:
-        return self.engine.engine.device
+        return self.engine.engine.core.device
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
         self.loop.close()
-
-
-def save(config: dict, rows: list[dict], device: torch.device | None, out_dir: Path | None) -> Path:
-    """write_results; for a remote server (device None) the device is unknown, so it is named by its URL."""
-    if device is not None:
-        return write_results("serving", device, config, rows, out_dir)
-    with tempfile.TemporaryDirectory() as scratch:  # report.py only describes local devices
-        document = json.loads(write_results("serving", torch.device("cpu"), config, rows, Path(scratch)).read_text())
-    document["device"] = f"unknown: remote server at {config['base_url']}"
-    out_dir = out_dir or RESULTS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"serving-remote-{document['date'][:10]}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true", help="stream the answers and measure time to first token")
     parser.add_argument("--language", default=None, help="language sent with each request; default: detect")
     parser.add_argument("--seed", type=int, default=0, help="clip order and arrival times")
-    parser.add_argument("--out-dir", default=None)
+    add_output_arguments(parser)
     parser.add_argument("--launch", nargs=argparse.REMAINDER, default=None, metavar="ENGINE_OPTION",
                         help="start a qasr server in this process with the engine options that follow (qasr serve's "
                              "--model, --max-num-seqs, ...; none: the bundled demo model) and stop it at the end; "
@@ -322,6 +306,8 @@ def main(args: argparse.Namespace) -> int:
               "launched": asdict(server.config) if server is not None else None}
     # one column per concurrency: the rows are too wide to print as rows
     print_table([{"metric": key, **{f"c={r['concurrency']}": r[key] for r in rows}} for key in rows[0]][1:])
-    path = save(config, rows, server.device if server else None, Path(args.out_dir) if args.out_dir else None)
+    # a remote server's device is unknown here: it is named by its URL
+    device = server.device if server else f"unknown: remote server at {base_url}"
+    path = write_results("serving", device, config, rows, args.out_dir)
     print(f"results: {path}")
     return 0

@@ -9,18 +9,21 @@ batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of
 import argparse
 import math
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.random_checkpoint import write_random_checkpoint
-from benchmarks.report import print_table, write_results
-from engine.checkpoint import convert_to_hf
-from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.splitting import split_audio
-from scheduler import SamplingParams
+from qasr.benchmarks.random_checkpoint import write_random_checkpoint
+from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.engine.checkpoint import convert_to_hf
+from qasr.engine.config import EngineConfig
+from qasr.engine.llm_engine import LLMEngine
+from qasr.engine.model_loader import resolve_dtype
+from qasr.engine.request import TranscriptionRequest
+from qasr.engine.splitting import split_audio
+from qasr.scheduler import SamplingParams
 
 SAMPLE_RATE = 16000
 
@@ -40,16 +43,17 @@ def output_tokens(seconds: float, tokens_per_second: float) -> int:
 
 def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[float, float | None]:
     """Runs every (samples, max_tokens) item to completion; returns (wall seconds, first-token latency)."""
-    sync(engine.device)
+    sync(engine.core.device)
     start = time.perf_counter()
     for samples, max_tokens in items:
-        engine.add_request(samples, sampling_params=SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        engine.add_request(TranscriptionRequest(samples, sampling_params=SamplingParams(max_tokens=max_tokens,
+                                                                                         ignore_eos=True)))
     first_token = None
     while engine.has_unfinished:
         outputs = engine.step()
-        if first_token is None and (outputs or any(s.num_output_tokens for s in engine.scheduler.running)):
+        if first_token is None and (outputs or any(s.num_output_tokens for s in engine.core.scheduler.running)):
             first_token = time.perf_counter() - start
-    sync(engine.device)
+    sync(engine.core.device)
     return time.perf_counter() - start, first_token
 
 
@@ -58,10 +62,11 @@ def first_token_alone(engine: LLMEngine, clip: np.ndarray, repeats: int = 3) -> 
     time to first token at concurrency 1."""
     times = []
     for _ in range(repeats):
-        sync(engine.device)
+        sync(engine.core.device)
         start = time.perf_counter()
-        request_id = engine.add_request(clip, sampling_params=SamplingParams(max_tokens=2, ignore_eos=True))
-        while not any(s.num_output_tokens for s in engine.scheduler.running):
+        request_id = engine.add_request(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=2,
+                                                                                                ignore_eos=True)))
+        while not any(s.num_output_tokens for s in engine.core.scheduler.running):
             engine.step()
         times.append(time.perf_counter() - start)
         engine.abort(request_id)
@@ -87,18 +92,20 @@ def sync(device: torch.device) -> None:
 
 
 def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
-        batch_size: int, device: torch.device, dtype: torch.dtype, work_dir: Path, out_dir: Path | None,
-        engine_options: dict) -> tuple[list[dict], Path]:
+        batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path) -> tuple[list[dict], Path]:
+    """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`."""
     from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
+
+    device = torch.device(engine_options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(engine_options.dtype, device)
 
     original = write_random_checkpoint(work_dir / f"{preset}-original", preset, dtype,
                                        device="cuda" if device.type == "cuda" else "cpu")
     hf = work_dir / f"{preset}-hf"
     if not (hf / "config.json").exists():
         convert_to_hf(original, hf)
-    base = EngineConfig(model=str(original), device=str(device), dtype=str(dtype).removeprefix("torch."),
-                        max_num_seqs=max(batch_size, 1), **engine_options)
-    single = LLMEngine(EngineConfig(**{**_fields(base), "max_piece_seconds": 1200.0}))
+    single = LLMEngine(replace(engine_options, model=str(original), device=str(device), dtype=dtype,
+                               max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0))
     processor = Qwen3ASRProcessor.from_pretrained(hf)
     model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=dtype).to(device).eval()
 
@@ -121,22 +128,17 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
             pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
                       for c in clips for p in split_audio(c, piece_seconds)]
             # the same number of audios in flight as single pass, each as several parallel sequences
-            single.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(seconds / piece_seconds)
+            single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(seconds / piece_seconds)
             split_wall, _ = run_qasr(single, pieces)
-            single.scheduler.config.max_num_seqs = max(batch_size, 1)
+            single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
             row["qasr_split_rtfx"] = audio_seconds / split_wall
             row["speedup_split"] = hf_wall / split_wall
         rows.append(row)
     config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
               "num_clips": num_clips, "tokens_per_second": tokens_per_second, "piece_seconds": piece_seconds,
-              "batch_size": batch_size, "dtype": str(dtype), "engine_options": engine_options}
+              "batch_size": batch_size, "dtype": str(dtype),
+              "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
     return rows, write_results("throughput", device, config, rows, out_dir)
-
-
-def _fields(config: EngineConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 def _shape(engine: LLMEngine) -> dict:
@@ -151,24 +153,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-seconds", type=float, nargs="+", default=[10.0, 30.0, 120.0])
     parser.add_argument("--num-clips", type=int, default=8)
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
-    parser.add_argument("--piece-seconds", type=float, default=30.0)
+    parser.add_argument("--piece-seconds", type=float, default=30.0, help="piece length of the split runs")
     parser.add_argument("--batch-size", type=int, default=8, help="transformers batch and qasr max_num_seqs")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--work-dir", default="/tmp/qasr-bench")
-    parser.add_argument("--out-dir", default=None)
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
-    parser.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
-    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--work-dir", default="/tmp/qasr-bench", help="where the random checkpoints are written")
+    add_output_arguments(parser)
+    # the model is the preset's random checkpoint; max_num_seqs and the pieces follow from the flags above
+    EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs", "max_piece_seconds"))
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    engine_options = EngineConfig.from_cli_args(args, max_num_seqs=max(args.batch_size, 1))
     rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
-                     args.batch_size, device, dtype, Path(args.work_dir), Path(args.out_dir) if args.out_dir else None,
-                     {"kv_cache_dtype": args.kv_cache_dtype, "attention_backend": args.attention_backend,
-                      "enforce_eager": args.enforce_eager})
+                     args.batch_size, engine_options, Path(args.work_dir), args.out_dir)
     print_table(rows)
     print(f"results: {path}")
     return 0

@@ -1,12 +1,14 @@
 from collections.abc import Sequence as SequenceOf
+from dataclasses import fields
 
 from tqdm import tqdm
 
-from engine.audio import AudioInput, load_audio
-from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import Transcription
-from scheduler import SamplingParams
+from qasr.engine.audio import AudioInput, load_audio
+from qasr.engine.config import EngineConfig
+from qasr.engine.llm_engine import LLMEngine
+from qasr.engine.outputs import Transcription
+from qasr.engine.request import TranscriptionRequest
+from qasr.scheduler import SamplingParams
 
 
 class ASR:
@@ -17,17 +19,24 @@ class ASR:
         self.engine = LLMEngine(EngineConfig.from_options(model=model, device=device, dtype=dtype,
                                                           **engine_options))
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "ASR":
+        return cls(**{field.name: getattr(config, field.name) for field in fields(config)})
+
     def transcribe(self, audio: AudioInput | SequenceOf[AudioInput], language: str | list[str | None] | None = None,
                    context: str | list[str] = "", sampling_params: SamplingParams | None = None,
                    use_tqdm: bool = False) -> list[Transcription]:
+        """`language` and `context` apply to every audio, or give one value per audio in a list."""
         audios = list(audio) if isinstance(audio, list) else [audio]
         languages = _per_item(language, len(audios), "language")
         contexts = _per_item(context, len(audios), "context")
-        samples = [load_audio(item) for item in audios]
+        params = sampling_params or SamplingParams()
+        requests = [TranscriptionRequest(load_audio(item), language=lang, context=ctx or "", sampling_params=params)
+                    for item, lang, ctx in zip(audios, languages, contexts)]
         request_ids: list[str] = []
         try:
-            for wave, lang, ctx in zip(samples, languages, contexts):
-                request_ids.append(self.engine.add_request(wave, lang, ctx or "", sampling_params))
+            for request in requests:
+                request_ids.append(self.engine.add_request(request))
         except Exception:
             for request_id in request_ids:
                 self.engine.abort(request_id)

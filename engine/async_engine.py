@@ -3,25 +3,23 @@ import itertools
 import queue
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
-
-from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput, Transcription
-from scheduler import SamplingParams
+from qasr.engine.config import EngineConfig
+from qasr.engine.llm_engine import LLMEngine
+from qasr.engine.outputs import RequestOutput, Transcription
+from qasr.engine.request import TranscriptionRequest
 
 
 @dataclass(slots=True)
 class _Submit:
-    request_id: str
-    samples: np.ndarray
-    language: str | None
-    context: str
-    sampling_params: SamplingParams | None
+    request: TranscriptionRequest  # named: request_id is set
     sink: "asyncio.Queue[RequestOutput | BaseException]"
     loop: asyncio.AbstractEventLoop
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -55,16 +53,16 @@ class AsyncEngine:
     def num_unfinished(self) -> int:
         return len(self.sinks)
 
-    async def stream(self, samples: np.ndarray, language: str | None = None, context: str = "",
-                     sampling_params: SamplingParams | None = None,
-                     request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+    async def stream(self, request: TranscriptionRequest) -> AsyncIterator[RequestOutput]:
         """Yields text deltas; the last output has finished=True and the result. Cancelling aborts.
 
         The first output (an empty delta) says the engine accepted the request; a request it refuses (too long
         for max_model_len, a special token in the context) raises instead, before anything else is yielded."""
-        request_id = request_id or next(self.request_ids)
+        if request.request_id is None:
+            request = replace(request, request_id=next(self.request_ids))
+        request_id = request.request_id
         sink: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        submit = _Submit(request_id, samples, language, context, sampling_params, sink, asyncio.get_running_loop())
+        submit = _Submit(request, sink, asyncio.get_running_loop())
         with self.lock:
             if self.error is not None:
                 raise RuntimeError("the engine has stopped") from self.error
@@ -84,10 +82,8 @@ class AsyncEngine:
             if not finished:
                 self.commands.put(_Abort(request_id, submit))
 
-    async def transcribe(self, samples: np.ndarray, language: str | None = None, context: str = "",
-                         sampling_params: SamplingParams | None = None,
-                         request_id: str | None = None) -> Transcription:
-        async for output in self.stream(samples, language, context, sampling_params, request_id):
+    async def transcribe(self, request: TranscriptionRequest) -> Transcription:
+        async for output in self.stream(request):
             if output.finished and output.result is not None:
                 return output.result
         raise RuntimeError("the engine ended the request without a result")
@@ -101,10 +97,10 @@ class AsyncEngine:
         self.thread.join(timeout=30)
 
     def _run(self) -> None:
-        if self.engine.device.type == "cuda":
+        if self.engine.core.device.type == "cuda":
             import torch
 
-            torch.cuda.set_device(self.engine.device)
+            torch.cuda.set_device(self.engine.core.device)
         try:
             self._loop()
             error: BaseException = RuntimeError("the engine was shut down")
@@ -143,8 +139,7 @@ class AsyncEngine:
                 self.engine.abort(command.request_id)
             return
         try:
-            self.engine.add_request(command.samples, command.language, command.context,
-                                    command.sampling_params, request_id=command.request_id)
+            self.engine.add_request(command.request)
         except Exception as error:
             _send(command, error)
             return

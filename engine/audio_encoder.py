@@ -1,14 +1,30 @@
 import math
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model_config import AudioEncoderConfig
-from kernels import AttentionBackend
+from qasr.engine.model_config import AudioEncoderConfig
+from qasr.kernels import ModelOps
 
-TOKENS_PER_FULL_CHUNK = 13  # a 100-frame chunk after three stride-2 convolutions
+# the encoder layers' and the projector's activation_function, as transformers' ACT2FN computes each (the
+# convolution stem is always exact GELU)
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported audio encoder activation_function {name!r}; supported: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def conv_output_length(frames: int) -> int:
@@ -40,10 +56,10 @@ class EncoderAttention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.d_model)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
 
-    def forward(self, hidden: torch.Tensor, window_lens: list[int], backend: AttentionBackend) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps) -> torch.Tensor:
         q, k, v = (proj(hidden).view(-1, self.num_heads, self.head_dim)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(backend.windowed_attention(q, k, v, window_lens, self.scale).flatten(1))
+        return self.out_proj(ops.windowed_attention(q, k, v, window_lens, self.scale).flatten(1))
 
 
 class EncoderLayer(nn.Module):
@@ -54,10 +70,11 @@ class EncoderLayer(nn.Module):
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.activation = activation_function(config.activation)
 
-    def forward(self, hidden: torch.Tensor, window_lens: list[int], backend: AttentionBackend) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.self_attn_layer_norm(hidden), window_lens, backend)
-        hidden = hidden + self.fc2(F.gelu(self.fc1(self.final_layer_norm(hidden))))
+    def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.self_attn_layer_norm(hidden), window_lens, ops)
+        hidden = hidden + self.fc2(self.activation(self.fc1(self.final_layer_norm(hidden))))
         if hidden.dtype == torch.float16:
             limit = torch.finfo(torch.float16).max - 1000
             hidden = hidden.clamp(-limit, limit)
@@ -87,8 +104,9 @@ class AudioEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(config.d_model)
         self.proj1 = nn.Linear(config.d_model, config.d_model)
         self.proj2 = nn.Linear(config.d_model, config.output_dim)
+        self.activation = activation_function(config.activation)
 
-    def forward(self, mels: list[torch.Tensor], backend: AttentionBackend) -> torch.Tensor:
+    def forward(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
         """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""
         chunks, valid_per_chunk, window_lens = [], [], []
         for mel in mels:
@@ -115,6 +133,6 @@ class AudioEncoder(nn.Module):
             keep_index = keep_index.pin_memory().to(x.device, non_blocking=True)
         hidden = x.flatten(0, 1).index_select(0, keep_index)  # the valid positions of every chunk, in order
         for layer in self.layers:
-            hidden = layer(hidden, window_lens, backend)
+            hidden = layer(hidden, window_lens, ops)
         hidden = self.ln_post(hidden)
-        return self.proj2(F.gelu(self.proj1(hidden)))
+        return self.proj2(self.activation(self.proj1(hidden)))

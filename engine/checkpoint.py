@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from engine.model_config import ModelConfig, load_model_config
+from qasr.engine.model_config import ModelConfig, load_model_config
 
 
 class CheckpointError(ValueError):
@@ -29,9 +29,9 @@ IGNORED_PREFIXES = ("talker.", "code2wav.")  # Qwen3-Omni parts the original lay
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
-# The `-hf` checkpoints' chat template: the original one plus assistant turns, so that a forced language
-# can be prefilled with `continue_final_message=True` ("language English<asr_text>").
-ASR_CHAT_TEMPLATE = """\
+# The chat template of the original checkpoints (Qwen/Qwen3-ASR-*): a system turn, a user turn of audio, the
+# generation prompt.
+_SYSTEM_AND_AUDIO_TURNS = """\
 {%- set ns = namespace(system_text='') -%}
 {%- for m in messages -%}
   {%- if m.role == 'system' -%}
@@ -58,6 +58,8 @@ ASR_CHAT_TEMPLATE = """\
 {%- endfor -%}
 {{- '<|im_start|>system\\n' + ns.system_text + '<|im_end|>\\n' -}}
 {{- '<|im_start|>user\\n' + ns2.audio_tokens + '<|im_end|>\\n' -}}
+"""
+_ASSISTANT_TURNS = """\
 {%- for m in messages -%}
   {%- if m.role == 'assistant' -%}
     {%- set ns3 = namespace(assistant_text='') -%}
@@ -76,10 +78,16 @@ ASR_CHAT_TEMPLATE = """\
     {% endgeneration %}
   {%- endif -%}
 {%- endfor -%}
+"""
+_GENERATION_PROMPT = """\
 {%- if add_generation_prompt -%}
   {{- '<|im_start|>assistant\\n' -}}
 {%- endif -%}
 """
+ORIGINAL_CHAT_TEMPLATE = _SYSTEM_AND_AUDIO_TURNS + _GENERATION_PROMPT
+# The `-hf` checkpoints' template: the original one plus assistant turns, so that a forced language can be
+# prefilled with `continue_final_message=True` ("language English<asr_text>").
+ASR_CHAT_TEMPLATE = _SYSTEM_AND_AUDIO_TURNS + _ASSISTANT_TURNS + _GENERATION_PROMPT
 
 
 # ---------------------------------------------------------------------------------------------------------

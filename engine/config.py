@@ -1,36 +1,53 @@
 from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from qasr.config_flags import CliArgs, option
+
+ATTENTION_BACKENDS = ("torch", "triton")
+KV_CACHE_DTYPES = ("auto", "fp8")
 
 
 @dataclass(slots=True)
-class EngineConfig:
-    """Engine options; the same names, with dashes, are flags of `qasr serve` and `qasr transcribe`."""
+class EngineConfig(CliArgs):
+    """Engine options: keyword arguments of `ASR`, and the same names with dashes are flags of `qasr serve` and
+    `qasr transcribe`."""
 
-    model: str | None = None  # local checkpoint folder or Hugging Face id; None = the bundled demo model
-    device: str | None = None  # None: cuda if available, else cpu
-    dtype: str | None = None  # "bfloat16", "float16", "float32" or a torch.dtype; None: bf16 on cuda, else fp32
-    attention_backend: str | None = None  # "torch" | "triton"; None: triton on cuda, torch elsewhere
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    max_num_encoder_tokens: int | None = None  # audio tokens encoded per step; None = max_num_batched_tokens
-    block_size: int = 16
-    kv_cache_dtype: str = "auto"  # "auto" = the model dtype; "fp8" = float8 e4m3, unscaled, half the bytes per block
-    num_kv_blocks: int | None = None  # None: sized from memory
-    gpu_memory_utilization: float = 0.9
-    cpu_kv_cache_gib: float = 2.0
-    max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
-    max_piece_seconds: float = 30.0  # long audio is split into pieces of at most this length
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    enforce_eager: bool = False
-    seed: int = 0
+    cli_title: ClassVar[str] = "engine"
+
+    model: str | None = option(None, "local checkpoint folder (either layout) or Hugging Face id; none: the "
+                                     "bundled demo model")
+    device: str | None = option(None, "torch device; none: cuda if available, else cpu")
+    # a torch.dtype works too, from Python
+    dtype: str | None = option(None, "float32, bfloat16 or float16; none: bfloat16 on cuda, float32 elsewhere")
+    attention_backend: str | None = option(None, "kernels for attention, norms, RoPE and SiLU; none: triton on "
+                                                 "cuda, torch elsewhere", choices=ATTENTION_BACKENDS)
+    max_num_seqs: int = option(256, "most sequences (audio pieces) in one step")
+    max_num_batched_tokens: int = option(8192, "most tokens (prefill and decode) in one step")
+    max_num_encoder_tokens: int | None = option(None, "most audio tokens encoded in one step; none: "
+                                                      "max_num_batched_tokens")
+    block_size: int = option(16, "tokens per KV cache block")
+    kv_cache_dtype: str = option("auto", "auto: the model's dtype; fp8: float8 e4m3, unscaled, half the bytes "
+                                         "per block", choices=KV_CACHE_DTYPES)
+    num_kv_blocks: int | None = option(None, "KV cache blocks; none: sized from free memory")
+    gpu_memory_utilization: float = option(0.9, "share of the GPU's memory the engine may take, KV cache included")
+    cpu_kv_cache_gib: float = option(2.0, "KV cache size on the CPU, in GiB")
+    max_model_len: int | None = option(None, "longest sequence (prompt + output); none: the checkpoint's "
+                                             "max_position_embeddings")
+    max_piece_seconds: float = option(30.0, "long audio is split at its quietest points into pieces of at most "
+                                            "this length, decoded in parallel")
+    enable_prefix_caching: bool = option(True, "reuse KV blocks of identical prompt prefixes (keyed by audio "
+                                               "content)")
+    enable_chunked_prefill: bool = option(True, "split long prefills across steps")
+    enforce_eager: bool = option(False, "no CUDA graphs")
+    seed: int = option(0, "seed of sampling for requests without a seed of their own")
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
             raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
-        if self.kv_cache_dtype not in ("auto", "fp8"):
-            raise ValueError(f"kv_cache_dtype must be 'auto' or 'fp8', not {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {self.kv_cache_dtype!r}")
         if not 0.0 < self.max_piece_seconds <= 1200.0:
             raise ValueError("max_piece_seconds must be in (0, 1200]")
 

@@ -1,9 +1,9 @@
 import torch
 
-from engine.model import Qwen3ASRModel
-from kernels import AttentionBackend, AttentionMetadata
-from kernels.attention_metadata import SplitKVWorkspace, split_kv_max_seqs
-from kernels.triton_utils import padded_head_dim
+from qasr.engine.model import Qwen3ASRModel
+from qasr.kernels import AttentionMetadata, ModelOps
+from qasr.kernels.attention_metadata import SplitKVWorkspace, split_kv_max_seqs
+from qasr.kernels.triton.utils import padded_head_dim
 
 
 def batch_size_ladder(max_batch_size: int) -> list[int]:
@@ -21,10 +21,10 @@ class DecodeGraphs:
     which is how the padding is tested without a GPU.
     """
 
-    def __init__(self, model: Qwen3ASRModel, backend: AttentionBackend, max_batch_size: int,
+    def __init__(self, model: Qwen3ASRModel, ops: ModelOps, max_batch_size: int,
                  max_blocks_per_seq: int, block_size: int):
         self.model = model
-        self.backend = backend
+        self.ops = ops
         self.sizes = batch_size_ladder(max_batch_size)
         self.max_seq_len = max_blocks_per_seq * block_size
         text = model.config.text
@@ -44,7 +44,7 @@ class DecodeGraphs:
         # only batches up to split_kv_max_seqs take the split-KV path; larger ones never touch the workspace
         self.workspace = (SplitKVWorkspace.allocate(min(n, split_kv_max_seqs(text.num_kv_heads)), text.num_heads,
                                                     padded_head_dim(text.head_dim), device)
-                          if backend.name == "triton" else None)
+                          if ops.name == "triton" else None)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def padded_size(self, batch_size: int) -> int | None:
@@ -60,7 +60,7 @@ class DecodeGraphs:
     def _forward(self, size: int, max_seq_len: int) -> None:
         embeds = self.model.model.embed_tokens(self.token_ids[:size])
         meta = self.metadata(size, max_seq_len)
-        self.hidden[:size] = self.model(embeds, self.positions[:size], meta, self.backend)
+        self.hidden[:size] = self.model(embeds, self.positions[:size], meta, self.ops)
 
     @torch.inference_mode()
     def capture(self) -> None:

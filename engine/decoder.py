@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from engine.layers import RMSNorm, RotaryEmbedding
-from engine.model_config import TextConfig
-from kernels import AttentionBackend, AttentionMetadata
+from qasr.engine.layers import RMSNorm, RotaryEmbedding
+from qasr.engine.model_config import TextConfig
+from qasr.kernels import AttentionMetadata, ModelOps
 
 
 class DecoderAttention(nn.Module):
@@ -24,15 +24,15 @@ class DecoderAttention(nn.Module):
         self.v_cache = torch.empty(0)
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                backend: AttentionBackend) -> torch.Tensor:
+                ops: ModelOps) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = backend.qk_norm_rope(q.view(-1, self.num_heads, self.head_dim),
+        q, k = ops.qk_norm_rope(q.view(-1, self.num_heads, self.head_dim),
                                     k.view(-1, self.num_kv_heads, self.head_dim), positions,
                                     self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
                                     self.rotary.cos, self.rotary.sin)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        backend.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        out = backend.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
+        ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = ops.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.flatten(1))
 
 
@@ -42,8 +42,8 @@ class DecoderMLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
-        return self.down_proj(backend.silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, ops: ModelOps) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -55,18 +55,18 @@ class DecoderLayer(nn.Module):
         self.mlp = DecoderMLP(config)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
-                meta: AttentionMetadata, backend: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+                meta: AttentionMetadata, ops: ModelOps) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden is the previous layer's MLP output, not yet added to the residual stream (None at layer 0).
 
         The same sums as the reference `hidden = hidden + attn(norm(hidden))`, with each add fused into
         the norm that follows it.
         """
         norm = self.input_layernorm
-        hidden, residual = backend.add_rms_norm(hidden, residual, norm.weight, norm.eps)
-        hidden = self.self_attn(hidden, positions, meta, backend)
+        hidden, residual = ops.add_rms_norm(hidden, residual, norm.weight, norm.eps)
+        hidden = self.self_attn(hidden, positions, meta, ops)
         norm = self.post_attention_layernorm
-        hidden, residual = backend.add_rms_norm(hidden, residual, norm.weight, norm.eps)
-        return self.mlp(hidden, backend), residual
+        hidden, residual = ops.add_rms_norm(hidden, residual, norm.weight, norm.eps)
+        return self.mlp(hidden, ops), residual
 
 
 class Qwen3Decoder(nn.Module):
@@ -80,9 +80,9 @@ class Qwen3Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                backend: AttentionBackend) -> torch.Tensor:
+                ops: ModelOps) -> torch.Tensor:
         hidden, residual = embeds, None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual, positions, meta, backend)
-        hidden, _ = backend.add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps)
+            hidden, residual = layer(hidden, residual, positions, meta, ops)
+        hidden, _ = ops.add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps)
         return hidden

@@ -15,6 +15,10 @@ class FeatureConfig:
     hop_length: int = 160
     min_samples: int = 8000  # shorter clips are zero-padded to 0.5 s, as transformers and qwen-asr do
 
+    def num_frames(self, num_samples: int) -> int:
+        """Mel frames of a clip of `num_samples` samples (short clips are padded to min_samples first)."""
+        return max(num_samples, self.min_samples) // self.hop_length
+
     @classmethod
     def from_checkpoint(cls, path: Path) -> "FeatureConfig":
         file = path / "preprocessor_config.json"
@@ -58,7 +62,7 @@ class LogMelExtractor:
         return np.pad(samples, (0, short)) if short > 0 else samples
 
     def num_frames(self, num_samples: int) -> int:
-        return max(num_samples, self.config.min_samples) // self.config.hop_length
+        return self.config.num_frames(num_samples)
 
     def __call__(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """Returns one float32 [num_mel_bins, frames] tensor per clip, frames = samples // hop_length."""

@@ -1,10 +1,10 @@
 import torch
 from torch import nn
 
-from engine.audio_encoder import AudioEncoder
-from engine.decoder import Qwen3Decoder
-from engine.model_config import ModelConfig
-from kernels import AttentionBackend, AttentionMetadata
+from qasr.engine.audio_encoder import AudioEncoder
+from qasr.engine.decoder import Qwen3Decoder
+from qasr.engine.model_config import ModelConfig
+from qasr.kernels import AttentionMetadata, ModelOps
 
 # canonical checkpoint names that load into one fused parameter, in order
 FUSED_PARAMETERS = {
@@ -25,8 +25,8 @@ class Qwen3ASRModel(nn.Module):
         if config.text.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def encode_audio(self, mels: list[torch.Tensor], backend: AttentionBackend) -> torch.Tensor:
-        return self.audio_tower(mels, backend)
+    def encode_audio(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
+        return self.audio_tower(mels, ops)
 
     def embed(self, token_ids: torch.Tensor, audio_rows: torch.Tensor, audio_embeds: torch.Tensor) -> torch.Tensor:
         """Token embeddings with audio placeholder rows replaced by encoder outputs."""
@@ -36,8 +36,8 @@ class Qwen3ASRModel(nn.Module):
         return embeds
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                backend: AttentionBackend) -> torch.Tensor:
-        return self.model(embeds, positions, meta, backend)
+                ops: ModelOps) -> torch.Tensor:
+        return self.model(embeds, positions, meta, ops)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LAYOUTS = ("original", "hf")
-
 
 @dataclass(frozen=True, slots=True)
 class AudioEncoderConfig:

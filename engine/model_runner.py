@@ -6,14 +6,14 @@ from itertools import chain
 import numpy as np
 import torch
 
-from engine.decode_graphs import DecodeGraphs
-from engine.features import LogMelExtractor
-from engine.model import Qwen3ASRModel
-from engine.sampler import sample
-from kernels import AttentionBackend, AttentionMetadata
-from kernels.attention_metadata import split_kv_max_seqs
-from kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
-from scheduler import PENDING_TOKEN, ScheduledChunk, SchedulerOutput, Sequence
+from qasr.engine.decode_graphs import DecodeGraphs
+from qasr.engine.features import LogMelExtractor
+from qasr.engine.model import Qwen3ASRModel
+from qasr.engine.sampler import sample
+from qasr.kernels import AttentionMetadata, ModelOps
+from qasr.kernels.attention_metadata import split_kv_max_seqs
+from qasr.kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
+from qasr.scheduler import PENDING_TOKEN, ScheduledChunk, SchedulerOutput, Sequence
 
 
 @dataclass(slots=True)
@@ -47,16 +47,16 @@ class ModelRunner:
     Knows tensors, not policy: what to run comes from the scheduler's output.
     """
 
-    def __init__(self, model: Qwen3ASRModel, features: LogMelExtractor, backend: AttentionBackend, block_size: int,
+    def __init__(self, model: Qwen3ASRModel, features: LogMelExtractor, ops: ModelOps, block_size: int,
                  kv_cache_dtype: str = "auto", seed: int = 0):
         self.model = model
-        self.backend = backend
+        self.ops = ops
         self.features = features
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.kv_cache_dtype = resolve_kv_cache_dtype(kv_cache_dtype, self.dtype)
-        if (is_fp8(self.kv_cache_dtype) and backend.name == "triton" and self.device.type == "cuda"
+        if (is_fp8(self.kv_cache_dtype) and ops.name == "triton" and self.device.type == "cuda"
                 and torch.cuda.get_device_capability(self.device) < (8, 9)):
             raise ValueError("kv_cache_dtype='fp8' with the triton backend needs a GPU of compute capability 8.9 "
                              "or newer (Ada, Hopper) for Triton's e4m3 conversions; use kv_cache_dtype='auto'")
@@ -88,7 +88,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(self.device)
-        self.decode_graphs = DecodeGraphs(self.model, self.backend, max_batch_size,
+        self.decode_graphs = DecodeGraphs(self.model, self.ops, max_batch_size,
                                           math.ceil(max_model_len / self.block_size), self.block_size)
         self.decode_graphs.capture()
         free_after, _ = torch.cuda.mem_get_info(self.device)
@@ -126,7 +126,7 @@ class ModelRunner:
             max_query_len=max(query_lens), max_seq_len=max(query_lens), query_lens_host=list(query_lens),
             seq_lens_host=list(query_lens))
         token_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        return self.model(self.model.model.embed_tokens(token_ids), token_ids, meta, self.backend)
+        return self.model(self.model.model.embed_tokens(token_ids), token_ids, meta, self.ops)
 
     @torch.inference_mode()
     def profile_peak_activation_bytes(self, num_tokens: int, num_encoder_tokens: int, num_sampled: int) -> int:
@@ -138,7 +138,7 @@ class ModelRunner:
         self.allocate_kv_cache(1)
         seconds = max(1, num_encoder_tokens // 13)
         mels = self.features([np.zeros(seconds * self.features.config.sample_rate, dtype=np.float32)])
-        self.model.encode_audio(mels, self.backend)
+        self.model.encode_audio(mels, self.ops)
         hidden = self._forward_without_cache([num_tokens])
         self.model.compute_logits(hidden[-min(num_tokens, num_sampled):])
         torch.cuda.synchronize(self.device)
@@ -163,7 +163,7 @@ class ModelRunner:
             hidden = graphs.run(inputs.token_ids, inputs.positions, inputs.meta)
         else:
             embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
-            hidden = self.model(embeds, inputs.positions, inputs.meta, self.backend)
+            hidden = self.model(embeds, inputs.positions, inputs.meta, self.ops)
         sampling = [chunk.seq for chunk in step.chunks if chunk.samples]
         logits = self.model.compute_logits(hidden[inputs.sample_rows])
         tokens = sample(logits, [seq.sampling_params for seq in sampling],
@@ -180,7 +180,7 @@ class ModelRunner:
 
     def encode(self, seqs: list[Sequence], waveforms: Mapping[int, np.ndarray]) -> None:
         mels = self.features([waveforms[seq.seq_id] for seq in seqs])
-        outputs = self.model.encode_audio(mels, self.backend)
+        outputs = self.model.encode_audio(mels, self.ops)
         for seq, rows in zip(seqs, outputs.split([seq.audio.length for seq in seqs])):
             self.encoder_cache[seq.seq_id] = rows.clone() if len(seqs) > 1 else rows  # free the batch as pieces finish
 

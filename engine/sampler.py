@@ -1,6 +1,6 @@
 import torch
 
-from scheduler import SamplingParams
+from qasr.scheduler import SamplingParams
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams],

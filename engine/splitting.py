@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.audio import SAMPLE_RATE
+from qasr.engine.audio import SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)

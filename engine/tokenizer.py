@@ -3,7 +3,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from engine.model_config import ModelConfig
+from qasr.engine.model_config import ModelConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ import torch
 
 FP8_DTYPE: torch.dtype | None = getattr(torch, "float8_e4m3fn", None)
 FP8_MAX = 448.0
-KV_CACHE_DTYPES = ("auto", "fp8")
 
 
 def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
@@ -22,7 +21,7 @@ def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
     if name == "auto":
         return model_dtype
     if name != "fp8":
-        raise ValueError(f"unknown kv_cache_dtype {name!r}; choose one of {', '.join(KV_CACHE_DTYPES)}")
+        raise ValueError(f"unknown kv_cache_dtype {name!r}; choose 'auto' or 'fp8'")
     if FP8_DTYPE is None:
         raise ValueError(f"kv_cache_dtype='fp8' needs torch.float8_e4m3fn, which torch {torch.__version__} lacks; "
                          "upgrade torch or use kv_cache_dtype='auto'")

@@ -1,7 +1,7 @@
-from scheduler.block_manager import BlockManager
-from scheduler.sampling_params import SamplingParams
-from scheduler.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
-from scheduler.sequence import PENDING_TOKEN, AudioSpan, Sequence, SequenceStatus
+from qasr.scheduler.block_manager import BlockManager
+from qasr.scheduler.sampling_params import SamplingParams
+from qasr.scheduler.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
+from qasr.scheduler.sequence import PENDING_TOKEN, AudioSpan, Sequence, SequenceStatus
 
 __all__ = [
     "PENDING_TOKEN",

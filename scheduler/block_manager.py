@@ -2,7 +2,7 @@ import hashlib
 from array import array
 from collections import OrderedDict
 
-from scheduler.sequence import PENDING_TOKEN, Sequence
+from qasr.scheduler.sequence import PENDING_TOKEN, Sequence
 
 HASH_SIZE = 16
 ROOT_HASH = bytes(HASH_SIZE)

@@ -2,8 +2,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import chain
 
-from scheduler.block_manager import BlockManager
-from scheduler.sequence import Sequence, SequenceStatus
+from qasr.scheduler.block_manager import BlockManager
+from qasr.scheduler.sequence import Sequence, SequenceStatus
 
 
 @dataclass(slots=True)
@@ -42,6 +42,7 @@ class SchedulerOutput:
     to_encode: list[Sequence] = field(default_factory=list)
     free_encoder: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)  # taken off the waiting queue by this step
     num_batched_tokens: int = 0
     num_encoder_tokens: int = 0
 
@@ -179,6 +180,7 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            out.admitted.append(seq)
             self._add_chunk(seq, start, num_new, needs_encoder, out)
 
     @staticmethod

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from itertools import count
 
-from scheduler.sampling_params import SamplingParams
+from qasr.scheduler.sampling_params import SamplingParams
 
 _seq_ids = count()
 PENDING_TOKEN = -1  # a sampled token still on the device; the runner feeds it from there
@@ -90,10 +90,6 @@ class Sequence:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
-
-    @property
-    def last_token_id(self) -> int:
-        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
 
     @property
     def is_finished(self) -> bool:

@@ -8,14 +8,15 @@ from importlib.metadata import PackageNotFoundError, version
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine import AsyncEngine
-from serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
-from serve.errors import error_middleware
-from serve.metrics import Metrics
-from serve.openai_api import create_transcription, engine_unavailable, list_models, retrieve_model
-from serve.state import STATE, ServerOptions, ServerState, audio_pool, default_model_name
-from serve.task_store import open_task_store
-from serve.task_worker import TaskWorker
+from qasr.engine import AsyncEngine
+from qasr.serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
+from qasr.serve.errors import error_middleware
+from qasr.serve.metrics import Metrics
+from qasr.serve.openai_api import create_transcription, engine_unavailable, list_models, retrieve_model
+from qasr.serve.options import ServerOptions
+from qasr.serve.state import STATE, ServerState, audio_pool, default_model_name
+from qasr.serve.task_store import open_task_store
+from qasr.serve.task_worker import TaskWorker
 
 
 def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web.Application:

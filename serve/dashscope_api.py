@@ -7,11 +7,11 @@ import uuid
 
 from aiohttp import web
 
-from engine.languages import UnknownLanguageError, resolve_language
-from serve.errors import APIError, is_digits
-from serve.fetch import FetchError, check_url
-from serve.state import STATE, ServerState
-from serve.task_store import STATUSES, SUCCEEDED, Task, TaskRequest
+from qasr.engine.languages import UnknownLanguageError, resolve_language
+from qasr.serve.errors import APIError, is_digits
+from qasr.serve.fetch import FetchError, check_url
+from qasr.serve.state import STATE, ServerState
+from qasr.serve.task_store import STATUSES, SUCCEEDED, Task, TaskRequest
 
 MAX_FILE_URLS = 100  # Paraformer's limit
 MAX_PAGE_SIZE = 100

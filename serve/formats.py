@@ -2,8 +2,8 @@ import json
 import math
 import zlib
 
-from engine.languages import language_code
-from engine.outputs import Transcription
+from qasr.engine.languages import language_code
+from qasr.engine.outputs import Transcription
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 

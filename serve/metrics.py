@@ -7,9 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from engine import AsyncEngine, Transcription
-from serve import task_store
-from serve.task_store import SqlTaskStore, Task
+from qasr.engine import AsyncEngine, Transcription
+from qasr.serve import task_store
+from qasr.serve.task_store import SqlTaskStore, Task
 
 logger = logging.getLogger("qasr.metrics")
 
@@ -51,7 +51,7 @@ class Metrics:
         for status in STATUSES:
             self.requests.labels(status)
         # read from the engine thread's scheduler when scraped: plain len() and a ratio, safe to read racily
-        llm, scheduler = engine.engine, engine.engine.scheduler
+        llm, scheduler = engine.engine, engine.engine.core.scheduler
         Gauge("qasr_num_requests_running", "Requests being decoded (all their audio pieces)",
               registry=r).set_function(lambda: llm.num_running_requests)
         Gauge("qasr_num_requests_waiting", "Requests not yet scheduled",

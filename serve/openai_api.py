@@ -15,24 +15,25 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
-from engine import RequestOutput, SamplingParams, Transcription
-from engine.audio import AudioError, AudioTooLongError, load_audio
-from engine.languages import UnknownLanguageError, language_code, resolve_language
-from serve.errors import APIError, bad_request, is_digits, logger
-from serve.formats import duration_usage, to_srt, to_verbose_json, to_vtt
-from serve.state import STATE, ServerState
+from qasr.engine import RequestOutput, SamplingParams, Transcription, TranscriptionRequest
+from qasr.engine.audio import AudioError, AudioTooLongError, load_audio
+from qasr.engine.languages import Language, UnknownLanguageError, language_code, resolve_language
+from qasr.serve.errors import APIError, bad_request, is_digits, logger
+from qasr.serve.formats import FORMATS, duration_usage, to_srt, to_verbose_json, to_vtt
+from qasr.serve.state import STATE, ServerState
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 OBSERVED = web.RequestKey("qasr_observed", bool)  # set on a request whose outcome is already in the metrics
 STREAM_FORMATS = ("json", "text")
 MAX_TEMPERATURE = 2.0
 
 
 @dataclass(slots=True)
-class TranscriptionRequest:
+class TranscriptionForm:
+    """The form's fields, checked; the audio is decoded later, off the event loop."""
+
     file: IO[bytes]
     model: str
-    language: str | None  # resolved name, e.g. "English"; None: the model detects it
+    language: Language | None  # None: the model detects it
     prompt: str
     response_format: str
     temperature: float
@@ -85,7 +86,8 @@ async def _transcribe(request: web.Request, state: ServerState, form: MultiDictP
         sampling.max_tokens = params.max_tokens
     request_id = f"trsc-{uuid.uuid4().hex}"
     headers = {"X-Request-Id": request_id}
-    stream = state.engine.stream(samples, params.language, params.prompt, sampling, request_id=request_id)
+    stream = state.engine.stream(TranscriptionRequest(samples, language=params.language, context=params.prompt,
+                                                      sampling_params=sampling, request_id=request_id))
     async with contextlib.aclosing(stream) as outputs:  # leaving early, however, aborts the engine request
         try:
             output = await anext(outputs)  # before any byte is sent, so a failure still gets its HTTP status
@@ -121,7 +123,7 @@ async def _read_form(request: web.Request, state: ServerState) -> MultiDictProxy
         raise bad_request(f"Could not parse the form body: {error}") from error
 
 
-def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars: int) -> TranscriptionRequest:
+def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars: int) -> TranscriptionForm:
     file = form.get("file")
     if file is None:
         raise bad_request("Missing required parameter: 'file'.", param="file")
@@ -134,9 +136,9 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
                        param="model", code="model_not_found")
 
     response_format = _text(form, "response_format") or "json"
-    if response_format not in RESPONSE_FORMATS:
+    if response_format not in FORMATS:
         raise bad_request(f"Unsupported response_format {response_format!r}; supported: "
-                          f"{', '.join(RESPONSE_FORMATS)}.", param="response_format")
+                          f"{', '.join(FORMATS)}.", param="response_format")
 
     stream = _boolean(form, "stream")
     if stream and response_format not in STREAM_FORMATS:
@@ -172,7 +174,7 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
         raise bad_request(f"prompt is {len(prompt)} characters long; at most {max_prompt_chars} are allowed.",
                           param="prompt", code="prompt_too_long")
 
-    return TranscriptionRequest(file=file.file, model=model, language=language, prompt=prompt,
+    return TranscriptionForm(file=file.file, model=model, language=language, prompt=prompt,
                                 response_format=response_format, temperature=temperature, stream=stream,
                                 max_tokens=int(max_tokens) if max_tokens else None)
 
@@ -280,7 +282,7 @@ def _result(output: RequestOutput) -> Transcription:
     return output.result
 
 
-def _response(result: Transcription, params: TranscriptionRequest, headers: dict[str, str]) -> web.Response:
+def _response(result: Transcription, params: TranscriptionForm, headers: dict[str, str]) -> web.Response:
     fmt = params.response_format
     if fmt == "json":
         body: dict = {"text": result.text, "usage": duration_usage(result)}
@@ -313,7 +315,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 def _model_card(state: ServerState, name: str) -> dict:
     engine = state.engine.engine
     return {"id": name, "object": "model", "created": state.created, "owned_by": "qasr",
-            "root": str(engine.model_path), "parent": None, "max_model_len": engine.max_model_len}
+            "root": str(engine.model_path), "parent": None, "max_model_len": engine.core.max_model_len}
 
 
 def engine_unavailable() -> APIError:

@@ -263,7 +263,7 @@ def open_task_store(url: str | Path, max_attempts: int = 3) -> SqlTaskStore:
     """`postgresql://...` or `postgres://...` (a libpq URL): PostgreSQL, for replicas on several hosts; anything
     else is the path of a SQLite file (":memory:": this process only)."""
     if str(url).startswith(("postgresql://", "postgres://")):
-        from serve.task_store_postgres import PostgresTaskStore  # psycopg is the optional `postgres` extra
+        from qasr.serve.task_store_postgres import PostgresTaskStore  # psycopg is the optional `postgres` extra
 
         return PostgresTaskStore(str(url), max_attempts)
     return TaskStore(url, max_attempts)

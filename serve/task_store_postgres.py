@@ -9,7 +9,7 @@ try:
 except ImportError as error:  # the optional `postgres` extra
     raise ImportError("a postgresql:// task store needs psycopg: pip install 'qasr[postgres]'") from error
 
-from serve.task_store import SCHEMA, SqlTaskStore
+from qasr.serve.task_store import SCHEMA, SqlTaskStore
 
 SCHEMA_LOCK = 0x71A5  # an advisory lock key: replicas starting at once must not race to create the table
 # without these a database host that vanished from the network hangs a store call (and the thread under it) for as

@@ -10,20 +10,17 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
-from engine import AsyncEngine, Transcription
-from engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
-from serve.fetch import Fetcher, FetchError
-from serve.formats import to_filetrans_transcript
-from serve.metrics import Metrics
-from serve.task_store import FAILED, SUCCEEDED, SqlTaskStore, Task, TaskRequest
-
-if TYPE_CHECKING:
-    from serve.state import ServerOptions
+from qasr.engine import AsyncEngine, Transcription, TranscriptionRequest
+from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
+from qasr.serve.fetch import Fetcher, FetchError
+from qasr.serve.formats import to_filetrans_transcript
+from qasr.serve.metrics import Metrics
+from qasr.serve.options import ServerOptions
+from qasr.serve.task_store import FAILED, SUCCEEDED, SqlTaskStore, Task, TaskRequest
 
 logger = logging.getLogger("qasr.tasks")
 
@@ -44,7 +41,7 @@ class TaskWorker:
     hands back its tasks to PENDING when stopped; every file and channel of every task runs through the engine at
     once, so the engine batches them."""
 
-    def __init__(self, store: SqlTaskStore, engine: AsyncEngine, options: "ServerOptions", metrics: Metrics,
+    def __init__(self, store: SqlTaskStore, engine: AsyncEngine, options: ServerOptions, metrics: Metrics,
                  audio_pool: ThreadPoolExecutor):
         self.store = store
         self.engine = engine
@@ -171,7 +168,7 @@ class TaskWorker:
 
 
     async def _transcribe(self, samples: np.ndarray, language: str | None) -> Transcription:
-        result = await self.engine.transcribe(samples, language)
+        result = await self.engine.transcribe(TranscriptionRequest(samples, language=language))
         self.metrics.observe_transcription(result)  # each channel once, as it finishes
         return result
 

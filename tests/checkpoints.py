@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from engine.checkpoint import ASR_CHAT_TEMPLATE, canonical_name, disk_name, save_safetensors
+from qasr.engine.checkpoint import ASR_CHAT_TEMPLATE, canonical_name, disk_name, save_safetensors
 from training.export import original_config
 from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS
 from training.tokenizer import build_tokenizer as build_bpe_tokenizer

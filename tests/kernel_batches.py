@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels import AttentionMetadata
-from kernels.triton_utils import interpreting
+from qasr.kernels import AttentionMetadata
+from qasr.kernels.triton.utils import interpreting
 
 
 def gpu_test(test: Callable) -> Callable:

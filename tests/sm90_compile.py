@@ -18,11 +18,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernels import activation, fused_norms, kv_store, packed_window_attention, split_kv_attention  # noqa: E402
-from kernels import unified_attention as unified  # noqa: E402
-from kernels.attention_metadata import SPLIT_KV_SEGMENTS  # noqa: E402
+from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS
+from qasr.kernels.triton import activation, kv_store, norms, split_kv_attention, windowed_attention
+from qasr.kernels.triton import paged_attention as unified
 
 H100 = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -112,14 +110,14 @@ def main() -> None:
         pointers = {"k_cache_ptr": cache, "v_cache_ptr": cache, "slot_mapping_ptr": "*i64"}
         reports.append(compile_report(f"KV store {label}", source(kv_store._store_kv_kernel, pointers,
                                                                   {**store, "FP8": fp8})))
-    window = {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": packed_window_attention.BLOCK_M,
-              "TILE_N": packed_window_attention.TILE_N, "UPCAST": False, "DOT_PRECISION": "tf32"}
+    window = {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": windowed_attention.BLOCK_M,
+              "TILE_N": windowed_attention.TILE_N, "UPCAST": False, "DOT_PRECISION": "tf32"}
     reports.append(compile_report("encoder windowed attention bf16", source(
-        packed_window_attention._window_attention_kernel, {"cu_window_ptr": "*i32"}, window)))
+        windowed_attention._window_attention_kernel, {"cu_window_ptr": "*i32"}, window)))
     reports.append(compile_report("add + RMSNorm 2048", source(
-        fused_norms._add_rms_norm_kernel, {}, {"HIDDEN": 2048, "BLOCK": 2048, "HAS_RESIDUAL": True}), num_warps=8))
+        norms._add_rms_norm_kernel, {}, {"HIDDEN": 2048, "BLOCK": 2048, "HAS_RESIDUAL": True}), num_warps=8))
     reports.append(compile_report("q/k RMSNorm + RoPE", source(
-        fused_norms._qk_norm_rope_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
+        norms._qk_norm_rope_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
         {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_HQ": HEADS,
          "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM})))
     reports.append(compile_report("SiLU and mul 6144", source(

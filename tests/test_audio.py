@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
+from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 
 TONE_HZ = 1000.0
 

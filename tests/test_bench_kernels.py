@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import kernels as bench
-from kernels.triton_utils import interpreting
+from qasr.benchmarks import kernels as bench
+from qasr.kernels.triton.utils import interpreting
 
 TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from serve.cli import main
+from qasr.cli import main
 
 TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
 

@@ -3,7 +3,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from scheduler import AudioSpan, BlockManager, SamplingParams, Sequence, block_manager
+from qasr.scheduler import AudioSpan, BlockManager, SamplingParams, Sequence, block_manager
 
 PAD = 151676
 # an audio's content hash fixes its length; "x" and "y" have the same length but different content

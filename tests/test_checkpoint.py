@@ -11,14 +11,14 @@ import torch
 from checkpoints import SHAPES, Shape, write_checkpoint
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoint import (
+from qasr.engine.checkpoint import (
     CheckpointError,
     convert_to_hf,
     expected_shapes,
     load_weights,
     resolve_model_path,
 )
-from engine.model_config import ModelConfig, load_model_config, parse_config
+from qasr.engine.model_config import ModelConfig, load_model_config, parse_config
 
 QWEN_SPECIAL_IDS = {151643, 151644, 151645, 151669, 151670, 151676, 151704}
 

@@ -8,9 +8,9 @@ import soundfile as sf
 from checkpoints import SHAPES, write_checkpoint
 from conftest import speech_like
 
-from engine.outputs import Segment, Transcription
-from serve.cli import main
-from serve.formats import render
+from qasr.cli import main
+from qasr.engine.outputs import Segment, Transcription
+from qasr.serve.formats import render
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def setup(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 def test_transcribe_json_matches_the_python_api(setup, capsys) -> None:
     checkpoint, files = setup
-    from engine import ASR, SamplingParams
+    from qasr.engine import ASR, SamplingParams
 
     expected = ASR(str(checkpoint), max_piece_seconds=10).transcribe(
         [str(f) for f in files], sampling_params=SamplingParams(max_tokens=12))
@@ -80,7 +80,7 @@ def test_subtitle_formats() -> None:
 
 
 def test_a_task_db_password_never_reaches_the_startup_line() -> None:
-    from serve.cli import _without_password
+    from qasr.serve.cli import without_password as _without_password
 
     assert _without_password("postgresql://qasr:s3cret@db:5432/tasks") == "postgresql://qasr:***@db:5432/tasks"
     assert _without_password("postgresql://qasr@db/tasks") == "postgresql://qasr@db/tasks"

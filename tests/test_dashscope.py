@@ -21,12 +21,13 @@ from dashscope.audio.qwen_asr import QwenTranscription
 from test_server import HELDOUT, LiveServer, http, metric_values
 from yarl import URL
 
-from engine import AsyncEngine, EngineConfig
-from engine.audio import load_audio
-from serve.app import create_app
-from serve.fetch import numeric_address, refusal
-from serve.state import STATE, ServerOptions
-from serve.task_store import FAILED, PENDING, RUNNING, SUCCEEDED, Task, TaskRequest, TaskStore
+from qasr.engine import AsyncEngine, EngineConfig, TranscriptionRequest
+from qasr.engine.audio import load_audio
+from qasr.serve.app import create_app
+from qasr.serve.fetch import numeric_address, refusal
+from qasr.serve.options import ServerOptions
+from qasr.serve.state import STATE
+from qasr.serve.task_store import FAILED, PENDING, RUNNING, SUCCEEDED, Task, TaskRequest, TaskStore
 
 SUBMIT = "/api/v1/services/audio/asr/transcription"
 ASYNC = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
@@ -84,7 +85,7 @@ def files(clips: list[dict]):
     stereo_samples = [load_audio(wav.getvalue(), channel=c) for c in (0, 1)]
 
     async def transcribe_stereo(engine: AsyncEngine) -> list[str]:
-        return [(await engine.transcribe(s)).text for s in stereo_samples]
+        return [(await engine.transcribe(TranscriptionRequest(s))).text for s in stereo_samples]
 
     live.transcribe_stereo = transcribe_stereo
     yield live
@@ -105,7 +106,7 @@ def server(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory):
 def expected(server: LiveServer, engine: AsyncEngine, clips: list[dict]) -> list[str]:
     """What the engine itself transcribes for each clip: the tasks must give the same."""
     async def transcribe_all() -> list[str]:
-        return [r.text for r in await asyncio.gather(*(engine.transcribe(c["samples"]) for c in clips))]
+        return [r.text for r in await asyncio.gather(*(engine.transcribe(TranscriptionRequest(c["samples"])) for c in clips))]
 
     return server.call(transcribe_all())
 
@@ -286,7 +287,7 @@ def test_private_addresses_are_refused_unless_allowed(files: LiveServer, clips: 
                                    ServerOptions(task_db=str(tmp_path / "tasks.sqlite3"))))
     # a "public" server for the first hop of a redirect: 127.0.0.2, which only this test lets through
     allowed, public = refusal, web.AppRunner(web.Application())
-    monkeypatch.setattr("serve.fetch.refusal", lambda address: None if address == "127.0.0.2" else allowed(address))
+    monkeypatch.setattr("qasr.serve.fetch.refusal", lambda address: None if address == "127.0.0.2" else allowed(address))
 
     async def redirect(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(request.query["to"])

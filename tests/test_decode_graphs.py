@@ -11,8 +11,8 @@ import torch
 from checkpoints import SHAPES, write_checkpoint
 from conftest import speech_like
 
-from engine import ASR, SamplingParams
-from engine.decode_graphs import DecodeGraphs, batch_size_ladder
+from qasr.engine import ASR, SamplingParams
+from qasr.engine.decode_graphs import DecodeGraphs, batch_size_ladder
 
 MAX_TOKENS = 10
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -47,8 +47,8 @@ def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Pa
     count = 11 if backend == "torch" else 3
     expected = transcribe(ASR(str(checkpoint), attention_backend=backend), clips[:count])
     asr = ASR(str(checkpoint), attention_backend=backend)
-    runner = asr.engine.runner
-    graphs = DecodeGraphs(runner.model, runner.backend, max_batch_size=16, max_blocks_per_seq=64, block_size=16)
+    runner = asr.engine.core.runner
+    graphs = DecodeGraphs(runner.model, runner.ops, max_batch_size=16, max_blocks_per_seq=64, block_size=16)
     runner.decode_graphs = graphs
     calls = []
     original_run = graphs.run
@@ -67,10 +67,10 @@ def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Pa
 def test_cuda_graphs_on_and_off_give_the_same_tokens_in_bf16(checkpoint: Path, clips) -> None:
     eager = ASR(str(checkpoint), dtype="bfloat16", enforce_eager=True)
     graphed = ASR(str(checkpoint), dtype="bfloat16", max_num_seqs=16)
-    assert graphed.engine.runner.decode_graphs is not None and graphed.engine.runner.decode_graphs.graphs
-    assert eager.engine.runner.decode_graphs is None
+    assert graphed.engine.core.runner.decode_graphs is not None and graphed.engine.core.runner.decode_graphs.graphs
+    assert eager.engine.core.runner.decode_graphs is None
     # the KV pool was sized with the graphs' memory measured beforehand; the real capture must not take more
-    memory = graphed.engine.graph_memory
-    assert memory.profiled_bytes > 0 and eager.engine.graph_memory.profiled_bytes == 0
+    memory = graphed.engine.core.graph_memory
+    assert memory.profiled_bytes > 0 and eager.engine.core.graph_memory.profiled_bytes == 0
     assert memory.captured_bytes <= memory.profiled_bytes * 1.1 + (64 << 20), memory
     assert transcribe(graphed, clips) == transcribe(eager, clips)

@@ -6,13 +6,13 @@ import json
 import pytest
 from reference import Reference
 
-from benchmarks.heldout import MANIFEST, heldout_scores, read_manifest
-from benchmarks.wer import corpus_wer
-from engine import ASR, SamplingParams
-from engine.audio import load_audio
-from engine.checkpoint import convert_to_hf
-from engine.demo import demo_model_path
-from engine.model_config import load_model_config
+from qasr.benchmarks.heldout import MANIFEST, heldout_scores, read_manifest
+from qasr.benchmarks.wer import corpus_wer
+from qasr.engine import ASR, SamplingParams
+from qasr.engine.audio import load_audio
+from qasr.engine.checkpoint import convert_to_hf
+from qasr.engine.demo import demo_model_path
+from qasr.engine.model_config import load_model_config
 
 MAX_CHECKPOINT_BYTES = 25_000_000
 MAX_HELDOUT_BYTES = 5_000_000

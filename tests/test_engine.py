@@ -9,10 +9,10 @@ import pytest
 from checkpoints import SHAPES, write_checkpoint
 from conftest import speech_like
 
-from engine import ASR, AsyncEngine, EngineConfig, SamplingParams
-from engine.languages import UnknownLanguageError
-from engine.prompt import MAX_CACHED_CONTEXT_CHARS
-from scheduler import SchedulerOutput
+from qasr.engine import ASR, AsyncEngine, EngineConfig, SamplingParams, TranscriptionRequest
+from qasr.engine.languages import UnknownLanguageError
+from qasr.engine.prompt import MAX_CACHED_CONTEXT_CHARS
+from qasr.scheduler import SchedulerOutput
 
 SECONDS = [0.3, 0.7, 1.0, 1.6, 2.2, 3.1, 4.0, 5.5, 6.3, 7.9, 8.1, 9.4, 10.2, 11.7, 2.8, 0.5, 12.5, 3.3]
 MAX_TOKENS = 16
@@ -37,7 +37,7 @@ def alone(checkpoint: Path, clips: list[np.ndarray]) -> list[list[int]]:
 
 class StepRecorder:
     def __init__(self, asr: ASR):
-        scheduler = asr.engine.scheduler
+        scheduler = asr.engine.core.scheduler
         self.steps: list[SchedulerOutput] = []
         original = scheduler.schedule
 
@@ -60,7 +60,7 @@ def test_batch_equals_one_at_a_time(checkpoint: Path, clips, alone) -> None:
     assert transcribe_all(asr, clips) == alone
     assert max(len(step.chunks) for step in recorder.steps) >= 16
     assert any(len(step.to_encode) > 1 for step in recorder.steps), "the encoder never ran batched"
-    assert asr.engine.scheduler.block_manager.num_free_blocks == asr.engine.scheduler.block_manager.num_blocks
+    assert asr.engine.core.scheduler.block_manager.num_free_blocks == asr.engine.core.scheduler.block_manager.num_blocks
 
 
 def test_preemption_under_a_small_kv_pool(checkpoint: Path, clips, alone) -> None:
@@ -93,7 +93,7 @@ def test_random_arrival_order(checkpoint: Path, clips, alone) -> None:
         for _ in range(rng.randint(0, 3)):
             if pending:
                 i = pending.pop()
-                request_of[engine.add_request(clips[i], sampling_params=params)] = i
+                request_of[engine.add_request(TranscriptionRequest(clips[i], sampling_params=params))] = i
         for output in engine.step() if engine.has_unfinished else []:
             if output.finished:
                 results[request_of[output.request_id]] = output.result.token_ids
@@ -118,7 +118,7 @@ def test_ignore_eos_and_max_tokens(checkpoint: Path, clips) -> None:
 
 def test_stop_on_the_checkpoints_eos(checkpoint: Path, clips) -> None:
     asr = ASR(str(checkpoint))
-    eos = set(asr.engine.special.eos)
+    eos = set(asr.engine.input_processor.special.eos)
     results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=200))
     for r in results:
         stopped = r.finish_reason == "stop"
@@ -141,7 +141,7 @@ def test_bad_requests_raise_clear_errors(checkpoint: Path, clips) -> None:
 
 def test_request_counts_for_the_metrics(checkpoint: Path, clips) -> None:
     engine = ASR(str(checkpoint), max_num_seqs=1).engine
-    ids = [engine.add_request(clip, sampling_params=SamplingParams(max_tokens=3)) for clip in clips[:3]]
+    ids = [engine.add_request(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=3))) for clip in clips[:3]]
     assert (engine.num_running_requests, engine.num_waiting_requests) == (0, 3)
     engine.step()
     assert (engine.num_running_requests, engine.num_waiting_requests) == (1, 2)
@@ -153,7 +153,7 @@ def test_request_counts_for_the_metrics(checkpoint: Path, clips) -> None:
 
 
 def test_long_contexts_are_tokenized_without_filling_the_prompt_cache(checkpoint: Path) -> None:
-    prompts = ASR(str(checkpoint)).engine.prompts
+    prompts = ASR(str(checkpoint)).engine.input_processor.prompts
     long_context = "hotword " * (MAX_CACHED_CONTEXT_CHARS // 8 + 1)
     short_prompt, short_at = prompts.build(5, "hotword " * 3, "English")
     long_prompt, long_at = prompts.build(5, long_context, "English")
@@ -169,7 +169,7 @@ def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, c
     async def run() -> list[tuple[str, str]]:
         async def one(clip: np.ndarray) -> tuple[str, str]:
             deltas, final = [], None
-            async for output in engine.stream(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS)):
+            async for output in engine.stream(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS))):
                 deltas.append(output.delta)
                 if output.finished:
                     final = output.result
@@ -189,8 +189,8 @@ def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
 
     async def run() -> None:
         with pytest.raises(UnknownLanguageError):
-            await engine.transcribe(clips[0], language="xx-none")
-        stream = engine.stream(clips[5], sampling_params=SamplingParams(max_tokens=500, ignore_eos=True))
+            await engine.transcribe(TranscriptionRequest(clips[0], language="xx-none"))
+        stream = engine.stream(TranscriptionRequest(clips[5], sampling_params=SamplingParams(max_tokens=500, ignore_eos=True)))
         await anext(stream)
         await stream.aclose()  # the client went away
         for _ in range(100):
@@ -198,7 +198,7 @@ def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
                 break
             await asyncio.sleep(0.02)
         assert engine.num_unfinished == 0
-        result = await engine.transcribe(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True))
+        result = await engine.transcribe(TranscriptionRequest(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True)))
         assert len(result.token_ids) == 4
 
     try:
@@ -212,8 +212,8 @@ def test_dtype_options(checkpoint: Path, clips, alone) -> None:
 
     assert transcribe_all(ASR(str(checkpoint), dtype=torch.float32), clips[:3]) == alone[:3]
     bf16 = ASR(str(checkpoint), dtype="bfloat16")
-    assert next(bf16.engine.runner.model.parameters()).dtype == torch.bfloat16
-    assert bf16.engine.runner.model.model.layers[0].self_attn.rotary.cos.dtype == torch.float32
+    assert next(bf16.engine.core.runner.model.parameters()).dtype == torch.bfloat16
+    assert bf16.engine.core.runner.model.model.layers[0].self_attn.rotary.cos.dtype == torch.float32
     results = transcribe_all(bf16, clips[:3])
     assert all(len(tokens) > 0 for tokens in results)
     with pytest.raises(ValueError, match="unknown dtype 'float64'"):
@@ -222,7 +222,7 @@ def test_dtype_options(checkpoint: Path, clips, alone) -> None:
 
 def test_async_engine_survives_a_failed_step_and_fails_requests_after_shutdown(checkpoint: Path, clips) -> None:
     engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
-    runner = engine.engine.runner
+    runner = engine.engine.core.runner
     original_launch = runner.launch
     failures = []
 
@@ -236,18 +236,18 @@ def test_async_engine_survives_a_failed_step_and_fails_requests_after_shutdown(c
 
     async def run() -> None:
         with pytest.raises(RuntimeError, match="engine step failed.*device on fire"):
-            await engine.transcribe(clips[0], sampling_params=SamplingParams(max_tokens=4))
-        result = await engine.transcribe(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True))
+            await engine.transcribe(TranscriptionRequest(clips[0], sampling_params=SamplingParams(max_tokens=4)))
+        result = await engine.transcribe(TranscriptionRequest(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True)))
         assert len(result.token_ids) == 4
-        stream = engine.stream(clips[2], language="English",  # forced: text streams from the first token
-                               sampling_params=SamplingParams(max_tokens=50_000, ignore_eos=True))
+        stream = engine.stream(TranscriptionRequest(clips[2], language="English",  # forced: text streams at once
+                                                    sampling_params=SamplingParams(max_tokens=50_000, ignore_eos=True)))
         await anext(stream)
         await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
         with pytest.raises(RuntimeError, match="shut down"):
             async for _ in stream:
                 pass
         with pytest.raises(RuntimeError, match="has stopped"):
-            await engine.transcribe(clips[0])
+            await engine.transcribe(TranscriptionRequest(clips[0]))
 
     asyncio.run(asyncio.wait_for(run(), timeout=120))
     assert not engine.thread.is_alive()

@@ -5,7 +5,7 @@ import pytest
 from conftest import speech_like
 from transformers import Qwen3ASRFeatureExtractor
 
-from engine.features import FeatureConfig, LogMelExtractor
+from qasr.engine.features import FeatureConfig, LogMelExtractor
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:

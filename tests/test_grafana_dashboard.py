@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from serve.metrics import Metrics
-from serve.task_store import TaskStore
+from qasr.serve.metrics import Metrics
+from qasr.serve.task_store import TaskStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -72,7 +72,7 @@ def exposition() -> str:
     scheduler = SimpleNamespace(num_running=3, num_waiting=5, kv_usage=0.25)
     store = TaskStore(":memory:")
     try:
-        llm = SimpleNamespace(scheduler=scheduler, num_running_requests=2, num_waiting_requests=1)
+        llm = SimpleNamespace(core=SimpleNamespace(scheduler=scheduler), num_running_requests=2, num_waiting_requests=1)
         metrics = Metrics(SimpleNamespace(engine=llm), store)
         return metrics.render().decode()
     finally:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from kernel_batches import PagedBatch, gpu_test, paged_batch, seed_of
 
-from kernels import SplitKVWorkspace
-from kernels import paged_attention as reference
-from kernels.triton_utils import padded_head_dim
-from kernels.unified_attention import unified_attention, use_split_kv
+from qasr.kernels import SplitKVWorkspace
+from qasr.kernels.reference import paged_attention as reference
+from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
+from qasr.kernels.triton.utils import padded_head_dim
 
 DTYPES = [torch.float32, torch.float16]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}

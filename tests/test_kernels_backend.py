@@ -9,34 +9,34 @@ import torch
 from checkpoints import SHAPES, write_checkpoint
 from conftest import speech_like
 
-from engine import ASR, SamplingParams
-from kernels import AttentionBackend, AttentionMetadata, get_attention_backend
-from kernels.unified_attention import use_split_kv
+from qasr.engine import ASR, SamplingParams
+from qasr.kernels import AttentionMetadata, ModelOps, get_model_ops
+from qasr.kernels.triton.paged_attention import use_split_kv
 
 CLIP_SECONDS = [0.6, 2.3, 1.2]
 MAX_TOKENS = 8
 
 
 def test_default_backend_is_torch_on_cpu() -> None:
-    assert get_attention_backend(None, torch.device("cpu")).name == "torch"
-    assert get_attention_backend("torch", torch.device("cpu")).name == "torch"
+    assert get_model_ops(None, torch.device("cpu")).name == "torch"
+    assert get_model_ops("torch", torch.device("cpu")).name == "torch"
 
 
 def test_triton_on_cpu_runs_interpreted() -> None:
-    backend = get_attention_backend("triton", torch.device("cpu"))
+    backend = get_model_ops("triton", torch.device("cpu"))
     assert backend.name == "triton"
-    assert all(callable(getattr(backend, f.name)) for f in fields(AttentionBackend) if f.name != "name")
+    assert all(callable(getattr(backend, f.name)) for f in fields(ModelOps) if f.name != "name")
 
 
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        get_attention_backend("triton", torch.device("cpu"))
+        get_model_ops("triton", torch.device("cpu"))
 
 
 def test_unknown_backend() -> None:
     with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
-        get_attention_backend("flash", torch.device("cpu"))
+        get_model_ops("flash", torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def expected(checkpoint: Path, clips: list[np.ndarray]) -> list[list[int]]:
 def record_attention_kinds(asr: ASR) -> set[str]:
     """Which kinds of batch the Triton paged attention was called with."""
     kinds: set[str] = set()
-    runner = asr.engine.runner
-    attend = runner.backend.paged_attention
+    runner = asr.engine.core.runner
+    attend = runner.ops.paged_attention
 
     def spy(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:
@@ -79,7 +79,7 @@ def record_attention_kinds(asr: ASR) -> set[str]:
             kinds.add("chunked prefill")
         return attend(query, k_cache, v_cache, meta, scale)
 
-    runner.backend = replace(runner.backend, paged_attention=spy)
+    runner.ops = replace(runner.ops, paged_attention=spy)
     return kinds
 
 
@@ -97,17 +97,17 @@ def test_engine_on_triton_matches_torch(checkpoint: Path, clips: list[np.ndarray
 
 def test_warm_up_runs_every_kernel_variant_and_stores_nothing(checkpoint: Path) -> None:
     asr = ASR(str(checkpoint), device="cpu", attention_backend="triton", num_kv_blocks=8)
-    runner = asr.engine.runner
+    runner = asr.engine.core.runner
     runner.kv_cache.normal_()
     before = runner.kv_cache.clone()
     attended = []
-    attend = runner.backend.paged_attention
+    attend = runner.ops.paged_attention
 
     def spy(query, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         attended.append((tuple(meta.query_lens_host), use_split_kv(meta, k_cache.shape[2])))
         return attend(query, k_cache, v_cache, meta, scale)
 
-    runner.backend = replace(runner.backend, paged_attention=spy)
+    runner.ops = replace(runner.ops, paged_attention=spy)
     runner.warm_up()
     assert torch.equal(runner.kv_cache, before)
     kinds = {(max(lens), len(lens) > 1, split) for lens, split in attended}

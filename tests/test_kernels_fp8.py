@@ -10,13 +10,15 @@ from checkpoints import SHAPES, write_checkpoint
 from conftest import speech_like
 from kernel_batches import PagedBatch, gpu_test, paged_batch, seed_of
 
-import engine.model_runner
-from engine import ASR, SamplingParams
-from engine.config import EngineConfig
-from kernels import kv_cache_dtype, kv_store
-from kernels import paged_attention as reference
-from kernels.kv_cache_dtype import FP8_DTYPE, resolve_kv_cache_dtype, to_cache_dtype
-from kernels.unified_attention import unified_attention
+import qasr.engine.model_runner
+from qasr.engine import ASR, SamplingParams, TranscriptionRequest
+from qasr.engine.config import EngineConfig
+from qasr.kernels import kv_cache_dtype
+from qasr.kernels.kv_cache_dtype import FP8_DTYPE, resolve_kv_cache_dtype, to_cache_dtype
+from qasr.kernels.reference import kv_store as reference_kv_store
+from qasr.kernels.reference import paged_attention as reference
+from qasr.kernels.triton import kv_store
+from qasr.kernels.triton.paged_attention import unified_attention
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}  # as in test_kernels_attention
@@ -52,7 +54,7 @@ def test_store_kv_into_fp8_cache_is_bit_exact(block_size: int, dtype: torch.dtyp
     k_cache = to_cache_dtype(torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=generator), FP8_DTYPE)
     v_cache = to_cache_dtype(torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=generator), FP8_DTYPE)
     k_expected, v_expected = k_cache.clone(), v_cache.clone()
-    reference.store_kv(key, value, k_expected, v_expected, slots)
+    reference_kv_store.store_kv(key, value, k_expected, v_expected, slots)
     kv_store.store_kv(key, value, k_cache, v_cache, slots)
     assert torch.equal(bits(k_cache), bits(k_expected)) and torch.equal(bits(v_cache), bits(v_expected))
     stored = slots >= 0
@@ -157,7 +159,7 @@ def greedy(asr: ASR, clips: list[np.ndarray], forced: list[list[int]] | None = N
     params = [SamplingParams(max_tokens=max_tokens, ignore_eos=True) for _ in clips]
     clip_of = {id(p): i for i, p in enumerate(params)}
     argmax: list[list[int]] = [[] for _ in clips]
-    sample = engine.model_runner.sample
+    sample = qasr.engine.model_runner.sample
 
     def forcing_sample(logits: torch.Tensor, row_params: list[SamplingParams], generators: list) -> torch.Tensor:
         tokens = sample(logits, row_params, generators)
@@ -168,14 +170,14 @@ def greedy(asr: ASR, clips: list[np.ndarray], forced: list[list[int]] | None = N
                 tokens[row] = forced[i][len(argmax[i]) - 1]
         return tokens
 
-    engine.model_runner.sample = forcing_sample
+    qasr.engine.model_runner.sample = forcing_sample
     try:
         for clip, p in zip(clips, params):
-            asr.engine.add_request(clip, sampling_params=p)
+            asr.engine.add_request(TranscriptionRequest(clip, sampling_params=p))
         while asr.engine.has_unfinished:
             asr.engine.step()
     finally:
-        engine.model_runner.sample = sample
+        qasr.engine.model_runner.sample = sample
     return argmax
 
 
@@ -192,7 +194,7 @@ def full_precision(checkpoint: Path, clips: list[np.ndarray]) -> list[list[int]]
 def test_engine_with_fp8_kv_cache_agrees_with_full_precision(checkpoint: Path, clips: list[np.ndarray],
                                                              full_precision: list[list[int]]) -> None:
     asr = ASR(str(checkpoint), device="cpu", attention_backend="torch", kv_cache_dtype="fp8")
-    assert asr.engine.runner.kv_cache.dtype == torch.float8_e4m3fn
+    assert asr.engine.core.runner.kv_cache.dtype == torch.float8_e4m3fn
     forced = greedy(asr, clips, forced=full_precision)
     free_running = greedy(asr, clips)  # prompts hit the prefix cache: the same tokens over the same fp8 KV
     first = sum(a[0] == b[0] for a, b in zip(full_precision, forced)) / len(clips)
@@ -204,9 +206,9 @@ def test_engine_with_fp8_kv_cache_agrees_with_full_precision(checkpoint: Path, c
 def test_fp8_halves_the_block_bytes_and_doubles_the_pool(checkpoint: Path) -> None:
     options = {"device": "cpu", "dtype": "bfloat16", "attention_backend": "torch", "cpu_kv_cache_gib": 0.01}
     full, fp8 = ASR(str(checkpoint), **options).engine, ASR(str(checkpoint), kv_cache_dtype="fp8", **options).engine
-    assert fp8.runner.kv_block_bytes() * 2 == full.runner.kv_block_bytes()
-    blocks, fp8_blocks = full.runner.kv_cache.shape[2], fp8.runner.kv_cache.shape[2]
-    assert fp8_blocks - 2 * blocks in (0, 1) and fp8.scheduler.config.num_blocks == fp8_blocks
+    assert fp8.core.runner.kv_block_bytes() * 2 == full.core.runner.kv_block_bytes()
+    blocks, fp8_blocks = full.core.runner.kv_cache.shape[2], fp8.core.runner.kv_cache.shape[2]
+    assert fp8_blocks - 2 * blocks in (0, 1) and fp8.core.scheduler.config.num_blocks == fp8_blocks
 
 
 def test_engine_with_fp8_kv_cache_on_triton_matches_torch(checkpoint: Path, clips: list[np.ndarray]) -> None:
@@ -224,7 +226,7 @@ def test_engine_with_fp8_kv_cache_on_gpu(checkpoint: Path, clips: list[np.ndarra
     """The Triton backend with CUDA graphs over an fp8 cache, fp32 weights so the CPU measurement applies."""
     full = greedy(ASR(str(checkpoint), device="cuda", dtype="float32"), clips)
     asr = ASR(str(checkpoint), device="cuda", dtype="float32", kv_cache_dtype="fp8")
-    assert asr.engine.uses_cuda_graphs and asr.engine.runner.kv_cache.dtype == torch.float8_e4m3fn
+    assert asr.engine.core.uses_cuda_graphs and asr.engine.core.runner.kv_cache.dtype == torch.float8_e4m3fn
     forced = greedy(asr, clips, forced=full)
     print(f"fp8 KV token agreement on the GPU: teacher-forced {agreement(full, forced):.3f}")
     assert agreement(full, forced) >= MIN_TEACHER_FORCED_AGREEMENT
@@ -253,6 +255,6 @@ def test_store_kv_fp8_on_gpu() -> None:
     k_cache = torch.zeros(64, 16, 8, 128, dtype=FP8_DTYPE, device="cuda")
     v_cache = torch.zeros_like(k_cache)
     k_expected, v_expected = k_cache.clone(), v_cache.clone()
-    reference.store_kv(key, value, k_expected, v_expected, slots)
+    reference_kv_store.store_kv(key, value, k_expected, v_expected, slots)
     kv_store.store_kv(key, value, k_cache, v_cache, slots)
     assert torch.equal(bits(k_cache), bits(k_expected)) and torch.equal(bits(v_cache), bits(v_expected))

@@ -4,9 +4,11 @@ import pytest
 import torch
 from kernel_batches import gpu_test, seed_of
 
-from engine.layers import RotaryEmbedding
-from kernels import activation, fused_norms, kv_store, layer_ops
-from kernels import paged_attention as reference
+from qasr.engine.layers import RotaryEmbedding
+from qasr.kernels.reference import activation as reference_activation
+from qasr.kernels.reference import kv_store as reference_kv_store
+from qasr.kernels.reference import norms as reference_norms
+from qasr.kernels.triton import activation, kv_store, norms
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -37,7 +39,7 @@ def test_store_kv(block_size: int, dtype: torch.dtype) -> None:
     k_cache = randn(generator, num_blocks, block_size, kv_heads, head_dim, dtype=dtype)
     v_cache = randn(generator, num_blocks, block_size, kv_heads, head_dim, dtype=dtype)
     k_expected, v_expected = k_cache.clone(), v_cache.clone()
-    reference.store_kv(key, value, k_expected, v_expected, slots)
+    reference_kv_store.store_kv(key, value, k_expected, v_expected, slots)
     kv_store.store_kv(key, value, k_cache, v_cache, slots)
     assert torch.equal(k_cache, k_expected) and torch.equal(v_cache, v_expected)
 
@@ -62,8 +64,8 @@ def test_add_rms_norm(with_residual: bool, hidden: int, dtype: torch.dtype) -> N
     x = randn(generator, 7, hidden, dtype=dtype, std=3.0)
     residual = randn(generator, 7, hidden, dtype=dtype, std=3.0) if with_residual else None
     weight = randn(generator, hidden, dtype=dtype, mean=1.0, std=0.1)
-    normed, new_residual = fused_norms.add_rms_norm(x, residual, weight, 1e-6)
-    expected_normed, expected_residual = layer_ops.add_rms_norm(x, residual, weight, 1e-6)
+    normed, new_residual = norms.add_rms_norm(x, residual, weight, 1e-6)
+    expected_normed, expected_residual = reference_norms.add_rms_norm(x, residual, weight, 1e-6)
     assert_close(normed, expected_normed)
     assert torch.equal(new_residual, expected_residual)  # one rounded add, exactly as torch does it
 
@@ -82,8 +84,8 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype) -> None:
     q_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
     k_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
     args = (positions, q_weight, k_weight, 1e-6, rotary.cos, rotary.sin)
-    q_out, k_out = fused_norms.qk_norm_rope(q, k, *args)
-    q_expected, k_expected = layer_ops.qk_norm_rope(q, k, *args)
+    q_out, k_out = norms.qk_norm_rope(q, k, *args)
+    q_expected, k_expected = reference_norms.qk_norm_rope(q, k, *args)
     assert_close(q_out, q_expected)
     assert_close(k_out, k_expected)
 
@@ -93,12 +95,12 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype) -> None:
 def test_silu_and_mul(intermediate: int, dtype: torch.dtype) -> None:
     generator = torch.Generator().manual_seed(seed_of(intermediate, dtype))
     gate_up = randn(generator, 3, 2 * intermediate, dtype=dtype, std=3.0)
-    assert_close(activation.silu_and_mul(gate_up), layer_ops.silu_and_mul(gate_up))
+    assert_close(activation.silu_and_mul(gate_up), reference_activation.silu_and_mul(gate_up))
 
 
 def test_empty_inputs() -> None:
     weight = torch.ones(16)
-    normed, residual = fused_norms.add_rms_norm(torch.empty(0, 16), torch.empty(0, 16), weight, 1e-6)
+    normed, residual = norms.add_rms_norm(torch.empty(0, 16), torch.empty(0, 16), weight, 1e-6)
     assert normed.shape == residual.shape == (0, 16)
     assert activation.silu_and_mul(torch.empty(0, 8)).shape == (0, 4)
     kv_store.store_kv(torch.empty(0, 2, 16), torch.empty(0, 2, 16), torch.zeros(1, 8, 2, 16),
@@ -113,8 +115,8 @@ def test_qwen_shapes_bf16_on_gpu() -> None:
     x = randn(generator, tokens, 2048, dtype=dtype, device="cuda")
     residual = randn(generator, tokens, 2048, dtype=dtype, device="cuda")
     weight = randn(generator, 2048, dtype=dtype, mean=1.0, std=0.1, device="cuda")
-    for ours, theirs in zip(fused_norms.add_rms_norm(x, residual, weight, 1e-6),
-                            layer_ops.add_rms_norm(x, residual, weight, 1e-6)):
+    for ours, theirs in zip(norms.add_rms_norm(x, residual, weight, 1e-6),
+                            reference_norms.add_rms_norm(x, residual, weight, 1e-6)):
         assert_close(ours, theirs)
     rotary = RotaryEmbedding(128, 1e6, 65536).cuda()
     qkv = randn(generator, tokens, (16 + 2 * 8) * 128, dtype=dtype, device="cuda")
@@ -123,13 +125,13 @@ def test_qwen_shapes_bf16_on_gpu() -> None:
     args = (torch.randint(0, 65536, (tokens,), generator=generator).cuda(),
             randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"),
             randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"), 1e-6, rotary.cos, rotary.sin)
-    for ours, theirs in zip(fused_norms.qk_norm_rope(q, k, *args), layer_ops.qk_norm_rope(q, k, *args)):
+    for ours, theirs in zip(norms.qk_norm_rope(q, k, *args), reference_norms.qk_norm_rope(q, k, *args)):
         assert_close(ours, theirs)
     gate_up = randn(generator, tokens, 2 * 6144, dtype=dtype, device="cuda")
-    assert_close(activation.silu_and_mul(gate_up), layer_ops.silu_and_mul(gate_up))
+    assert_close(activation.silu_and_mul(gate_up), reference_activation.silu_and_mul(gate_up))
     key, value = (randn(generator, tokens, 8, 128, dtype=dtype, device="cuda") for _ in range(2))
     caches = [torch.zeros(64, 16, 8, 128, dtype=dtype, device="cuda") for _ in range(4)]
     slots = torch.randperm(64 * 16, generator=generator)[:tokens].cuda()
     kv_store.store_kv(key, value, caches[0], caches[1], slots)
-    reference.store_kv(key, value, caches[2], caches[3], slots)
+    reference_kv_store.store_kv(key, value, caches[2], caches[3], slots)
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])

@@ -4,8 +4,8 @@ import pytest
 import torch
 from kernel_batches import gpu_test, seed_of
 
-from kernels import packed_window_attention
-from kernels import windowed_attention as reference
+from qasr.kernels.reference import windowed_attention as reference
+from qasr.kernels.triton import windowed_attention
 
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -21,7 +21,7 @@ def check(window_lens: list[int], num_heads: int, head_dim: int, dtype: torch.dt
         q, k, v = (torch.randn(tokens, num_heads, head_dim, generator=generator).to(dtype).to(device)
                    for _ in range(3))
     scale = head_dim**-0.5
-    out = packed_window_attention.windowed_attention(q, k, v, window_lens, scale)
+    out = windowed_attention.windowed_attention(q, k, v, window_lens, scale)
     expected = reference.windowed_attention(q.float(), k.float(), v.float(), window_lens, scale)
     assert out.dtype == dtype and out.shape == q.shape
     error = (out.float() - expected).abs().max().item()
@@ -45,7 +45,7 @@ def test_windowed_attention_on_strided_views() -> None:
 def test_window_lengths_must_cover_the_tokens() -> None:
     q = torch.zeros(10, 2, 16)
     with pytest.raises(ValueError, match="windows cover 9 tokens"):
-        packed_window_attention.windowed_attention(q, q, q, [4, 5], 0.25)
+        windowed_attention.windowed_attention(q, q, q, [4, 5], 0.25)
 
 
 @gpu_test

@@ -9,8 +9,8 @@ from checkpoints import SHAPES, Shape, write_checkpoint
 from conftest import speech_like
 from reference import Reference
 
-from engine import ASR, SamplingParams
-from engine.splitting import split_audio
+from qasr.engine import ASR, SamplingParams
+from qasr.engine.splitting import split_audio
 
 CLIP_SECONDS = [0.3, 1.0, 7.9, 8.1, 23.0]
 CONDITIONS = [(None, None), ("en", None), ("German", "Hotwords: Qwen, qasr, Paris.")]
@@ -36,7 +36,7 @@ def reference(checkpoints: dict[str, Path]) -> Reference:
 
 class LogitRecorder:
     def __init__(self, asr: ASR):
-        model = asr.engine.runner.model
+        model = asr.engine.core.runner.model
         self.calls: list[torch.Tensor] = []
         original = model.compute_logits
 
@@ -78,12 +78,12 @@ def test_prompt_ids_match_the_processor(checkpoints: dict[str, Path], reference:
         for seconds in (0.3, 2.5, 9.0):
             clip = speech_like(seconds, seed=7)
             expected = reference.inputs(clip, language, context)["input_ids"][0].tolist()
-            num_audio = expected.count(asr.engine.special.audio_pad)
-            from engine.languages import resolve_language
-            ours, audio_start = asr.engine.prompts.build(num_audio, context or "", resolve_language(language))
+            num_audio = expected.count(asr.engine.input_processor.special.audio_pad)
+            from qasr.engine.languages import resolve_language
+            ours, audio_start = asr.engine.input_processor.prompts.build(num_audio, context or "", resolve_language(language))
             assert ours == expected
-            assert ours[audio_start] == asr.engine.special.audio_pad
-            assert ours[audio_start - 1] == asr.engine.special.audio_start
+            assert ours[audio_start] == asr.engine.input_processor.special.audio_pad
+            assert ours[audio_start - 1] == asr.engine.input_processor.special.audio_start
 
 
 def test_long_audio_pieces_match_transformers_piece_by_piece(checkpoints: dict[str, Path],

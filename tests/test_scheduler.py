@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler import (
+from qasr.scheduler import (
     PENDING_TOKEN,
     AudioSpan,
     SamplingParams,

@@ -15,11 +15,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import AsyncEngine, EngineConfig, RequestOutput
-from engine.audio import load_audio
-from serve import openai_api
-from serve.app import create_app, start
-from serve.state import STATE, ServerOptions
+from qasr.engine import AsyncEngine, EngineConfig, RequestOutput, TranscriptionRequest
+from qasr.engine.audio import load_audio
+from qasr.serve import openai_api
+from qasr.serve.app import create_app, start
+from qasr.serve.options import ServerOptions
+from qasr.serve.state import STATE
 
 HELDOUT = Path(__file__).parent.parent / "benchmarks" / "data" / "heldout"
 MAX_UPLOAD_MB = 0.25
@@ -74,7 +75,7 @@ def clips(server: LiveServer, engine: AsyncEngine) -> list[dict]:
     rows = [json.loads(line) for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:8]]
 
     async def transcribe_all() -> list[str]:
-        results = await asyncio.gather(*(engine.transcribe(load_audio(HELDOUT / row["file"])) for row in rows))
+        results = await asyncio.gather(*(engine.transcribe(TranscriptionRequest(load_audio(HELDOUT / row["file"]))) for row in rows))
         return [result.text for result in results]
 
     for row, text in zip(rows, server.call(transcribe_all())):
@@ -373,7 +374,7 @@ def test_unexpected_errors_are_500_without_internals(server: LiveServer, clips: 
     def broken(_: bytes) -> None:
         raise KeyError("secret internal detail")
 
-    monkeypatch.setattr("serve.openai_api.load_audio", broken)
+    monkeypatch.setattr("qasr.serve.openai_api.load_audio", broken)
     before = metric_values(server.url)[("qasr_requests_total", (("status", "server_error"),))]
     response = http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"]))
     error = assert_openai_error(response, 500)

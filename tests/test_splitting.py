@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.splitting import AudioPiece, split_audio
+from qasr.engine.splitting import AudioPiece, split_audio
 
 RATE = 16000
 

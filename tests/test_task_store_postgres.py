@@ -22,7 +22,7 @@ from aiohttp import web
 from test_dashscope import get_json, replica_apps, submit, wait_done
 from test_server import HELDOUT, LiveServer, metric_values
 
-from serve.task_store import (
+from qasr.serve.task_store import (
     CANCELED,
     FAILED,
     PENDING,
@@ -35,7 +35,7 @@ from serve.task_store import (
     TaskStore,
     open_task_store,
 )
-from serve.task_store_postgres import PostgresTaskStore
+from qasr.serve.task_store_postgres import PostgresTaskStore
 
 
 class Postgres:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.heldout import MANIFEST
-from engine.checkpoint import load_weights
-from engine.model_config import load_model_config
+from qasr.benchmarks.heldout import MANIFEST
+from qasr.engine.checkpoint import load_weights
+from qasr.engine.model_config import load_model_config
 from training import domain, grammar, speech
 from training.corpus import CorpusSpec, plan_split, split_sentences
 from training.train import TrainConfig, train

@@ -5,8 +5,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME, _parse_single_output
 
-from engine.languages import LANGUAGE_NAMES_BY_CODE, UnknownLanguageError, resolve_language
-from engine.transcript import TranscriptStream, fix_repetitions, join_texts, merge_languages, parse_transcript
+from qasr.engine.languages import LANGUAGE_NAMES_BY_CODE, UnknownLanguageError, resolve_language
+from qasr.engine.output_processor import join_texts, merge_languages
+from qasr.engine.prompt import TranscriptStream, fix_repetitions, parse_transcript
 
 
 def test_the_thirty_languages_match_transformers() -> None:
@@ -91,7 +92,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 606), max_size=40))
 def test_incremental_detokenizer_adds_up_to_the_full_decode(tokenizer, ids: list[int]) -> None:
-    from engine.transcript import IncrementalDetokenizer
+    from qasr.engine.detokenizer import IncrementalDetokenizer
 
     detokenizer = IncrementalDetokenizer(tokenizer)
     text = "".join(detokenizer.push(i) for i in ids) + detokenizer.finish()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.wer import corpus_wer, normalize_english, number_words, ordinal_words
+from qasr.benchmarks.wer import corpus_wer, normalize_english, number_words, ordinal_words
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engine.audio_encoder import num_audio_tokens
-from engine.prompt import PromptBuilder
-from engine.tokenizer import SpecialTokens
+from qasr.engine.audio_encoder import num_audio_tokens
+from qasr.engine.prompt import PromptBuilder, language_header
+from qasr.engine.tokenizer import SpecialTokens
 from training.features import FeatureStore
 
 LANGUAGE = "English"
@@ -41,7 +41,7 @@ class ExampleBuilder:
         self.prompts = PromptBuilder(tokenizer, self.special)
 
     def example(self, text: str) -> Example:
-        target = self.tokenizer.encode(f"language {LANGUAGE}<asr_text>{text}", add_special_tokens=False)
+        target = self.tokenizer.encode(language_header(LANGUAGE) + text, add_special_tokens=False)
         return Example(target + [self.im_end], self.tokenizer.encode(text, add_special_tokens=False))
 
     def prompt(self, frames: int) -> list[int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import Qwen3ASRForConditionalGeneration
 
-from benchmarks.wer import corpus_wer
-from engine.transcript import parse_transcript
+from qasr.benchmarks.wer import corpus_wer
+from qasr.engine.prompt import parse_transcript
 from training.batches import ExampleBuilder, padded_features
 
 MAX_NEW_TOKENS = 96

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.audio import load_audio
-from engine.features import FeatureConfig, LogMelExtractor
+from qasr.engine.audio import load_audio
+from qasr.engine.features import FeatureConfig, LogMelExtractor
 
 CHUNK = 64  # clips per worker task
 

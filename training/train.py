@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from engine.demo import DEMO_MODEL_DIR
+from qasr.engine.demo import DEMO_MODEL_DIR
 from training.batches import ExampleBuilder, bucketed_batches, collate
 from training.corpus import CorpusSpec, Utterance, build_corpus, read_manifest
 from training.domain import word_list

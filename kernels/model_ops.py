@@ -1,19 +1,19 @@
+"""The model's swappable ops: every op with both a plain-torch and a Triton implementation. The model calls
+them through a ModelOps and runs unchanged on either set."""
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from kernels import layer_ops, paged_attention, windowed_attention
-from kernels.attention_metadata import AttentionMetadata
+from qasr.kernels.attention_metadata import AttentionMetadata
 
 
 @dataclass(frozen=True, slots=True)
-class AttentionBackend:
-    """Every model op that has more than one implementation; the model calls these and the same model code
-    runs on either backend. Signatures are those of the torch versions in kernels.layer_ops,
-    kernels.paged_attention and kernels.windowed_attention."""
+class ModelOps:
+    """Signatures are those of the torch versions in kernels/reference/."""
 
-    name: str
+    name: str  # the attention_backend option that picks this set: "torch" or "triton"
     store_kv: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
     paged_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor]
     windowed_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
@@ -23,35 +23,26 @@ class AttentionBackend:
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
 
 
-TORCH_BACKEND = AttentionBackend(
-    name="torch",
-    store_kv=paged_attention.store_kv,
-    paged_attention=paged_attention.paged_attention,
-    windowed_attention=windowed_attention.windowed_attention,
-    add_rms_norm=layer_ops.add_rms_norm,
-    qk_norm_rope=layer_ops.qk_norm_rope,
-    silu_and_mul=layer_ops.silu_and_mul,
-)
-
-
-def get_attention_backend(name: str | None, device: torch.device) -> AttentionBackend:
+def get_model_ops(backend: str | None, device: torch.device) -> ModelOps:
     """"torch" runs anywhere; "triton" needs CUDA, or TRITON_INTERPRET=1 on the CPU. None picks triton on CUDA
     and torch elsewhere."""
-    if name is None:
-        name = "triton" if device.type == "cuda" else "torch"
-    if name == "torch":
-        return TORCH_BACKEND
-    if name != "triton":
-        raise ValueError(f"unknown attention backend {name!r}; choose 'torch' or 'triton'")
-    from kernels.triton_utils import interpreting
+    if backend is None:
+        backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "torch":
+        from qasr.kernels.reference.ops import TORCH_OPS
+
+        return TORCH_OPS
+    if backend != "triton":
+        raise ValueError(f"unknown attention backend {backend!r}; choose 'torch' or 'triton'")
+    from qasr.kernels.triton.utils import interpreting
 
     message = (f"the triton backend runs on CUDA devices; on {device.type} it needs the Triton interpreter: "
                "set TRITON_INTERPRET=1 before the first kernels import (and expect it to be slow), "
                "or use attention_backend='torch'")
     if device.type != "cuda" and not interpreting():
         raise RuntimeError(message)
-    from kernels.triton_backend import TRITON_BACKEND, kernels_are_interpreted
+    from qasr.kernels.triton.ops import TRITON_OPS, kernels_are_interpreted
 
     if device.type != "cuda" and not kernels_are_interpreted():
         raise RuntimeError(message + " (the kernels were imported before TRITON_INTERPRET=1 was set)")
-    return TRITON_BACKEND
+    return TRITON_OPS

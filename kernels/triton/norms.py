@@ -1,6 +1,6 @@
 """Triton fused RMSNorm kernels: residual add + RMSNorm, and per-head q/k RMSNorm + NeoX RoPE.
 
-Arithmetic is fp32, rounded to the activation dtype wherever the torch reference (kernels.layer_ops) rounds,
+Arithmetic is fp32, rounded to the activation dtype wherever the torch reference (kernels/reference/norms.py) rounds,
 so both backends agree to fp rounding.
 """
 
@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import check_last_dim_contiguous
+from qasr.kernels.triton.utils import check_last_dim_contiguous
 
 
 @triton.jit

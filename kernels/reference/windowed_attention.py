@@ -1,3 +1,6 @@
+"""Windowed bidirectional attention of the audio encoder in plain torch: the CPU path, and the reference of the
+Triton kernel."""
+
 import torch
 import torch.nn.functional as F
 

@@ -7,8 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.kv_cache_dtype import is_fp8
-from kernels.triton_utils import check_last_dim_contiguous
+from qasr.kernels.kv_cache_dtype import is_fp8
+from qasr.kernels.triton.utils import check_last_dim_contiguous
 
 
 @triton.jit

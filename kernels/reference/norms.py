@@ -1,10 +1,10 @@
-"""Plain-torch decoder ops: the CPU implementation and the reference for the Triton kernels.
+"""RMSNorm, fused add+RMSNorm and q/k norm+RoPE in plain torch: the CPU path and the reference of the Triton
+kernels of the same names.
 
 They reproduce transformers' Qwen3 step by step, including where it rounds to the activation dtype.
 """
 
 import torch
-import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -43,8 +43,3 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, q_we
     cos = cos_cache[positions].to(q.dtype).unsqueeze(1)
     sin = sin_cache[positions].to(q.dtype).unsqueeze(1)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-
-
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import check_last_dim_contiguous
+from qasr.kernels.triton.utils import check_last_dim_contiguous
 
 BLOCK = 1024
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import check_last_dim_contiguous, dot_precision, padded_head_dim, upcast_tiles
+from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, padded_head_dim, upcast_tiles
 
 BLOCK_M = 64
 TILE_N = 64

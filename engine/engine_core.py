@@ -1,0 +1,159 @@
+"""The engine core: schedule, launch, update. Sequences in; each step, the tokens of the step before it out.
+
+It owns the model runner (and with it the device) and the scheduler, sizes the KV cache and captures the decode
+graphs; it knows nothing of requests, text or audio files.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qasr.engine.audio_encoder import num_audio_tokens
+from qasr.engine.config import EngineConfig
+from qasr.engine.features import FeatureConfig, LogMelExtractor
+from qasr.engine.model_config import ModelConfig
+from qasr.engine.model_loader import load_model, resolve_dtype
+from qasr.engine.model_runner import ModelRunner, PendingTokens
+from qasr.kernels import get_model_ops
+from qasr.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, Sequence
+
+MAX_GRAPH_BATCH_SIZE = 512
+
+
+@dataclass(slots=True)
+class EngineCoreOutputs:
+    """One core step's news: the tokens of the step that came back (a sequence that stopped before they did has
+    none), the sequences that stopped in it, and the sequences the step just launched took off the waiting
+    queue, scheduled at `scheduled_time`."""
+
+    sampled: dict[int, int] = field(default_factory=dict)  # seq_id -> token
+    finished: list[Sequence] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)
+    scheduled_time: float = 0.0
+
+
+@dataclass(slots=True)
+class GraphMemory:
+    """Device memory of the decode graphs: measured before sizing the KV pool, and when captured for real."""
+
+    profiled_bytes: int = 0
+    captured_bytes: int = 0
+
+
+class EngineCore:
+
+    def __init__(self, config: EngineConfig, model_path, model_config: ModelConfig, features: FeatureConfig):
+        self.config = config
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # Triton launches on the current device
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        max_positions = model_config.text.max_position_embeddings
+        self.max_model_len = config.max_model_len or max_positions
+        if self.max_model_len > max_positions:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {max_positions} positions")
+        self.features = features
+        model = load_model(model_path, model_config, self.device, self.dtype)
+        self.runner = ModelRunner(model, LogMelExtractor(features, self.device),
+                                  get_model_ops(config.attention_backend, self.device), config.block_size,
+                                  config.kv_cache_dtype, seed=config.seed)
+        self.graph_memory = GraphMemory()
+        num_blocks = self._num_kv_blocks()
+        self.runner.allocate_kv_cache(num_blocks)
+        if self.device.type == "cuda" and self.runner.ops.name == "triton":
+            self.runner.warm_up()
+        if self.uses_cuda_graphs:
+            self.graph_memory.captured_bytes = self.runner.capture_decode_graphs(self.max_graph_batch_size,
+                                                                                 self.max_model_len)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_num_encoder_tokens=config.max_num_encoder_tokens or config.max_num_batched_tokens,
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+            max_model_len=self.max_model_len,
+        ))
+        self.waveforms: dict[int, np.ndarray] = {}  # seq_id -> its piece's samples, until the sequence ends
+        self.in_flight: tuple[SchedulerOutput, PendingTokens] | None = None
+
+    @property
+    def max_graph_batch_size(self) -> int:
+        return min(self.config.max_num_seqs, MAX_GRAPH_BATCH_SIZE)
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        return self.device.type == "cuda" and not self.config.enforce_eager and self.runner.ops.name == "triton"
+
+    def _num_kv_blocks(self) -> int:
+        """Blocks that fit in what is left after the weights, the largest step's activations and the CUDA
+        graphs (on CPU: a fixed budget), capped at what max_num_seqs full-length sequences could use."""
+        config = self.config
+        block_bytes = self.runner.kv_block_bytes()
+        enough = config.max_num_seqs * -(-self.max_model_len // config.block_size)
+        if config.num_kv_blocks:
+            return config.num_kv_blocks
+        if self.device.type == "cuda":
+            piece_tokens = num_audio_tokens(self.features.num_frames(
+                int(config.max_piece_seconds * self.features.sample_rate)))
+            encoder_tokens = max(config.max_num_encoder_tokens or config.max_num_batched_tokens, piece_tokens)
+            activations = self.runner.profile_peak_activation_bytes(
+                config.max_num_batched_tokens, encoder_tokens, config.max_num_seqs)
+            if self.uses_cuda_graphs:
+                self.graph_memory.profiled_bytes = self.runner.profile_decode_graph_bytes(
+                    self.max_graph_batch_size, self.max_model_len)
+            graphs = self.graph_memory.profiled_bytes
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = total * config.gpu_memory_utilization - (total - free) - activations - graphs
+        else:
+            budget = config.cpu_kv_cache_gib * (1 << 30)
+        num_blocks = min(int(budget // block_bytes), enough)
+        if num_blocks < 1:
+            raise RuntimeError("no memory left for the KV cache; lower max_num_batched_tokens or raise "
+                               "gpu_memory_utilization")
+        return num_blocks
+
+    def add(self, sequences: list[Sequence], waveforms: list[np.ndarray]) -> None:
+        """Queues a request's sequences, each with its piece's samples: all of them, or none (a ValueError says
+        why the scheduler refused one)."""
+        added: list[Sequence] = []
+        try:
+            for seq in sequences:
+                self.scheduler.add(seq)
+                added.append(seq)
+        except ValueError:
+            for seq in added:
+                self.scheduler.abort(seq.seq_id)
+            raise
+        for seq, samples in zip(sequences, waveforms):
+            self.waveforms[seq.seq_id] = samples
+
+    def abort(self, seq_ids: list[int]) -> None:
+        for seq_id in seq_ids:
+            self.scheduler.abort(seq_id)
+            self._forget(seq_id)
+
+    def step(self) -> EngineCoreOutputs:
+        """Schedules and launches step N while the device still runs step N-1, then takes N-1's tokens: the
+        caller turns them into text while the device runs N, and outputs trail the launches by one step."""
+        step = self.scheduler.schedule()
+        outputs = EngineCoreOutputs(admitted=step.admitted, scheduled_time=time.monotonic())
+        pending = self.runner.launch(step, self.waveforms)
+        previous, self.in_flight = self.in_flight, (step, pending)
+        if previous is None:
+            return outputs
+        previous_step, previous_pending = previous
+        # a sequence that stopped before this step's results came back sampled once more: drop that token
+        live = {c.seq.seq_id for c in previous_step.chunks if c.samples and not c.seq.is_finished}
+        outputs.sampled = {seq_id: token for seq_id, token in previous_pending.result().items() if seq_id in live}
+        outputs.finished = self.scheduler.update(previous_step, outputs.sampled)
+        for seq in outputs.finished:
+            self._forget(seq.seq_id)
+        return outputs
+
+    def _forget(self, seq_id: int) -> None:
+        self.waveforms.pop(seq_id, None)
+        self.runner.forget(seq_id)

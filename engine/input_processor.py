@@ -1,0 +1,59 @@
+"""From a transcription request to scheduler sequences: long audio split into pieces, each piece's audio tokens
+counted and its Qwen3-ASR prompt built."""
+
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from qasr.engine.audio_encoder import num_audio_tokens
+from qasr.engine.features import FeatureConfig
+from qasr.engine.languages import Language
+from qasr.engine.prompt import PromptBuilder
+from qasr.engine.request import TranscriptionRequest
+from qasr.engine.splitting import AudioPiece, split_audio
+from qasr.engine.tokenizer import SpecialTokens
+from qasr.scheduler import AudioSpan, Sequence
+
+
+@dataclass(slots=True)
+class ProcessedRequest:
+    """A request ready for the engine core (its sequences) and the output processor (everything else)."""
+
+    request_id: str
+    language: Language | None
+    duration: float  # seconds of audio
+    arrival_time: float
+    pieces: list[AudioPiece]
+    sequences: list[Sequence]  # one per piece, in order
+
+
+class InputProcessor:
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, special: SpecialTokens, features: FeatureConfig,
+                 max_piece_seconds: float):
+        self.special = special
+        self.prompts = PromptBuilder(tokenizer, special)
+        self.features = features
+        self.max_piece_seconds = max_piece_seconds
+        self.request_ids = (f"req-{i}" for i in itertools.count())
+
+    def process(self, request: TranscriptionRequest) -> ProcessedRequest:
+        """Raises ValueError for a request no step could run (empty audio, a special token in the context)."""
+        if len(request.audio) == 0:
+            raise ValueError("audio is empty (0 samples)")
+        request_id = request.request_id or next(self.request_ids)
+        params = request.sampling_params
+        stop_ids = frozenset() if params.ignore_eos else frozenset(self.special.eos)
+        arrival = request.arrival_time if request.arrival_time is not None else time.monotonic()
+        pieces = split_audio(request.audio, self.max_piece_seconds, self.features.sample_rate)
+        sequences = []
+        for piece in pieces:
+            tokens = num_audio_tokens(self.features.num_frames(len(piece.samples)))
+            prompt, audio_start = self.prompts.build(tokens, request.context, request.language)
+            audio = AudioSpan(audio_start, tokens, hashlib.blake2b(piece.samples.tobytes(), digest_size=16).digest())
+            sequences.append(Sequence(prompt, audio, params, stop_ids, request_id=request_id, arrival_time=arrival))
+        return ProcessedRequest(request_id, request.language, len(request.audio) / self.features.sample_rate,
+                                arrival, pieces, sequences)

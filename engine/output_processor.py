@@ -1,0 +1,181 @@
+"""From sampled tokens to what clients see: incremental detokenization, the transcript header parsed away, and a
+long audio's pieces released in order and joined into one Transcription."""
+
+import time
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+from qasr.engine.detokenizer import IncrementalDetokenizer
+from qasr.engine.engine_core import EngineCoreOutputs
+from qasr.engine.input_processor import ProcessedRequest
+from qasr.engine.languages import Language, detected_language
+from qasr.engine.outputs import RequestMetrics, RequestOutput, Segment, Transcription
+from qasr.engine.prompt import TranscriptStream, parse_transcript
+from qasr.engine.splitting import AudioPiece
+from qasr.scheduler import Sequence
+
+
+@dataclass(slots=True)
+class PieceState:
+    seq: Sequence
+    piece: AudioPiece
+    detokenizer: IncrementalDetokenizer
+    stream: TranscriptStream
+    held_deltas: list[str] = field(default_factory=list)  # text of this piece not yet released
+    is_first_delta: bool = True
+
+
+@dataclass(slots=True)
+class RequestState:
+    request_id: str
+    pieces: list[PieceState]
+    language: Language | None  # forced; None: detected per piece
+    duration: float  # seconds of audio
+    metrics: RequestMetrics
+    next_piece_to_stream: int = 0
+    streamed_tail: str = ""  # the last delta released, for the separator before the next piece's text
+
+
+class OutputProcessor:
+    """Owns the requests' text state; the engine core owns their sequences' compute."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.requests: dict[str, RequestState] = {}
+        self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
+        # unfinished requests that have been scheduled (a preempted one still counts); the rest are queued. A plain
+        # int that the metrics read from another thread while the engine runs
+        self.num_running_requests = 0
+
+    @property
+    def num_waiting_requests(self) -> int:
+        return len(self.requests) - self.num_running_requests
+
+    def add(self, request: ProcessedRequest) -> None:
+        pieces = [PieceState(seq, piece, IncrementalDetokenizer(self.tokenizer), TranscriptStream(request.language))
+                  for seq, piece in zip(request.sequences, request.pieces)]
+        metrics = RequestMetrics(arrival_time=request.arrival_time,
+                                 num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
+        state = RequestState(request.request_id, pieces, request.language, request.duration, metrics)
+        self.requests[request.request_id] = state
+        for piece_state in pieces:
+            self.piece_of_seq[piece_state.seq.seq_id] = (state, piece_state)
+
+    def unfinished_seq_ids(self, request_id: str) -> list[int] | None:
+        """The sequences an abort must stop; None for a request that is not (or no longer) here."""
+        state = self.requests.get(request_id)
+        if state is None:
+            return None
+        return [p.seq.seq_id for p in state.pieces if not p.seq.is_finished]
+
+    def process(self, outputs: EngineCoreOutputs) -> list[RequestOutput]:
+        for seq in outputs.admitted:
+            state, _ = self.piece_of_seq[seq.seq_id]
+            if state.metrics.first_scheduled_time is None:
+                state.metrics.first_scheduled_time = outputs.scheduled_time
+                self.num_running_requests += 1
+        now = time.monotonic()
+        touched: dict[str, RequestState] = {}
+        for seq_id, token in outputs.sampled.items():
+            state, piece_state = self.piece_of_seq[seq_id]
+            if state.metrics.first_token_time is None:
+                state.metrics.first_token_time = now
+            delta = piece_state.stream.push(piece_state.detokenizer.push(token))
+            if delta:
+                piece_state.held_deltas.append(delta)
+            touched[state.request_id] = state
+        for seq in outputs.finished:
+            state, piece_state = self.piece_of_seq[seq.seq_id]
+            tail = piece_state.stream.push(piece_state.detokenizer.finish()) + piece_state.stream.finish()
+            if tail:
+                piece_state.held_deltas.append(tail)
+            touched[state.request_id] = state
+        results = []
+        for state in touched.values():
+            delta = self._stream_in_order(state)
+            if all(p.seq.is_finished for p in state.pieces):
+                done = self.finish(state.request_id)
+                done.delta = delta + done.delta
+                results.append(done)
+            elif delta:
+                results.append(RequestOutput(state.request_id, delta, finished=False))
+        return results
+
+    def _stream_in_order(self, state: RequestState) -> str:
+        """Deltas of piece k are released only once pieces before it have finished, so text stays in order."""
+        out = []
+        while state.next_piece_to_stream < len(state.pieces):
+            piece_state = state.pieces[state.next_piece_to_stream]
+            for delta in piece_state.held_deltas:
+                if piece_state.is_first_delta:
+                    out.append(piece_separator(state.streamed_tail, delta))
+                    piece_state.is_first_delta = False
+                out.append(delta)
+                state.streamed_tail = delta
+            piece_state.held_deltas.clear()
+            if not piece_state.seq.is_finished:
+                break
+            state.next_piece_to_stream += 1
+        return "".join(out)
+
+    def finish(self, request_id: str) -> RequestOutput:
+        """The request's Transcription from its pieces (all finished, or aborted); the request is forgotten."""
+        state = self.requests.pop(request_id)
+        if state.metrics.first_scheduled_time is not None:
+            self.num_running_requests -= 1
+        texts, languages, token_ids, segments = [], [], [], []
+        reasons = set()
+        for piece_state in state.pieces:
+            seq = piece_state.seq
+            self.piece_of_seq.pop(seq.seq_id, None)
+            raw = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True,
+                                        clean_up_tokenization_spaces=False)
+            language, text = parse_transcript(raw, state.language)
+            texts.append(text)
+            languages.append(detected_language(language))
+            token_ids += seq.output_token_ids
+            piece = piece_state.piece
+            segments.append(Segment(piece.start, min(piece.start + piece.duration, state.duration), text))
+            reasons.add(seq.finish_reason or "abort")
+            state.metrics.num_preemptions += seq.num_preemptions
+        state.metrics.finished_time = time.monotonic()
+        state.metrics.num_output_tokens = len(token_ids)
+        reason = "abort" if "abort" in reasons else "length" if "length" in reasons else "stop"
+        result = Transcription(text=join_texts(texts), language=merge_languages(languages), token_ids=token_ids,
+                               duration=state.duration, segments=segments, finish_reason=reason,
+                               request_id=state.request_id, metrics=state.metrics)
+        return RequestOutput(state.request_id, "", finished=True, result=result)
+
+
+def merge_languages(languages: list[str | None]) -> str | None:
+    """The pieces' languages in order, repeats dropped: "English", or "English,Chinese" for a mixed audio."""
+    merged: list[str] = []
+    for language in languages:
+        if language and (not merged or merged[-1] != language):
+            merged.append(language)
+    return merged[0] if len(merged) == 1 else ",".join(merged) or None
+
+
+def _is_unspaced_script(char: str) -> bool:
+    """Scripts written without spaces between words: CJK, kana, Thai."""
+    code = ord(char)
+    return (0x2E80 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x2FA1F
+            or 0x0E00 <= code <= 0x0E7F or 0xFF00 <= code <= 0xFFEF)
+
+
+def piece_separator(left: str, right: str) -> str:
+    """What goes between the texts of two consecutive audio pieces: a space, unless either side is
+    empty, already spaced, or written in an unspaced script."""
+    if not left or not right or left[-1].isspace() or right[0].isspace():
+        return ""
+    if _is_unspaced_script(left[-1]) or _is_unspaced_script(right[0]):
+        return ""
+    return " "
+
+
+def join_texts(texts: list[str]) -> str:
+    joined = ""
+    for text in texts:
+        joined += piece_separator(joined, text) + text
+    return joined

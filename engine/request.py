@@ -1,0 +1,21 @@
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qasr.engine.languages import Language, resolve_language
+from qasr.scheduler import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionRequest:
+    """One audio to transcribe, as it travels from a client (HTTP form, task, Python call) into the engine."""
+
+    audio: np.ndarray  # float32 mono samples at the model's sample rate (16 kHz): see audio.load_audio
+    language: Language | None = None  # forced language ("en", "English" resolve here); None: the model detects it
+    context: str = ""  # text for the system prompt: hotwords, names, background
+    sampling_params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str | None = None  # None: the engine names it
+    arrival_time: float | None = None  # time.monotonic() of arrival; None: when the engine takes it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "language", resolve_language(self.language))

@@ -1,0 +1,3 @@
+from qasr.cli import main
+
+raise SystemExit(main())
