@@ -30,5 +30,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if x.shape[0]:
         block = min(BLOCK, triton.next_power_of_2(intermediate))
         _silu_and_mul_kernel[(x.shape[0], triton.cdiv(intermediate, block))](
-            x, out, x.stride(0), out.stride(0), INTERMEDIATE=intermediate, BLOCK=block)
+            gate_up_ptr=x, out_ptr=out, stride_in=x.stride(0), stride_out=out.stride(0), INTERMEDIATE=intermediate,
+            BLOCK=block,
+        )
     return out.view(*gate_up.shape[:-1], intermediate)

@@ -48,8 +48,9 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     if x2.shape[0]:
         block = triton.next_power_of_2(hidden)
         _add_rms_norm_kernel[(x2.shape[0],)](
-            x2, residual_in, out, residual_out, weight, eps, x2.stride(0), residual_in.stride(0), out.stride(0),
-            residual_out.stride(0), HIDDEN=hidden, BLOCK=block, HAS_RESIDUAL=residual is not None,
+            x_ptr=x2, residual_ptr=residual_in, out_ptr=out, residual_out_ptr=residual_out, weight_ptr=weight, eps=eps,
+            stride_x=x2.stride(0), stride_r=residual_in.stride(0), stride_o=out.stride(0),
+            stride_ro=residual_out.stride(0), HIDDEN=hidden, BLOCK=block, HAS_RESIDUAL=residual is not None,
             num_warps=min(16, max(1, block // 256)),
         )
     return out.view(x.shape), residual_out.view(x.shape)
@@ -116,10 +117,12 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, q_we
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if num_tokens:
         _qk_norm_rope_kernel[(num_tokens, 2)](
-            q, k, q_out, k_out, q_weight, k_weight, positions, cos_cache, sin_cache, eps,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), q_out.stride(0), q_out.stride(1),
-            k_out.stride(0), k_out.stride(1), cos_cache.stride(0), NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,
-            HEAD_DIM=head_dim, BLOCK_HQ=triton.next_power_of_2(num_heads),
-            BLOCK_HK=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+            q_ptr=q, k_ptr=k, q_out_ptr=q_out, k_out_ptr=k_out, q_weight_ptr=q_weight, k_weight_ptr=k_weight,
+            positions_ptr=positions, cos_ptr=cos_cache, sin_ptr=sin_cache, eps=eps, stride_qt=q.stride(0),
+            stride_qh=q.stride(1), stride_kt=k.stride(0), stride_kh=k.stride(1), stride_qot=q_out.stride(0),
+            stride_qoh=q_out.stride(1), stride_kot=k_out.stride(0), stride_koh=k_out.stride(1),
+            stride_rope=cos_cache.stride(0), NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
+            BLOCK_HQ=triton.next_power_of_2(num_heads), BLOCK_HK=triton.next_power_of_2(num_kv_heads),
+            BLOCK_D=triton.next_power_of_2(head_dim),
         )
     return q_out, k_out

@@ -61,10 +61,11 @@ def _unified_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     block_table = block_tables_ptr + seq.to(tl.int64) * stride_table
     row_max, row_sum, acc = attend_kv_tiles(
-        q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_table, kv_head,
-        0, tl.cdiv(kv_end, TILE_N), kv_end, context_len + query, qk_scale,
-        stride_cache_block, stride_cache_slot, stride_cache_head,
-        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, DOT_PRECISION)
+        q=q, row_max=row_max, row_sum=row_sum, acc=acc, k_cache_ptr=k_cache_ptr, v_cache_ptr=v_cache_ptr,
+        block_table_ptr=block_table, kv_head=kv_head, tile_lo=0, tile_hi=tl.cdiv(kv_end, TILE_N), seq_len=kv_end,
+        key_limit=context_len + query, qk_scale=qk_scale, stride_cache_block=stride_cache_block,
+        stride_cache_slot=stride_cache_slot, stride_cache_head=stride_cache_head, HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D,
+        BLOCK_SIZE=BLOCK_SIZE, TILE_N=TILE_N, DOT_PRECISION=DOT_PRECISION)
     out = acc / row_sum[:, None]
     tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -104,9 +105,11 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     upcast = upcast_tiles(query.dtype)
     grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
     _unified_attention_kernel[grid](
-        query, out, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-        meta.num_seqs, scale * math.log2(math.e), query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        meta.block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q_ptr=query, out_ptr=out, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=meta.block_tables,
+        seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc, num_seqs=meta.num_seqs,
+        qk_scale=scale * math.log2(math.e), stride_qt=query.stride(0), stride_qh=query.stride(1),
+        stride_ot=out.stride(0), stride_oh=out.stride(1), stride_table=meta.block_tables.stride(0),
+        stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
         BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
         DOT_PRECISION=dot_precision(query.dtype, upcast),

@@ -53,9 +53,11 @@ def _segment_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     key_limit = tl.full([BLOCK_M], 0, tl.int32) + seq_len - 1  # a decode query sees every key
     row_max, row_sum, acc = attend_kv_tiles(
-        q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_table, kv_head,
-        tile_lo, tile_hi, seq_len, key_limit, qk_scale, stride_cache_block, stride_cache_slot, stride_cache_head,
-        HEAD_DIM, BLOCK_D, BLOCK_SIZE, TILE_N, DOT_PRECISION)
+        q=q, row_max=row_max, row_sum=row_sum, acc=acc, k_cache_ptr=k_cache_ptr, v_cache_ptr=v_cache_ptr,
+        block_table_ptr=block_tables_ptr + seq * stride_table, kv_head=kv_head, tile_lo=tile_lo, tile_hi=tile_hi,
+        seq_len=seq_len, key_limit=key_limit, qk_scale=qk_scale, stride_cache_block=stride_cache_block,
+        stride_cache_slot=stride_cache_slot, stride_cache_head=stride_cache_head, HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D,
+        BLOCK_SIZE=BLOCK_SIZE, TILE_N=TILE_N, DOT_PRECISION=DOT_PRECISION)
 
     partial = (seq * NUM_HEADS + head) * SEGMENTS + segment  # [BLOCK_M] row of the workspace
     tl.store(segment_out_ptr + partial[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_mask[:, None])
@@ -104,17 +106,19 @@ def split_kv_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cach
         return out
     upcast = upcast_tiles(query.dtype)
     _segment_kernel[(meta.num_seqs, num_kv_heads, workspace.segments)](
-        query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-        workspace.out, workspace.max, workspace.expsum, scale * math.log2(math.e),
-        query.stride(0), query.stride(1), meta.block_tables.stride(0),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), NUM_HEADS=num_heads, HEAD_DIM=head_dim,
-        BLOCK_D=block_d, QUERIES_PER_KV=queries_per_kv,
-        BLOCK_M=max(MIN_BLOCK_M, triton.next_power_of_2(queries_per_kv)), SEGMENTS=workspace.segments,
-        TILE_N=TILE_N, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, DOT_PRECISION=dot_precision(query.dtype, upcast),
+        q_ptr=query, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=meta.block_tables,
+        seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc, segment_out_ptr=workspace.out,
+        segment_max_ptr=workspace.max, segment_expsum_ptr=workspace.expsum, qk_scale=scale * math.log2(math.e),
+        stride_qt=query.stride(0), stride_qh=query.stride(1), stride_table=meta.block_tables.stride(0),
+        stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
+        NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, QUERIES_PER_KV=queries_per_kv,
+        BLOCK_M=max(MIN_BLOCK_M, triton.next_power_of_2(queries_per_kv)), SEGMENTS=workspace.segments, TILE_N=TILE_N,
+        BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, DOT_PRECISION=dot_precision(query.dtype, upcast),
     )
     _reduce_segments_kernel[(meta.num_seqs, num_heads)](
-        out, meta.seq_lens, meta.query_start_loc, workspace.out, workspace.max, workspace.expsum,
-        out.stride(0), out.stride(1), NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        out_ptr=out, seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc,
+        segment_out_ptr=workspace.out, segment_max_ptr=workspace.max, segment_expsum_ptr=workspace.expsum,
+        stride_ot=out.stride(0), stride_oh=out.stride(1), NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
         SEGMENTS=workspace.segments, TILE_N=TILE_N,
     )
     return out

@@ -89,9 +89,11 @@ def windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     upcast = upcast_tiles(query.dtype)
     grid = (len(window_lens), num_heads, triton.cdiv(max(window_lens), BLOCK_M))
     _window_attention_kernel[grid](
-        query, key, value, out, _window_starts(tuple(window_lens), query.device), scale * math.log2(math.e),
-        query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        out.stride(0), out.stride(1), HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), BLOCK_M=BLOCK_M,
-        TILE_N=TILE_N, UPCAST=upcast, DOT_PRECISION=dot_precision(query.dtype, upcast),
+        q_ptr=query, k_ptr=key, v_ptr=value, out_ptr=out,
+        cu_window_ptr=_window_starts(tuple(window_lens), query.device), qk_scale=scale * math.log2(math.e),
+        stride_qt=query.stride(0), stride_qh=query.stride(1), stride_kt=key.stride(0), stride_kh=key.stride(1),
+        stride_vt=value.stride(0), stride_vh=value.stride(1), stride_ot=out.stride(0), stride_oh=out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), BLOCK_M=BLOCK_M, TILE_N=TILE_N, UPCAST=upcast,
+        DOT_PRECISION=dot_precision(query.dtype, upcast),
     )
     return out
