@@ -24,8 +24,10 @@ setup: $(BIN)/qasr
 serve: setup
 	$(BIN)/qasr serve $(if $(MODEL),--model $(MODEL)) --host 127.0.0.1 --port 8000 $(ARGS)
 
+# ruff first: it also holds the rule that the source folders are imported as qasr.*, never bare
 test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
