@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import jiwer
+try:
+    import jiwer
+except ImportError as error:  # an optional dependency: the base install serves, it does not score
+    raise ImportError("word error rates need jiwer: pip install 'qasr[bench]'") from error
 
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
         "sixteen seventeen eighteen nineteen").split()
