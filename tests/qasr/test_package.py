@@ -3,6 +3,7 @@ top-level `kernels` module (Hugging Face's `kernels` is one), and `qasr transcri
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -37,8 +38,16 @@ def build_wheel(project: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip wheel . --no-deps` of this repository."""
-    return build_wheel(ROOT, tmp_path_factory.mktemp("qasr-wheel"))
+    """`pip wheel . --no-deps` of this repository's files (tracked, or new and not ignored), copied first: a build
+    in the work tree would reuse its build/ folder, where files deleted from the source live on."""
+    source = tmp_path_factory.mktemp("source")
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             check=True, capture_output=True).stdout.decode()
+    for name in filter(None, listing.split("\0")):
+        if (ROOT / name).is_file():  # a deleted file stays listed until the deletion is staged
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    return build_wheel(source, tmp_path_factory.mktemp("qasr-wheel"))
 
 
 def test_the_wheel_holds_only_qasr_and_its_metadata(wheel: Path) -> None:
