@@ -6,6 +6,7 @@ graphs; it knows nothing of requests, text or audio files.
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class GraphMemory:
 
 class EngineCore:
 
-    def __init__(self, config: EngineConfig, model_path, model_config: ModelConfig, features: FeatureConfig):
+    def __init__(self, config: EngineConfig, model_path: Path, model_config: ModelConfig, features: FeatureConfig):
         self.config = config
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda":

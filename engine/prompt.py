@@ -35,7 +35,8 @@ class PromptBuilder:
         self.special_strings = [t for t in {*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder} if t]
         self.cached_template_ids = lru_cache(maxsize=1024)(self._template_ids)
 
-    def build(self, num_audio_tokens: int, context: str = "", language: Language | None = None) -> tuple[list[int], int]:
+    def build(self, num_audio_tokens: int, context: str = "",
+              language: Language | None = None) -> tuple[list[int], int]:
         """Returns (prompt ids, index of the first audio placeholder)."""
         # a long context (a document pasted as hotwords) is tokenized each time rather than held in the cache
         template_ids = self.cached_template_ids if len(context) <= MAX_CACHED_CONTEXT_CHARS else self._template_ids
