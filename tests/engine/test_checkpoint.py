@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import SHAPES, Shape, write_checkpoint
 from safetensors.torch import load_file, save_file
 
 from qasr.engine.checkpoint import (
@@ -28,22 +27,17 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("checkpoint-tests")
 
 
-@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: s.name)
-def shape(request: pytest.FixtureRequest) -> Shape:
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def pair(shape: Shape, root: Path) -> dict[str, Path]:
+def pair(shape, root: Path, write_checkpoint) -> dict[str, Path]:
     """The same random model in both layouts."""
     return {layout: write_checkpoint(root / f"{shape.name}-{layout}", shape, layout=layout, seed=3)
             for layout in ("hf", "original")}
 
 
 @pytest.fixture(scope="module")
-def small(root: Path) -> dict[str, Path]:
+def small(root: Path, shapes, write_checkpoint) -> dict[str, Path]:
     """The first shape in both layouts, for tests that break or convert a checkpoint."""
-    return {layout: write_checkpoint(root / f"small-{layout}", SHAPES[0], layout=layout, seed=1)
+    return {layout: write_checkpoint(root / f"small-{layout}", shapes[0], layout=layout, seed=1)
             for layout in ("hf", "original")}
 
 
@@ -62,7 +56,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 # --- both layouts --------------------------------------------------------------------------------------
 
 
-def test_layouts_give_identical_config_and_weights(pair: dict[str, Path], shape: Shape):
+def test_layouts_give_identical_config_and_weights(pair: dict[str, Path], shape):
     hf_config, hf_weights = load(pair["hf"])
     original_config, original_weights = load(pair["original"])
     assert (hf_config.layout, original_config.layout) == ("hf", "original")
@@ -89,8 +83,8 @@ def test_layouts_give_identical_config_and_weights(pair: dict[str, Path], shape:
 
 
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_sharded_equals_single_file(small: dict[str, Path], root: Path, layout: str):
-    sharded = write_checkpoint(root / f"sharded-{layout}", SHAPES[0], layout=layout, seed=1, shards=3)
+def test_sharded_equals_single_file(small: dict[str, Path], root: Path, layout: str, shapes, write_checkpoint):
+    sharded = write_checkpoint(root / f"sharded-{layout}", shapes[0], layout=layout, seed=1, shards=3)
     assert not (sharded / "model.safetensors").exists()
     assert len(list(sharded.glob("model-*-of-00003.safetensors"))) == 3
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
@@ -98,13 +92,13 @@ def test_sharded_equals_single_file(small: dict[str, Path], root: Path, layout: 
     assert_same_weights(load(sharded)[1], load(small[layout])[1])
 
 
-def test_dtype_cast(small: dict[str, Path], root: Path):
+def test_dtype_cast(small: dict[str, Path], root: Path, shapes, write_checkpoint):
     config, weights32 = load(small["hf"])
     weights16 = load_weights(small["hf"], config, torch.bfloat16)
     assert all(t.dtype == torch.bfloat16 for t in weights16.values())
     assert_same_weights(weights16, {name: t.to(torch.bfloat16) for name, t in weights32.items()})
 
-    stored16 = write_checkpoint(root / "bf16-original", SHAPES[0], layout="original", seed=1,
+    stored16 = write_checkpoint(root / "bf16-original", shapes[0], layout="original", seed=1,
                                 dtype=torch.bfloat16)
     config16, from_bf16 = load(stored16)
     assert config16.dtype == "bfloat16"
@@ -355,12 +349,12 @@ def converted(small: dict[str, Path], root: Path) -> Path:
     return out
 
 
-def test_convert_to_hf_loads_in_transformers(converted: Path, small: dict[str, Path]):
+def test_convert_to_hf_loads_in_transformers(converted: Path, small: dict[str, Path], shapes):
     from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
     ours = Qwen3ASRForConditionalGeneration.from_pretrained(converted).eval()
     reference = Qwen3ASRForConditionalGeneration.from_pretrained(small["hf"]).eval()
-    assert ours.config.audio_config.num_attention_heads == SHAPES[0].enc_heads
+    assert ours.config.audio_config.num_attention_heads == shapes[0].enc_heads
     assert ours.config.text_config.rope_parameters["rope_theta"] == 1e6
     ours_state, reference_state = ours.state_dict(), reference.state_dict()
     assert ours_state.keys() == reference_state.keys()

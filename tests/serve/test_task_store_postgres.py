@@ -19,8 +19,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiohttp import web
-from test_dashscope import get_json, replica_apps, submit, wait_done
-from test_server import HELDOUT, LiveServer, metric_values
 
 from qasr.serve.task_store import (
     CANCELED,
@@ -357,20 +355,21 @@ def test_postgres_store_reconnects_after_the_connection_drops(postgres) -> None:
 
 
 @pytest.fixture(scope="module")
-def files():
+def files(live_server, heldout):
     async def audio(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(HELDOUT / request.match_info["name"])
+        return web.FileResponse(heldout / request.match_info["name"])
 
     app = web.Application()
     app.router.add_get("/audio/{name}", audio)
-    live = LiveServer(app)
+    live = live_server(app)
     yield live
     live.close()
 
 
-def test_two_servers_on_one_postgres_database_run_each_task_once(postgres, files: LiveServer) -> None:
+def test_two_servers_on_one_postgres_database_run_each_task_once(postgres, files, live_server, heldout, metric_values,
+                                                                 submit, wait_done, get_json, replica_apps) -> None:
     url = postgres.new_database()
-    clips = [json.loads(line)["file"] for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:3]]
+    clips = [json.loads(line)["file"] for line in (heldout / "manifest.jsonl").read_text().splitlines()[:3]]
     store = open_task_store(url)
     preloaded = [f"shared-{i}" for i in range(6)]  # waiting before either server starts: both claim at once
     for i, task_id in enumerate(preloaded):
@@ -378,7 +377,7 @@ def test_two_servers_on_one_postgres_database_run_each_task_once(postgres, files
             model="qasr-demo", file_urls=[f"{files.url}/audio/{clips[i % 3]}"], multi_file=False)))
     calls: list[int] = []
     apps = replica_apps(url, calls)
-    servers = [LiveServer(app) for app in apps]
+    servers = [live_server(app) for app in apps]
     try:
         submitted = [submit(servers[0], f"{files.url}/audio/{clips[i % 3]}") for i in range(6, 8)]
         clip_of = {task_id: clips[i % 3] for i, task_id in enumerate(preloaded + submitted)}

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from checkpoints import SHAPES, write_checkpoint
-from conftest import speech_like
 
 from qasr.cli import main
 from qasr.engine.outputs import Segment, Transcription
@@ -14,8 +12,9 @@ from qasr.serve.formats import render
 
 
 @pytest.fixture(scope="module")
-def setup(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    checkpoint = write_checkpoint(checkpoint_root / "cli-original", SHAPES[1], layout="original", seed=5)
+def setup(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory, shapes, write_checkpoint,
+          speech_like) -> tuple[Path, list[Path]]:
+    checkpoint = write_checkpoint(checkpoint_root / "cli-original", shapes[1], layout="original", seed=5)
     audio_dir = tmp_path_factory.mktemp("audio")
     files = []
     for i, seconds in enumerate((1.2, 14.0)):

@@ -16,7 +16,7 @@ from training import domain, grammar, speech
 from training.corpus import CorpusSpec, plan_split, split_sentences
 from training.train import TrainConfig, train
 
-DOMAIN_MD = Path(__file__).parent.parent / "training" / "DOMAIN.md"
+DOMAIN_MD = Path(__file__).resolve().parents[2] / "training" / "DOMAIN.md"
 
 
 def test_the_domain_has_at_least_500_words_and_its_documentation_is_current() -> None:

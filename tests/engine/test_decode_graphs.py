@@ -8,23 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import SHAPES, write_checkpoint
-from conftest import speech_like
 
 from qasr.engine import ASR, SamplingParams
 from qasr.engine.decode_graphs import DecodeGraphs, batch_size_ladder
 
 MAX_TOKENS = 10
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(checkpoint_root: Path) -> Path:
-    return write_checkpoint(checkpoint_root / "graphs-gqa3", SHAPES[1], layout="hf", seed=8)
+def checkpoint(checkpoint_root: Path, shapes, write_checkpoint) -> Path:
+    return write_checkpoint(checkpoint_root / "graphs-gqa3", shapes[1], layout="hf", seed=8)
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[np.ndarray]:
+def clips(speech_like) -> list[np.ndarray]:
     return [speech_like(0.4 + 0.45 * i, seed=300 + i) for i in range(11)]
 
 
@@ -63,7 +60,6 @@ def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Pa
 
 
 @pytest.mark.gpu
-@needs_cuda
 def test_cuda_graphs_on_and_off_give_the_same_tokens_in_bf16(checkpoint: Path, clips) -> None:
     eager = ASR(str(checkpoint), dtype="bfloat16", enforce_eager=True)
     graphed = ASR(str(checkpoint), dtype="bfloat16", max_num_seqs=16)

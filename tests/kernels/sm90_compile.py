@@ -2,7 +2,7 @@
 the compiler rejects (dot shapes, dtype mixes, shared-memory overflow), so this is the CPU's check of the real
 build. Prints one JSON line per kernel configuration: label, error (or null), registers, stack and shared bytes.
 
-Run without TRITON_INTERPRET (tests/test_kernels_compile.py does, in a subprocess). The configurations are the
+Run without TRITON_INTERPRET (tests/kernels/test_compile.py does, in a subprocess). The configurations are the
 ones the launch wrappers pick at the real shapes (16 query and 8 KV heads of 128, blocks of 16 tokens).
 """
 

@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import SHAPES, write_checkpoint
-from conftest import speech_like
 
 from qasr.engine import ASR, SamplingParams
 from qasr.kernels import AttentionMetadata, ModelOps, get_model_ops
@@ -40,13 +38,13 @@ def test_unknown_backend() -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(checkpoint_root: Path) -> Path:
+def checkpoint(checkpoint_root: Path, shapes, write_checkpoint) -> Path:
     # gqa3: 6 query heads over 2 KV heads of 24 (padded to 32 in the kernels); encoder heads of 12
-    return write_checkpoint(checkpoint_root / "kernels-gqa3", SHAPES[1], layout="hf", seed=5)
+    return write_checkpoint(checkpoint_root / "kernels-gqa3", shapes[1], layout="hf", seed=5)
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[np.ndarray]:
+def clips(speech_like) -> list[np.ndarray]:
     return [speech_like(seconds, seed=7 + i) for i, seconds in enumerate(CLIP_SECONDS)]
 
 

@@ -5,11 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import SHAPES, Shape, write_checkpoint
-from conftest import speech_like
-from reference import Reference
 
 from qasr.engine import ASR, SamplingParams
+from qasr.engine.languages import resolve_language
 from qasr.engine.splitting import split_audio
 
 CLIP_SECONDS = [0.3, 1.0, 7.9, 8.1, 23.0]
@@ -17,21 +15,16 @@ CONDITIONS = [(None, None), ("en", None), ("German", "Hotwords: Qwen, qasr, Pari
 MAX_TOKENS = 24
 
 
-@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: s.name)
-def shape(request: pytest.FixtureRequest) -> Shape:
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def checkpoints(shape: Shape, checkpoint_root: Path) -> dict[str, Path]:
+def checkpoints(shape, shapes, checkpoint_root: Path, write_checkpoint) -> dict[str, Path]:
     return {layout: write_checkpoint(checkpoint_root / f"parity-{shape.name}-{layout}", shape, layout=layout,
-                                     seed=SHAPES.index(shape))
+                                     seed=shapes.index(shape))
             for layout in ("hf", "original")}
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoints: dict[str, Path]) -> Reference:
-    return Reference(checkpoints["hf"])
+def reference(checkpoints: dict[str, Path], transformers_reference):
+    return transformers_reference(checkpoints["hf"])
 
 
 class LogitRecorder:
@@ -53,8 +46,8 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_greedy_tokens_and_logits_match_transformers(layout: str, checkpoints: dict[str, Path],
-                                                     reference: Reference) -> None:
+def test_greedy_tokens_and_logits_match_transformers(layout: str, checkpoints: dict[str, Path], reference,
+                                                     speech_like) -> None:
     asr = ASR(str(checkpoints[layout]))
     recorder = LogitRecorder(asr)
     params = SamplingParams(max_tokens=MAX_TOKENS)
@@ -72,22 +65,22 @@ def test_greedy_tokens_and_logits_match_transformers(layout: str, checkpoints: d
             assert result.duration == pytest.approx(seconds, abs=1e-3)
 
 
-def test_prompt_ids_match_the_processor(checkpoints: dict[str, Path], reference: Reference) -> None:
+def test_prompt_ids_match_the_processor(checkpoints: dict[str, Path], reference, speech_like) -> None:
     asr = ASR(str(checkpoints["original"]))
     for language, context in CONDITIONS + [("zh", "背景: 会议"), (None, "only context")]:
         for seconds in (0.3, 2.5, 9.0):
             clip = speech_like(seconds, seed=7)
             expected = reference.inputs(clip, language, context)["input_ids"][0].tolist()
             num_audio = expected.count(asr.engine.input_processor.special.audio_pad)
-            from qasr.engine.languages import resolve_language
-            ours, audio_start = asr.engine.input_processor.prompts.build(num_audio, context or "", resolve_language(language))
+            ours, audio_start = asr.engine.input_processor.prompts.build(num_audio, context or "",
+                                                                         resolve_language(language))
             assert ours == expected
             assert ours[audio_start] == asr.engine.input_processor.special.audio_pad
             assert ours[audio_start - 1] == asr.engine.input_processor.special.audio_start
 
 
-def test_long_audio_pieces_match_transformers_piece_by_piece(checkpoints: dict[str, Path],
-                                                             reference: Reference) -> None:
+def test_long_audio_pieces_match_transformers_piece_by_piece(checkpoints: dict[str, Path], reference,
+                                                             speech_like) -> None:
     clip = speech_like(23.0, seed=11)
     clip[int(9.5 * 16000):int(9.8 * 16000)] = 0.0  # a pause near the first cut
     asr = ASR(str(checkpoints["hf"]), max_piece_seconds=10.0)
@@ -102,3 +95,31 @@ def test_long_audio_pieces_match_transformers_piece_by_piece(checkpoints: dict[s
     assert 9.5 <= pieces[1].start <= 9.8
     assert result.segments[-1].end == pytest.approx(23.0, abs=1e-3)
     assert np.all(np.diff([s.start for s in result.segments]) > 0)
+
+
+# --- the audio encoder's activation_function ------------------------------------------------------------
+
+
+def test_an_audio_encoder_with_silu_matches_transformers(shapes, checkpoint_root: Path, write_checkpoint,
+                                                         transformers_reference, speech_like) -> None:
+    """The encoder layers' fc1 and the projector use the checkpoint's activation_function, not a fixed GELU."""
+    checkpoints = {layout: write_checkpoint(checkpoint_root / f"parity-silu-{layout}", shapes[0], layout=layout,
+                                            seed=0, activation="silu")
+                   for layout in ("hf", "original")}
+    reference = transformers_reference(checkpoints["hf"])
+    assert reference.model.config.audio_config.activation_function == "silu"
+    clips = [speech_like(seconds, seed=20 + i) for i, seconds in enumerate((1.0, 2.5))]
+    expected = [reference.generate(clip, MAX_TOKENS).token_ids for clip in clips]
+    for layout, path in checkpoints.items():
+        asr = ASR(str(path))
+        assert asr.engine.model_config.audio.activation == "silu", layout
+        results = asr.transcribe([(clip, 16000) for clip in clips],
+                                 sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+        assert [result.token_ids for result in results] == expected, layout
+
+
+def test_an_unsupported_audio_activation_is_refused(shapes, tmp_path: Path, write_checkpoint) -> None:
+    for layout in ("hf", "original"):
+        path = write_checkpoint(tmp_path / layout, shapes[0], layout=layout, activation="gelu_new")
+        with pytest.raises(ValueError, match="activation_function"):
+            ASR(str(path))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from kernel_batches import PagedBatch, gpu_test, paged_batch, seed_of
 
 from qasr.kernels import SplitKVWorkspace
 from qasr.kernels.reference import paged_attention as reference
@@ -22,12 +21,12 @@ BATCHES = {
 HEADS = [(2, 2, 32), (4, 2, 16), (6, 2, 24)]
 
 
-def expected(batch: PagedBatch) -> torch.Tensor:
+def expected(batch) -> torch.Tensor:
     return reference.paged_attention(batch.query.float(), batch.k_cache.float(), batch.v_cache.float(),
                                       batch.meta, batch.scale)
 
 
-def assert_matches(out: torch.Tensor, batch: PagedBatch) -> None:
+def assert_matches(out: torch.Tensor, batch) -> None:
     assert out.dtype == batch.query.dtype and out.shape == batch.query.shape
     error = (out.float() - expected(batch)).abs().max().item()
     assert error <= TOLERANCE[out.dtype], f"max abs error {error}"
@@ -36,7 +35,7 @@ def assert_matches(out: torch.Tensor, batch: PagedBatch) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
 @pytest.mark.parametrize("kind", list(BATCHES))
-def test_unified_attention(kind: str, heads: tuple[int, int, int], dtype: torch.dtype) -> None:
+def test_unified_attention(kind: str, heads: tuple[int, int, int], dtype: torch.dtype, paged_batch, seed_of) -> None:
     num_heads, num_kv_heads, head_dim = heads
     query_lens, context_lens = BATCHES[kind]
     batch = paged_batch(query_lens, context_lens, num_heads, num_kv_heads, head_dim, dtype,
@@ -47,7 +46,7 @@ def test_unified_attention(kind: str, heads: tuple[int, int, int], dtype: torch.
 
 @pytest.mark.parametrize("block_m", [16, 64])
 @pytest.mark.parametrize("block_size", [8, 32])
-def test_unified_attention_tile_shapes(block_m: int, block_size: int) -> None:
+def test_unified_attention_tile_shapes(block_m: int, block_size: int, paged_batch) -> None:
     """Many q-blocks per sequence (small BLOCK_M), and KV tiles that span or split cache blocks."""
     batch = paged_batch([1, 29, 40, 3], [45, 7, 0, 70], 6, 2, 16, torch.float32, seed=block_m + block_size,
                         block_size=block_size)
@@ -57,7 +56,7 @@ def test_unified_attention_tile_shapes(block_m: int, block_size: int) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
-def test_split_kv_decode(heads: tuple[int, int, int], dtype: torch.dtype) -> None:
+def test_split_kv_decode(heads: tuple[int, int, int], dtype: torch.dtype, paged_batch, seed_of) -> None:
     num_heads, num_kv_heads, head_dim = heads
     batch = paged_batch([1, 1, 1], [0, 90, 300], num_heads, num_kv_heads, head_dim, dtype,
                         seed=seed_of(heads, dtype))
@@ -65,7 +64,7 @@ def test_split_kv_decode(heads: tuple[int, int, int], dtype: torch.dtype) -> Non
     assert_matches(unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale), batch)
 
 
-def test_split_kv_with_a_preallocated_workspace() -> None:
+def test_split_kv_with_a_preallocated_workspace(paged_batch) -> None:
     """A workspace sized for a bigger batch, with few segments so each segment covers several KV tiles."""
     batch = paged_batch([1, 1], [200, 33], 4, 2, 24, torch.float16, seed=11)
     workspace = SplitKVWorkspace.allocate(8, 4, padded_head_dim(24), "cpu", segments=4)
@@ -79,13 +78,13 @@ def test_split_kv_with_a_preallocated_workspace() -> None:
 
 
 @pytest.mark.parametrize("kind", ["decode", "mixed"])
-def test_bf16_computes_in_fp32_under_the_interpreter(kind: str) -> None:
+def test_bf16_computes_in_fp32_under_the_interpreter(kind: str, paged_batch, seed_of) -> None:
     """The interpreter gets bf16 tl.dot wrong (triton #11584): the kernels upcast bf16 tiles there."""
     batch = paged_batch(*BATCHES[kind], 4, 2, 16, torch.bfloat16, seed=seed_of(kind, "bf16"))
     assert_matches(unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale), batch)
 
 
-def test_split_kv_heuristic() -> None:
+def test_split_kv_heuristic(paged_batch) -> None:
     decode = paged_batch([1] * 4, [10] * 4, 4, 2, 16, torch.float32, seed=0).meta
     mixed = paged_batch([1, 3], [10, 0], 4, 2, 16, torch.float32, seed=0).meta
     assert use_split_kv(decode, num_kv_heads=2)
@@ -93,15 +92,15 @@ def test_split_kv_heuristic() -> None:
     assert not use_split_kv(decode, num_kv_heads=64)  # 4 * 64 programs already fill the GPU
 
 
-def test_split_kv_refuses_prefill() -> None:
+def test_split_kv_refuses_prefill(paged_batch) -> None:
     batch = paged_batch([2], [3], 2, 2, 16, torch.float32, seed=0)
     with pytest.raises(ValueError, match="pure decode"):
         unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=True)
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize(("kind", "split_kv"), [("decode", False), ("decode", True), ("mixed", None)])
-def test_qwen_shapes_bf16_on_gpu(kind: str, split_kv: bool | None) -> None:
+def test_qwen_shapes_bf16_on_gpu(kind: str, split_kv: bool | None, paged_batch) -> None:
     """Qwen3-ASR decoder geometry: 16 query heads over 8 KV heads of 128, contexts up to 8k, bf16."""
     if kind == "decode":
         query_lens, context_lens = [1] * 12, [1, 15, 16, 17, 100, 511, 512, 1000, 2047, 4096, 6000, 8191]

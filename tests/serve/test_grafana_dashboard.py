@@ -12,7 +12,7 @@ import yaml
 from qasr.serve.metrics import Metrics
 from qasr.serve.task_store import TaskStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "qasr-dashboard.json"
 DS_UID = "${DS_PROMETHEUS}"

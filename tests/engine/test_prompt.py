@@ -80,8 +80,7 @@ def test_join_and_merge() -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    from checkpoints import build_tokenizer
+def tokenizer(tmp_path_factory: pytest.TempPathFactory, build_tokenizer):
     from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")

@@ -1,23 +1,12 @@
-"""Random paged-KV batches for the attention kernel tests. Not a test module: tests import it."""
-
-from __future__ import annotations
+"""Fixtures for the kernel tests: random paged-KV batches (`paged_batch`) and stable per-case seeds (`seed_of`)."""
 
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 from qasr.kernels import AttentionMetadata
-from qasr.kernels.triton.utils import interpreting
-
-
-def gpu_test(test: Callable) -> Callable:
-    """GPU tests run the compiled kernels: they need CUDA and TRITON_INTERPRET=0 (conftest defaults it to 1)."""
-    test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test)
-    test = pytest.mark.skipif(interpreting(), reason="runs compiled kernels: set TRITON_INTERPRET=0")(test)
-    return pytest.mark.gpu(test)
 
 
 def seed_of(*parts: object) -> int:
@@ -70,3 +59,16 @@ def paged_batch(query_lens: list[int], context_lens: list[int], num_heads: int, 
                       k_cache=randn(num_blocks, block_size, num_kv_heads, head_dim),
                       v_cache=randn(num_blocks, block_size, num_kv_heads, head_dim),
                       meta=meta, scale=head_dim**-0.5)
+
+
+@pytest.fixture(name="seed_of", scope="session")
+def fixture_seed_of():
+    """`seed_of(*parts)`: a stable seed for a test case."""
+    return seed_of
+
+
+@pytest.fixture(name="paged_batch", scope="session")
+def fixture_paged_batch():
+    """`paged_batch(query_lens, context_lens, num_heads, num_kv_heads, head_dim, dtype, seed, ...)`: a PagedBatch
+    (query, k_cache, v_cache, meta, scale) over a shuffled cache; `dataclasses.replace` it to swap the caches."""
+    return paged_batch

@@ -6,13 +6,15 @@ from qasr.engine.splitting import AudioPiece, split_audio
 RATE = 16000
 
 
-def speech_like(seconds: float, seed: int) -> np.ndarray:
+def loud_noise(seconds: float, seed: int) -> np.ndarray:
+    """White noise at one level throughout. Not the shared `speech_like` fixture: its syllable envelope dips to
+    silence several times a second, which would compete with the quiet gaps these tests place."""
     return (0.3 * np.random.default_rng(seed).standard_normal(round(seconds * RATE))).astype(np.float32)
 
 
 def with_quiet_gaps(seconds: float, gaps: list[tuple[float, float]], seed: int = 0) -> np.ndarray:
     """Loud noise everywhere except the (start, end) second ranges in `gaps`, which hold faint noise."""
-    samples = speech_like(seconds, seed)
+    samples = loud_noise(seconds, seed)
     for start, end in gaps:
         samples[round(start * RATE) : round(end * RATE)] *= 1e-3
     return samples
@@ -41,7 +43,7 @@ def test_cuts_land_in_the_quiet_gaps() -> None:
 
 
 def test_cut_is_the_quietest_sample_of_the_quietest_window() -> None:
-    samples = speech_like(12.0, seed=1)
+    samples = loud_noise(12.0, seed=1)
     samples[round(8.0 * RATE) : round(8.1 * RATE)] *= 0.01
     samples[round(8.05 * RATE)] = 0.0
     pieces = split_audio(samples, max_piece_seconds=10.0, search_seconds=5.0)
@@ -57,7 +59,7 @@ def test_search_never_passes_the_longest_allowed_piece() -> None:
 
 
 def test_short_clip_is_one_unpadded_piece() -> None:
-    samples = speech_like(0.2, seed=3)
+    samples = loud_noise(0.2, seed=3)
     (piece,) = split_audio(samples, max_piece_seconds=30.0)
     assert piece.samples is samples
     assert piece.start == 0.0
@@ -65,12 +67,12 @@ def test_short_clip_is_one_unpadded_piece() -> None:
 
 
 def test_clip_of_exactly_max_length_is_not_split() -> None:
-    samples = speech_like(30.0, seed=4)
+    samples = loud_noise(30.0, seed=4)
     assert len(split_audio(samples, max_piece_seconds=30.0)) == 1
 
 
 def test_tiny_tail_is_zero_padded_to_half_a_second() -> None:
-    samples = speech_like(30.2, seed=5)
+    samples = loud_noise(30.2, seed=5)
     head, tail = split_audio(samples, max_piece_seconds=30.0, search_seconds=0.0)
 
     assert len(head.samples) == 30 * RATE
@@ -85,7 +87,7 @@ def test_tiny_tail_is_zero_padded_to_half_a_second() -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_pieces_always_tile_the_input(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    samples = speech_like(rng.uniform(1.0, 40.0), seed) * rng.uniform(0.0, 1.0, 1).astype(np.float32)
+    samples = loud_noise(rng.uniform(1.0, 40.0), seed) * rng.uniform(0.0, 1.0, 1).astype(np.float32)
     max_seconds = rng.uniform(0.3, 8.0)
 
     pieces = split_audio(samples, max_piece_seconds=max_seconds, search_seconds=rng.uniform(0.0, 6.0))
@@ -99,6 +101,6 @@ def test_pieces_always_tile_the_input(seed: int) -> None:
 
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match=r"max_piece_seconds must be positive"):
-        split_audio(speech_like(1.0, seed=6), max_piece_seconds=0.0)
+        split_audio(loud_noise(1.0, seed=6), max_piece_seconds=0.0)
     with pytest.raises(ValueError, match=r"1-D mono"):
         split_audio(np.zeros((100, 2), np.float32), max_piece_seconds=1.0)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from kernel_batches import gpu_test, seed_of
 
 from qasr.engine.layers import RotaryEmbedding
 from qasr.kernels.reference import activation as reference_activation
@@ -27,7 +26,7 @@ def randn(generator: torch.Generator, *shape: int, dtype: torch.dtype, mean: flo
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=str)  # a pure copy: bf16 is safe to interpret
 @pytest.mark.parametrize("block_size", [8, 16])
-def test_store_kv(block_size: int, dtype: torch.dtype) -> None:
+def test_store_kv(block_size: int, dtype: torch.dtype, seed_of) -> None:
     generator = torch.Generator().manual_seed(seed_of(block_size, dtype))
     num_tokens, kv_heads, head_dim, num_blocks = 9, 3, 24, 5
     # v is a strided view of a fused qkv row, as in the model
@@ -59,7 +58,7 @@ def test_store_kv_into_views_of_one_cache_tensor() -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", [48, 64])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_add_rms_norm(with_residual: bool, hidden: int, dtype: torch.dtype) -> None:
+def test_add_rms_norm(with_residual: bool, hidden: int, dtype: torch.dtype, seed_of) -> None:
     generator = torch.Generator().manual_seed(seed_of(with_residual, hidden, dtype))
     x = randn(generator, 7, hidden, dtype=dtype, std=3.0)
     residual = randn(generator, 7, hidden, dtype=dtype, std=3.0) if with_residual else None
@@ -72,7 +71,7 @@ def test_add_rms_norm(with_residual: bool, hidden: int, dtype: torch.dtype) -> N
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", [(2, 2, 32), (4, 2, 16), (6, 2, 24)], ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
-def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype) -> None:
+def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype, seed_of) -> None:
     num_heads, num_kv_heads, head_dim = heads
     generator = torch.Generator().manual_seed(seed_of(heads, dtype))
     rotary = RotaryEmbedding(head_dim, 1e6, 4096)
@@ -92,7 +91,7 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("intermediate", [40, 1500])  # 1500: several column programs per row
-def test_silu_and_mul(intermediate: int, dtype: torch.dtype) -> None:
+def test_silu_and_mul(intermediate: int, dtype: torch.dtype, seed_of) -> None:
     generator = torch.Generator().manual_seed(seed_of(intermediate, dtype))
     gate_up = randn(generator, 3, 2 * intermediate, dtype=dtype, std=3.0)
     assert_close(activation.silu_and_mul(gate_up), reference_activation.silu_and_mul(gate_up))
@@ -107,7 +106,7 @@ def test_empty_inputs() -> None:
                       torch.zeros(1, 8, 2, 16), torch.empty(0, dtype=torch.int64))
 
 
-@gpu_test
+@pytest.mark.gpu
 def test_qwen_shapes_bf16_on_gpu() -> None:
     """Qwen3-ASR 1.7B geometry in bf16: hidden 2048, 16 q / 8 kv heads of 128, intermediate 6144."""
     generator = torch.Generator().manual_seed(0)

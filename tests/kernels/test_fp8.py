@@ -1,14 +1,12 @@
 """FP8 (e4m3) KV cache: the Triton KV store and attention against the torch reference under the interpreter,
 and the engine end to end against a full-precision cache."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from checkpoints import SHAPES, write_checkpoint
-from conftest import speech_like
-from kernel_batches import PagedBatch, gpu_test, paged_batch, seed_of
 
 import qasr.engine.model_runner
 from qasr.engine import ASR, SamplingParams, TranscriptionRequest
@@ -21,7 +19,7 @@ from qasr.kernels.triton import kv_store
 from qasr.kernels.triton.paged_attention import unified_attention
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}  # as in test_kernels_attention
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}  # as in test_attention
 # e4m3 keeps 3 mantissa bits (relative error <= 2^-4); over unit-variance K and V outputs move by about 1e-2
 FP8_MAX_ERROR, FP8_MEAN_ERROR = 0.25, 0.02
 BATCHES = {
@@ -43,7 +41,7 @@ def wide_range(generator: torch.Generator, *shape: int, dtype: torch.dtype) -> t
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("block_size", [8, 16])
-def test_store_kv_into_fp8_cache_is_bit_exact(block_size: int, dtype: torch.dtype) -> None:
+def test_store_kv_into_fp8_cache_is_bit_exact(block_size: int, dtype: torch.dtype, seed_of) -> None:
     generator = torch.Generator().manual_seed(seed_of("fp8-store", block_size, dtype))
     num_tokens, kv_heads, head_dim, num_blocks = 9, 3, 24, 5
     key = wide_range(generator, num_tokens, kv_heads, head_dim, dtype=dtype)
@@ -79,15 +77,24 @@ def test_store_kv_rounds_ties_to_even_and_saturates() -> None:
     assert to_cache_dtype(torch.tensor([1e4, -500.0]), FP8_DTYPE).float().tolist() == [448.0, -448.0]
 
 
-def fp8_batch(kind: str, heads: tuple[int, int, int], dtype: torch.dtype) -> tuple[PagedBatch, PagedBatch]:
-    """A paged batch and the same batch with its caches converted to e4m3."""
-    batch = paged_batch(*BATCHES[kind], *heads, dtype, seed=seed_of("fp8", kind, heads, dtype))
-    quantised = PagedBatch(batch.query, to_cache_dtype(batch.k_cache, FP8_DTYPE),
-                           to_cache_dtype(batch.v_cache, FP8_DTYPE), batch.meta, batch.scale)
-    return batch, quantised
+def quantise(batch):
+    """The same paged batch with its caches converted to e4m3."""
+    return dataclasses.replace(batch, k_cache=to_cache_dtype(batch.k_cache, FP8_DTYPE),
+                               v_cache=to_cache_dtype(batch.v_cache, FP8_DTYPE))
 
 
-def assert_fp8_attention(out: torch.Tensor, batch: PagedBatch, quantised: PagedBatch) -> None:
+@pytest.fixture
+def fp8_batch(paged_batch, seed_of):
+    """`fp8_batch(kind, heads, dtype)`: a paged batch of BATCHES[kind] and the same batch over e4m3 caches."""
+
+    def make(kind: str, heads: tuple[int, int, int], dtype: torch.dtype):
+        batch = paged_batch(*BATCHES[kind], *heads, dtype, seed=seed_of("fp8", kind, heads, dtype))
+        return batch, quantise(batch)
+
+    return make
+
+
+def assert_fp8_attention(out: torch.Tensor, batch, quantised) -> None:
     assert out.dtype == batch.query.dtype and out.shape == batch.query.shape
     exact = reference.paged_attention(batch.query.float(), quantised.k_cache, quantised.v_cache, batch.meta,
                                       batch.scale)
@@ -104,7 +111,7 @@ def assert_fp8_attention(out: torch.Tensor, batch: PagedBatch, quantised: PagedB
 @pytest.mark.parametrize("heads", [(4, 2, 16), (6, 2, 24)], ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
 @pytest.mark.parametrize(("kind", "split_kv"), [("decode", False), ("long-decode", True), ("mixed", None)])
 def test_attention_over_fp8_cache(kind: str, split_kv: bool | None, heads: tuple[int, int, int],
-                                  dtype: torch.dtype) -> None:
+                                  dtype: torch.dtype, fp8_batch) -> None:
     batch, quantised = fp8_batch(kind, heads, dtype)
     out = unified_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
                             split_kv=split_kv)
@@ -112,7 +119,7 @@ def test_attention_over_fp8_cache(kind: str, split_kv: bool | None, heads: tuple
 
 
 @pytest.mark.parametrize("kind", list(BATCHES))
-def test_torch_reference_over_fp8_cache(kind: str) -> None:
+def test_torch_reference_over_fp8_cache(kind: str, fp8_batch) -> None:
     batch, quantised = fp8_batch(kind, (6, 2, 24), torch.float16)
     out = reference.paged_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale)
     assert_fp8_attention(out, batch, quantised)
@@ -142,13 +149,13 @@ MIN_TEACHER_FORCED_AGREEMENT = 0.6
 
 
 @pytest.fixture(scope="module")
-def checkpoint(checkpoint_root: Path) -> Path:
+def checkpoint(checkpoint_root: Path, shapes, write_checkpoint) -> Path:
     # gqa2: 4 query heads over 2 KV heads, Qwen3-ASR's ratio
-    return write_checkpoint(checkpoint_root / "fp8-gqa2", SHAPES[0], layout="hf", seed=3)
+    return write_checkpoint(checkpoint_root / "fp8-gqa2", shapes[0], layout="hf", seed=3)
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[np.ndarray]:
+def clips(speech_like) -> list[np.ndarray]:
     return [speech_like(0.5 + 0.4 * i, seed=700 + i) for i in range(NUM_CLIPS)]
 
 
@@ -221,7 +228,7 @@ def test_engine_with_fp8_kv_cache_on_triton_matches_torch(checkpoint: Path, clip
     assert greedy(asr, few, max_tokens=8) == expected
 
 
-@gpu_test
+@pytest.mark.gpu
 def test_engine_with_fp8_kv_cache_on_gpu(checkpoint: Path, clips: list[np.ndarray]) -> None:
     """The Triton backend with CUDA graphs over an fp8 cache, fp32 weights so the CPU measurement applies."""
     full = greedy(ASR(str(checkpoint), device="cuda", dtype="float32"), clips)
@@ -232,21 +239,20 @@ def test_engine_with_fp8_kv_cache_on_gpu(checkpoint: Path, clips: list[np.ndarra
     assert agreement(full, forced) >= MIN_TEACHER_FORCED_AGREEMENT
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("split_kv", [False, True, None])
-def test_qwen_shapes_fp8_on_gpu(split_kv: bool | None) -> None:
+def test_qwen_shapes_fp8_on_gpu(split_kv: bool | None, paged_batch) -> None:
     """Qwen3-ASR decoder geometry (16 query heads over 8 KV heads of 128) over an fp8 cache, bf16 queries."""
     query_lens, context_lens = ([1] * 12, [1, 15, 16, 17, 100, 511, 512, 1000, 2047, 4096, 6000, 8191]) \
         if split_kv is not None else ([1, 1, 410, 300, 1, 77], [8000, 35, 0, 2000, 700, 4096])
     batch = paged_batch(query_lens, context_lens, 16, 8, 128, torch.bfloat16, seed=5, device="cuda")
-    quantised = PagedBatch(batch.query, to_cache_dtype(batch.k_cache, FP8_DTYPE),
-                           to_cache_dtype(batch.v_cache, FP8_DTYPE), batch.meta, batch.scale)
+    quantised = quantise(batch)
     out = unified_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
                             split_kv=split_kv)
     assert_fp8_attention(out, batch, quantised)
 
 
-@gpu_test
+@pytest.mark.gpu
 def test_store_kv_fp8_on_gpu() -> None:
     generator = torch.Generator().manual_seed(0)
     key = wide_range(generator, 300, 8, 128, dtype=torch.bfloat16).cuda()

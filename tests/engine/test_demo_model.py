@@ -4,7 +4,6 @@ within the WER targets, and giving the same tokens as transformers on its `-hf` 
 import json
 
 import pytest
-from reference import Reference
 
 from qasr.benchmarks.heldout import MANIFEST, heldout_scores, read_manifest
 from qasr.benchmarks.wer import corpus_wer
@@ -63,13 +62,13 @@ def test_qasr_transcribe_with_the_default_model_meets_the_wer_targets() -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+def reference(tmp_path_factory: pytest.TempPathFactory, transformers_reference):
     hf = tmp_path_factory.mktemp("demo-hf")
     convert_to_hf(demo_model_path(), hf)
-    return Reference(hf)
+    return transformers_reference(hf)
 
 
-def test_transformers_gives_the_same_tokens_on_five_heldout_clips(reference: Reference) -> None:
+def test_transformers_gives_the_same_tokens_on_five_heldout_clips(reference) -> None:
     rows = read_manifest()
     picked = [row for row in rows if row["seen_voice"]][:3] + [row for row in rows if not row["seen_voice"]][:2]
     clips = [load_audio(MANIFEST.parent / row["file"]) for row in picked]

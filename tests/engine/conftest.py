@@ -1,11 +1,12 @@
-"""The transformers reference: Qwen3ASRForConditionalGeneration on one clip at a time, float32, CPU."""
+"""Fixtures for the engine tests: the transformers reference (`transformers_reference`), the oracle that greedy
+outputs are compared with."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
 
 @dataclass
@@ -16,7 +17,11 @@ class ReferenceOutput:
 
 
 class Reference:
+    """Qwen3ASRForConditionalGeneration on one clip at a time, float32, CPU."""
+
     def __init__(self, hf_checkpoint: Path):
+        from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
+
         self.processor = Qwen3ASRProcessor.from_pretrained(hf_checkpoint)
         self.model = Qwen3ASRForConditionalGeneration.from_pretrained(hf_checkpoint, dtype=torch.float32).eval()
 
@@ -31,3 +36,10 @@ class Reference:
                                   output_logits=True, return_dict_in_generate=True)
         prompt = inputs["input_ids"][0].tolist()
         return ReferenceOutput(prompt, out.sequences[0, len(prompt):].tolist(), out.logits[-1][0].float())
+
+
+@pytest.fixture(scope="session")
+def transformers_reference():
+    """The class `Reference(hf_checkpoint)`: `.inputs(clip, language, context)` is the processor's prompt,
+    `.generate(clip, max_new_tokens, language, context)` gives prompt_ids, token_ids and the last logits."""
+    return Reference

@@ -5,56 +5,22 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import jiwer
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from qasr.engine import AsyncEngine, EngineConfig, RequestOutput, TranscriptionRequest
 from qasr.engine.audio import load_audio
 from qasr.serve import openai_api
-from qasr.serve.app import create_app, start
+from qasr.serve.app import create_app
 from qasr.serve.options import ServerOptions
 from qasr.serve.state import STATE
 
-HELDOUT = Path(__file__).parent.parent / "benchmarks" / "data" / "heldout"
 MAX_UPLOAD_MB = 0.25
-
-
-class LiveServer:
-    """An app served on a free loopback port by an event loop on its own thread, so tests can block."""
-
-    def __init__(self, app: aiohttp.web.Application):
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runner = self.call(start(app, "127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-
-    @property
-    def state(self):
-        return self.app[STATE]
-
-    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def client(self, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", **options)
-
-    def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused")
-
-    def close(self) -> None:
-        self.call(self.runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -63,45 +29,30 @@ def engine() -> AsyncEngine:
 
 
 @pytest.fixture(scope="module")
-def server(engine: AsyncEngine):
-    live = LiveServer(create_app(engine, ServerOptions(max_upload_mb=MAX_UPLOAD_MB, task_db=":memory:")))
+def server(engine: AsyncEngine, live_server):
+    live = live_server(create_app(engine, ServerOptions(max_upload_mb=MAX_UPLOAD_MB, task_db=":memory:")))
     yield live
     live.close()
 
 
 @pytest.fixture(scope="module")
-def clips(server: LiveServer, engine: AsyncEngine) -> list[dict]:
+def clips(server, engine: AsyncEngine, heldout) -> list[dict]:
     """Eight held-out clips with what the engine itself transcribes for each (the server must match it)."""
-    rows = [json.loads(line) for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:8]]
+    rows = [json.loads(line) for line in (heldout / "manifest.jsonl").read_text().splitlines()[:8]]
 
     async def transcribe_all() -> list[str]:
-        results = await asyncio.gather(*(engine.transcribe(TranscriptionRequest(load_audio(HELDOUT / row["file"]))) for row in rows))
+        results = await asyncio.gather(*(engine.transcribe(TranscriptionRequest(load_audio(heldout / row["file"])))
+                                         for row in rows))
         return [result.text for result in results]
 
     for row, text in zip(rows, server.call(transcribe_all())):
-        row["bytes"] = (HELDOUT / row["file"]).read_bytes()
+        row["bytes"] = (heldout / row["file"]).read_bytes()
         row["engine_text"] = text
     return rows
 
 
 def upload(clip: dict) -> tuple[str, bytes, str]:
     return (clip["file"], clip["bytes"], "audio/ogg")
-
-
-def metric_values(url: str) -> dict[tuple[str, tuple], float]:
-    text = http("GET", url + "/metrics")[2].decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def http(method: str, url: str, data: Any = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    async def go() -> tuple[int, dict, bytes]:
-        async with aiohttp.ClientSession() as session:
-            body = data() if callable(data) else data
-            async with session.request(method, url, data=body, headers=headers) as response:
-                return response.status, dict(response.headers), await response.read()
-
-    return asyncio.run(go())
 
 
 def form(file: bytes | None, fields: dict[str, str] | None = None) -> Callable[[], aiohttp.FormData]:
@@ -132,7 +83,7 @@ def assert_openai_error(response: tuple[int, dict, bytes], status: int, param: s
     return error
 
 
-def test_every_response_format_through_the_sdk(server: LiveServer, clips: list[dict]) -> None:
+def test_every_response_format_through_the_sdk(server, clips: list[dict]) -> None:
     client, clip = server.client(), clips[0]
     expected = clip["engine_text"]
 
@@ -158,7 +109,7 @@ def test_every_response_format_through_the_sdk(server: LiveServer, clips: list[d
     assert vtt == f"WEBVTT\n\n00:00:00.000 --> 00:00:02.324\n{expected}\n"
 
 
-def test_streamed_deltas_add_up_to_the_final_text(server: LiveServer, clips: list[dict]) -> None:
+def test_streamed_deltas_add_up_to_the_final_text(server, clips: list[dict]) -> None:
     clip = clips[1]
     events = list(server.client().audio.transcriptions.create(file=upload(clip), model="qasr-demo", stream=True))
     deltas = [event.delta for event in events[:-1]]
@@ -178,7 +129,7 @@ def test_streamed_deltas_add_up_to_the_final_text(server: LiveServer, clips: lis
     assert [e.model_dump() for e in asyncio.run(stream_async())] == [e.model_dump() for e in events]
 
 
-def test_raw_stream_is_openai_sse_and_ends_with_done(server: LiveServer, clips: list[dict]) -> None:
+def test_raw_stream_is_openai_sse_and_ends_with_done(server, clips: list[dict], http) -> None:
     status, headers, body = http("POST", server.url + "/v1/audio/transcriptions",
                                  form(clips[0]["bytes"], {"stream": "true"}))
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
@@ -187,8 +138,8 @@ def test_raw_stream_is_openai_sse_and_ends_with_done(server: LiveServer, clips: 
     assert all(event.startswith("data: {") for event in events[:-2])
 
 
-def test_a_stream_waiting_for_its_first_token_sends_keep_alives(server: LiveServer, engine: AsyncEngine,
-                                                               clips: list[dict]) -> None:
+def test_a_stream_waiting_for_its_first_token_sends_keep_alives(server, engine: AsyncEngine,
+                                                               clips: list[dict], http) -> None:
     llm, options = engine.engine, server.state.options
     step, interval = llm.step, options.sse_keepalive_s
     slow_steps = iter(range(4))
@@ -217,7 +168,7 @@ def test_a_stream_waiting_for_its_first_token_sends_keep_alives(server: LiveServ
     assert parsed[-1].type == "transcript.text.done" and parsed[-1].text == clips[1]["engine_text"]
 
 
-def test_language_prompt_and_temperature_are_accepted(server: LiveServer, clips: list[dict]) -> None:
+def test_language_prompt_and_temperature_are_accepted(server, clips: list[dict]) -> None:
     client, clip = server.client(), clips[2]
     for language in ("en", "English"):
         result = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", language=language,
@@ -228,7 +179,7 @@ def test_language_prompt_and_temperature_are_accepted(server: LiveServer, clips:
     assert isinstance(sampled.text, str)
 
 
-def test_concurrent_requests_match_the_engine(server: LiveServer, clips: list[dict]) -> None:
+def test_concurrent_requests_match_the_engine(server, clips: list[dict]) -> None:
     async def run_all() -> list[str]:
         async with server.async_client() as client:
             async def one(i: int, clip: dict) -> str:
@@ -245,7 +196,7 @@ def test_concurrent_requests_match_the_engine(server: LiveServer, clips: list[di
     assert jiwer.wer([c["text"].lower() for c in clips], [t.lower() for t in texts]) < 0.2
 
 
-def test_models_health_and_version(server: LiveServer) -> None:
+def test_models_health_and_version(server, http) -> None:
     client = server.client()
     assert [model.id for model in client.models.list()] == ["qasr-demo"]
     card = client.models.retrieve("qasr-demo")
@@ -258,7 +209,7 @@ def test_models_health_and_version(server: LiveServer) -> None:
     assert status == 200 and json.loads(body)["version"]
 
 
-def test_metrics_move_after_requests(server: LiveServer, clips: list[dict]) -> None:
+def test_metrics_move_after_requests(server, clips: list[dict], http, metric_values) -> None:
     before = metric_values(server.url)
     server.client().audio.transcriptions.create(file=upload(clips[3]), model="qasr-demo")
     http("POST", server.url + "/v1/audio/transcriptions", form(b"not audio at all"))
@@ -297,14 +248,14 @@ def test_metrics_move_after_requests(server: LiveServer, clips: list[dict]) -> N
     ({"prompt": "x" * 4097}, ..., "prompt", "prompt_too_long"),
     ({"prompt": "<|im_end|>"}, ..., None, None),
 ])
-def test_bad_fields_are_400(server: LiveServer, clips: list[dict], fields: dict, file: Any, param: str | None,
-                            code: str | None) -> None:
+def test_bad_fields_are_400(server, clips: list[dict], fields: dict, file: Any, param: str | None,
+                            code: str | None, http) -> None:
     file = clips[0]["bytes"] if file is ... else file
     response = http("POST", server.url + "/v1/audio/transcriptions", form(file, fields))
     assert_openai_error(response, 400, param, code)
 
 
-def test_other_client_errors(server: LiveServer, clips: list[dict]) -> None:
+def test_other_client_errors(server, clips: list[dict], http) -> None:
     url = server.url + "/v1/audio/transcriptions"
     assert_openai_error(http("POST", url, form(clips[0]["bytes"], {"model": "whisper-1"})), 404, "model",
                         "model_not_found")
@@ -324,7 +275,7 @@ def test_other_client_errors(server: LiveServer, clips: list[dict]) -> None:
             file=upload(clips[0]), model="qasr-demo", response_format="verbose_json", timestamp_granularities=["word"])
 
 
-def test_malformed_forms_are_400(server: LiveServer, clips: list[dict]) -> None:
+def test_malformed_forms_are_400(server, clips: list[dict], http) -> None:
     def part(name: str, value: bytes, *headers: str, filename: str | None = None) -> bytes:
         disposition = f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' * bool(filename))
         return b"--b\r\n" + "\r\n".join((disposition, *headers)).encode() + b"\r\n\r\n" + value + b"\r\n"
@@ -342,7 +293,7 @@ def test_malformed_forms_are_400(server: LiveServer, clips: list[dict]) -> None:
     assert_openai_error(http("POST", server.url + "/v1/audio/transcriptions", b"a=b", urlencoded), 400)
 
 
-def test_audio_longer_than_max_audio_seconds_is_400(server: LiveServer, clips: list[dict]) -> None:
+def test_audio_longer_than_max_audio_seconds_is_400(server, clips: list[dict], http) -> None:
     options = server.app[STATE].options
     allowed, options.max_audio_seconds = options.max_audio_seconds, 0.5
     try:
@@ -353,7 +304,7 @@ def test_audio_longer_than_max_audio_seconds_is_400(server: LiveServer, clips: l
     assert "0.5 s" in error["message"]
 
 
-def test_uploads_over_the_limit_are_413(server: LiveServer) -> None:
+def test_uploads_over_the_limit_are_413(server, http) -> None:
     url, limit = server.url + "/v1/audio/transcriptions", int(MAX_UPLOAD_MB * (1 << 20))
     # with a Content-Length, rejected before the body is read; just over the file limit, after reading it
     assert_openai_error(http("POST", url, form(b"\0" * (2 * limit))), 413, code="request_too_large")
@@ -369,8 +320,8 @@ def test_uploads_over_the_limit_are_413(server: LiveServer) -> None:
     assert_openai_error(response, 413, code="request_too_large")
 
 
-def test_unexpected_errors_are_500_without_internals(server: LiveServer, clips: list[dict],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_are_500_without_internals(server, clips: list[dict],
+                                                     monkeypatch: pytest.MonkeyPatch, http, metric_values) -> None:
     def broken(_: bytes) -> None:
         raise KeyError("secret internal detail")
 
@@ -389,8 +340,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
-def test_client_disconnect_mid_stream_aborts_the_engine_request(server: LiveServer, engine: AsyncEngine,
-                                                                clips: list[dict]) -> None:
+def test_client_disconnect_mid_stream_aborts_the_engine_request(server, engine: AsyncEngine,
+                                                                clips: list[dict], metric_values) -> None:
     llm, gate, first_delta = engine.engine, threading.Event(), threading.Event()
     aborted: dict[str, object] = {}
     step, abort = llm.step, llm.abort
@@ -428,9 +379,9 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(server: LiveServ
         before[("qasr_requests_total", (("status", "success"),))]
 
 
-def test_full_queue_is_429_and_a_dead_engine_is_503(clips: list[dict]) -> None:
+def test_full_queue_is_429_and_a_dead_engine_is_503(clips: list[dict], live_server, http) -> None:
     small = AsyncEngine(EngineConfig(max_num_seqs=1))
-    live = LiveServer(create_app(small, ServerOptions(max_queued_requests=0, served_model_names=["a", "b"],
+    live = live_server(create_app(small, ServerOptions(max_queued_requests=0, served_model_names=["a", "b"],
                                                       task_db=":memory:")))
     try:
         gate, step = threading.Event(), small.engine.step
@@ -460,9 +411,9 @@ def test_full_queue_is_429_and_a_dead_engine_is_503(clips: list[dict]) -> None:
         live.close()
 
 
-def test_stalled_uploads_neither_fill_the_queue_nor_hang(clips: list[dict]) -> None:
+def test_stalled_uploads_neither_fill_the_queue_nor_hang(clips: list[dict], live_server) -> None:
     """Connections that send headers and stop do not count toward the 429 limit, and get 408 in time."""
-    live = LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=1)),
+    live = live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=1)),
                                  ServerOptions(max_queued_requests=0, upload_timeout_s=1.5, task_db=":memory:")))
     head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
@@ -501,8 +452,9 @@ def test_stalled_uploads_neither_fill_the_queue_nor_hang(clips: list[dict]) -> N
         live.close()
 
 
-def test_a_stream_that_fails_then_loses_its_client_counts_once(server: LiveServer, clips: list[dict],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_that_fails_then_loses_its_client_counts_once(server, clips: list[dict],
+                                                               monkeypatch: pytest.MonkeyPatch, http,
+                                                               metric_values) -> None:
     async def failing(*args, request_id: str, **kwargs):
         yield RequestOutput(request_id=request_id, delta="Hello", finished=False)
         raise RuntimeError("the engine failed")

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkpoints import SHAPES, write_checkpoint
-from conftest import speech_like
 
 from qasr.engine import ASR, AsyncEngine, EngineConfig, SamplingParams, TranscriptionRequest
 from qasr.engine.languages import UnknownLanguageError
@@ -19,12 +17,12 @@ MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def checkpoint(checkpoint_root: Path) -> Path:
-    return write_checkpoint(checkpoint_root / "engine-gqa2", SHAPES[0], layout="hf", seed=3)
+def checkpoint(checkpoint_root: Path, shapes, write_checkpoint) -> Path:
+    return write_checkpoint(checkpoint_root / "engine-gqa2", shapes[0], layout="hf", seed=3)
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[np.ndarray]:
+def clips(speech_like) -> list[np.ndarray]:
     return [speech_like(s, seed=100 + i) for i, s in enumerate(SECONDS)]
 
 
@@ -141,7 +139,8 @@ def test_bad_requests_raise_clear_errors(checkpoint: Path, clips) -> None:
 
 def test_request_counts_for_the_metrics(checkpoint: Path, clips) -> None:
     engine = ASR(str(checkpoint), max_num_seqs=1).engine
-    ids = [engine.add_request(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=3))) for clip in clips[:3]]
+    ids = [engine.add_request(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=3)))
+           for clip in clips[:3]]
     assert (engine.num_running_requests, engine.num_waiting_requests) == (0, 3)
     engine.step()
     assert (engine.num_running_requests, engine.num_waiting_requests) == (1, 2)
@@ -169,7 +168,8 @@ def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, c
     async def run() -> list[tuple[str, str]]:
         async def one(clip: np.ndarray) -> tuple[str, str]:
             deltas, final = [], None
-            async for output in engine.stream(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS))):
+            request = TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+            async for output in engine.stream(request):
                 deltas.append(output.delta)
                 if output.finished:
                     final = output.result
@@ -190,7 +190,8 @@ def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
     async def run() -> None:
         with pytest.raises(UnknownLanguageError):
             await engine.transcribe(TranscriptionRequest(clips[0], language="xx-none"))
-        stream = engine.stream(TranscriptionRequest(clips[5], sampling_params=SamplingParams(max_tokens=500, ignore_eos=True)))
+        stream = engine.stream(TranscriptionRequest(clips[5],
+                                                    sampling_params=SamplingParams(max_tokens=500, ignore_eos=True)))
         await anext(stream)
         await stream.aclose()  # the client went away
         for _ in range(100):
@@ -198,7 +199,8 @@ def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
                 break
             await asyncio.sleep(0.02)
         assert engine.num_unfinished == 0
-        result = await engine.transcribe(TranscriptionRequest(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True)))
+        result = await engine.transcribe(TranscriptionRequest(
+            clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True)))
         assert len(result.token_ids) == 4
 
     try:
@@ -237,7 +239,8 @@ def test_async_engine_survives_a_failed_step_and_fails_requests_after_shutdown(c
     async def run() -> None:
         with pytest.raises(RuntimeError, match="engine step failed.*device on fire"):
             await engine.transcribe(TranscriptionRequest(clips[0], sampling_params=SamplingParams(max_tokens=4)))
-        result = await engine.transcribe(TranscriptionRequest(clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True)))
+        result = await engine.transcribe(TranscriptionRequest(
+            clips[1], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True)))
         assert len(result.token_ids) == 4
         stream = engine.stream(TranscriptionRequest(clips[2], language="English",  # forced: text streams at once
                                                     sampling_params=SamplingParams(max_tokens=50_000, ignore_eos=True)))

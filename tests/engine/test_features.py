@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from conftest import speech_like
 from transformers import Qwen3ASRFeatureExtractor
 
 from qasr.engine.features import FeatureConfig, LogMelExtractor
@@ -17,16 +16,18 @@ def tone(seconds: float, hz: float) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-CLIPS = {
-    "noise-0.1s": noise(0.1, 1),
-    "noise-0.3s": noise(0.3, 2),
-    "noise-2.37s": noise(2.37, 3),
-    "tone-440-1s": tone(1.0, 440.0),
-    "tone-3k-5.5s": tone(5.55, 3000.0),
-    "speech-like-7.9s": speech_like(7.9, 4),
-    "speech-like-12.3s": speech_like(12.3, 5),
-    "silence-1s": np.zeros(16000, dtype=np.float32),
-}
+@pytest.fixture(scope="module")
+def clips(speech_like) -> dict[str, np.ndarray]:
+    return {
+        "noise-0.1s": noise(0.1, 1),
+        "noise-0.3s": noise(0.3, 2),
+        "noise-2.37s": noise(2.37, 3),
+        "tone-440-1s": tone(1.0, 440.0),
+        "tone-3k-5.5s": tone(5.55, 3000.0),
+        "speech-like-7.9s": speech_like(7.9, 4),
+        "speech-like-12.3s": speech_like(12.3, 5),
+        "silence-1s": np.zeros(16000, dtype=np.float32),
+    }
 
 
 def reference_features(clip: np.ndarray) -> np.ndarray:
@@ -35,10 +36,10 @@ def reference_features(clip: np.ndarray) -> np.ndarray:
     return out["input_features"][0, :, :frames].numpy()
 
 
-def test_features_match_transformers_one_clip_at_a_time_and_batched() -> None:
+def test_features_match_transformers_one_clip_at_a_time_and_batched(clips: dict[str, np.ndarray]) -> None:
     extractor = LogMelExtractor(FeatureConfig())
-    batched = extractor(list(CLIPS.values()))
-    for (name, clip), ours_in_batch in zip(CLIPS.items(), batched):
+    batched = extractor(list(clips.values()))
+    for (name, clip), ours_in_batch in zip(clips.items(), batched):
         expected = reference_features(clip)
         [alone] = extractor([clip])
         assert alone.shape == expected.shape, name

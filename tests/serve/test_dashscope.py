@@ -18,7 +18,6 @@ import soundfile as sf
 from aiohttp import web
 from dashscope.audio.asr import Transcription
 from dashscope.audio.qwen_asr import QwenTranscription
-from test_server import HELDOUT, LiveServer, http, metric_values
 from yarl import URL
 
 from qasr.engine import AsyncEngine, EngineConfig, TranscriptionRequest
@@ -26,11 +25,8 @@ from qasr.engine.audio import load_audio
 from qasr.serve.app import create_app
 from qasr.serve.fetch import numeric_address, refusal
 from qasr.serve.options import ServerOptions
-from qasr.serve.state import STATE
 from qasr.serve.task_store import FAILED, PENDING, RUNNING, SUCCEEDED, Task, TaskRequest, TaskStore
 
-SUBMIT = "/api/v1/services/audio/asr/transcription"
-ASYNC = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$")
 MAX_FETCH_MB = 0.25
 
@@ -41,15 +37,15 @@ def engine() -> AsyncEngine:
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[dict]:
-    rows = [json.loads(line) for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()[:3]]
+def clips(heldout) -> list[dict]:
+    rows = [json.loads(line) for line in (heldout / "manifest.jsonl").read_text().splitlines()[:3]]
     for row in rows:
-        row["samples"] = load_audio(HELDOUT / row["file"])
+        row["samples"] = load_audio(heldout / row["file"])
     return rows
 
 
 @pytest.fixture(scope="module")
-def files(clips: list[dict]):
+def files(clips: list[dict], live_server, heldout):
     """Serves the clips under /audio/NAME, a two-channel WAV of clips 0 (left) and 1 (right), and bad files."""
     left, right = clips[0]["samples"], clips[1]["samples"]
     stereo = np.zeros((max(len(left), len(right)), 2), dtype=np.float32)
@@ -75,13 +71,13 @@ def files(clips: list[dict]):
         raise web.HTTPFound(f"/audio/{clips[0]['file']}")
 
     app = web.Application()
-    app.router.add_get("/audio/{name}", route(lambda r: web.FileResponse(HELDOUT / r.match_info["name"])))
+    app.router.add_get("/audio/{name}", route(lambda r: web.FileResponse(heldout / r.match_info["name"])))
     app.router.add_get("/stereo.wav", route(lambda r: web.Response(body=wav.getvalue(), content_type="audio/wav")))
     app.router.add_get("/garbage.wav", route(lambda r: web.Response(body=b"this is not audio, it is text")))
     app.router.add_get("/big.wav", route(lambda r: web.Response(body=big)))
     app.router.add_get("/big-chunked.wav", stream_big)
     app.router.add_get("/moved.opus", moved)
-    live = LiveServer(app)
+    live = live_server(app)
     stereo_samples = [load_audio(wav.getvalue(), channel=c) for c in (0, 1)]
 
     async def transcribe_stereo(engine: AsyncEngine) -> list[str]:
@@ -93,9 +89,9 @@ def files(clips: list[dict]):
 
 
 @pytest.fixture(scope="module")
-def server(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory):
+def server(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory, live_server):
     db = tmp_path_factory.mktemp("tasks") / "tasks.sqlite3"
-    live = LiveServer(create_app(engine, ServerOptions(task_db=str(db), allow_private_urls=True,
+    live = live_server(create_app(engine, ServerOptions(task_db=str(db), allow_private_urls=True,
                                                        max_fetch_mb=MAX_FETCH_MB, task_lease_s=1.5)))
     live.db = db
     yield live
@@ -103,48 +99,25 @@ def server(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def expected(server: LiveServer, engine: AsyncEngine, clips: list[dict]) -> list[str]:
+def expected(server, engine: AsyncEngine, clips: list[dict]) -> list[str]:
     """What the engine itself transcribes for each clip: the tasks must give the same."""
     async def transcribe_all() -> list[str]:
-        return [r.text for r in await asyncio.gather(*(engine.transcribe(TranscriptionRequest(c["samples"])) for c in clips))]
+        results = await asyncio.gather(*(engine.transcribe(TranscriptionRequest(c["samples"])) for c in clips))
+        return [r.text for r in results]
 
     return server.call(transcribe_all())
 
 
-def own_server(db: Path, **options) -> LiveServer:
-    """A server with its own small engine, for tests that stop it (stopping an app shuts its engine down)."""
-    return LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
-                                 ServerOptions(task_db=str(db), allow_private_urls=True, **options)))
+@pytest.fixture
+def own_server(live_server):
+    """`own_server(db, **options)`: a server with its own small engine, for tests that stop it (stopping an app
+    shuts its engine down)."""
 
+    def start(db: Path, **options):
+        return live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
+                                      ServerOptions(task_db=str(db), allow_private_urls=True, **options)))
 
-def submit(server: LiveServer, file_url: str | list[str], model: str = "qasr-demo", **parameters) -> str:
-    key = "file_urls" if isinstance(file_url, list) else "file_url"
-    body = {"model": model, "input": {key: file_url}, "parameters": parameters}
-    status, _, answer = http("POST", server.url + SUBMIT, json.dumps(body), ASYNC)
-    assert status == 200, answer
-    output = json.loads(answer)["output"]
-    assert output["task_status"] == PENDING
-    return output["task_id"]
-
-
-def query(server: LiveServer, task_id: str, headers: dict | None = None) -> dict:
-    status, _, answer = http("GET", f"{server.url}/api/v1/tasks/{task_id}", headers=headers)
-    assert status == 200, answer
-    return json.loads(answer)
-
-
-def wait_done(server: LiveServer, task_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while (answer := query(server, task_id))["output"]["task_status"] in (PENDING, RUNNING):
-        assert time.monotonic() < deadline, f"task {task_id} still {answer['output']['task_status']}"
-        time.sleep(0.05)
-    return answer
-
-
-def get_json(url: str) -> dict:
-    status, _, answer = http("GET", url)
-    assert status == 200, answer
-    return json.loads(answer)
+    return start
 
 
 def assert_dashscope_error(response: tuple[int, dict, bytes], status: int, code: str | None = None) -> dict:
@@ -158,8 +131,8 @@ def assert_dashscope_error(response: tuple[int, dict, bytes], status: int, code:
     return error
 
 
-def test_qwen_filetrans_through_the_sdk(server: LiveServer, files: LiveServer, clips: list[dict],
-                                        expected: list[str]) -> None:
+def test_qwen_filetrans_through_the_sdk(server, files, clips: list[dict],
+                                        expected: list[str], get_json) -> None:
     dashscope.base_http_api_url = server.url + "/api/v1"
     submitted = QwenTranscription.async_call(model="qasr-demo", file_url=f"{files.url}/audio/{clips[0]['file']}",
                                              api_key="unused", channel_id=[0], enable_itn=False, enable_words=True,
@@ -186,8 +159,8 @@ def test_qwen_filetrans_through_the_sdk(server: LiveServer, files: LiveServer, c
     assert sentence["end_time"] == pytest.approx(clips[0]["seconds"] * 1000, abs=10) and sentence["language"] == "en"
 
 
-def test_paraformer_file_urls_through_the_sdk(server: LiveServer, files: LiveServer, clips: list[dict],
-                                              expected: list[str]) -> None:
+def test_paraformer_file_urls_through_the_sdk(server, files, clips: list[dict],
+                                              expected: list[str], get_json) -> None:
     dashscope.base_http_api_url = server.url + "/api/v1"
     urls = [f"{files.url}/audio/{clips[1]['file']}", f"{files.url}/missing.wav", f"{files.url}/moved.opus"]
     submitted = Transcription.async_call(model="qasr-demo", file_urls=urls, api_key="unused", language_hints=["en"])
@@ -204,8 +177,8 @@ def test_paraformer_file_urls_through_the_sdk(server: LiveServer, files: LiveSer
     assert done.usage["duration"] == math.ceil(clips[1]["seconds"] + clips[0]["seconds"])
 
 
-def test_each_requested_channel_is_transcribed_on_its_own(server: LiveServer, files: LiveServer,
-                                                          engine: AsyncEngine) -> None:
+def test_each_requested_channel_is_transcribed_on_its_own(server, files,
+                                                          engine: AsyncEngine, submit, wait_done, get_json) -> None:
     task_id = submit(server, f"{files.url}/stereo.wav", channel_id=[1, 0])
     output = wait_done(server, task_id)["output"]
     assert output["task_status"] == SUCCEEDED, output
@@ -226,18 +199,19 @@ def test_each_requested_channel_is_transcribed_on_its_own(server: LiveServer, fi
     ("/big-chunked.wav", "FILE_TOO_LARGE", "--max-fetch-mb"),
     ("/missing.wav", "FILE_DOWNLOAD_FAILED", "HTTP 404"),
 ])
-def test_bad_files_fail_the_task_with_a_message(server: LiveServer, files: LiveServer, path: str, code: str,
-                                                words: str) -> None:
+def test_bad_files_fail_the_task_with_a_message(server, files, path: str, code: str,
+                                                words: str, submit, wait_done) -> None:
     answer = wait_done(server, submit(server, files.url + path))
     output = answer["output"]
     assert output["task_status"] == FAILED and output["code"] == code and words in output["message"], output
     assert "result" not in output and "usage" not in answer and TIME.match(output["end_time"])
 
 
-def test_bad_requests_get_dashscope_errors(server: LiveServer, files: LiveServer, clips: list[dict]) -> None:
-    url, file_url = server.url + SUBMIT, f"{files.url}/audio/{clips[0]['file']}"
+def test_bad_requests_get_dashscope_errors(server, files, clips: list[dict], http, dashscope_submit) -> None:
+    submit_path, async_headers = dashscope_submit
+    url, file_url = server.url + submit_path, f"{files.url}/audio/{clips[0]['file']}"
 
-    def post(body: object, headers: dict = ASYNC) -> tuple[int, dict, bytes]:
+    def post(body: object, headers: dict = async_headers) -> tuple[int, dict, bytes]:
         return http("POST", url, body if isinstance(body, str) else json.dumps(body), headers)
 
     good = {"model": "qasr-demo", "input": {"file_url": file_url}}
@@ -268,7 +242,8 @@ def test_bad_requests_get_dashscope_errors(server: LiveServer, files: LiveServer
     assert "error" in json.loads(http("GET", server.url + "/v1/nothing")[2])  # OpenAI's shape stays off /api/v1
 
 
-def test_result_url_follows_the_load_balancer(server: LiveServer, files: LiveServer, clips: list[dict]) -> None:
+def test_result_url_follows_the_load_balancer(server, files, clips: list[dict], http, submit, query, wait_done,
+                                              get_json) -> None:
     task_id = submit(server, f"{files.url}/audio/{clips[2]['file']}")
     wait_done(server, task_id)
     own = query(server, task_id)["output"]["result"]["transcription_url"]
@@ -281,13 +256,15 @@ def test_result_url_follows_the_load_balancer(server: LiveServer, files: LiveSer
     assert proxied == f"https://asr.example.com/qasr/api/v1/tasks/{task_id}/result"
 
 
-def test_private_addresses_are_refused_unless_allowed(files: LiveServer, clips: list[dict], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    strict = LiveServer(create_app(AsyncEngine(EngineConfig(max_num_seqs=2)),
+def test_private_addresses_are_refused_unless_allowed(files, clips: list[dict], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, live_server, submit,
+                                                      wait_done) -> None:
+    strict = live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=2)),
                                    ServerOptions(task_db=str(tmp_path / "tasks.sqlite3"))))
     # a "public" server for the first hop of a redirect: 127.0.0.2, which only this test lets through
     allowed, public = refusal, web.AppRunner(web.Application())
-    monkeypatch.setattr("qasr.serve.fetch.refusal", lambda address: None if address == "127.0.0.2" else allowed(address))
+    monkeypatch.setattr("qasr.serve.fetch.refusal",
+                        lambda address: None if address == "127.0.0.2" else allowed(address))
 
     async def redirect(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(request.query["to"])
@@ -319,7 +296,8 @@ def test_private_addresses_are_refused_unless_allowed(files: LiveServer, clips: 
     assert numeric_address("0xa9.0xfe.0xa9.0xfe") == "169.254.169.254"
 
 
-def test_cancel_and_list_while_the_worker_is_held(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
+def test_cancel_and_list_while_the_worker_is_held(files, clips: list[dict], tmp_path: Path, http, metric_values, submit,
+                                                  query, get_json, own_server) -> None:
     held = own_server(tmp_path / "tasks.sqlite3", max_running_tasks=0, enable_task_listing=True)
     try:
         kept, canceled = (submit(held, f"{files.url}/audio/{clips[0]['file']}") for _ in range(2))
@@ -346,7 +324,8 @@ def test_cancel_and_list_while_the_worker_is_held(files: LiveServer, clips: list
         held.close()
 
 
-def test_tasks_survive_a_restart(files: LiveServer, clips: list[dict], expected: list[str], tmp_path: Path) -> None:
+def test_tasks_survive_a_restart(files, clips: list[dict], expected: list[str], tmp_path: Path, submit, query,
+                                 wait_done, get_json, own_server) -> None:
     db = tmp_path / "tasks.sqlite3"
     first = own_server(db, max_running_tasks=0)
     try:
@@ -368,8 +347,8 @@ def test_tasks_survive_a_restart(files: LiveServer, clips: list[dict], expected:
         third.close()
 
 
-def test_a_dead_replicas_task_runs_again(server: LiveServer, files: LiveServer, clips: list[dict],
-                                         expected: list[str]) -> None:
+def test_a_dead_replicas_task_runs_again(server, files, clips: list[dict],
+                                         expected: list[str], wait_done, get_json) -> None:
     """A task another process claimed and stopped renewing (it died) goes back to PENDING and runs here."""
     other = TaskStore(server.db)
     try:
@@ -430,26 +409,9 @@ def test_claims_from_many_connections_never_overlap(tmp_path: Path) -> None:
     setup.close()
 
 
-def replica_apps(task_db: str, calls: list[int], count: int = 2) -> list[web.Application]:
-    """Apps with their own small engines sharing one task store; every engine request appends to `calls`, so a
-    task run twice shows as one call too many."""
-    apps = [create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
-                       ServerOptions(task_db=task_db, allow_private_urls=True, max_running_tasks=2))
-            for _ in range(count)]
-    for app in apps:
-        engine = app[STATE].engine
-        original = engine.transcribe
-
-        async def counting(samples, *args, _original=original, **kwargs):
-            calls.append(1)
-            return await _original(samples, *args, **kwargs)
-
-        engine.transcribe = counting
-    return apps
-
-
-def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips: list[dict], expected: list[str],
-                                                        tmp_path: Path) -> None:
+def test_two_servers_on_one_database_run_each_task_once(files, clips: list[dict], expected: list[str], tmp_path: Path,
+                                                        live_server, metric_values, wait_done, get_json,
+                                                        replica_apps) -> None:
     db = tmp_path / "tasks.sqlite3"
     store = TaskStore(db)
     ids = [f"shared-{i}" for i in range(8)]
@@ -458,7 +420,7 @@ def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips
         store.add(Task(task_id=task_id, request=TaskRequest(model="qasr-demo", file_urls=[url], multi_file=False)))
     calls: list[int] = []
     apps = replica_apps(str(db), calls)
-    servers = [LiveServer(app) for app in apps]  # both claim at once, before either can finish a task
+    servers = [live_server(app) for app in apps]  # both claim at once, before either can finish a task
     try:
         for i, task_id in enumerate(ids):
             output = wait_done(servers[i % 2], task_id)["output"]
@@ -476,7 +438,7 @@ def test_two_servers_on_one_database_run_each_task_once(files: LiveServer, clips
         store.close()
 
 
-def test_the_store_is_plain_sqlite(server: LiveServer) -> None:
+def test_the_store_is_plain_sqlite(server, metric_values) -> None:
     with sqlite3.connect(server.db) as db:
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
     assert statuses.get(SUCCEEDED, 0) > 0
@@ -485,7 +447,7 @@ def test_the_store_is_plain_sqlite(server: LiveServer) -> None:
     assert metrics[("qasr_async_task_latency_seconds_count", ())] >= 1
 
 
-def test_a_claim_interrupted_by_shutdown_is_handed_back(tmp_path: Path) -> None:
+def test_a_claim_interrupted_by_shutdown_is_handed_back(tmp_path: Path, own_server) -> None:
     """The worker's claim waits on another process's write lock when the server stops: the claim still commits on
     its thread, and the task must go back to PENDING, not stay RUNNING under a stopped owner."""
     db = tmp_path / "tasks.sqlite3"
@@ -509,7 +471,8 @@ def test_a_claim_interrupted_by_shutdown_is_handed_back(tmp_path: Path) -> None:
     assert (task.status, task.owner, task.attempts) == (PENDING, None, 0), (task, owner)
 
 
-def test_a_task_whose_lease_was_lost_is_abandoned(files: LiveServer, clips: list[dict], tmp_path: Path) -> None:
+def test_a_task_whose_lease_was_lost_is_abandoned(files, clips: list[dict], tmp_path: Path, submit, query,
+                                                  own_server) -> None:
     live = own_server(tmp_path / "tasks.sqlite3", task_lease_s=0.6)
     started, cancelled = threading.Event(), threading.Event()
 
@@ -539,7 +502,8 @@ def test_a_task_whose_lease_was_lost_is_abandoned(files: LiveServer, clips: list
         live.close()
 
 
-def test_task_work_moves_the_request_metrics(server: LiveServer, files: LiveServer, clips: list[dict]) -> None:
+def test_task_work_moves_the_request_metrics(server, files, clips: list[dict], metric_values, submit,
+                                             wait_done) -> None:
     before = metric_values(server.url)
     wait_done(server, submit(server, f"{files.url}/audio/{clips[1]['file']}"))
     after = metric_values(server.url)
