@@ -28,9 +28,11 @@ class EngineConfig(CliArgs):
     block_size: int = option(16, "tokens per KV cache block")
     kv_cache_dtype: str = option("auto", "auto: the model's dtype; fp8: float8 e4m3, unscaled, half the bytes "
                                          "per block", choices=KV_CACHE_DTYPES)
-    num_kv_blocks: int | None = option(None, "KV cache blocks; none: sized from free memory")
+    num_kv_blocks: int | None = option(None, "KV cache blocks; none: what max_num_seqs pieces of max_piece_seconds "
+                                             "with a default-length output hold, within the memory left")
     gpu_memory_utilization: float = option(0.9, "share of the GPU's memory the engine may take, KV cache included")
-    cpu_kv_cache_gib: float = option(2.0, "KV cache size on the CPU, in GiB")
+    cpu_kv_cache_gib: float = option(2.0, "most memory the KV cache may take on the CPU, in GiB (it becomes resident "
+                                          "as blocks fill)")
     max_model_len: int | None = option(None, "longest sequence (prompt + output); none: the checkpoint's "
                                              "max_position_embeddings")
     max_piece_seconds: float = option(30.0, "long audio is split at its quietest points into pieces of at most "

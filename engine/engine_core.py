@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.config import EngineConfig
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import ModelConfig
 from qasr.engine.model_loader import load_model, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.kernels import get_model_ops
-from qasr.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, Sequence
+from qasr.scheduler import SamplingParams, Scheduler, SchedulerConfig, SchedulerOutput, Sequence
 
 MAX_GRAPH_BATCH_SIZE = 512
 
@@ -45,7 +44,10 @@ class GraphMemory:
 
 class EngineCore:
 
-    def __init__(self, config: EngineConfig, model_path: Path, model_config: ModelConfig, features: FeatureConfig):
+    def __init__(self, config: EngineConfig, model_path: Path, model_config: ModelConfig, features: FeatureConfig,
+                 longest_prompt_tokens: int):
+        """`longest_prompt_tokens`: the prompt of the longest audio piece (max_piece_seconds) without context; the
+        KV cache is sized for max_num_seqs such sequences with a default-length output."""
         self.config = config
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda":
@@ -56,6 +58,7 @@ class EngineCore:
         if self.max_model_len > max_positions:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {max_positions} positions")
         self.features = features
+        self.longest_prompt_tokens = longest_prompt_tokens
         model = load_model(model_path, model_config, self.device, self.dtype)
         self.runner = ModelRunner(model, LogMelExtractor(features, self.device),
                                   get_model_ops(config.attention_backend, self.device), config.block_size,
@@ -90,17 +93,18 @@ class EngineCore:
         return self.device.type == "cuda" and not self.config.enforce_eager and self.runner.ops.name == "triton"
 
     def _num_kv_blocks(self) -> int:
-        """Blocks that fit in what is left after the weights, the largest step's activations and the CUDA
-        graphs (on CPU: a fixed budget), capped at what max_num_seqs full-length sequences could use."""
+        """num_kv_blocks if given; else what max_num_seqs sequences of the longest piece with a default-length
+        output hold, capped by the memory left after the weights, the largest step's activations and the CUDA graphs
+        (on CPU: cpu_kv_cache_gib)."""
         config = self.config
-        block_bytes = self.runner.kv_block_bytes()
-        enough = config.max_num_seqs * -(-self.max_model_len // config.block_size)
         if config.num_kv_blocks:
             return config.num_kv_blocks
+        block_bytes = self.runner.kv_block_bytes()
+        sequence_tokens = min(self.longest_prompt_tokens + SamplingParams().max_tokens, self.max_model_len)
+        needed = config.max_num_seqs * -(-sequence_tokens // config.block_size)
         if self.device.type == "cuda":
-            piece_tokens = num_audio_tokens(self.features.num_frames(
-                int(config.max_piece_seconds * self.features.sample_rate)))
-            encoder_tokens = max(config.max_num_encoder_tokens or config.max_num_batched_tokens, piece_tokens)
+            encoder_tokens = max(config.max_num_encoder_tokens or config.max_num_batched_tokens,
+                                 self.longest_prompt_tokens)
             activations = self.runner.profile_peak_activation_bytes(
                 config.max_num_batched_tokens, encoder_tokens, config.max_num_seqs)
             if self.uses_cuda_graphs:
@@ -111,7 +115,7 @@ class EngineCore:
             budget = total * config.gpu_memory_utilization - (total - free) - activations - graphs
         else:
             budget = config.cpu_kv_cache_gib * (1 << 30)
-        num_blocks = min(int(budget // block_bytes), enough)
+        num_blocks = min(int(budget // block_bytes), needed)
         if num_blocks < 1:
             raise RuntimeError("no memory left for the KV cache; lower max_num_batched_tokens or raise "
                                "gpu_memory_utilization")

@@ -40,6 +40,11 @@ class InputProcessor:
         self.max_piece_seconds = max_piece_seconds
         self.request_ids = (f"req-{i}" for i in itertools.count())
 
+    def longest_prompt_tokens(self) -> int:
+        """Prompt tokens of a piece of max_piece_seconds without context: its audio tokens and the template's."""
+        samples = int(self.max_piece_seconds * self.features.sample_rate)
+        return num_audio_tokens(self.features.num_frames(samples)) + self.prompts.num_template_tokens()
+
     def process(self, request: TranscriptionRequest) -> ProcessedRequest:
         """Raises ValueError for a request no step could run (empty audio, a special token in the context)."""
         if len(request.audio) == 0:

@@ -23,7 +23,8 @@ class LLMEngine:
         features = FeatureConfig.from_checkpoint(self.model_path)
         self.input_processor = InputProcessor(tokenizer, special_tokens(tokenizer, self.model_config), features,
                                               config.max_piece_seconds)
-        self.core = EngineCore(config, self.model_path, self.model_config, features)
+        self.core = EngineCore(config, self.model_path, self.model_config, features,
+                               self.input_processor.longest_prompt_tokens())
         self.output_processor = OutputProcessor(tokenizer)
 
     def add_request(self, request: TranscriptionRequest) -> str:

@@ -76,8 +76,11 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         text = self.model.config.text
-        self.kv_cache = torch.zeros(2, text.num_layers, num_blocks, self.block_size, text.num_kv_heads,
-                                    text.head_dim, dtype=self.kv_cache_dtype, device=self.device)
+        shape = (2, text.num_layers, num_blocks, self.block_size, text.num_kv_heads, text.head_dim)
+        if self.device.type == "cpu":
+            self.kv_cache = untouched_zeros(shape, self.kv_cache_dtype)
+        else:
+            self.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache = self.kv_cache[0, i]
             layer.self_attn.v_cache = self.kv_cache[1, i]
@@ -263,3 +266,10 @@ class ModelRunner:
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
+
+
+def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros in host memory that become resident only where written: numpy's zeros are calloc's, which hands a
+    large block over as fresh zero pages without touching them (torch.zeros writes every byte). A CPU KV pool then
+    costs memory as its blocks fill, not all at once."""
+    return torch.from_numpy(np.zeros(math.prod(shape) * dtype.itemsize, dtype=np.uint8)).view(dtype).view(shape)

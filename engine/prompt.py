@@ -43,6 +43,11 @@ class PromptBuilder:
         before, after = template_ids(context, language)
         return before + [self.special.audio_pad] * num_audio_tokens + after, len(before)
 
+    def num_template_tokens(self, context: str = "", language: Language | None = None) -> int:
+        """Prompt tokens besides the audio placeholders (tokenized afresh: nothing enters the cache)."""
+        before, after = self._template_ids(context, language)
+        return len(before) + len(after)
+
     def _template_ids(self, context: str, language: Language | None) -> tuple[list[int], list[int]]:
         for token in self.special_strings:
             if token in context:
