@@ -57,7 +57,6 @@ class EngineCore:
         self.max_model_len = config.max_model_len or max_positions
         if self.max_model_len > max_positions:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {max_positions} positions")
-        self.features = features
         self.longest_prompt_tokens = longest_prompt_tokens
         model = load_model(model_path, model_config, self.device, self.dtype)
         self.runner = ModelRunner(model, LogMelExtractor(features, self.device),
