@@ -17,8 +17,8 @@ import torch
 
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
-from qasr.engine.checkpoint import convert_to_hf
 from qasr.engine.config import EngineConfig
+from qasr.engine.hf_conversion import convert_to_hf
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.model_loader import resolve_dtype
 from qasr.engine.request import TranscriptionRequest

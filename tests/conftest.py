@@ -23,13 +23,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from qasr.engine.checkpoint import (  # noqa: E402
-    ASR_CHAT_TEMPLATE,
-    ORIGINAL_CHAT_TEMPLATE,
-    canonical_name,
-    disk_name,
-    save_safetensors,
-)
+from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors  # noqa: E402
+from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE, ORIGINAL_CHAT_TEMPLATE  # noqa: E402
 from training.export import PREPROCESSOR, original_config  # noqa: E402
 from training.model import N_WINDOW, Dims, audio_config, text_config  # noqa: E402
 from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS  # noqa: E402

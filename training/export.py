@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from transformers import Qwen3ASRForConditionalGeneration
 
-from qasr.engine.checkpoint import ASR_CHAT_TEMPLATE, canonical_name, disk_name, save_safetensors
+from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors
+from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE
 from training.model import MAX_POSITIONS, N_WINDOW, N_WINDOW_INFER, NUM_MEL_BINS, ROPE_THETA
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")

@@ -10,13 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qasr.engine.checkpoint import (
-    CheckpointError,
-    convert_to_hf,
-    expected_shapes,
-    load_weights,
-    resolve_model_path,
-)
+from qasr.engine.checkpoint import CheckpointError, expected_shapes, load_weights, resolve_model_path
+from qasr.engine.hf_conversion import convert_to_hf
 from qasr.engine.model_config import ModelConfig, load_model_config, parse_config
 
 QWEN_SPECIAL_IDS = {151643, 151644, 151645, 151669, 151670, 151676, 151704}

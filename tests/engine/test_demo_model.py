@@ -9,8 +9,8 @@ from qasr.benchmarks.heldout import MANIFEST, heldout_scores, read_manifest
 from qasr.benchmarks.wer import corpus_wer
 from qasr.engine import ASR, SamplingParams
 from qasr.engine.audio import load_audio
-from qasr.engine.checkpoint import convert_to_hf
 from qasr.engine.demo import demo_model_path
+from qasr.engine.hf_conversion import convert_to_hf
 from qasr.engine.model_config import load_model_config
 
 MAX_CHECKPOINT_BYTES = 25_000_000
