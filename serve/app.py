@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from qasr.engine import AsyncEngine
+from qasr.serve.connections import LISTEN_BACKLOG, ConnectionGuard, GuardedRunner, default_max_connections
 from qasr.serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
 from qasr.serve.errors import error_middleware
 from qasr.serve.metrics import Metrics
@@ -23,13 +24,15 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
     """The server for one running engine and task store; its startup starts the task worker, its cleanup stops
     the worker and shuts the engine down."""
     options = options or ServerOptions()
-    app = web.Application(middlewares=[error_middleware], client_max_size=options.max_body_bytes)
+    guard = ConnectionGuard(options.max_connections or default_max_connections(), options.header_timeout_s,
+                            options.keepalive_timeout_s)
+    app = web.Application(middlewares=[guard.middleware, error_middleware], client_max_size=options.max_body_bytes)
     tasks = open_task_store(options.task_db)
     meters, pool = Metrics(engine, tasks), audio_pool()
     app[STATE] = ServerState(engine=engine, options=options,
                              model_names=options.served_model_names or [default_model_name(engine.engine.config.model)],
                              metrics=meters, audio_pool=pool, tasks=tasks,
-                             worker=TaskWorker(tasks, engine, options, meters, pool))
+                             worker=TaskWorker(tasks, engine, options, meters, pool), connections=guard)
     app.router.add_post("/v1/audio/transcriptions", create_transcription)
     app.router.add_post("/api/v1/services/audio/asr/transcription", submit_task)
     app.router.add_get("/api/v1/tasks", list_tasks)
@@ -70,11 +73,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _start_worker(app: web.Application) -> None:
+    app[STATE].connections.start()
     await app[STATE].worker.start()
 
 
 async def _shutdown(app: web.Application) -> None:
     state = app[STATE]
+    await state.connections.stop()
     await state.worker.stop()  # first: its tasks go back to PENDING while the engine can still abort them
     await asyncio.to_thread(state.tasks.close)
     state.audio_pool.shutdown(wait=False, cancel_futures=True)
@@ -84,10 +89,12 @@ async def _shutdown(app: web.Application) -> None:
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serves `app` on host:port (port 0: any free one; see runner.addresses) until runner.cleanup()."""
     # handler_cancellation: a client that hangs up cancels its handler, and so aborts its engine request
-    runner = web.AppRunner(app, handler_cancellation=True)
+    state = app[STATE]
+    runner = GuardedRunner(app, state.connections, handler_cancellation=True,
+                           keepalive_timeout=state.options.keepalive_timeout_s)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
     except BaseException:
         await runner.cleanup()
         raise

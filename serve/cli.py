@@ -18,9 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from qasr.engine import AsyncEngine
     from qasr.serve.app import create_app, serve_forever
+    from qasr.serve.connections import raise_open_file_limit
+    from qasr.serve.log_limit import limit_repeats
     from qasr.serve.state import STATE
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limit_repeats()
+    raise_open_file_limit()
     options, config = ServerOptions.from_cli_args(args), EngineConfig.from_cli_args(args)
     print(f"qasr: loading {config.model or 'the bundled demo model'} ...", file=sys.stderr, flush=True)
     engine = AsyncEngine(config)

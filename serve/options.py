@@ -25,6 +25,12 @@ class ServerOptions(CliArgs):
     upload_timeout_s: float = option(60.0, "a transcription request's whole body must arrive within this, or 408")
     sse_keepalive_s: float = option(15.0, "a streamed response waiting for its first token sends an SSE comment "
                                           "this often")
+    keepalive_timeout_s: float = option(75.0, "an idle connection is closed after this (longer than load balancers' "
+                                              "idle timeouts, so they close first)")
+    header_timeout_s: float = option(10.0, "a request's headers must arrive within this once its first byte has, or "
+                                           "the connection is closed")
+    max_connections: int | None = option(None, "most open connections (at the cap a new one replaces the longest "
+                                               "idle); none: the open-file limit less 192")
     max_audio_seconds: float = option(3 * 3600.0, "longest audio: a longer upload is a 400, a longer task file "
                                                   "(per channel) fails its task")
     # a SQLite file (":memory:": this process only), or postgresql://... for replicas on several hosts
@@ -48,12 +54,14 @@ class ServerOptions(CliArgs):
 
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "upload_timeout_s", "sse_keepalive_s", "max_fetch_mb", "fetch_timeout_s",
-                     "max_audio_seconds", "task_lease_s", "task_ttl_hours"):
+                     "max_audio_seconds", "task_lease_s", "task_ttl_hours", "keepalive_timeout_s", "header_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_queued_requests", "max_running_tasks", "max_prompt_chars", "port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
 
     @property
     def max_upload_bytes(self) -> int:

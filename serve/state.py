@@ -7,6 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 from qasr.engine import AsyncEngine
+from qasr.serve.connections import ConnectionGuard
 from qasr.serve.metrics import Metrics
 from qasr.serve.options import ServerOptions
 from qasr.serve.task_store import SqlTaskStore
@@ -26,6 +27,7 @@ class ServerState:
     audio_pool: ThreadPoolExecutor  # decodes uploads off the event loop
     tasks: SqlTaskStore
     worker: TaskWorker
+    connections: ConnectionGuard
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0  # transcription requests whose form was read, not yet answered
 
