@@ -39,8 +39,16 @@ class LiveServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.runner = self.call(start(app, "127.0.0.1", 0))
+        # a qasr app is served as `qasr serve` serves it; a test's helper app (a file server) plainly
+        self.runner = self.call(start(app, "127.0.0.1", 0) if STATE in app else self.plain(app))
         self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    @staticmethod
+    async def plain(app: web.Application) -> web.AppRunner:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
 
     @property
     def state(self):
