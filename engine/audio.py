@@ -4,6 +4,7 @@ import codecs
 import io
 import math
 import os
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -11,6 +12,9 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+MIN_SAMPLE_RATE = 1000  # below this a header is not describing speech: a 1 Hz WAV of 22 KB resampled to 3 hours
+MAX_SAMPLE_RATE = 768_000
+BLOCK_FRAMES = 1 << 16
 
 AudioInput = str | os.PathLike | bytes | bytearray | np.ndarray | tuple[np.ndarray, int]
 
@@ -24,28 +28,32 @@ class AudioTooLongError(AudioError):
 
 
 def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int | None = None,
-               max_seconds: float | None = None) -> np.ndarray:
+               max_seconds: float | None = None, on_decoded: Callable[[float], None] | None = None) -> np.ndarray:
     """Returns `source` as a contiguous float32 mono waveform at 16 kHz, peak-limited to [-1, 1].
 
     `source` is a file path, the raw bytes of an audio file (wav, flac, mp3, ogg, opus, m4a, webm, ...),
     an `(array, sample_rate)` tuple, or a bare array whose rate is `sample_rate` (default 16 kHz).
     Arrays are shaped (frames,) or (frames, channels), as soundfile returns them; integer arrays are
-    PCM and scaled to [-1, 1]. `sample_rate` is only used for bare arrays.
+    PCM and scaled to [-1, 1]. `sample_rate` is only used for bare arrays; rates outside 1 kHz - 768 kHz are refused.
 
-    Channels are averaged into one, unless `channel` picks one of them. Audio longer than `max_seconds` is an
-    AudioTooLongError, raised as soon as the header or the decoded frames show it (a small compressed file can
-    hold hours of audio).
+    Channels are averaged into one, unless `channel` picks one of them. Files are decoded, mixed and resampled a
+    block at a time, so memory holds the 16 kHz result rather than the file's own samples. Audio longer than
+    `max_seconds` is an AudioTooLongError, raised as soon as the header or the decoded blocks show it (a small
+    compressed file can hold hours of audio); `on_decoded(seconds)` hears of every block of output as it is made,
+    and may raise to stop the decoding.
     """
     if isinstance(source, tuple):
         if len(source) != 2:
             raise AudioError(f"audio tuple must be (array, sample_rate), got {len(source)} items")
-        samples, rate = _pcm_to_float(source[0]), source[1]
+        stream = _Output(source[1], channel, max_seconds, on_decoded)
+        stream.push(_pcm_to_float(source[0]))
     elif isinstance(source, np.ndarray):
-        samples, rate = _pcm_to_float(source), SAMPLE_RATE if sample_rate is None else sample_rate
+        stream = _Output(SAMPLE_RATE if sample_rate is None else sample_rate, channel, max_seconds, on_decoded)
+        stream.push(_pcm_to_float(source))
     elif isinstance(source, bytes | bytearray):
         if not source:
             raise AudioError("audio bytes are empty (0 bytes)")
-        samples, rate = _decode(bytes(source), max_seconds)
+        stream = _decode(bytes(source), channel, max_seconds, on_decoded)
     elif isinstance(source, str | os.PathLike):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -54,29 +62,69 @@ def load_audio(source: AudioInput, sample_rate: int | None = None, channel: int 
             raise AudioError(f"audio path is not a file: {path}")
         if os.path.getsize(path) == 0:
             raise AudioError(f"audio file is empty (0 bytes): {path}")
-        samples, rate = _decode(path, max_seconds)
+        stream = _decode(path, channel, max_seconds, on_decoded)
     else:
         raise AudioError(f"unsupported audio input type: {type(source).__name__}")
+    return stream.finish()
 
-    samples = _to_mono(samples, channel)
-    if max_seconds is not None and rate > 0:
-        _check_duration(len(samples), rate, max_seconds)
-    if samples.size == 0:
-        raise AudioError("audio is empty (0 samples)")
-    if not (isinstance(rate, int | float | np.integer | np.floating) and 0 < rate < math.inf):
-        raise AudioError(f"sample rate must be a positive number, got {rate!r}")
-    if not np.isfinite(samples).all():
-        raise AudioError("audio contains NaN or infinite samples")
-    if rate != SAMPLE_RATE:
-        # HQ (20-bit) resampling noise sits far below the 80 dB range the log-mel front end keeps; VHQ buys
-        # nothing audible to the model.
-        samples = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ")
-        if samples.size == 0:
-            raise AudioError(f"audio is empty after resampling {rate} Hz to {SAMPLE_RATE} Hz (too few samples)")
-    peak = float(np.abs(samples).max())
-    if peak > 1.0:
-        samples = samples / peak
-    return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+
+class _Output:
+    """The 16 kHz mono result, built a block of input at a time: a channel picked or all mixed, resampled
+    (soxr's stream gives the same samples as resampling the whole at once), its length checked as it grows."""
+
+    def __init__(self, rate: object, channel: int | None, max_seconds: float | None,
+                 on_decoded: Callable[[float], None] | None):
+        if not (isinstance(rate, int | float | np.integer | np.floating) and 0 < rate < math.inf):
+            raise AudioError(f"sample rate must be a positive number, got {rate!r}")
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise AudioError(f"a sample rate of {rate:g} Hz is not audio a speech model can use: it must lie between "
+                             f"{MIN_SAMPLE_RATE} Hz and {MAX_SAMPLE_RATE} Hz")
+        self.rate = float(rate)
+        self.channel = channel
+        self.max_seconds = max_seconds
+        self.on_decoded = on_decoded
+        # HQ (20-bit) resampling noise sits far below the 80 dB range the log-mel front end keeps; VHQ buys nothing
+        # audible to the model
+        self.resampler = (soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+                          if self.rate != SAMPLE_RATE else None)
+        self.blocks: list[np.ndarray] = []
+        self.num_input = 0
+        self.num_output = 0
+
+    def check_length(self, num_input_frames: int) -> None:
+        """What a header says: refuses audio longer than max_seconds before anything is decoded."""
+        if self.max_seconds is not None and num_input_frames > self.max_seconds * self.rate:
+            raise AudioTooLongError(f"audio is longer than the {self.max_seconds:g} s allowed")
+
+    def push(self, samples: np.ndarray) -> None:
+        """samples: (frames,) or (frames, channels) float32 at the input rate."""
+        mono = _to_mono(samples, self.channel)
+        if not np.isfinite(mono).all():
+            raise AudioError("audio contains NaN or infinite samples")
+        self.num_input += len(mono)
+        self.check_length(self.num_input)
+        self._emit(self.resampler.resample_chunk(mono) if self.resampler is not None else mono)
+
+    def _emit(self, out: np.ndarray) -> None:
+        if len(out):
+            self.blocks.append(out)
+            self.num_output += len(out)
+            if self.on_decoded is not None:
+                self.on_decoded(len(out) / SAMPLE_RATE)
+
+    def finish(self) -> np.ndarray:
+        if self.resampler is not None:  # the resampler's tail
+            self._emit(self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        if self.num_input == 0:
+            raise AudioError("audio is empty (0 samples)")
+        if self.num_output == 0:
+            raise AudioError(f"audio is empty after resampling {self.rate:g} Hz to {SAMPLE_RATE} Hz (too few samples)")
+        samples = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+        self.blocks = []
+        peak = float(np.abs(samples).max())
+        if peak > 1.0:
+            samples = samples / peak
+        return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
 
 
 def _pcm_to_float(array: np.ndarray) -> np.ndarray:
@@ -108,22 +156,20 @@ def _to_mono(samples: np.ndarray, channel: int | None) -> np.ndarray:
     return samples[:, channel]
 
 
-def _check_duration(num_samples: int, rate: float, max_seconds: float) -> None:
-    if num_samples > max_seconds * rate:
-        raise AudioTooLongError(f"audio is longer than the {max_seconds:g} s allowed")
-
-
-def _decode(source: str | bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Decodes to ((frames, channels) float32, rate): soundfile first, PyAV for what libsndfile can't read."""
+def _decode(source: str | bytes, channel: int | None, max_seconds: float | None,
+            on_decoded: Callable[[float], None] | None) -> _Output:
+    """Decodes a block at a time: soundfile first, PyAV for what libsndfile can't read."""
     try:
         with sf.SoundFile(_reopen(source)) as file:
-            if max_seconds is not None:
-                _check_duration(file.frames, file.samplerate, max_seconds)
-            return file.read(dtype="float32", always_2d=True), file.samplerate
+            output = _Output(file.samplerate, channel, max_seconds, on_decoded)
+            output.check_length(file.frames)
+            for block in file.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+                output.push(block)
+            return output
     except sf.SoundFileError:
         pass
     try:
-        return _decode_with_av(_reopen(source), max_seconds)
+        return _decode_with_av(_reopen(source), channel, max_seconds, on_decoded)
     except AudioError:
         raise
     except (av.FFmpegError, ValueError, EOFError) as error:
@@ -138,22 +184,24 @@ def _reopen(source: str | bytes) -> str | io.BytesIO:
     return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
-def _decode_with_av(source: str | io.BytesIO, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def _decode_with_av(source: str | io.BytesIO, channel: int | None, max_seconds: float | None,
+                    on_decoded: Callable[[float], None] | None) -> _Output:
     with av.open(source, metadata_errors="ignore") as container:
         if not container.streams.audio:
             raise AudioError("could not decode audio: the input has no audio stream")
         # Converting every frame to planar float gives (channels, frames) arrays whatever the codec's layout.
         to_planar = av.AudioResampler(format="fltp")
-        frames, num_samples = [], 0
+        output = None
         for frame in container.decode(container.streams.audio[0]):
-            num_samples += frame.samples
-            if max_seconds is not None:
-                _check_duration(num_samples, frame.sample_rate, max_seconds)
-            frames += to_planar.resample(frame)
-        frames += to_planar.resample(None)
-    if not frames:
-        return np.zeros((0, 1), dtype=np.float32), SAMPLE_RATE
-    return np.concatenate([frame.to_ndarray() for frame in frames], axis=1).T, frames[0].rate
+            for planar in to_planar.resample(frame):
+                output = output or _Output(planar.sample_rate, channel, max_seconds, on_decoded)
+                output.push(planar.to_ndarray().T)
+        for planar in to_planar.resample(None):
+            output = output or _Output(planar.sample_rate, channel, max_seconds, on_decoded)
+            output.push(planar.to_ndarray().T)
+    if output is None:
+        raise AudioError("audio is empty (0 samples)")
+    return output
 
 
 def _looks_like_text(source: str | bytes) -> bool:

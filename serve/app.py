@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from qasr.engine import AsyncEngine
+from qasr.serve.budget import AudioBudget
 from qasr.serve.connections import LISTEN_BACKLOG, ConnectionGuard, GuardedRunner, default_max_connections
 from qasr.serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
 from qasr.serve.errors import error_middleware
@@ -28,11 +29,12 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
                             options.keepalive_timeout_s)
     app = web.Application(middlewares=[guard.middleware, error_middleware], client_max_size=options.max_body_bytes)
     tasks = open_task_store(options.task_db)
-    meters, pool = Metrics(engine, tasks), audio_pool()
+    meters, pool, audio_budget = Metrics(engine, tasks), audio_pool(), AudioBudget(options.max_audio_seconds_in_flight)
     app[STATE] = ServerState(engine=engine, options=options,
                              model_names=options.served_model_names or [default_model_name(engine.engine.config.model)],
                              metrics=meters, audio_pool=pool, tasks=tasks,
-                             worker=TaskWorker(tasks, engine, options, meters, pool), connections=guard)
+                             worker=TaskWorker(tasks, engine, options, meters, pool, audio_budget),
+                             connections=guard, audio_budget=audio_budget)
     app.router.add_post("/v1/audio/transcriptions", create_transcription)
     app.router.add_post("/api/v1/services/audio/asr/transcription", submit_task)
     app.router.add_get("/api/v1/tasks", list_tasks)

@@ -9,14 +9,17 @@ Redirects are followed by hand so that each hop gets the same checks.
 """
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp.abc import ResolveResult
 from aiohttp.tracing import Trace
 from yarl import URL
+
+from qasr.serve.budget import ByteBudget
 
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 16
@@ -103,10 +106,11 @@ class PublicConnector(aiohttp.TCPConnector):
 class Fetcher:
     """One connection pool for every download of a worker; `close` it when done."""
 
-    def __init__(self, max_bytes: int, timeout_s: float, allow_private: bool):
+    def __init__(self, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget):
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.allow_private = allow_private
+        self.budget = budget
         connector = (aiohttp.TCPConnector if allow_private else PublicConnector)(limit=64)
         # trust_env=False: the environment's proxy settings must not route around the address checks
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False,
@@ -115,11 +119,17 @@ class Fetcher:
     async def close(self) -> None:
         await self.session.close()
 
-    async def fetch(self, url: str) -> bytes:
-        try:
-            return await asyncio.wait_for(self._fetch(url), self.timeout_s)
-        except TimeoutError as error:
-            raise FetchError(f"Downloading {url} took longer than {self.timeout_s:g} s.") from error
+    @contextlib.asynccontextmanager
+    async def download(self, url: str) -> AsyncIterator[bytes]:
+        """The file's bytes, counted in the budget of downloads in flight until the block ends. A download waits
+        for room for the largest file first (outside its time limit), then keeps room for what it got."""
+        async with self.budget.reserve(self.max_bytes) as reservation:
+            try:
+                data = await asyncio.wait_for(self._fetch(url), self.timeout_s)
+            except TimeoutError as error:
+                raise FetchError(f"Downloading {url} took longer than {self.timeout_s:g} s.") from error
+            await reservation.shrink(len(data))
+            yield data
 
     async def _fetch(self, url: str) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):

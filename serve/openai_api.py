@@ -18,6 +18,7 @@ from multidict import MultiDictProxy
 from qasr.engine import RequestOutput, SamplingParams, Transcription, TranscriptionRequest
 from qasr.engine.audio import AudioError, AudioTooLongError, load_audio
 from qasr.engine.languages import Language, UnknownLanguageError, language_code, resolve_language
+from qasr.serve.budget import AudioBudgetExceeded, AudioClaim
 from qasr.serve.errors import APIError, bad_request, is_digits, logger
 from qasr.serve.formats import FORMATS, duration_usage, to_srt, to_verbose_json, to_vtt
 from qasr.serve.state import STATE, ServerState
@@ -79,8 +80,18 @@ def _admit(state: ServerState) -> None:
 async def _transcribe(request: web.Request, state: ServerState, form: MultiDictProxy,
                       started: float) -> web.StreamResponse:
     params = parse_request(form, state.model_names, state.options.max_prompt_chars)
-    samples = await asyncio.get_running_loop().run_in_executor(
-        state.audio_pool, _read_audio, params.file, state.options.max_upload_bytes, state.options.max_audio_seconds)
+    audio = state.audio_budget.claim(refusable=True)  # held until the answer is out
+    try:
+        samples = await asyncio.get_running_loop().run_in_executor(
+            state.audio_pool, _read_audio, params.file, state.options.max_upload_bytes,
+            state.options.max_audio_seconds, audio)
+        return await _answer(request, state, params, samples, started)
+    finally:
+        audio.release()
+
+
+async def _answer(request: web.Request, state: ServerState, params: TranscriptionForm, samples: np.ndarray,
+                  started: float) -> web.StreamResponse:
     sampling = SamplingParams(temperature=params.temperature)
     if params.max_tokens is not None:
         sampling.max_tokens = params.max_tokens
@@ -206,13 +217,16 @@ def _number(form: MultiDictProxy, name: str, default: float) -> float:
     return number
 
 
-def _read_audio(file: IO[bytes], limit: int, max_seconds: float) -> np.ndarray:
+def _read_audio(file: IO[bytes], limit: int, max_seconds: float, claim: AudioClaim) -> np.ndarray:
     """Runs on the audio pool: reading and decoding a large upload would stall every other request."""
     data = file.read()
     if len(data) > limit:
         raise too_large(limit)
     try:
-        return load_audio(data, max_seconds=max_seconds)
+        return load_audio(data, max_seconds=max_seconds, on_decoded=claim)
+    except AudioBudgetExceeded as error:
+        raise APIError(429, f"The server holds too much audio right now ({error}); retry later.",
+                       code="too_much_audio", retry_after=1) from error
     except AudioTooLongError as error:
         raise bad_request(f"The audio is too long: {error}.", param="file", code="audio_too_long") from error
     except AudioError as error:

@@ -33,12 +33,17 @@ class ServerOptions(CliArgs):
                                                "idle); none: the open-file limit less 192")
     max_audio_seconds: float = option(3 * 3600.0, "longest audio: a longer upload is a 400, a longer task file "
                                                   "(per channel) fails its task")
+    max_audio_seconds_in_flight: float = option(6 * 3600.0, "most seconds of decoded audio the server holds at once "
+                                                             "(uploads and task files); an upload past it gets 429, "
+                                                             "tasks wait")
     # a SQLite file (":memory:": this process only), or postgresql://... for replicas on several hosts
     task_db: str = option(".qasr/tasks.sqlite3", "task store: a SQLite file (replicas on one host may share it) or "
                                                  "a postgresql:// URL (replicas on several hosts)", group=TASKS)
     max_running_tasks: int = option(64, "tasks this server runs at once, all batched by the engine (0: accept "
                                         "tasks but leave them to other replicas)", group=TASKS)
     max_fetch_mb: float = option(512.0, "largest file_url download", group=TASKS)
+    max_fetch_mb_in_flight: float = option(2048.0, "most megabytes of downloads held at once; more wait",
+                                           group=TASKS)
     fetch_timeout_s: float = option(300.0, "time limit of one download, redirects included", group=TASKS)
     allow_private_urls: bool = option(False, "let file_url reach private, loopback, link-local and reserved "
                                              "addresses (off: SSRF guard)", group=TASKS)
@@ -54,12 +59,18 @@ class ServerOptions(CliArgs):
 
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "upload_timeout_s", "sse_keepalive_s", "max_fetch_mb", "fetch_timeout_s",
-                     "max_audio_seconds", "task_lease_s", "task_ttl_hours", "keepalive_timeout_s", "header_timeout_s"):
+                     "max_audio_seconds", "task_lease_s", "task_ttl_hours", "keepalive_timeout_s", "header_timeout_s",
+                     "max_audio_seconds_in_flight", "max_fetch_mb_in_flight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_queued_requests", "max_running_tasks", "max_prompt_chars", "port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_audio_seconds > self.max_audio_seconds_in_flight:
+            raise ValueError("max_audio_seconds must not exceed max_audio_seconds_in_flight: such audio could never "
+                             "run")
+        if self.max_fetch_mb > self.max_fetch_mb_in_flight:
+            raise ValueError("max_fetch_mb must not exceed max_fetch_mb_in_flight: such a file could never download")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
 
@@ -70,6 +81,10 @@ class ServerOptions(CliArgs):
     @property
     def max_fetch_bytes(self) -> int:
         return int(self.max_fetch_mb * (1 << 20))
+
+    @property
+    def max_fetch_bytes_in_flight(self) -> int:
+        return int(self.max_fetch_mb_in_flight * (1 << 20))
 
     @property
     def max_body_bytes(self) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 from qasr.engine import AsyncEngine
+from qasr.serve.budget import AudioBudget
 from qasr.serve.connections import ConnectionGuard
 from qasr.serve.metrics import Metrics
 from qasr.serve.options import ServerOptions
@@ -28,6 +29,7 @@ class ServerState:
     tasks: SqlTaskStore
     worker: TaskWorker
     connections: ConnectionGuard
+    audio_budget: AudioBudget  # seconds of decoded audio in flight: uploads and task files
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0  # transcription requests whose form was read, not yet answered
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from qasr.engine import AsyncEngine, Transcription, TranscriptionRequest
 from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
+from qasr.serve.budget import AudioBudget, AudioClaim, ByteBudget
 from qasr.serve.fetch import Fetcher, FetchError
 from qasr.serve.formats import to_filetrans_transcript
 from qasr.serve.metrics import Metrics
@@ -42,12 +43,13 @@ class TaskWorker:
     once, so the engine batches them."""
 
     def __init__(self, store: SqlTaskStore, engine: AsyncEngine, options: ServerOptions, metrics: Metrics,
-                 audio_pool: ThreadPoolExecutor):
+                 audio_pool: ThreadPoolExecutor, audio_budget: AudioBudget):
         self.store = store
         self.engine = engine
         self.options = options
         self.metrics = metrics
         self.audio_pool = audio_pool
+        self.audio_budget = audio_budget  # shared with the uploads; tasks are counted in it, never refused
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, asyncio.Task] = {}  # claimed and not yet finished (or given up)
         self.finishing: set[str] = set()  # of those, the ones whose final status is being written
@@ -57,7 +59,7 @@ class TaskWorker:
 
     async def start(self) -> None:
         self.fetcher = Fetcher(self.options.max_fetch_bytes, self.options.fetch_timeout_s,
-                               self.options.allow_private_urls)
+                               self.options.allow_private_urls, ByteBudget(self.options.max_fetch_bytes_in_flight))
         self.loop_task = asyncio.create_task(self._loop(), name="qasr-task-worker")
 
     async def stop(self) -> None:
@@ -92,7 +94,8 @@ class TaskWorker:
                     await self._housekeeping()
                     housekeeping_due = time.monotonic() + self.options.task_lease_s / 3
                 free = self.options.max_running_tasks - len(self.running)
-                if free > 0 and self.engine.is_running:
+                # while the server holds all the audio it may, new tasks wait in the store (for any replica)
+                if free > 0 and self.engine.is_running and not self.audio_budget.full:
                     for task in await self.store.run(self.store.claim, self.owner, free, self.options.task_lease_s):
                         self.running[task.task_id] = asyncio.create_task(self._run(task))
             except Exception:  # e.g. the database stayed locked: try again on the next round
@@ -146,11 +149,12 @@ class TaskWorker:
     async def _file(self, request: TaskRequest, url: str) -> tuple[dict, float]:
         """One file's entry of the task's results and the seconds of audio it billed."""
         assert self.fetcher is not None
+        audio = self.audio_budget.claim(refusable=False)  # held until the file's channels are transcribed
         try:
-            data = await self.fetcher.fetch(url)
-            decoded = await asyncio.get_running_loop().run_in_executor(
-                self.audio_pool, decode, data, request.channels, self.options.max_audio_seconds)
-            del data
+            async with self.fetcher.download(url) as data:
+                decoded = await asyncio.get_running_loop().run_in_executor(
+                    self.audio_pool, decode, data, request.channels, self.options.max_audio_seconds, audio)
+                del data  # the file's bytes go with their room in the budget
             results = await asyncio.gather(*(self._transcribe(samples, request.language)
                                              for samples in decoded.channels))
         except FetchError as error:
@@ -161,11 +165,12 @@ class TaskWorker:
             return _failure(url, "FILE_DECODE_FAILED", f"Could not read the audio file: {error}."), 0.0
         except ValueError as error:  # the engine refused the request, e.g. too long for max_model_len
             return _failure(url, "FILE_TRANSCRIBE_FAILED", f"Could not transcribe the audio: {error}."), 0.0
+        finally:
+            audio.release()
         entry = {"file_url": url, "status": SUCCEEDED, "document": document(url, decoded, request.channels, results)}
         if not any(result.text for result in results):
             entry["code"] = "SUCCESS_WITH_NO_VALID_FRAGMENT"
         return entry, sum(result.duration for result in results)
-
 
     async def _transcribe(self, samples: np.ndarray, language: str | None) -> Transcription:
         result = await self.engine.transcribe(TranscriptionRequest(samples, language=language))
@@ -173,7 +178,7 @@ class TaskWorker:
         return result
 
 
-def decode(data: bytes, channels: list[int], max_seconds: float) -> DecodedFile:
+def decode(data: bytes, channels: list[int], max_seconds: float, claim: AudioClaim) -> DecodedFile:
     """Runs on the audio pool: the probe reads only the header; each requested channel is decoded on its own."""
     container = codec = sample_rate = num_channels = None
     with contextlib.suppress(Exception), av.open(io.BytesIO(data)) as file:
@@ -182,7 +187,7 @@ def decode(data: bytes, channels: list[int], max_seconds: float) -> DecodedFile:
         if stream is not None:
             context = stream.codec_context
             codec, sample_rate, num_channels = context.name, context.sample_rate, context.channels
-    samples = [load_audio(data, channel=channel, max_seconds=max_seconds) for channel in channels]
+    samples = [load_audio(data, channel=channel, max_seconds=max_seconds, on_decoded=claim) for channel in channels]
     return DecodedFile(container, codec, sample_rate, num_channels, samples)
 
 

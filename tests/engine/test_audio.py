@@ -283,3 +283,50 @@ def test_a_clip_that_resamples_to_nothing_is_an_audio_error(tmp_path: Path) -> N
     sf.write(path, np.zeros(1, dtype=np.float32), 48000)
     with pytest.raises(AudioError, match="empty after resampling 48000 Hz"):
         load_audio(path.read_bytes())
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_absurd_sample_rates_are_refused_before_any_resampling() -> None:
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 10_800).astype(np.float32)
+    tiny = wav_bytes(noise, 1)  # 21.6 KB that would resample to 3 hours
+    assert len(tiny) < 22_000
+    decoded = []
+    with pytest.raises(AudioError, match="sample rate of 1 Hz.*between 1000 Hz and 768000 Hz"):
+        load_audio(tiny, on_decoded=decoded.append)
+    assert decoded == []
+    for rate in (999, 800_000):
+        with pytest.raises(AudioError, match="sample rate"):
+            load_audio((noise, rate))
+    assert len(load_audio((noise, 1000))) == 10_800 * 16
+
+
+def test_decoding_reports_its_output_as_it_goes_and_stops_at_the_limit(tmp_path: Path) -> None:
+    seconds = []
+    samples = load_audio(wav_bytes(tone(440, 9.5, 44100), 44100), on_decoded=seconds.append)
+    assert len(seconds) > 2 and sum(seconds) == pytest.approx(len(samples) / SAMPLE_RATE)
+    # ten minutes of a quiet tone as Opus in WebM, which only PyAV reads, frame by frame: the limit stops the
+    # decoding after about a minute of output, whatever the whole would be
+    path = tmp_path / "long.webm"
+    write_with_av("webm", "libopus")(path, tone(440, 600, 48000, amplitude=0.01), 48000)
+    seconds.clear()
+    with pytest.raises(AudioTooLongError):
+        load_audio(path.read_bytes(), max_seconds=60, on_decoded=seconds.append)
+    assert 59 <= sum(seconds) <= 61
+
+
+def test_on_decoded_can_stop_the_decoding() -> None:
+    class Enough(Exception):
+        pass
+
+    def stop_after_two_seconds(seconds: float, total: list[float] = []) -> None:  # noqa: B006
+        total.append(seconds)
+        if sum(total) > 2:
+            raise Enough
+
+    with pytest.raises(Enough):
+        load_audio(wav_bytes(tone(440, 30, 16000), 16000), on_decoded=stop_after_two_seconds)
