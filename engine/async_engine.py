@@ -88,6 +88,10 @@ class AsyncEngine:
                 return output.result
         raise RuntimeError("the engine ended the request without a result")
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the model's tokenizer (safe from any thread: the tokenizer only reads its tables)."""
+        return self.engine.input_processor.count_tokens(text)
+
     def abort(self, request_id: str) -> None:
         self.commands.put(_Abort(request_id))
 

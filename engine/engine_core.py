@@ -45,7 +45,7 @@ class GraphMemory:
 class EngineCore:
 
     def __init__(self, config: EngineConfig, model_path: Path, model_config: ModelConfig, features: FeatureConfig,
-                 longest_prompt_tokens: int):
+                 max_model_len: int, longest_prompt_tokens: int):
         """`longest_prompt_tokens`: the prompt of the longest audio piece (max_piece_seconds) without context; the
         KV cache is sized for max_num_seqs such sequences with a default-length output."""
         self.config = config
@@ -53,10 +53,7 @@ class EngineCore:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # Triton launches on the current device
         self.dtype = resolve_dtype(config.dtype, self.device)
-        max_positions = model_config.text.max_position_embeddings
-        self.max_model_len = config.max_model_len or max_positions
-        if self.max_model_len > max_positions:
-            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {max_positions} positions")
+        self.max_model_len = max_model_len
         self.longest_prompt_tokens = longest_prompt_tokens
         model = load_model(model_path, model_config, self.device, self.dtype)
         self.runner = ModelRunner(model, LogMelExtractor(features, self.device),

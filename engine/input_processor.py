@@ -4,7 +4,7 @@ counted and its Qwen3-ASR prompt built."""
 import hashlib
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -33,11 +33,13 @@ class ProcessedRequest:
 class InputProcessor:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, special: SpecialTokens, features: FeatureConfig,
-                 max_piece_seconds: float):
+                 max_piece_seconds: float, max_model_len: int):
+        self.tokenizer = tokenizer
         self.special = special
         self.prompts = PromptBuilder(tokenizer, special)
         self.features = features
         self.max_piece_seconds = max_piece_seconds
+        self.max_model_len = max_model_len
         self.request_ids = (f"req-{i}" for i in itertools.count())
 
     def longest_prompt_tokens(self) -> int:
@@ -45,8 +47,12 @@ class InputProcessor:
         samples = int(self.max_piece_seconds * self.features.sample_rate)
         return num_audio_tokens(self.features.num_frames(samples)) + self.prompts.num_template_tokens()
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
     def process(self, request: TranscriptionRequest) -> ProcessedRequest:
-        """Raises ValueError for a request no step could run (empty audio, a special token in the context)."""
+        """Raises ValueError for a request no step could run (empty audio, a special token in the context, a prompt
+        longer than max_model_len). A max_tokens past max_model_len is capped to what fits, as vLLM does."""
         if len(request.audio) == 0:
             raise ValueError("audio is empty (0 samples)")
         request_id = request.request_id or next(self.request_ids)
@@ -58,7 +64,12 @@ class InputProcessor:
         for piece in pieces:
             tokens = num_audio_tokens(self.features.num_frames(len(piece.samples)))
             prompt, audio_start = self.prompts.build(tokens, request.context, request.language)
+            room = self.max_model_len - len(prompt)
+            if room < 1:
+                raise ValueError(f"the prompt ({len(prompt)} tokens: the audio piece's {tokens} and the context's) "
+                                 f"leaves no room for output within max_model_len ({self.max_model_len})")
             audio = AudioSpan(audio_start, tokens, hashlib.blake2b(piece.samples.tobytes(), digest_size=16).digest())
-            sequences.append(Sequence(prompt, audio, params, stop_ids, request_id=request_id, arrival_time=arrival))
+            fitting = params if params.max_tokens <= room else replace(params, max_tokens=room)
+            sequences.append(Sequence(prompt, audio, fitting, stop_ids, request_id=request_id, arrival_time=arrival))
         return ProcessedRequest(request_id, request.language, len(request.audio) / self.features.sample_rate,
                                 arrival, pieces, sequences)

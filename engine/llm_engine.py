@@ -19,11 +19,15 @@ class LLMEngine:
         self.config = config
         self.model_path = resolve_model_path(config.model) if config.model else demo_model_path()
         self.model_config = load_model_config(self.model_path)
+        max_positions = self.model_config.text.max_position_embeddings
+        self.max_model_len = config.max_model_len or max_positions
+        if self.max_model_len > max_positions:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {max_positions} positions")
         tokenizer = load_tokenizer(self.model_path)
         features = FeatureConfig.from_checkpoint(self.model_path)
         self.input_processor = InputProcessor(tokenizer, special_tokens(tokenizer, self.model_config), features,
-                                              config.max_piece_seconds)
-        self.core = EngineCore(config, self.model_path, self.model_config, features,
+                                              config.max_piece_seconds, self.max_model_len)
+        self.core = EngineCore(config, self.model_path, self.model_config, features, self.max_model_len,
                                self.input_processor.longest_prompt_tokens())
         self.output_processor = OutputProcessor(tokenizer)
 

@@ -1,9 +1,20 @@
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from qasr.engine.languages import Language, resolve_language
 from qasr.scheduler import SamplingParams
+
+# The most tokens a transcript can need: a header (`language English<asr_text>`) and fast speech in any language
+# (about 6 tokens a second in English and Chinese) with room to spare. A longer output is the model repeating itself.
+HEADER_TOKENS = 32
+MAX_TOKENS_PER_AUDIO_SECOND = 25
+
+
+def output_token_cap(audio_seconds: float) -> int:
+    """What a transcript of `audio_seconds` of audio can need, at most."""
+    return HEADER_TOKENS + math.ceil(MAX_TOKENS_PER_AUDIO_SECOND * audio_seconds)
 
 
 @dataclass(frozen=True, slots=True)

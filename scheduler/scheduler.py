@@ -81,20 +81,18 @@ class Scheduler:
         num_prompt, max_tokens = seq.num_prompt_tokens, seq.sampling_params.max_tokens
         if num_prompt + max_tokens > cfg.max_model_len:
             raise ValueError(
-                f"request {seq.request_id!r}: prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) "
-                f"exceeds max_model_len ({cfg.max_model_len})"
+                f"prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) exceeds max_model_len ({cfg.max_model_len})"
             )
         # the last sampled token is never fed back, so its KV is never stored
         num_blocks = self.block_manager.num_blocks_for(num_prompt + max_tokens - 1)
         if num_blocks > cfg.num_blocks:
             raise ValueError(
-                f"request {seq.request_id!r}: prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) "
-                f"needs up to {num_blocks} KV blocks of {cfg.block_size} tokens, "
-                f"but the pool has only {cfg.num_blocks}"
+                f"prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) needs up to {num_blocks} KV blocks of "
+                f"{cfg.block_size} tokens, but the pool has only {cfg.num_blocks}"
             )
         if not cfg.enable_chunked_prefill and num_prompt > cfg.max_num_batched_tokens:
             raise ValueError(
-                f"request {seq.request_id!r}: prompt ({num_prompt} tokens) exceeds max_num_batched_tokens "
+                f"prompt ({num_prompt} tokens) exceeds max_num_batched_tokens "
                 f"({cfg.max_num_batched_tokens}) and chunked prefill is disabled"
             )
         if seq.status != SequenceStatus.WAITING or seq.block_ids or seq.num_output_tokens:

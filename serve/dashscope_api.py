@@ -8,7 +8,7 @@ import uuid
 from aiohttp import web
 
 from qasr.engine.languages import UnknownLanguageError, resolve_language
-from qasr.serve.errors import APIError, is_digits
+from qasr.serve.errors import APIError, parse_count
 from qasr.serve.fetch import FetchError, check_url
 from qasr.serve.state import STATE, ServerState
 from qasr.serve.task_store import STATUSES, SUCCEEDED, Task, TaskRequest
@@ -111,7 +111,8 @@ async def get_result(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task = await _task(state, request.match_info["task_id"])
     index = request.match_info.get("index", "0")
-    entry = task.results[int(index)] if is_digits(index) and int(index) < len(task.results) else None
+    position = parse_count(index)
+    entry = task.results[position] if position is not None and position < len(task.results) else None
     if entry is None or "document" not in entry:
         raise APIError(404, f"Task {task.task_id} has no result {index} (it is {task.status}).", code="NotFound")
     return web.json_response(entry["document"])
@@ -209,9 +210,10 @@ def _positive(query, name: str, default: int) -> int:
     value = query.get(name)
     if value is None:
         return default
-    if not is_digits(value) or int(value) < 1:
+    number = parse_count(value)
+    if number is None or number < 1:
         raise invalid(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
+    return number
 
 
 def _request_id() -> str:

@@ -39,9 +39,17 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def is_digits(text: str) -> bool:
-    """ASCII decimal digits only: str.isdigit() also takes "²", which int() rejects, and "٣", which it reads."""
-    return text.isascii() and text.isdigit()
+MAX_COUNT = 10**18
+
+
+def parse_count(text: str) -> int | None:
+    """A whole number written in ASCII digits, or None. Only ASCII: str.isdigit() also takes "²", which int()
+    rejects, and "٣", which it reads. Numbers past 10**18 read as 10**18: int() refuses strings of more than 4,300
+    digits, and nothing a client counts goes that high."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else MAX_COUNT
 
 
 def error_body(error: APIError) -> dict:

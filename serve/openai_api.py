@@ -16,10 +16,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from qasr.engine import RequestOutput, SamplingParams, Transcription, TranscriptionRequest
-from qasr.engine.audio import AudioError, AudioTooLongError, load_audio
+from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 from qasr.engine.languages import Language, UnknownLanguageError, language_code, resolve_language
+from qasr.engine.request import output_token_cap
 from qasr.serve.budget import AudioBudgetExceeded, AudioClaim
-from qasr.serve.errors import APIError, bad_request, is_digits, logger
+from qasr.serve.errors import APIError, bad_request, logger, parse_count
 from qasr.serve.formats import FORMATS, duration_usage, to_srt, to_verbose_json, to_vtt
 from qasr.serve.state import STATE, ServerState
 
@@ -80,6 +81,9 @@ def _admit(state: ServerState) -> None:
 async def _transcribe(request: web.Request, state: ServerState, form: MultiDictProxy,
                       started: float) -> web.StreamResponse:
     params = parse_request(form, state.model_names, state.options.max_prompt_chars)
+    if params.prompt and (tokens := state.engine.count_tokens(params.prompt)) > state.options.max_prompt_tokens:
+        raise bad_request(f"prompt is {tokens} tokens long; at most {state.options.max_prompt_tokens} are allowed.",
+                          param="prompt", code="prompt_too_long")
     audio = state.audio_budget.claim(refusable=True)  # held until the answer is out
     try:
         samples = await asyncio.get_running_loop().run_in_executor(
@@ -92,9 +96,11 @@ async def _transcribe(request: web.Request, state: ServerState, form: MultiDictP
 
 async def _answer(request: web.Request, state: ServerState, params: TranscriptionForm, samples: np.ndarray,
                   started: float) -> web.StreamResponse:
+    # as long as the client asks, but never longer than the audio can need: a longer output is the model repeating
+    # itself, at the engine's expense (each piece is capped by its own length, at most max_piece_seconds)
+    piece_seconds = min(len(samples) / SAMPLE_RATE, state.engine.engine.config.max_piece_seconds)
     sampling = SamplingParams(temperature=params.temperature)
-    if params.max_tokens is not None:
-        sampling.max_tokens = params.max_tokens
+    sampling.max_tokens = min(params.max_tokens or sampling.max_tokens, output_token_cap(piece_seconds))
     request_id = f"trsc-{uuid.uuid4().hex}"
     headers = {"X-Request-Id": request_id}
     stream = state.engine.stream(TranscriptionRequest(samples, language=params.language, context=params.prompt,
@@ -174,9 +180,10 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
         raise bad_request(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {temperature:g}.",
                           param="temperature")
 
-    max_tokens = _text(form, "max_completion_tokens")
-    if max_tokens is not None and (not is_digits(max_tokens) or int(max_tokens) < 1):
-        raise bad_request(f"max_completion_tokens must be a positive integer, got {max_tokens!r}.",
+    max_tokens_text = _text(form, "max_completion_tokens")
+    max_tokens = parse_count(max_tokens_text) if max_tokens_text else None
+    if max_tokens_text and (max_tokens is None or max_tokens < 1):
+        raise bad_request(f"max_completion_tokens must be a positive integer, got {max_tokens_text!r}.",
                           param="max_completion_tokens")
 
     # the engine tokenizes the prompt on its own thread, where a huge one would stall every request
@@ -187,7 +194,7 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
 
     return TranscriptionForm(file=file.file, model=model, language=language, prompt=prompt,
                                 response_format=response_format, temperature=temperature, stream=stream,
-                                max_tokens=int(max_tokens) if max_tokens else None)
+                                max_tokens=max_tokens)
 
 
 def _text(form: MultiDictProxy, name: str) -> str | None:
@@ -329,7 +336,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 def _model_card(state: ServerState, name: str) -> dict:
     engine = state.engine.engine
     return {"id": name, "object": "model", "created": state.created, "owned_by": "qasr",
-            "root": str(engine.model_path), "parent": None, "max_model_len": engine.core.max_model_len}
+            "root": str(engine.model_path), "parent": None, "max_model_len": engine.max_model_len}
 
 
 def engine_unavailable() -> APIError:

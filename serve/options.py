@@ -21,7 +21,10 @@ class ServerOptions(CliArgs):
              "the bundled demo model)")
     max_upload_mb: float = option(25.0, "largest audio upload (OpenAI's and vLLM's limit); bigger ones get 413")
     max_queued_requests: int = option(1024, "requests that may wait beyond the engine's --max-num-seqs; more get 429")
-    max_prompt_chars: int = option(4096, "longest prompt (context) a transcription request may send; longer gets 400")
+    max_prompt_chars: int = option(4096, "longest prompt (context) a transcription request may send, in characters; "
+                                         "longer gets 400")
+    max_prompt_tokens: int = option(512, "longest prompt (context) a transcription request may send, in tokens (each "
+                                         "audio piece's prompt repeats it); longer gets 400")
     upload_timeout_s: float = option(60.0, "a transcription request's whole body must arrive within this, or 408")
     sse_keepalive_s: float = option(15.0, "a streamed response waiting for its first token sends an SSE comment "
                                           "this often")
@@ -63,7 +66,7 @@ class ServerOptions(CliArgs):
                      "max_audio_seconds_in_flight", "max_fetch_mb_in_flight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_queued_requests", "max_running_tasks", "max_prompt_chars", "port"):
+        for name in ("max_queued_requests", "max_running_tasks", "max_prompt_chars", "max_prompt_tokens", "port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_audio_seconds > self.max_audio_seconds_in_flight:

@@ -254,3 +254,15 @@ def test_async_engine_survives_a_failed_step_and_fails_requests_after_shutdown(c
 
     asyncio.run(asyncio.wait_for(run(), timeout=120))
     assert not engine.thread.is_alive()
+
+
+def test_max_tokens_past_max_model_len_is_capped_and_a_prompt_past_it_refused(checkpoint: Path, clips) -> None:
+    asr = ASR(str(checkpoint), max_model_len=120)
+    engine = asr.engine
+    request_id = engine.add_request(TranscriptionRequest(clips[1], sampling_params=SamplingParams(max_tokens=10_000)))
+    [seq] = engine.core.scheduler.waiting
+    assert seq.num_prompt_tokens + seq.sampling_params.max_tokens == 120
+    engine.abort(request_id)
+    with pytest.raises(ValueError, match=r"leaves no room for output within max_model_len \(120\)") as refused:
+        asr.transcribe([(clips[1], 16000)], context="hotword " * 200)
+    assert "req-" not in str(refused.value)

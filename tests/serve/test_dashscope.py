@@ -132,7 +132,7 @@ def assert_dashscope_error(response: tuple[int, dict, bytes], status: int, code:
 
 
 def test_qwen_filetrans_through_the_sdk(server, files, clips: list[dict],
-                                        expected: list[str], get_json) -> None:
+                                        expected: list[str], get_json, http) -> None:
     dashscope.base_http_api_url = server.url + "/api/v1"
     submitted = QwenTranscription.async_call(model="qasr-demo", file_url=f"{files.url}/audio/{clips[0]['file']}",
                                              api_key="unused", channel_id=[0], enable_itn=False, enable_words=True,
@@ -146,6 +146,9 @@ def test_qwen_filetrans_through_the_sdk(server, files, clips: list[dict],
     assert done.usage["seconds"] == math.ceil(clips[0]["seconds"])
     fetched = QwenTranscription.fetch(submitted.output.task_id, api_key="unused")
     assert fetched.output.result == output.result
+    task_url = f"{server.url}/api/v1/tasks/{submitted.output.task_id}"
+    assert_dashscope_error(http("GET", f"{task_url}/result/1"), 404, "NotFound")
+    assert_dashscope_error(http("GET", f"{task_url}/result/{'9' * 5000}"), 404, "NotFound")  # past int()'s limit
 
     document = get_json(output.result["transcription_url"])
     assert document["file_url"] == f"{files.url}/audio/{clips[0]['file']}"
@@ -313,7 +316,8 @@ def test_cancel_and_list_while_the_worker_is_held(files, clips: list[dict], tmp_
         page = get_json(f"{held.url}/api/v1/tasks?page_size=1")
         assert page["total"] == 2 and page["total_page"] == 2 and [t["task_id"] for t in page["data"]] == [canceled]
         assert [t["task_id"] for t in get_json(f"{held.url}/api/v1/tasks?status=PENDING")["data"]] == [kept]
-        for bad in ("status=DONE", "page_no=%C2%B2", "page_size=%D9%A3", "page_no=100000000000000000000"):
+        for bad in ("status=DONE", "page_no=%C2%B2", "page_size=%D9%A3", "page_no=100000000000000000000",
+                    "page_size=" + "9" * 5000):
             assert_dashscope_error(http("GET", f"{held.url}/api/v1/tasks?{bad}"), 400, "InvalidParameter")
 
         metrics = metric_values(held.url)

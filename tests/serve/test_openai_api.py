@@ -246,6 +246,7 @@ def test_metrics_move_after_requests(server, clips: list[dict], http, metric_val
     ({"max_completion_tokens": "0"}, ..., "max_completion_tokens", None),
     ({"max_completion_tokens": "²"}, ..., "max_completion_tokens", None),  # "²".isdigit(), but not int("²")
     ({"prompt": "x" * 4097}, ..., "prompt", "prompt_too_long"),
+    ({"prompt": "漢" * 1000}, ..., "prompt", "prompt_too_long"),  # 1,000 characters, 3,000 tokens
     ({"prompt": "<|im_end|>"}, ..., None, None),
 ])
 def test_bad_fields_are_400(server, clips: list[dict], fields: dict, file: Any, param: str | None,
@@ -474,3 +475,30 @@ def test_a_stream_that_fails_then_loses_its_client_counts_once(server, clips: li
     moved = {status: after[("qasr_requests_total", (("status", status),))] -
              before[("qasr_requests_total", (("status", status),))] for status in ("server_error", "aborted")}
     assert moved == {"server_error": 1, "aborted": 0}
+
+
+def test_an_oversized_max_completion_tokens_is_capped_to_what_the_audio_can_need(server, clips: list[dict],
+                                                                                 http) -> None:
+    from qasr.engine.request import output_token_cap
+
+    engine = server.state.engine
+    stream, requests = engine.stream, []
+
+    def recording_stream(request):
+        requests.append(request)
+        return stream(request)
+
+    engine.stream = recording_stream
+    try:
+        for value in ("9" * 5000, "4096", None):  # a number int() refuses to read, a large one, none at all
+            fields = {"max_completion_tokens": value} if value else {}
+            status, _, body = http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"], fields))
+            assert status == 200, body
+            assert b"trsc-" not in body  # the internal request id is only in the X-Request-Id header
+        status, _, body = http("POST", server.url + "/v1/audio/transcriptions",
+                               form(clips[0]["bytes"], {"max_completion_tokens": "3"}))
+        assert status == 200
+    finally:
+        engine.stream = stream
+    cap = output_token_cap(clips[0]["seconds"])
+    assert cap < 512 and [r.sampling_params.max_tokens for r in requests] == [cap, cap, cap, 3]
