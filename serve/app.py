@@ -53,8 +53,13 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
 
 
 async def health(request: web.Request) -> web.Response:
-    if request.app[STATE].engine_failed:
+    """503 once the engine has died; 200 otherwise, "degraded" (with the reason) while the task store cannot be
+    reached: the OpenAI API still works, only file-transcription tasks wait."""
+    state = request.app[STATE]
+    if state.engine_failed:
         raise engine_unavailable()
+    if not state.tasks.up:
+        return web.json_response({"status": "degraded", "task_store": f"unreachable: {state.tasks.problem}"})
     return web.json_response({"status": "ok"})
 
 

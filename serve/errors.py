@@ -13,7 +13,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DASHSCOPE_PREFIX = "/api/v1/"
 DASHSCOPE_CODES = {400: "InvalidParameter", 401: "InvalidApiKey", 403: "AccessDenied", 404: "NotFound",
-                   405: "UnsupportedOperation", 413: "BadRequest.TooLarge", 429: "Throttling", 500: "InternalError"}
+                   405: "UnsupportedOperation", 413: "BadRequest.TooLarge", 429: "Throttling", 500: "InternalError",
+                   503: "ServiceUnavailable"}
+
+
+class Unavailable(Exception):
+    """Something the server needs is down for now (not the client's fault): a 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class APIError(Exception):
@@ -75,6 +84,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except APIError as error:
         return error_response(error, request)
+    except Unavailable as error:
+        return error_response(APIError(503, f"{error}; retry later.", retry_after=error.retry_after), request)
     except web.HTTPException as http:
         if http.status < 400:
             raise

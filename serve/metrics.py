@@ -72,6 +72,8 @@ class Metrics:
                                       "finished (SUCCEEDED or FAILED)", buckets=LATENCY_BUCKETS, registry=r)
         if tasks is not None:
             r.register(TaskCounts(tasks))
+            Gauge("qasr_task_store_up", "1 while the task store answers (as of its last statement), 0 while it cannot "
+                  "be reached", registry=r).set_function(lambda: float(tasks.up))
 
     def observe_success(self, result: Transcription, latency: float) -> None:
         """An answered OpenAI request."""

@@ -24,11 +24,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from qasr.serve.errors import Unavailable
+
 # DashScope's TaskStatus values; SUSPENDED and UNKNOWN never occur here
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"
 STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED)
 FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELED)
 T = TypeVar("T")
+
+
+class TaskStoreUnavailable(Unavailable):
+    """The database did not answer: the call failed, the client should retry."""
+
 
 # SQLite's; PostgreSQL reads it too, with DOUBLE PRECISION for REAL (its REAL has 24 bits: seconds, not ms)
 SCHEMA = """
@@ -82,22 +89,33 @@ class Task:
 class SqlTaskStore:
     """The task store's statements, written once for both databases. Lease times come from the database's clock
     (`NOW`), so replicas on hosts whose clocks disagree still agree on which leases ran out; the times shown to
-    clients (submit, scheduled, end) are the replica's wall clock. Subclasses connect and implement `_execute`, which
+    clients (submit, scheduled, end) are the replica's wall clock. Subclasses connect and implement `_send`, which
     takes `?` placeholders; statements must hold no literal `?` or `%`, as psycopg would read them as placeholders."""
 
     NOW = ""  # SQL for the database's clock in seconds since the epoch
     LOCK_CLAIMED = ""  # appended to claim's inner SELECT: PostgreSQL's row locks; SQLite's writes are serial anyway
     MODEL = ""  # SQL for the `model` of the JSON `request` column
+    OUTAGES: tuple[type[Exception], ...] = ()  # what the driver raises when the database cannot be reached
 
     def __init__(self, max_attempts: int = 3):
         self.max_attempts = max_attempts
+        self.problem: str | None = None  # why the last statement did not reach the database
         # writes go through one connection under a lock anyway: more threads would only queue on it
         self.writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qasr-store-write")
         self.reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qasr-store-read")
 
     async def run(self, call: Callable[..., T], *args: object, read: bool = False) -> T:
-        """`call(*args)` (a method of this store, or anything that reads it with read=True) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.reads if read else self.writes, call, *args)
+        """`call(*args)` (a method of this store, or anything that reads it with read=True) off the event loop. A
+        database that cannot be reached is a TaskStoreUnavailable."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.reads if read else self.writes, call, *args)
+        except self.OUTAGES as error:
+            raise TaskStoreUnavailable(f"The task store cannot be reached ({self.problem or error})") from error
+
+    @property
+    def up(self) -> bool:
+        """Whether the last statement reached the database (the worker runs some every second or so)."""
+        return self.problem is None
 
     def close(self) -> None:
         """Waits for the calls in flight, then closes the connections; blocking: not on the event loop."""
@@ -110,11 +128,26 @@ class SqlTaskStore:
 
     def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
         """Runs one statement in its own transaction (safe from any thread) and returns its rows."""
-        raise NotImplementedError
+        return self._reaching(self._send, sql, args)
 
     def _query(self, sql: str, args: tuple | list) -> list[tuple]:
         """A read-only `_execute`, which a store may run on a connection of its own."""
-        return self._execute(sql, args)
+        return self._reaching(self._send_read, sql, args)
+
+    def _reaching(self, send: Callable[[str, tuple | list], list[tuple]], sql: str, args: tuple | list) -> list[tuple]:
+        try:
+            rows = send(sql, args)
+        except self.OUTAGES as error:
+            self.problem = f"{type(error).__name__}: {error}".strip().rstrip(":")
+            raise
+        self.problem = None
+        return rows
+
+    def _send(self, sql: str, args: tuple | list) -> list[tuple]:
+        raise NotImplementedError
+
+    def _send_read(self, sql: str, args: tuple | list) -> list[tuple]:
+        return self._send(sql, args)
 
     def add(self, task: Task) -> None:
         self._execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
@@ -223,6 +256,7 @@ class TaskStore(SqlTaskStore):
 
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # millisecond resolution
     MODEL = "json_extract(request, '$.model')"
+    OUTAGES = (sqlite3.OperationalError,)  # locked past the busy timeout, the disk gone
     # another process's write makes ours wait this long at most, then fail (the worker retries on its next round):
     # well under a lease, so a stuck writer cannot make a renew late
     BUSY_TIMEOUT_S = 5.0
@@ -250,11 +284,11 @@ class TaskStore(SqlTaskStore):
             self.db.close()
             self.reader.close()
 
-    def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
+    def _send(self, sql: str, args: tuple | list) -> list[tuple]:
         with self.lock:
             return self.db.execute(sql, args).fetchall()
 
-    def _query(self, sql: str, args: tuple | list) -> list[tuple]:
+    def _send_read(self, sql: str, args: tuple | list) -> list[tuple]:
         with self.read_lock:
             return self.reader.execute(sql, args).fetchall()
 

@@ -39,6 +39,7 @@ class PostgresTaskStore(SqlTaskStore):
     # rows another replica is claiming right now are skipped, not waited for, and never claimed twice
     LOCK_CLAIMED = " FOR UPDATE SKIP LOCKED"
     MODEL = "(request::jsonb ->> 'model')"
+    OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError)  # refused, dropped, timed out
 
     def __init__(self, url: str, max_attempts: int = 3):
         super().__init__(max_attempts)
@@ -53,7 +54,7 @@ class PostgresTaskStore(SqlTaskStore):
         with self.lock:
             self.db.close()
 
-    def _execute(self, sql: str, args: tuple | list) -> list[tuple]:
+    def _send(self, sql: str, args: tuple | list) -> list[tuple]:
         with self.lock:
             # the database restarted or the network dropped: the call that saw it failed (it may have committed,
             # so it is not repeated); the next one reconnects

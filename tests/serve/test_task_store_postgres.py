@@ -20,6 +20,9 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from qasr.engine import AsyncEngine, EngineConfig
+from qasr.serve.app import create_app
+from qasr.serve.options import ServerOptions
 from qasr.serve.task_store import (
     CANCELED,
     FAILED,
@@ -57,10 +60,17 @@ class Postgres:
         self.pg_ctl = [*self.as_user, str(bindir / "pg_ctl"), "-D", str(self.root / "data")]
         self._run(*self.as_user, str(bindir / "initdb"), "-D", str(self.root / "data"), "-U", "postgres",
                   "--auth=trust", "-E", "UTF8", "--no-sync")
-        self._run(*self.pg_ctl, "-l", str(self.root / "log"), "-w", "-t", "30", "start", "-o",
-                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+        self.start()
         self.admin = psycopg.connect(self.url("postgres"), autocommit=True)
         self.databases = 0
+
+    def start(self) -> None:
+        self._run(*self.pg_ctl, "-l", str(self.root / "log"), "-w", "-t", "30", "start", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+
+    def pause(self) -> None:
+        """Stops the server, keeping its data; start() brings it back."""
+        self._run(*self.pg_ctl, "-m", "immediate", "-w", "stop")
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -455,3 +465,38 @@ def test_postgres_connections_time_out(postgres) -> None:
     assert store.db.execute("SHOW statement_timeout").fetchone()[0] == "1234ms"
     assert "connect_timeout=2" in store.db.info.dsn
     store.close()
+
+
+def test_a_database_outage_is_503_with_retry_after_and_a_degraded_health(files, live_server, heldout, http,
+                                                                          metric_values, submit, wait_done) -> None:
+    database = Postgres()  # one of its own: it goes down in this test
+    clip = json.loads((heldout / "manifest.jsonl").read_text().splitlines()[0])["file"]
+    server = live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
+                                    ServerOptions(task_db=database.new_database(), allow_private_urls=True)))
+    submit_url = server.url + "/api/v1/services/audio/asr/transcription"
+    body = json.dumps({"model": "qasr-demo", "input": {"file_url": f"{files.url}/audio/{clip}"}})
+    headers = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
+    try:
+        task_id = submit(server, f"{files.url}/audio/{clip}")
+        assert wait_done(server, task_id)["output"]["task_status"] == SUCCEEDED
+        database.admin.close()
+        database.pause()
+        for response in (http("POST", submit_url, body, headers), http("GET", f"{server.url}/api/v1/tasks/{task_id}")):
+            status, answer_headers, answer = response
+            assert status == 503 and answer_headers["Retry-After"] == "5", answer
+            assert json.loads(answer)["code"] == "ServiceUnavailable"
+        status, _, answer = http("GET", server.url + "/health")  # the OpenAI API still serves
+        health = json.loads(answer)
+        assert status == 200 and health["status"] == "degraded" and "unreachable" in health["task_store"]
+        assert metric_values(server.url)[("qasr_task_store_up", ())] == 0
+        database.start()
+        deadline = time.monotonic() + 30
+        while json.loads(http("GET", server.url + "/health")[2])["status"] != "ok":  # the worker's next round
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert metric_values(server.url)[("qasr_task_store_up", ())] == 1
+        assert wait_done(server, submit(server, f"{files.url}/audio/{clip}"))["output"]["task_status"] == SUCCEEDED
+    finally:
+        server.close()
+        database.admin = psycopg.connect(database.url("postgres"), autocommit=True)
+        database.stop()
