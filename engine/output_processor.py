@@ -11,7 +11,7 @@ from qasr.engine.engine_core import EngineCoreOutputs
 from qasr.engine.input_processor import ProcessedRequest
 from qasr.engine.languages import Language, detected_language
 from qasr.engine.outputs import RequestMetrics, RequestOutput, Segment, Transcription
-from qasr.engine.prompt import TranscriptStream, parse_transcript
+from qasr.engine.prompt import TranscriptStream
 from qasr.engine.splitting import AudioPiece
 from qasr.scheduler import Sequence
 
@@ -22,8 +22,26 @@ class PieceState:
     piece: AudioPiece
     detokenizer: IncrementalDetokenizer
     stream: TranscriptStream
-    held_deltas: list[str] = field(default_factory=list)  # text of this piece not yet released
+    text: str = ""  # this piece's transcript so far: every delta its stream gave
+    held_deltas: list[str] = field(default_factory=list)  # of those, the ones not yet released to the client
     is_first_delta: bool = True
+    closed: bool = False  # no more tokens: the stream gave its last delta
+
+    def take(self, raw: str) -> None:
+        delta = self.stream.push(raw)
+        if delta:
+            self.text += delta
+            self.held_deltas.append(delta)
+
+    def close(self) -> None:
+        """The piece's last text: the detokenizer's held bytes and what the stream held back."""
+        if not self.closed:
+            self.take(self.detokenizer.finish())
+            tail = self.stream.finish()
+            if tail:
+                self.text += tail
+                self.held_deltas.append(tail)
+            self.closed = True
 
 
 @dataclass(slots=True)
@@ -34,14 +52,14 @@ class RequestState:
     duration: float  # seconds of audio
     metrics: RequestMetrics
     next_piece_to_stream: int = 0
-    streamed_tail: str = ""  # the last delta released, for the separator before the next piece's text
+    text: str = ""  # everything released to the client so far, separators between pieces included
 
 
 class OutputProcessor:
     """Owns the requests' text state; the engine core owns their sequences' compute."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # for the pieces' detokenizers
         self.requests: dict[str, RequestState] = {}
         self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
         # unfinished requests that have been scheduled (a preempted one still counts); the rest are queued. A plain
@@ -81,71 +99,61 @@ class OutputProcessor:
             state, piece_state = self.piece_of_seq[seq_id]
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
-            delta = piece_state.stream.push(piece_state.detokenizer.push(token))
-            if delta:
-                piece_state.held_deltas.append(delta)
+            piece_state.take(piece_state.detokenizer.push(token))
             touched[state.request_id] = state
         for seq in outputs.finished:
             state, piece_state = self.piece_of_seq[seq.seq_id]
-            tail = piece_state.stream.push(piece_state.detokenizer.finish()) + piece_state.stream.finish()
-            if tail:
-                piece_state.held_deltas.append(tail)
+            piece_state.close()
             touched[state.request_id] = state
         results = []
         for state in touched.values():
-            delta = self._stream_in_order(state)
             if all(p.seq.is_finished for p in state.pieces):
-                done = self.finish(state.request_id)
-                done.delta = delta + done.delta
-                results.append(done)
-            elif delta:
+                results.append(self.finish(state.request_id))
+            elif delta := self._stream_in_order(state):
                 results.append(RequestOutput(state.request_id, delta, finished=False))
         return results
 
     def _stream_in_order(self, state: RequestState) -> str:
         """Deltas of piece k are released only once pieces before it have finished, so text stays in order."""
-        out = []
+        start = len(state.text)
         while state.next_piece_to_stream < len(state.pieces):
             piece_state = state.pieces[state.next_piece_to_stream]
             for delta in piece_state.held_deltas:
                 if piece_state.is_first_delta:
-                    out.append(piece_separator(state.streamed_tail, delta))
+                    state.text += piece_separator(state.text, delta)
                     piece_state.is_first_delta = False
-                out.append(delta)
-                state.streamed_tail = delta
+                state.text += delta
             piece_state.held_deltas.clear()
-            if not piece_state.seq.is_finished:
+            if not piece_state.closed:
                 break
             state.next_piece_to_stream += 1
-        return "".join(out)
+        return state.text[start:]
 
     def finish(self, request_id: str) -> RequestOutput:
-        """The request's Transcription from its pieces (all finished, or aborted); the request is forgotten."""
+        """The request's last delta and its Transcription (all pieces finished, or aborted); the request is
+        forgotten. The transcript's text is exactly what was released as deltas."""
         state = self.requests.pop(request_id)
         if state.metrics.first_scheduled_time is not None:
             self.num_running_requests -= 1
-        texts, languages, token_ids, segments = [], [], [], []
-        reasons = set()
         for piece_state in state.pieces:
-            seq = piece_state.seq
-            self.piece_of_seq.pop(seq.seq_id, None)
-            raw = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True,
-                                        clean_up_tokenization_spaces=False)
-            language, text = parse_transcript(raw, state.language)
-            texts.append(text)
-            languages.append(detected_language(language))
+            piece_state.close()
+            self.piece_of_seq.pop(piece_state.seq.seq_id, None)
+        delta = self._stream_in_order(state)
+        token_ids, segments, reasons = [], [], set()
+        for piece_state in state.pieces:
+            seq, piece = piece_state.seq, piece_state.piece
             token_ids += seq.output_token_ids
-            piece = piece_state.piece
-            segments.append(Segment(piece.start, min(piece.start + piece.duration, state.duration), text))
+            segments.append(Segment(piece.start, min(piece.start + piece.duration, state.duration), piece_state.text))
             reasons.add(seq.finish_reason or "abort")
             state.metrics.num_preemptions += seq.num_preemptions
         state.metrics.finished_time = time.monotonic()
         state.metrics.num_output_tokens = len(token_ids)
         reason = "abort" if "abort" in reasons else "length" if "length" in reasons else "stop"
-        result = Transcription(text=join_texts(texts), language=merge_languages(languages), token_ids=token_ids,
-                               duration=state.duration, segments=segments, finish_reason=reason,
-                               request_id=state.request_id, metrics=state.metrics)
-        return RequestOutput(state.request_id, "", finished=True, result=result)
+        language = merge_languages([detected_language(p.stream.language) for p in state.pieces])
+        result = Transcription(text=state.text, language=language, token_ids=token_ids, duration=state.duration,
+                               segments=segments, finish_reason=reason, request_id=state.request_id,
+                               metrics=state.metrics)
+        return RequestOutput(state.request_id, delta, finished=True, result=result)
 
 
 def merge_languages(languages: list[str | None]) -> str | None:
@@ -172,10 +180,3 @@ def piece_separator(left: str, right: str) -> str:
     if _is_unspaced_script(left[-1]) or _is_unspaced_script(right[0]):
         return ""
     return " "
-
-
-def join_texts(texts: list[str]) -> str:
-    joined = ""
-    for text in texts:
-        joined += piece_separator(joined, text) + text
-    return joined

@@ -2,11 +2,13 @@
 forced-language prefill), and the model's answer `language X<asr_text>text` parsed back into language and text,
 whole or as a stream."""
 
+import re
 from functools import lru_cache
 
 from transformers import PreTrainedTokenizerBase
 
 from qasr.engine.languages import Language
+from qasr.engine.repetitions import RepetitionFilter
 from qasr.engine.tokenizer import SpecialTokens
 
 PROMPT_TEMPLATE = (
@@ -16,6 +18,7 @@ PROMPT_TEMPLATE = (
 )
 LANGUAGE_PREFIX = "language "
 ASR_TEXT_TAG = "<asr_text>"
+HEADER_CUT_SHORT = re.compile(r"language(\s+\S+)?", re.IGNORECASE)  # what max_tokens of 1 or 2 leave of a header
 
 MAX_CACHED_CONTEXT_CHARS = 2048
 
@@ -59,78 +62,65 @@ class PromptBuilder:
         return ids[:audio_at], ids[audio_at + 1:]
 
 
-def fix_repetitions(text: str, threshold: int = 20, max_pattern: int = 20) -> str:
-    """Collapse a character repeated more than `threshold` times, and a pattern of up to `max_pattern`
-    characters repeated `threshold` or more times, to one copy (what the reference parser does)."""
-    out, i = [], 0
-    while i < len(text):
-        run = 1
-        while i + run < len(text) and text[i + run] == text[i]:
-            run += 1
-        out.append(text[i] if run > threshold else text[i:i + run])
-        i += run
-    text = "".join(out)
-    out, i = [], 0
-    while i <= len(text) - 2 * threshold:
-        for size in range(1, max_pattern + 1):
-            if i + size * threshold > len(text):
-                break
-            pattern = text[i:i + size]
-            if all(text[i + r * size:i + (r + 1) * size] == pattern for r in range(1, threshold)):
-                end = i + threshold * size
-                while text[end:end + size] == pattern:
-                    end += size
-                return "".join(out) + pattern + fix_repetitions(text[end:], threshold, max_pattern)
-        out.append(text[i])
-        i += 1
-    return "".join(out) + text[i:]
+def header_language(header: str) -> str | None:
+    """The language a header names: its first line without `language `; `language None` means no speech."""
+    for line in header.strip().splitlines():
+        line = line.strip()
+        if line:
+            if line.lower() == LANGUAGE_PREFIX.strip():  # the header's first word, and nothing after it yet
+                return None
+            language = line[len(LANGUAGE_PREFIX):].strip() if line.lower().startswith(LANGUAGE_PREFIX) else line
+            return None if language.lower() == "none" else language
+    return None
 
 
 def parse_transcript(raw: str, forced_language: str | None = None) -> tuple[str | None, str]:
-    """Model output -> (language, text). `language X<asr_text>text`; `language None` means no speech."""
-    raw = fix_repetitions(raw.strip())
-    if forced_language:
-        return forced_language, raw.strip()
-    if ASR_TEXT_TAG not in raw:
-        return None, raw.strip()
-    meta, text = raw.split(ASR_TEXT_TAG, 1)
-    language = None
-    for line in meta.strip().splitlines():
-        line = line.strip()
-        if line:
-            language = line[len(LANGUAGE_PREFIX):].strip() if line.lower().startswith(LANGUAGE_PREFIX) else line
-            break
-    if language is not None and language.lower() == "none":
-        language = None
-    return language, text.strip()
+    """Model output -> (language, text): what a TranscriptStream gives for it, all at once."""
+    stream = TranscriptStream(forced_language)
+    text = stream.push(raw) + stream.finish()
+    return stream.language, text
 
 
 class TranscriptStream:
-    """Raw text deltas in, transcript text deltas out: the `language X<asr_text>` header never leaks, and the
-    deltas add up to the stripped text that parse_transcript returns."""
+    """Raw text deltas in, transcript text deltas out: the `language X<asr_text>` header never shows (nor does a
+    header cut short by max_tokens: `language English`), repetition loops are cut to their first copy, and the
+    whitespace around the text is dropped. The deltas add up to the transcript's text; `language` is the header's
+    (or the forced one) once it is known."""
 
     def __init__(self, forced_language: str | None):
+        self.language = forced_language
         self.in_text = forced_language is not None
-        self.started = False
-        self.pending = ""
+        self.header = ""  # raw text before the tag
+        self.repetitions = RepetitionFilter()
+        self.started = False  # some text has been released
+        self.spaces = ""  # whitespace held back: dropped if no text follows it
 
     def push(self, raw_delta: str) -> str:
-        self.pending += raw_delta
         if not self.in_text:
-            if ASR_TEXT_TAG not in self.pending:
+            self.header += raw_delta
+            if ASR_TEXT_TAG not in self.header:
                 return ""
-            self.pending = self.pending.split(ASR_TEXT_TAG, 1)[1]
+            self.header, raw_delta = self.header.split(ASR_TEXT_TAG, 1)
+            self.language = header_language(self.header)
             self.in_text = True
-        if not self.started:
-            self.pending = self.pending.lstrip()
-            self.started = bool(self.pending)
-        # trailing whitespace is held back: it is stripped if nothing follows it
-        body = self.pending.rstrip()
-        out, self.pending = body, self.pending[len(body):]
-        return out
+        return self._release(self.repetitions.push(raw_delta))
 
     def finish(self) -> str:
-        """Anything held back that belongs to the text (a raw output with no header is all text)."""
-        out = self.pending.strip() if not self.in_text else ""
-        self.pending = ""
-        return out
+        """The rest, once no more raw text will come. Output that never reached the tag is all text, as the
+        reference parser reads it, unless it is the start of a header."""
+        if not self.in_text:
+            header, self.header, self.in_text = self.header, "", True
+            if HEADER_CUT_SHORT.fullmatch(header.strip()):
+                self.language = header_language(header)
+                return ""
+            return self._release(self.repetitions.push(header) + self.repetitions.finish(), last=True)
+        return self._release(self.repetitions.finish(), last=True)
+
+    def _release(self, text: str, last: bool = False) -> str:
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        text = self.spaces + text
+        body = text.rstrip()
+        self.spaces = "" if last else text[len(body):]
+        return body

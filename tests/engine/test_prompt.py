@@ -6,8 +6,9 @@ from hypothesis import strategies as st
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME, _parse_single_output
 
 from qasr.engine.languages import LANGUAGE_NAMES_BY_CODE, UnknownLanguageError, resolve_language
-from qasr.engine.output_processor import join_texts, merge_languages
-from qasr.engine.prompt import TranscriptStream, fix_repetitions, parse_transcript
+from qasr.engine.output_processor import merge_languages, piece_separator
+from qasr.engine.prompt import TranscriptStream, parse_transcript
+from qasr.engine.repetitions import REPEATS, RepetitionFilter
 
 
 def test_the_thirty_languages_match_transformers() -> None:
@@ -47,14 +48,45 @@ def test_forced_language_output_is_all_text() -> None:
     assert parse_transcript("hello there", forced_language="English") == ("English", "hello there")
 
 
-@given(st.text(alphabet="ab c.", max_size=80))
-def test_fix_repetitions_matches_the_reference(text: str) -> None:
+def filtered(text: str, cuts: list[int]) -> tuple[str, list[str]]:
+    """The filter's output for `text` pushed in pieces of `cuts` characters, and what each push released."""
+    repetitions, released, position = RepetitionFilter(), [], 0
+    for size in [*cuts, len(text)]:
+        released.append(repetitions.push(text[position:position + size]))
+        position += size
+    released.append(repetitions.finish())
+    return "".join(released), released
+
+
+words = st.lists(st.sampled_from(["the", "a", "timer", "is", "set", "for", "ten", "minutes", ",", "."]), min_size=12)
+
+
+@settings(max_examples=200)
+@given(words, st.text(alphabet="ab .", min_size=1, max_size=20), st.integers(0, 30), words,
+       st.lists(st.integers(1, 9), max_size=30))
+def test_a_repetition_loop_is_cut_as_the_reference_cuts_it(before: list[str], pattern: str, extra: int,
+                                                           after: list[str], cuts: list[int]) -> None:
+    """Speech-like text with one loop of at least REPEATS copies inside: the reference parser's reading, whatever
+    pieces the text streams in."""
+    text = " ".join(before) + " " + pattern * (REPEATS + extra) + " " + " ".join(after)
     expected = _parse_single_output("language X<asr_text>" + text)["transcription"]
-    assert fix_repetitions(text).strip() == expected
+    assert filtered(text, cuts)[0].strip() == expected
+
+
+@given(st.text(alphabet="ab c.", max_size=200), st.lists(st.integers(1, 9), max_size=40),
+       st.lists(st.integers(1, 9), max_size=40))
+def test_the_filter_streams_what_it_would_give_whole_and_leaves_no_loop(text: str, cuts: list[int],
+                                                                       other_cuts: list[int]) -> None:
+    out, _ = filtered(text, cuts)
+    assert out == filtered(text, other_cuts)[0] == filtered(text, [])[0]
+    for size in range(1, 21):  # nothing left repeats REPEATS times in a row
+        assert not any(out[i:i + size] * REPEATS == out[i:i + size * REPEATS]
+                       for i in range(len(out) - size * REPEATS + 1))
 
 
 @given(st.text(max_size=30), st.text(min_size=1, max_size=60), st.lists(st.integers(1, 7), max_size=40))
 @example(language="", text="\r0", cuts=[1, 1, 1, 2, 7, 7])
+@example(language="English", text="." * 512, cuts=[1] * 40)  # a loop of dots: streamed as the final text has it
 def test_streamed_text_never_leaks_the_header(language: str, text: str, cuts: list[int]) -> None:
     language = language.replace("<", "")
     raw = f"language {language}<asr_text>{text}"
@@ -63,7 +95,16 @@ def test_streamed_text_never_leaks_the_header(language: str, text: str, cuts: li
         out.append(stream.push(raw[position:position + size]))
         position += size
     out.append(stream.finish())
-    assert "".join(out) == text.strip()
+    assert "".join(out) == parse_transcript(raw)[1] == filtered(text, [])[0].strip()
+    assert "<asr_text>" not in "".join(out)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("language", (None, "")), ("language English", ("English", "")), ("language  None ", (None, "")),
+    ("languages of the world", (None, "languages of the world")),  # not a header: the model's own text
+])
+def test_a_header_cut_short_by_max_tokens_is_not_text(raw: str, expected: tuple) -> None:
+    assert parse_transcript(raw) == expected
 
 
 def test_stream_of_untagged_output_is_released_at_the_end() -> None:
@@ -72,9 +113,9 @@ def test_stream_of_untagged_output_is_released_at_the_end() -> None:
     assert stream.finish() == "just some words"
 
 
-def test_join_and_merge() -> None:
-    assert join_texts(["hello world.", "next piece", "", "end"]) == "hello world. next piece end"
-    assert join_texts(["你好", "世界"]) == "你好世界"
+def test_piece_separators_and_merged_languages() -> None:
+    assert piece_separator("hello world.", "next piece") == " " and piece_separator("", "next") == ""
+    assert piece_separator("ends with space ", "next") == "" and piece_separator("你好", "世界") == ""
     assert merge_languages(["English", "English", None, "Chinese", "English"]) == "English,Chinese,English"
     assert merge_languages([None, None]) is None
 

@@ -502,3 +502,14 @@ def test_an_oversized_max_completion_tokens_is_capped_to_what_the_audio_can_need
         engine.stream = stream
     cap = output_token_cap(clips[0]["seconds"])
     assert cap < 512 and [r.sampling_params.max_tokens for r in requests] == [cap, cap, cap, 3]
+
+
+def test_a_header_cut_short_by_max_completion_tokens_never_shows(server, clips: list[dict], http) -> None:
+    for tokens in ("1", "2"):  # "language", "language English": the header the model starts with, cut short
+        fields = {"max_completion_tokens": tokens}
+        status, _, body = http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"], fields))
+        assert status == 200 and json.loads(body)["text"] == ""
+        status, _, body = http("POST", server.url + "/v1/audio/transcriptions",
+                               form(clips[0]["bytes"], {**fields, "stream": "true"}))
+        events = [json.loads(e[6:]) for e in body.decode().split("\n\n") if e.startswith("data: {")]
+        assert status == 200 and all(e["delta"] == "" for e in events[:-1]) and events[-1]["text"] == ""
