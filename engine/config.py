@@ -5,6 +5,8 @@ from qasr.config_flags import CliArgs, option
 
 ATTENTION_BACKENDS = ("torch", "triton")
 KV_CACHE_DTYPES = ("auto", "fp8")
+# shorter pieces lose the context that makes a transcript; the model takes at most 20 minutes at once
+MIN_PIECE_SECONDS, MAX_PIECE_SECONDS = 2.0, 1200.0
 
 
 @dataclass(slots=True)
@@ -36,7 +38,7 @@ class EngineConfig(CliArgs):
     max_model_len: int | None = option(None, "longest sequence (prompt + output); none: the checkpoint's "
                                              "max_position_embeddings")
     max_piece_seconds: float = option(30.0, "long audio is split at its quietest points into pieces of at most "
-                                            "this length, decoded in parallel")
+                                            "this length (2 to 1200 s), decoded in parallel")
     enable_prefix_caching: bool = option(True, "reuse KV blocks of identical prompt prefixes (keyed by audio "
                                                "content)")
     enable_chunked_prefill: bool = option(True, "split long prefills across steps")
@@ -50,8 +52,9 @@ class EngineConfig(CliArgs):
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {self.kv_cache_dtype!r}")
-        if not 0.0 < self.max_piece_seconds <= 1200.0:
-            raise ValueError("max_piece_seconds must be in (0, 1200]")
+        if not MIN_PIECE_SECONDS <= self.max_piece_seconds <= MAX_PIECE_SECONDS:
+            raise ValueError(f"max_piece_seconds must be in [{MIN_PIECE_SECONDS:g}, {MAX_PIECE_SECONDS:g}], got "
+                             f"{self.max_piece_seconds:g}")
 
     @classmethod
     def from_options(cls, **options: object) -> "EngineConfig":

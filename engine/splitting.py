@@ -28,8 +28,9 @@ def split_audio(
 ) -> list[AudioPiece]:
     """Splits `samples` into contiguous pieces of at most `max_piece_seconds`, cut where the audio is quiet.
 
-    Each cut lies within the last `search_seconds` before the longest allowed piece would end: at the
-    quietest `min_window_ms` window there (least sum of |x|), on that window's quietest sample. The unpadded
+    Each cut lies within the last `search_seconds` (at most half the piece) before the longest allowed piece would
+    end: at the quietest `min_window_ms` window there (least sum of |x|), on that window's quietest sample, the latest
+    of equally quiet ones. So every piece but the last is at least half the longest, even in silence. The unpadded
     pieces concatenate back to `samples` exactly. When a split happens, pieces shorter than
     `min_piece_seconds` are zero-padded to it (the model's minimum input); `start` keeps the true offset.
     """
@@ -42,7 +43,7 @@ def split_audio(
     if len(samples) <= max_len:
         return [AudioPiece(samples, 0.0, sample_rate)]
 
-    search_len = max(0, int(search_seconds * sample_rate))
+    search_len = max(0, min(int(search_seconds * sample_rate), max_len // 2))
     window_len = max(1, int(min_window_ms / 1000 * sample_rate))
     bounds = [0]
     while len(samples) - bounds[-1] > max_len:
@@ -67,5 +68,10 @@ def _quietest_cut(samples: np.ndarray, begin: int, max_len: int, search_len: int
     loudness = np.abs(samples[lowest : ideal + 1], dtype=np.float64)
     window_len = min(window_len, len(loudness))
     running = np.concatenate(([0.0], np.cumsum(loudness)))
-    window_start = int(np.argmin(running[window_len:] - running[:-window_len]))
-    return lowest + window_start + int(np.argmin(loudness[window_start : window_start + window_len]))
+    window_start = _last_argmin(running[window_len:] - running[:-window_len])
+    return lowest + window_start + _last_argmin(loudness[window_start : window_start + window_len])
+
+
+def _last_argmin(values: np.ndarray) -> int:
+    """The last index of the minimum: among equally quiet places, the one giving the longest piece."""
+    return len(values) - 1 - int(np.argmin(values[::-1]))

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qasr.engine.splitting import AudioPiece, split_audio
 
@@ -104,3 +106,46 @@ def test_invalid_arguments() -> None:
         split_audio(loud_noise(1.0, seed=6), max_piece_seconds=0.0)
     with pytest.raises(ValueError, match=r"1-D mono"):
         split_audio(np.zeros((100, 2), np.float32), max_piece_seconds=1.0)
+
+
+def signal(kind: str, seconds: float, seed: int) -> np.ndarray:
+    length = round(seconds * RATE)
+    if kind == "silence":
+        return np.zeros(length, np.float32)
+    if kind == "noise":
+        return loud_noise(seconds, seed)
+    # noise with silent stretches of 0.2 to 9 s: the shape that used to be chopped into tiny pieces
+    samples, rng, position = loud_noise(seconds, seed), np.random.default_rng(seed), 0
+    while position < length:
+        position += int(rng.uniform(0.5, 6.0) * RATE)
+        gap = int(rng.uniform(0.2, 9.0) * RATE)
+        samples[position:position + gap] = 0.0
+        position += gap
+    return samples
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["silence", "noise", "gappy"]), st.floats(0.5, 120.0), st.floats(2.0, 45.0),
+       st.integers(0, 2**16))
+def test_piece_counts_and_lengths(kind: str, seconds: float, max_piece_seconds: float, seed: int) -> None:
+    samples = signal(kind, seconds, seed)
+    pieces = split_audio(samples, max_piece_seconds=max_piece_seconds)
+    max_len = int(max_piece_seconds * RATE)
+    parts = unpadded(pieces, len(samples))
+    np.testing.assert_array_equal(np.concatenate(parts), samples)
+    assert all(0 < len(part) <= max_len for part in parts)
+    assert all(len(part) >= max_len // 2 for part in parts[:-1])  # only the last piece may be short
+    assert len(pieces) <= max(1, -(-len(samples) // (max_len // 2)))
+
+
+def test_silence_is_cut_into_the_longest_pieces() -> None:
+    pieces = split_audio(np.zeros(10 * RATE, np.float32), max_piece_seconds=3)  # was 112,001 one-sample pieces
+    assert [len(piece.samples) for piece in pieces] == [3 * RATE, 3 * RATE, 3 * RATE, RATE]
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.99, 1200.5])
+def test_the_engine_refuses_pieces_too_short_or_too_long(seconds: float) -> None:
+    from qasr.engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match=r"max_piece_seconds must be in \[2, 1200\]"):
+        EngineConfig(max_piece_seconds=seconds)
