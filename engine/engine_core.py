@@ -16,6 +16,7 @@ from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import ModelConfig
 from qasr.engine.model_loader import load_model, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
+from qasr.engine.request import InvalidRequest
 from qasr.kernels import get_model_ops
 from qasr.scheduler import SamplingParams, Scheduler, SchedulerConfig, SchedulerOutput, Sequence
 
@@ -125,10 +126,10 @@ class EngineCore:
             for seq in sequences:
                 self.scheduler.add(seq)
                 added.append(seq)
-        except ValueError:
+        except ValueError as error:  # too long for the model, the KV pool or a step: the audio's length
             for seq in added:
                 self.scheduler.abort(seq.seq_id)
-            raise
+            raise InvalidRequest(str(error), field="audio") from error
         for seq, samples in zip(sequences, waveforms):
             self.waveforms[seq.seq_id] = samples
 

@@ -12,7 +12,7 @@ from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import FeatureConfig
 from qasr.engine.languages import Language
 from qasr.engine.prompt import PromptBuilder
-from qasr.engine.request import TranscriptionRequest
+from qasr.engine.request import InvalidRequest, TranscriptionRequest
 from qasr.engine.splitting import AudioPiece, split_audio
 from qasr.engine.tokenizer import SpecialTokens
 from qasr.scheduler import AudioSpan, Sequence
@@ -54,7 +54,7 @@ class InputProcessor:
         """Raises ValueError for a request no step could run (empty audio, a special token in the context, a prompt
         longer than max_model_len). A max_tokens past max_model_len is capped to what fits, as vLLM does."""
         if len(request.audio) == 0:
-            raise ValueError("audio is empty (0 samples)")
+            raise InvalidRequest("audio is empty (0 samples)", field="audio")
         request_id = request.request_id or next(self.request_ids)
         params = request.sampling_params
         stop_ids = frozenset() if params.ignore_eos else frozenset(self.special.eos)
@@ -66,8 +66,9 @@ class InputProcessor:
             prompt, audio_start = self.prompts.build(tokens, request.context, request.language)
             room = self.max_model_len - len(prompt)
             if room < 1:
-                raise ValueError(f"the prompt ({len(prompt)} tokens: the audio piece's {tokens} and the context's) "
-                                 f"leaves no room for output within max_model_len ({self.max_model_len})")
+                raise InvalidRequest(f"the prompt ({len(prompt)} tokens: the audio piece's {tokens} and the context's) "
+                                 f"leaves no room for output within max_model_len ({self.max_model_len})",
+                                     field="context" if request.context else "audio")
             audio = AudioSpan(audio_start, tokens, hashlib.blake2b(piece.samples.tobytes(), digest_size=16).digest())
             fitting = params if params.max_tokens <= room else replace(params, max_tokens=room)
             sequences.append(Sequence(prompt, audio, fitting, stop_ids, request_id=request_id, arrival_time=arrival))

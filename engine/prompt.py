@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from qasr.engine.languages import Language
 from qasr.engine.repetitions import RepetitionFilter
+from qasr.engine.request import InvalidRequest
 from qasr.engine.tokenizer import SpecialTokens
 
 PROMPT_TEMPLATE = (
@@ -54,7 +55,7 @@ class PromptBuilder:
     def _template_ids(self, context: str, language: Language | None) -> tuple[list[int], list[int]]:
         for token in self.special_strings:
             if token in context:
-                raise ValueError(f"context may not contain the special token {token}")
+                raise InvalidRequest(f"context may not contain the special token {token}", field="context")
         prefill = language_header(language) if language else ""
         ids = self.tokenizer.encode(PROMPT_TEMPLATE.format(context=context, prefill=prefill),
                                     add_special_tokens=False)

@@ -6,6 +6,15 @@ import numpy as np
 from qasr.engine.languages import Language, resolve_language
 from qasr.scheduler import SamplingParams
 
+
+class InvalidRequest(ValueError):
+    """A request the engine cannot run, because of its `field` ("audio" or "context"): the client's to fix."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 # The most tokens a transcript can need: a header (`language English<asr_text>`) and fast speech in any language
 # (about 6 tokens a second in English and Chinese) with room to spare. A longer output is the model repeating itself.
 HEADER_TOKENS = 32

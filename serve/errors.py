@@ -10,6 +10,7 @@ from aiohttp import web
 logger = logging.getLogger("qasr.serve")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away first
 
 DASHSCOPE_PREFIX = "/api/v1/"
 DASHSCOPE_CODES = {400: "InvalidParameter", 401: "InvalidApiKey", 403: "AccessDenied", 404: "NotFound",
@@ -93,8 +94,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if "Allow" in http.headers:
             response.headers["Allow"] = http.headers["Allow"]
         return response
-    except ConnectionResetError:  # the client went away: there is nobody to answer
-        raise
+    except ConnectionResetError:  # the client hung up (mid-upload): nobody reads this, but the access log does
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(APIError(500, "The server had an error while processing your request."), request)

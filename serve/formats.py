@@ -1,3 +1,4 @@
+import html
 import json
 import math
 import zlib
@@ -16,16 +17,23 @@ def _timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
+def cue_text(text: str) -> str:
+    """A transcript as one cue's text: no line break (a blank line would end the cue), no `-->` (a line holding
+    it reads as the next cue's timing)."""
+    return " ".join(text.split()).replace("-->", "->")
+
+
 def to_srt(result: Transcription) -> str:
-    blocks = [f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n"
-              for i, s in enumerate((s for s in result.segments if s.text), start=1)]
-    return "\n".join(blocks)
+    """Numbered cues, each followed by a blank line (the last too, as SubRip writers end a file)."""
+    return "".join(f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{cue_text(s.text)}\n\n"
+                   for i, s in enumerate((s for s in result.segments if s.text), start=1))
 
 
 def to_vtt(result: Transcription) -> str:
-    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n"
-              for s in result.segments if s.text]
-    return "WEBVTT\n\n" + "\n".join(blocks)
+    """WebVTT cues; the text escaped as WebVTT requires: `&`, `<` and `>` as character references."""
+    return "WEBVTT\n\n" + "\n".join(
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{html.escape(cue_text(s.text), quote=False)}\n"
+        for s in result.segments if s.text)
 
 
 def to_dict(result: Transcription) -> dict:

@@ -18,7 +18,7 @@ from multidict import MultiDictProxy
 from qasr.engine import RequestOutput, SamplingParams, Transcription, TranscriptionRequest
 from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 from qasr.engine.languages import Language, UnknownLanguageError, language_code, resolve_language
-from qasr.engine.request import output_token_cap
+from qasr.engine.request import InvalidRequest, output_token_cap
 from qasr.serve.budget import AudioBudgetExceeded, AudioClaim
 from qasr.serve.errors import APIError, bad_request, logger, parse_count
 from qasr.serve.formats import FORMATS, duration_usage, to_srt, to_verbose_json, to_vtt
@@ -26,6 +26,7 @@ from qasr.serve.state import STATE, ServerState
 
 OBSERVED = web.RequestKey("qasr_observed", bool)  # set on a request whose outcome is already in the metrics
 STREAM_FORMATS = ("json", "text")
+FORM_FIELD_OF = {"audio": "file", "context": "prompt"}  # the engine's request fields as the form names them
 MAX_TEMPERATURE = 2.0
 
 
@@ -133,6 +134,8 @@ async def _read_form(request: web.Request, state: ServerState) -> MultiDictProxy
         raise APIError(408, f"The request body did not arrive within {state.options.upload_timeout_s:g} s.",
                        code="request_timeout") from error
     except web.HTTPRequestEntityTooLarge as error:
+        if "form fields" in error.text:  # aiohttp's cap on the number of fields, not on the size
+            raise APIError(413, f"The form has too many fields: {error.text}", code="too_many_fields") from error
         raise too_large(limit) from error
     # LookupError: an unknown charset; RuntimeError: an unknown Content-Transfer-Encoding; HttpProcessingError: a
     # part's headers do not parse
@@ -347,6 +350,8 @@ def engine_unavailable() -> APIError:
 def engine_failure(state: ServerState, error: Exception) -> APIError:
     """What the engine raised, as the client should see it: its ValueErrors name the request's fault (too long
     for max_model_len, a special token in the prompt), a stopped engine is a 503; anything else is ours."""
+    if isinstance(error, InvalidRequest):
+        return bad_request(str(error), param=FORM_FIELD_OF.get(error.field))
     if isinstance(error, ValueError):
         return bad_request(str(error))
     if state.engine_failed:

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -104,7 +105,7 @@ def test_every_response_format_through_the_sdk(server, clips: list[dict]) -> Non
     assert segment.end == pytest.approx(verbose.duration) and segment.compression_ratio > 0
 
     srt = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", response_format="srt")
-    assert srt == f"1\n00:00:00,000 --> 00:00:02,324\n{expected}\n"
+    assert srt == f"1\n00:00:00,000 --> 00:00:02,324\n{expected}\n\n"  # a blank line ends every cue
     vtt = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", response_format="vtt")
     assert vtt == f"WEBVTT\n\n00:00:00.000 --> 00:00:02.324\n{expected}\n"
 
@@ -247,7 +248,7 @@ def test_metrics_move_after_requests(server, clips: list[dict], http, metric_val
     ({"max_completion_tokens": "²"}, ..., "max_completion_tokens", None),  # "²".isdigit(), but not int("²")
     ({"prompt": "x" * 4097}, ..., "prompt", "prompt_too_long"),
     ({"prompt": "漢" * 1000}, ..., "prompt", "prompt_too_long"),  # 1,000 characters, 3,000 tokens
-    ({"prompt": "<|im_end|>"}, ..., None, None),
+    ({"prompt": "<|im_end|>"}, ..., "prompt", None),  # the engine's refusal, naming the field
 ])
 def test_bad_fields_are_400(server, clips: list[dict], fields: dict, file: Any, param: str | None,
                             code: str | None, http) -> None:
@@ -513,3 +514,29 @@ def test_a_header_cut_short_by_max_completion_tokens_never_shows(server, clips: 
                                form(clips[0]["bytes"], {**fields, "stream": "true"}))
         events = [json.loads(e[6:]) for e in body.decode().split("\n\n") if e.startswith("data: {")]
         assert status == 200 and all(e["delta"] == "" for e in events[:-1]) and events[-1]["text"] == ""
+
+
+def test_too_many_form_fields_is_413_saying_so(server, clips: list[dict], http) -> None:
+    fields = {f"field{i}": "x" for i in range(1001)}
+    error = assert_openai_error(http("POST", server.url + "/v1/audio/transcriptions", form(clips[0]["bytes"], fields)),
+                                413, None, "too_many_fields")
+    assert "form fields" in error["message"] and "MB" not in error["message"]
+
+
+def test_a_client_hanging_up_mid_upload_is_no_server_error(server, clips: list[dict], metric_values,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    aborted = ("qasr_requests_total", (("status", "aborted"),))
+    before = metric_values(server.url)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: qasr\r\n"
+                           b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                           b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.opus"\r\n\r\n'
+                           + clips[0]["bytes"][:4000])
+        time.sleep(0.3)
+    wait_for(lambda: metric_values(server.url)[aborted] == before[aborted] + 1)
+    assert metric_values(server.url)[("qasr_requests_total", (("status", "server_error"),))] == \
+        before[("qasr_requests_total", (("status", "server_error"),))]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

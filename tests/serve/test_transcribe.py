@@ -66,7 +66,7 @@ def test_subtitle_formats() -> None:
                            segments=[Segment(0.0, 1.5, "hello there"), Segment(1.5, 3725.5, "general"),
                                      Segment(3725.5, 3725.5, "")], finish_reason="stop")
     assert render(result, "srt") == ("1\n00:00:00,000 --> 00:00:01,500\nhello there\n\n"
-                                     "2\n00:00:01,500 --> 01:02:05,500\ngeneral\n")
+                                     "2\n00:00:01,500 --> 01:02:05,500\ngeneral\n\n")
     assert render(result, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nhello there\n")
     assert render(result, "text") == "hello there general\n"
     assert json.loads(render(result, "json"))["segments"][1]["end"] == 3725.5
@@ -84,3 +84,13 @@ def test_a_task_db_password_never_reaches_the_startup_line() -> None:
     assert _without_password("postgresql://qasr:s3cret@db:5432/tasks") == "postgresql://qasr:***@db:5432/tasks"
     assert _without_password("postgresql://qasr@db/tasks") == "postgresql://qasr@db/tasks"
     assert _without_password(".qasr/tasks.sqlite3") == ".qasr/tasks.sqlite3"
+
+
+def test_cue_text_cannot_break_a_cue() -> None:
+    result = Transcription(text="", language=None, token_ids=[], duration=4.0, finish_reason="stop",
+                           segments=[Segment(0.0, 2.0, "a --> b\n\n2\nsmall & <b>bold</b>"), Segment(2.0, 4.0, "end")])
+    srt = render(result, "srt")
+    assert srt.split("\n\n") == ["1\n00:00:00,000 --> 00:00:02,000\na -> b 2 small & <b>bold</b>",
+                                  "2\n00:00:02,000 --> 00:00:04,000\nend", ""]
+    vtt = render(result, "vtt")
+    assert "a -&gt; b 2 small &amp; &lt;b&gt;bold&lt;/b&gt;\n" in vtt and vtt.count("-->") == 2
