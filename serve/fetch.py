@@ -58,14 +58,41 @@ def check_url(url: str) -> URL:
     return parsed
 
 
+# IANA's special-purpose address registries (RFC 6890 and later): every block not globally reachable, refused whole
+# (Python's is_global, the first check, misses some of them in some versions, e.g. 192.0.0.8)
+SPECIAL_PURPOSE = {ipaddress.ip_network(block): name for block, name in (
+    ("0.0.0.0/8", "this-network"), ("100.64.0.0/10", "shared, carrier-grade NAT"),
+    ("192.0.0.0/24", "IETF protocol assignment"), ("192.0.2.0/24", "documentation"), ("192.88.99.0/24", "6to4 relay"),
+    ("198.18.0.0/15", "benchmarking"), ("198.51.100.0/24", "documentation"), ("203.0.113.0/24", "documentation"),
+    ("240.0.0.0/4", "reserved"), ("255.255.255.255/32", "broadcast"),
+    ("::/8", "reserved"), ("64:ff9b:1::/48", "local NAT64"), ("100::/64", "discard-only"),
+    ("2001::/23", "IETF protocol assignment"), ("2001:db8::/32", "documentation"), ("3fff::/20", "documentation"),
+    ("5f00::/16", "segment routing"), ("fc00::/7", "unique-local"), ("fec0::/10", "site-local"),
+)}
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are an IPv4 address
+
+
 def refusal(address: str) -> str | None:
-    """Why an IP address must not be fetched from, or None if it is a public one."""
+    """Why an IP address must not be fetched from, or None if it is a public one. An IPv6 address that carries an
+    IPv4 one (mapped, NAT64, 6to4, Teredo) is refused when that IPv4 address would be; a NAT64 one is judged by it
+    alone (an IPv6-only network reaches every IPv4 host that way)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address) and ip in NAT64:
+        carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        reason = refusal(str(carried))
+        return f"{address} carries {carried}, and {reason}" if reason else None
     for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return f"{address} is a {kind.replace('_', '-')} address"
+    for block, name in SPECIAL_PURPOSE.items():
+        if ip.version == block.version and ip in block:
+            return f"{address} lies in {block} ({name}), not a public address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        for carried in (ip.sixtofour, *(ip.teredo or ())):
+            if carried is not None and (reason := refusal(str(carried))):
+                return f"{address} carries {carried}, and {reason}"
     return None if ip.is_global else f"{address} is not a public address"
 
 

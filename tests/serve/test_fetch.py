@@ -1,0 +1,38 @@
+"""The address guard of file_url downloads (SSRF): every special-purpose block refused whole, and an IPv6 address
+judged by the IPv4 address it carries."""
+
+import ipaddress
+import random
+
+import pytest
+
+from qasr.serve.fetch import SPECIAL_PURPOSE, refusal
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("192.0.0.8", "192.0.0.0/24"),  # IETF protocol assignments: Python's is_global lets it through in 3.11
+    ("2002:7f00:1::", "carries 127.0.0.1"), ("2002:a00:1::1", "carries 10.0.0.1"),  # 6to4
+    ("64:ff9b::7f00:1", "carries 127.0.0.1"), ("64:ff9b::a9fe:a9fe", "carries 169.254.169.254"),  # NAT64
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo: 2001::/23 whole
+    ("::ffff:192.0.0.8", "192.0.0.0/24"), ("100.64.0.1", "not a public"),
+    ("198.51.100.7", "private"),  # documentation: private to Python
+    ("fec0::1", "site-local"), ("64:ff9b:1::1", "reserved"),
+])
+def test_special_purpose_and_carried_addresses_are_refused(address: str, reason: str) -> None:
+    assert reason in str(refusal(address)), refusal(address)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700:4700::1111", "2002:808:808::1", "64:ff9b::808:808"])
+def test_public_addresses_pass_also_through_6to4_and_nat64(address: str) -> None:
+    assert refusal(address) is None
+
+
+def test_every_address_of_every_special_purpose_block_is_refused() -> None:
+    rng = random.Random(0)
+    for block in SPECIAL_PURPOSE:
+        for address in (block.network_address, block.broadcast_address,
+                        *(block.network_address + rng.randrange(block.num_addresses) for _ in range(20))):
+            assert refusal(str(address)) is not None, address
+            if isinstance(address, ipaddress.IPv4Address):
+                assert refusal(f"::ffff:{address}") is not None and refusal(f"64:ff9b::{address}") is not None
+                assert refusal(str(ipaddress.IPv6Address((0x2002 << 112) | (int(address) << 80)))) is not None
