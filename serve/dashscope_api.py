@@ -16,6 +16,8 @@ from qasr.serve.task_store import STATUSES, SUCCEEDED, Task, TaskRequest
 MAX_FILE_URLS = 100  # Paraformer's limit
 MAX_PAGE_SIZE = 100
 MAX_PAGE_NO = 1_000_000  # SQLite's OFFSET is a 64-bit integer
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0e8a52-93c1-4c3f-9a57-0d6f8f8d3b11")  # task ids of Idempotency-Keys
 
 
 def invalid(message: str, code: str = "InvalidParameter") -> APIError:
@@ -30,11 +32,25 @@ async def submit_task(request: web.Request) -> web.Response:
         body = await request.json()
     except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
         raise invalid(f"The request body is not valid JSON: {error}.") from error
-    task = Task(task_id=str(uuid.uuid4()), request=parse_task_request(body, state.model_names))
-    await state.tasks.run(state.tasks.add, task)  # in the database before the client hears of it
+    task = Task(task_id=_task_id(request), request=parse_task_request(body, state.model_names))
+    stored = await state.tasks.run(state.tasks.add_once, task)  # in the database before the client hears of it
+    if stored.request != task.request:
+        raise APIError(409, "This Idempotency-Key was used for a different request; a retry must send the same "
+                       "body (or a new key for a new task).", code="IdempotencyKeyReused")
     state.worker.wake_up()
     return web.json_response({"request_id": _request_id(),
-                              "output": {"task_id": task.task_id, "task_status": task.status}})
+                              "output": {"task_id": stored.task_id, "task_status": stored.status}})
+
+
+def _task_id(request: web.Request) -> str:
+    """A new id, or the one an Idempotency-Key stands for: a submit retried with the key (its answer lost to a
+    crash or a network error) finds the task the first attempt stored, instead of creating a second one."""
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        return str(uuid.uuid4())
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise invalid(f"Idempotency-Key is {len(key)} characters long; at most {MAX_IDEMPOTENCY_KEY_CHARS}.")
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key))
 
 
 def parse_task_request(body: object, model_names: list[str]) -> TaskRequest:

@@ -153,6 +153,14 @@ class SqlTaskStore:
         self._execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                       _row(task))
 
+    def add_once(self, task: Task) -> Task:
+        """Adds `task` unless a task of its id is stored already; returns the stored one (a retried submit's)."""
+        self._execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                      "ON CONFLICT (task_id) DO NOTHING", _row(task))
+        stored = self.get(task.task_id)
+        assert stored is not None, "a task stored a moment ago cannot have expired"
+        return stored
+
     def get(self, task_id: str) -> Task | None:
         rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM tasks WHERE task_id = ?", (task_id,))
         return _task(rows[0]) if rows else None

@@ -523,3 +523,30 @@ def test_task_work_moves_the_request_metrics(server, files, clips: list[dict], m
         assert moved(histogram + "_count") == 1, histogram
     # not an OpenAI request: those counts stay as they were
     assert moved("qasr_requests_total", status="success") == 0 and moved("qasr_e2e_request_latency_seconds_count") == 0
+
+
+def test_a_retried_submit_with_an_idempotency_key_finds_the_first_task(server, files, clips: list[dict], http,
+                                                                       dashscope_submit, wait_done) -> None:
+    submit_path, async_headers = dashscope_submit
+    url = server.url + submit_path
+
+    def post(file: str, key: str | None) -> tuple[int, dict]:
+        body = json.dumps({"model": "qasr-demo", "input": {"file_url": f"{files.url}/audio/{file}"}})
+        headers = {**async_headers, **({"Idempotency-Key": key} if key else {})}
+        status, _, answer = http("POST", url, body, headers)
+        return status, json.loads(answer)
+
+    status, first = post(clips[0]["file"], "retry-me")
+    assert status == 200
+    status, again = post(clips[0]["file"], "retry-me")  # the client never heard the first answer: it retries
+    assert status == 200 and again["output"]["task_id"] == first["output"]["task_id"]
+    task_id = first["output"]["task_id"]
+    assert wait_done(server, task_id)["output"]["task_status"] == SUCCEEDED
+    status, late = post(clips[0]["file"], "retry-me")  # a retry after the task finished still finds it
+    assert late["output"] == {"task_id": task_id, "task_status": SUCCEEDED}
+    status, conflict = post(clips[1]["file"], "retry-me")  # the same key for another request
+    assert status == 409 and conflict["code"] == "IdempotencyKeyReused"
+    assert post(clips[0]["file"], "k" * 256)[0] == 400
+    assert post(clips[0]["file"], None)[1]["output"]["task_id"] != post(clips[0]["file"], None)[1]["output"]["task_id"]
+    assert sqlite3.connect(server.db).execute("SELECT COUNT(*) FROM tasks WHERE task_id = ?",
+                                              (task_id,)).fetchone()[0] == 1

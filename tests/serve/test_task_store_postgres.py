@@ -500,3 +500,10 @@ def test_a_database_outage_is_503_with_retry_after_and_a_degraded_health(files, 
         server.close()
         database.admin = psycopg.connect(database.url("postgres"), autocommit=True)
         database.stop()
+
+
+def test_add_once_keeps_the_first_task_of_an_id(store: SqlTaskStore) -> None:
+    first = store.add_once(new_task("same", model="first"))
+    second = store.add_once(new_task("same", model="second"))
+    assert first.request.model == second.request.model == "first"
+    assert store.counts()[PENDING] == 1
