@@ -11,6 +11,8 @@ BENCHMARKS = {
                                            "against the measured copy bandwidth"),
     "serve": ("qasr.benchmarks.serving", "online serving: many clients at once against an OpenAI-compatible "
                                          "transcription server (qasr, vLLM, sglang-omni)"),
+    "abuse": ("qasr.benchmarks.abuse", "fuzz, bursts, hang-ups, slow connections and cheap expensive inputs "
+                                       "against a qasr server: no 5xx, no hang, and how it recovers"),
 }
 
 

@@ -4,10 +4,6 @@
 
 import asyncio
 import json
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Coroutine
@@ -20,6 +16,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from qasr.benchmarks.abuse import ServerProcess
 from qasr.benchmarks.heldout import HELDOUT
 from qasr.engine import AsyncEngine, EngineConfig
 from qasr.serve.app import create_app, start
@@ -68,35 +65,6 @@ class LiveServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
         self.loop.close()
-
-
-class ServeProcess:
-    """`qasr serve` (the demo model, tasks in memory) in a process of its own, optionally under a low open-file
-    limit (soft and hard: the server cannot raise it); `.url` once it listens, `.log()` its output so far."""
-
-    def __init__(self, *args: str, open_files: int | None = None, log_path: Path):
-        command = [sys.executable, "-m", "qasr", "serve", "--port", "0", "--task-db", ":memory:", *args]
-        if open_files is not None:
-            command = ["bash", "-c", f'ulimit -n {open_files} && exec "$@"', "qasr", *command]
-        self.log_path = log_path
-        self.process = subprocess.Popen(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while not (found := re.search(r"serving \S+ on (http://\S+) ", self.log())):
-            assert self.process.poll() is None, self.log()
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.1)
-        self.url = found.group(1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
 
 
 def http(method: str, url: str, data: Any = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -178,9 +146,9 @@ def live_server():
 
 @pytest.fixture(scope="session")
 def serve_process():
-    """The class `ServeProcess(*flags, open_files=None, log_path=...)`: `qasr serve` in its own process; `.url`,
-    `.log()`, `.stop()` (SIGINT, returns the exit code)."""
-    return ServeProcess
+    """The class `ServerProcess(*flags, log_path=..., open_files=None)`: `qasr serve` in its own process; `.url`,
+    `.log()`, `.peak_rss_mb()`, `.stop()` (SIGINT, returns the exit code)."""
+    return ServerProcess
 
 
 @pytest.fixture(name="http", scope="session")
