@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from qasr.engine import AsyncEngine
 from qasr.serve.budget import AudioBudget
-from qasr.serve.connections import LISTEN_BACKLOG, ConnectionGuard, GuardedRunner, default_max_connections
+from qasr.serve.connections import ConnectionGuard, GuardedRunner, default_max_connections, listen_backlog
 from qasr.serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
 from qasr.serve.errors import error_middleware
 from qasr.serve.metrics import Metrics
@@ -101,7 +101,7 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
                            keepalive_timeout=state.options.keepalive_timeout_s)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
+        await web.TCPSite(runner, host, port, backlog=listen_backlog()).start()
     except BaseException:
         await runner.cleanup()
         raise

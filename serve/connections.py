@@ -26,10 +26,11 @@ FULL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: ap
         b"Connection: close\r\nContent-Length: 116\r\n\r\n"
         b'{"error": {"message": "The server has no free connection; retry.", "type": "server_error", "param": null, '
         b'"code": null}}')
-LISTEN_BACKLOG = 128
-# Open files beside the connections: asyncio accepts up to a backlog's worth of connections before the first of them
-# reaches the guard, and the task store, model files and thread pools hold some too.
-FILES_KEPT_FREE = LISTEN_BACKLOG + 64
+# Open files beside the connections: the task store, model files, thread pools and log files hold some, and asyncio
+# accepts up to a listen backlog's worth of connections per loop iteration, a couple of iterations before the guard
+# hears of the first of them (and one more before a connection it closes gives its file back).
+OTHER_FILES = 64
+BATCHES_BEFORE_THE_GUARD = 3
 
 
 @dataclass(slots=True, eq=False)
@@ -178,8 +179,17 @@ def raise_open_file_limit() -> None:
             pass
 
 
+def open_file_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def listen_backlog() -> int:
+    """The kernel's queue of connections not yet accepted, and so asyncio's batch of accepts: smaller under a low
+    open-file limit."""
+    return max(16, min(128, open_file_limit() // 8))
+
+
 def default_max_connections() -> int:
     """What the soft open-file limit leaves for connections."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
-    return max(8, limit - FILES_KEPT_FREE)
+    return max(8, open_file_limit() - OTHER_FILES - BATCHES_BEFORE_THE_GUARD * listen_backlog())

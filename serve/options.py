@@ -33,7 +33,7 @@ class ServerOptions(CliArgs):
     header_timeout_s: float = option(10.0, "a request's headers must arrive within this once its first byte has, or "
                                            "the connection is closed")
     max_connections: int | None = option(None, "most open connections (at the cap a new one replaces the longest "
-                                               "idle); none: the open-file limit less 192")
+                                               "idle); none: what the open-file limit leaves, less room for bursts")
     max_audio_seconds: float = option(3 * 3600.0, "longest audio: a longer upload is a 400, a longer task file "
                                                   "(per channel) fails its task")
     max_audio_seconds_in_flight: float = option(6 * 3600.0, "most seconds of decoded audio the server holds at once "
