@@ -3,7 +3,9 @@
 `get_json`, `replica_apps`, `dashscope_submit`)."""
 
 import asyncio
+import faulthandler
 import json
+import sys
 import threading
 import time
 from collections.abc import Coroutine
@@ -41,6 +43,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
 
     @staticmethod
+    async def _describe_tasks() -> str:
+        current = asyncio.current_task()
+        return "\n".join(f"{task!r}\n" + "".join(f"    {frame}\n" for frame in task.get_stack())
+                         for task in asyncio.all_tasks() if task is not current)
+
+    @staticmethod
     async def plain(app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(app)
         await runner.setup()
@@ -61,7 +69,12 @@ class LiveServer:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused")
 
     def close(self) -> None:
-        self.call(self.runner.cleanup())
+        try:
+            self.call(self.runner.cleanup(), timeout=120)
+        except TimeoutError:  # say what is stuck: a shutdown waits for requests in progress, for up to 60 s
+            tasks = self.call(self._describe_tasks())
+            faulthandler.dump_traceback(file=sys.stderr)
+            raise TimeoutError(f"the app did not shut down; its loop's tasks:\n{tasks}") from None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
         self.loop.close()
