@@ -58,23 +58,25 @@ class AudioClaim:
 
 class ByteBudget:
     """Bytes of downloads in flight. A download reserves its worst case before it starts, so downloads waiting
-    for room hold nothing and cannot block each other for good, and gives back what it did not use."""
+    for room hold nothing and cannot block each other for good, and gives back what it did not use. Giving back
+    never awaits: a download cancelled at any point leaves no bytes behind."""
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = limit_bytes
         self.used_bytes = 0
-        self.changed = asyncio.Condition()
+        self.freed = asyncio.Event()  # set whenever bytes are given back
 
     @contextlib.asynccontextmanager
     async def reserve(self, num_bytes: int) -> AsyncIterator["ByteReservation"]:
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.used_bytes + num_bytes <= self.limit_bytes)
-            self.used_bytes += num_bytes
+        while self.used_bytes + num_bytes > self.limit_bytes:
+            self.freed.clear()
+            await self.freed.wait()
+        self.used_bytes += num_bytes
         reservation = ByteReservation(self, num_bytes)
         try:
             yield reservation
         finally:
-            await reservation.shrink(0)
+            reservation.shrink(0)
 
 
 class ByteReservation:
@@ -83,9 +85,8 @@ class ByteReservation:
         self.budget = budget
         self.num_bytes = num_bytes
 
-    async def shrink(self, num_bytes: int) -> None:
+    def shrink(self, num_bytes: int) -> None:
         """Keeps only `num_bytes` of the reservation (what a finished download holds)."""
-        async with self.budget.changed:
-            self.budget.used_bytes -= self.num_bytes - num_bytes
-            self.num_bytes = num_bytes
-            self.budget.changed.notify_all()
+        self.budget.used_bytes -= self.num_bytes - num_bytes
+        self.num_bytes = num_bytes
+        self.budget.freed.set()

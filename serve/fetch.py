@@ -155,7 +155,7 @@ class Fetcher:
                 data = await asyncio.wait_for(self._fetch(url), self.timeout_s)
             except TimeoutError as error:
                 raise FetchError(f"Downloading {url} took longer than {self.timeout_s:g} s.") from error
-            await reservation.shrink(len(data))
+            reservation.shrink(len(data))
             yield data
 
     async def _fetch(self, url: str) -> bytes:

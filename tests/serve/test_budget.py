@@ -41,7 +41,7 @@ def test_downloads_wait_for_room_and_keep_only_what_they_got() -> None:
         async def download(name: str, size: int, hold: asyncio.Event) -> None:
             async with budget.reserve(100) as reservation:  # the largest file's worth, before starting
                 events.append(f"{name} started")
-                await reservation.shrink(size)
+                reservation.shrink(size)
                 await hold.wait()
             events.append(f"{name} done")
 
@@ -152,3 +152,24 @@ def test_tasks_wait_in_the_store_while_the_audio_budget_is_full(server, heldout,
     finally:
         tasks.close()
         file_server.close()
+
+
+def test_a_cancelled_download_leaves_no_bytes_behind() -> None:
+    async def run() -> int:
+        budget = ByteBudget(100)
+
+        async def download(size: int) -> None:
+            async with budget.reserve(100) as reservation:
+                await asyncio.sleep(0.01)
+                reservation.shrink(size)
+                await asyncio.sleep(10)
+
+        holding = asyncio.create_task(download(40))
+        waiting = asyncio.create_task(download(40))  # waits for room the whole time
+        await asyncio.sleep(0.05)
+        for task in (waiting, holding):
+            task.cancel()
+        await asyncio.gather(holding, waiting, return_exceptions=True)
+        return budget.used_bytes
+
+    assert asyncio.run(run()) == 0
