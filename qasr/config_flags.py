@@ -11,6 +11,7 @@ once, on the field, and `--dashed-flags` follow from them.
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Collection, Sequence
@@ -20,11 +21,16 @@ Config = TypeVar("Config", bound="CliArgs")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-           flag: str | None = None, choices: Sequence[Any] | None = None, group: str | None = None) -> Any:
+           flag: str | None = None, choices: Sequence[Any] | None = None, group: str | None = None,
+           repeatable: bool = False, env: str | None = None, secret: bool = False) -> Any:
     """A dataclass field that is also a command-line flag. `flag` overrides the name derived from the field's,
-    `group` the help section it is listed under."""
-    metadata = {"help": help, "flag": flag, "choices": choices, "group": group}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+    `group` the help section it is listed under. A list field takes several values after its flag, or with
+    `repeatable` one value per use of the flag. `env` names an environment variable that sets the default (a list
+    field's comma-separated; the flags add to it). A `secret` field's value is never shown: not in --help, not in
+    the dataclass's repr."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "group": group, "repeatable": repeatable, "env": env,
+                "secret": secret}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata, repr=not secret)
 
 
 class CliArgs:
@@ -48,13 +54,20 @@ class CliArgs:
             default = field.default_factory() if field.default is dataclasses.MISSING else field.default
             kind = _without_none(hints[field.name])
             help_text = meta.get("help", "")
-            if not (default is None or default is False or default == []):
+            if meta.get("env"):
+                help_text += f" (environment: {meta['env']}" + (", comma-separated)" if typing.get_origin(kind) is list
+                                                                 else ")")
+                if os.environ.get(meta["env"]):
+                    default = _from_env(os.environ[meta["env"]], kind)
+            if not (default is None or default is False or default == [] or meta.get("secret")):
                 help_text += " (default: %(default)s)"
             kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             elif meta.get("choices"):
                 kwargs.update(type=kind, choices=meta["choices"])
+            elif typing.get_origin(kind) is list and meta.get("repeatable"):
+                kwargs.update(action="append", type=typing.get_args(kind)[0], metavar=name.upper())
             elif typing.get_origin(kind) is list:
                 kwargs.update(nargs="+", type=typing.get_args(kind)[0], metavar=name.upper())
             else:
@@ -67,6 +80,15 @@ class CliArgs:
         values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)  # type: ignore
                   if hasattr(args, field.name)}
         return cls(**(values | overrides))
+
+
+def _from_env(text: str, kind: Any) -> Any:
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        return [item(part.strip()) for part in text.split(",") if part.strip()]
+    if kind is bool:
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    return kind(text)
 
 
 def _without_none(annotation: Any) -> Any:

@@ -1,6 +1,7 @@
 """The aiohttp application: routes, the engine's lifetime, and running it on a socket."""
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -9,9 +10,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from qasr.engine import AsyncEngine
+from qasr.serve.auth import Authenticator, KeyRing
 from qasr.serve.budget import AudioBudget
 from qasr.serve.connections import ConnectionGuard, GuardedRunner, default_max_connections, listen_backlog
 from qasr.serve.dashscope_api import cancel_task, get_result, get_task, list_tasks, submit_task
+from qasr.serve.drain import Drain
 from qasr.serve.errors import error_middleware
 from qasr.serve.metrics import Metrics
 from qasr.serve.openai_api import create_transcription, engine_unavailable, list_models, retrieve_model
@@ -20,6 +23,10 @@ from qasr.serve.state import STATE, ServerState, audio_pool, default_model_name
 from qasr.serve.task_store import open_task_store
 from qasr.serve.task_worker import TaskWorker
 
+logger = logging.getLogger("qasr.serve")
+DRAIN_POLL_S = 0.05
+ANSWER_GRACE_S = 5.0  # after the engine stops, for the requests it failed to send their 503s
+
 
 def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web.Application:
     """The server for one running engine and task store; its startup starts the task worker, its cleanup stops
@@ -27,21 +34,26 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
     options = options or ServerOptions()
     guard = ConnectionGuard(options.max_connections or default_max_connections(), options.header_timeout_s,
                             options.keepalive_timeout_s)
-    app = web.Application(middlewares=[guard.middleware, error_middleware], client_max_size=options.max_body_bytes)
+    keys, drain = KeyRing(options.api_keys, options.api_key_file), Drain()
     tasks = open_task_store(options.task_db)
     meters, pool, audio_budget = Metrics(engine, tasks), audio_pool(), AudioBudget(options.max_audio_seconds_in_flight)
+    # outermost first: the guard sees every connection, a draining server turns requests away before anything
+    # else, and errors (a 401 among them) are rendered in the route's shape
+    middlewares = [guard.middleware, drain.middleware, error_middleware,
+                   Authenticator(keys, meters.auth_failures).middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=options.max_body_bytes)
     app[STATE] = ServerState(engine=engine, options=options,
                              model_names=options.served_model_names or [default_model_name(engine.engine.config.model)],
                              metrics=meters, audio_pool=pool, tasks=tasks,
                              worker=TaskWorker(tasks, engine, options, meters, pool, audio_budget),
-                             connections=guard, audio_budget=audio_budget)
+                             connections=guard, audio_budget=audio_budget, keys=keys, drain=drain)
     app.router.add_post("/v1/audio/transcriptions", create_transcription)
     app.router.add_post("/api/v1/services/audio/asr/transcription", submit_task)
     app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
     app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
-    app.router.add_get("/api/v1/tasks/{task_id}/result", get_result)
-    app.router.add_get("/api/v1/tasks/{task_id}/result/{index}", get_result)
+    app.router.add_get("/api/v1/tasks/{task_id}/result", get_result, name="task_result")
+    app.router.add_get("/api/v1/tasks/{task_id}/result/{index}", get_result, name="task_result_file")
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_get("/health", health)
@@ -53,9 +65,11 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
 
 
 async def health(request: web.Request) -> web.Response:
-    """503 once the engine has died; 200 otherwise, "degraded" (with the reason) while the task store cannot be
-    reached: the OpenAI API still works, only file-transcription tasks wait."""
+    """503 while draining and once the engine has died; 200 otherwise, "degraded" (with the reason) while the task
+    store cannot be reached: the OpenAI API still works, only file-transcription tasks wait."""
     state = request.app[STATE]
+    if state.drain.draining:
+        return web.json_response({"status": "draining"}, status=503, headers={"Retry-After": "1"})
     if state.engine_failed:
         raise engine_unavailable()
     if not state.tasks.up:
@@ -108,16 +122,54 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     return runner
 
 
-async def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
-    """Serves until SIGINT or SIGTERM, then stops accepting, lets requests in flight finish, and cleans up."""
-    stop = asyncio.Event()
+async def drain_and_stop(app: web.Application, now: asyncio.Event) -> None:
+    """Turns new requests away (and /health to 503), waits for the requests and tasks in flight up to
+    --drain-timeout-s or until `now` is set, then stops the task worker (its unfinished tasks go back to PENDING
+    for other replicas) and the engine, whose unfinished requests answer 503."""
+    state = app[STATE]
+    state.drain.begin()
+    state.worker.claiming = False
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.options.drain_timeout_s
+    logger.info("draining: %d requests and %d tasks in flight (up to %g s; SIGTERM again stops at once)",
+                state.drain.in_flight, len(state.worker.running), state.options.drain_timeout_s)
+    while (state.drain.in_flight or state.worker.running) and loop.time() < deadline and not now.is_set():
+        await asyncio.sleep(DRAIN_POLL_S)
+    if state.drain.in_flight or state.worker.running:
+        logger.warning("drain ended with %d requests and %d tasks unfinished: the requests get 503, the tasks go "
+                       "back to PENDING", state.drain.in_flight, len(state.worker.running))
+    await state.worker.stop()
+    await asyncio.to_thread(state.engine.shutdown)
+    if state.drain.in_flight:
+        await asyncio.wait([asyncio.ensure_future(state.drain.idle.wait())], timeout=ANSWER_GRACE_S)
+
+
+async def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Serves until SIGTERM or SIGINT, then drains (drain_and_stop) and cleans up; a second signal cuts the drain
+    short. SIGHUP reads the API key file again."""
+    stop, now = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_stop() -> None:
+        (now if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, app[STATE].keys)
     runner = await start(app, host, port)
     try:
         bound_host, bound_port = runner.addresses[0][:2]
         on_ready(f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}")
         await stop.wait()
+        await drain_and_stop(app, now)
     finally:
         await runner.cleanup()
+
+
+def reload_keys(keys: KeyRing) -> None:
+    try:
+        count = keys.reload()
+    except (OSError, ValueError) as error:
+        logger.error("SIGHUP: kept the API keys as they were: cannot read %s: %s", keys.key_file, error)
+        return
+    logger.info("SIGHUP: %d API keys now accepted", count)

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from qasr.engine import AsyncEngine
     from qasr.serve.app import create_app, serve_forever
+    from qasr.serve.auth import open_server_warning
     from qasr.serve.connections import raise_open_file_limit
     from qasr.serve.log_limit import limit_repeats
     from qasr.serve.state import STATE
@@ -29,6 +30,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"qasr: loading {config.model or 'the bundled demo model'} ...", file=sys.stderr, flush=True)
     engine = AsyncEngine(config)
     app = create_app(engine, options)  # from here on the app's cleanup shuts the engine down
+    if warning := open_server_warning(options.host, app[STATE].keys):
+        logging.getLogger("qasr.serve").warning(warning)
 
     def ready(url: str) -> None:
         names = ", ".join(app[STATE].model_names)

@@ -4,10 +4,12 @@ calls it: submit a task, poll it, fetch the result document it points at, cancel
 import math
 import time
 import uuid
+from dataclasses import replace
 
 from aiohttp import web
 
 from qasr.engine.languages import UnknownLanguageError, resolve_language
+from qasr.serve.auth import API_KEY, caller_id, check_result_link, result_link_query
 from qasr.serve.errors import APIError, parse_count
 from qasr.serve.fetch import FetchError, check_url
 from qasr.serve.state import STATE, ServerState
@@ -32,7 +34,9 @@ async def submit_task(request: web.Request) -> web.Response:
         body = await request.json()
     except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
         raise invalid(f"The request body is not valid JSON: {error}.") from error
-    task = Task(task_id=_task_id(request), request=parse_task_request(body, state.model_names))
+    caller = await _caller(request, state)
+    task_request = replace(parse_task_request(body, state.model_names), key_hash=caller)
+    task = Task(task_id=_task_id(request, caller), request=task_request)
     stored = await state.tasks.run(state.tasks.add_once, task)  # in the database before the client hears of it
     if stored.request != task.request:
         raise APIError(409, "This Idempotency-Key was used for a different request; a retry must send the same "
@@ -42,15 +46,30 @@ async def submit_task(request: web.Request) -> web.Response:
                               "output": {"task_id": stored.task_id, "task_status": stored.status}})
 
 
-def _task_id(request: web.Request) -> str:
+def _task_id(request: web.Request, caller: str | None) -> str:
     """A new id, or the one an Idempotency-Key stands for: a submit retried with the key (its answer lost to a
-    crash or a network error) finds the task the first attempt stored, instead of creating a second one."""
+    crash or a network error) finds the task the first attempt stored, instead of creating a second one. Each API
+    key has its own Idempotency-Keys: another's same key names another task."""
     key = request.headers.get("Idempotency-Key", "").strip()
     if not key:
         return str(uuid.uuid4())
     if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise invalid(f"Idempotency-Key is {len(key)} characters long; at most {MAX_IDEMPOTENCY_KEY_CHARS}.")
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key))
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key if caller is None else f"{caller}\0{key}"))
+
+
+async def _secret(state: ServerState) -> bytes:
+    """The secret every replica shares, from the task store (made there by the first replica that asks)."""
+    if state.secret is None:
+        state.secret = await state.tasks.run(state.tasks.secret, "qasr")
+    return state.secret
+
+
+async def _caller(request: web.Request, state: ServerState) -> str | None:
+    """Whose tasks this request may see: the keyed hash of its API key; None on a server without keys, where
+    every task is everyone's."""
+    key = request.get(API_KEY)
+    return None if key is None else caller_id(await _secret(state), key)
 
 
 def parse_task_request(body: object, model_names: list[str]) -> TaskRequest:
@@ -114,8 +133,9 @@ def _language(parameters: dict) -> str | None:
 
 async def get_task(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    task = await _task(state, request.match_info["task_id"])
-    body = {"request_id": _request_id(), "output": _output(task, _base_url(request, state))}
+    task = await _task(state, request.match_info["task_id"], await _caller(request, state))
+    body = {"request_id": _request_id(), "output": _output(task, _base_url(request, state), await _secret(state),
+                                                           state.options.task_ttl_hours * 3600)}
     if task.status == SUCCEEDED:
         seconds = math.ceil(task.audio_seconds)
         body["usage"] = {"duration": seconds} if task.request.multi_file else {"seconds": seconds}
@@ -123,11 +143,16 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def get_result(request: web.Request) -> web.Response:
-    """The result document of one file of a finished task (file 0 unless the URL names another)."""
+    """The result document of one file of a finished task (file 0 unless the URL names another). A signed link
+    (`?expires=&signature=`, as task results point at) needs no API key."""
     state = request.app[STATE]
-    task = await _task(state, request.match_info["task_id"])
-    index = request.match_info.get("index", "0")
+    task_id, index = request.match_info["task_id"], request.match_info.get("index", "0")
     position = parse_count(index)
+    if "signature" in request.query:
+        check_result_link(await _secret(state), task_id, -1 if position is None else position, request.query)
+        task = await _task(state, task_id, caller=None)
+    else:
+        task = await _task(state, task_id, await _caller(request, state))
     entry = task.results[position] if position is not None and position < len(task.results) else None
     if entry is None or "document" not in entry:
         raise APIError(404, f"Task {task.task_id} has no result {index} (it is {task.status}).", code="NotFound")
@@ -137,9 +162,12 @@ async def get_result(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task_id = request.match_info["task_id"]
+    caller = await _caller(request, state)
+    if caller is not None:
+        await _task(state, task_id, caller)  # another key's task does not exist for this one
     canceled = await state.tasks.run(state.tasks.cancel, task_id)
     if canceled is None:
-        task = await _task(state, task_id)
+        task = await _task(state, task_id, caller)
         raise APIError(400, f"Only PENDING tasks can be canceled; task {task_id} is {task.status}.",
                        code="UnsupportedOperation")
     state.metrics.observe_task(canceled)
@@ -148,11 +176,14 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    """`GET /api/v1/tasks?page_no=1&page_size=10&status=...&model_name=...`, newest first."""
+    """`GET /api/v1/tasks?page_no=1&page_size=10&status=...&model_name=...`, newest first: the caller's tasks on a
+    server with API keys; every task on one without, if it allows that."""
     state = request.app[STATE]
-    if not state.options.enable_task_listing:
-        raise APIError(403, "Listing tasks is turned off on this server: it would show every client's tasks. Query "
-                       "a task by its id, or start the server with --enable-task-listing.", code="AccessDenied")
+    caller = await _caller(request, state)
+    if caller is None and not state.options.enable_task_listing:
+        raise APIError(403, "Listing tasks is turned off on this server: without API keys it would show every "
+                       "client's tasks. Query a task by its id, or start the server with --enable-task-listing (or "
+                       "with API keys, where each key lists its own).", code="AccessDenied")
     query = request.query
     page_no, page_size = _positive(query, "page_no", 1), _positive(query, "page_size", 10)
     if page_size > MAX_PAGE_SIZE:
@@ -163,7 +194,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     if status is not None and status not in STATUSES:
         raise invalid(f"Unknown status {status!r}; one of {', '.join(STATUSES)}.")
     tasks, total = await state.tasks.run(state.tasks.page, status, query.get("model_name") or None,
-                                         (page_no - 1) * page_size, page_size, read=True)
+                                         (page_no - 1) * page_size, page_size, caller, read=True)
     data = [{"task_id": t.task_id, "model_name": t.request.model, "status": t.status,
              "gmt_create": _time(t.submit_time), "start_time": _time(t.scheduled_time),
              "end_time": _time(t.end_time)} for t in tasks]
@@ -171,34 +202,41 @@ async def list_tasks(request: web.Request) -> web.Response:
                               "page_size": page_size, "total": total, "total_page": math.ceil(total / page_size)})
 
 
-def _output(task: Task, base_url: str) -> dict:
+def _output(task: Task, base_url: str, secret: bytes, ttl_s: float) -> dict:
     """Qwen's shape (`result.transcription_url`) for `input.file_url`; Paraformer's (`results[]`,
-    `task_metrics`) for `input.file_urls`."""
+    `task_metrics`) for `input.file_urls`. Result links are signed, valid as long as the task is kept."""
     output: dict = {"task_id": task.task_id, "task_status": task.status, "submit_time": _time(task.submit_time)}
     if task.scheduled_time is not None:
         output["scheduled_time"] = _time(task.scheduled_time)
     if task.end_time is not None:
         output["end_time"] = _time(task.end_time)
     result_url = f"{base_url}/api/v1/tasks/{task.task_id}/result"
+    expires = (task.end_time or time.time()) + ttl_s
+
+    def link(index: int) -> str:
+        path = f"{result_url}/{index}" if task.request.multi_file else result_url
+        return f"{path}?{result_link_query(secret, task.task_id, index, expires)}"
+
     if task.request.multi_file and task.results:
         output["results"] = [
             {"file_url": entry["file_url"], "subtask_status": entry["status"],
-             **({"transcription_url": f"{result_url}/{i}"} if "document" in entry else {}),
+             **({"transcription_url": link(i)} if "document" in entry else {}),
              **{key: entry[key] for key in ("code", "message") if key in entry}}
             for i, entry in enumerate(task.results)]
         succeeded = sum(entry["status"] == SUCCEEDED for entry in task.results)
         output["task_metrics"] = {"TOTAL": len(task.results), "SUCCEEDED": succeeded,
                                   "FAILED": len(task.results) - succeeded}
     elif task.status == SUCCEEDED:
-        output["result"] = {"transcription_url": result_url}
+        output["result"] = {"transcription_url": link(0)}
     if task.code is not None:
         output["code"], output["message"] = task.code, task.message
     return output
 
 
-async def _task(state: ServerState, task_id: str) -> Task:
+async def _task(state: ServerState, task_id: str, caller: str | None) -> Task:
+    """The task, if `caller` may see it: its own, one submitted without a key, or any (caller None)."""
     task = await state.tasks.run(state.tasks.get, task_id, read=True)
-    if task is None:
+    if task is None or caller is not None and task.request.key_hash not in (None, caller):
         raise APIError(404, f"Task {task_id!r} does not exist (or has expired).", code="NotFound")
     return task
 

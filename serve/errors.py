@@ -13,6 +13,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away first
 
 DASHSCOPE_PREFIX = "/api/v1/"
+OPENAI_CODES = {401: "invalid_api_key"}
 DASHSCOPE_CODES = {400: "InvalidParameter", 401: "InvalidApiKey", 403: "AccessDenied", 404: "NotFound",
                    405: "UnsupportedOperation", 413: "BadRequest.TooLarge", 429: "Throttling", 500: "InternalError",
                    503: "ServiceUnavailable"}
@@ -30,13 +31,15 @@ class APIError(Exception):
     """A failure with the HTTP status and the fields of OpenAI's error body; the middleware renders it."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 retry_after: int | None = None):
+                 retry_after: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
-        self.retry_after = retry_after
+        self.headers = dict(headers or {})
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(retry_after)
 
     @property
     def type(self) -> str:
@@ -63,7 +66,8 @@ def parse_count(text: str) -> int | None:
 
 
 def error_body(error: APIError) -> dict:
-    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+    code = error.code or OPENAI_CODES.get(error.status)
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": code}}
 
 
 def dashscope_error_body(error: APIError) -> dict:
@@ -72,10 +76,9 @@ def dashscope_error_body(error: APIError) -> dict:
 
 
 def error_response(error: APIError, request: web.Request | None = None) -> web.Response:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
     dashscope = request is not None and request.path.startswith(DASHSCOPE_PREFIX)
     body = dashscope_error_body(error) if dashscope else error_body(error)
-    return web.json_response(body, status=error.status, headers=headers)
+    return web.json_response(body, status=error.status, headers=error.headers)
 
 
 @web.middleware

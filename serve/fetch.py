@@ -5,7 +5,8 @@ included. Unless private addresses are allowed, every address the connection is 
 connector itself, after aiohttp's own parsing: the host as yarl normalised it (fullwidth digits, ideographic full
 stops and IDNA folded), resolved by DNS or read as an IP literal in any form the C library accepts (`2130706433`,
 `0x7f.1`), so a second DNS answer or a spelling the checks did not foresee cannot differ from what is connected to.
-Redirects are followed by hand so that each hop gets the same checks.
+Redirects are followed by hand so that each hop gets the same checks. Hosts named with --allow-url-host pass
+whatever they resolve to; only they do, so a redirect from one of them to another private address is refused.
 """
 
 import asyncio
@@ -24,7 +25,7 @@ from qasr.serve.budget import ByteBudget
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 16
 PRIVATE_HINT = "(private, loopback, link-local, multicast and reserved addresses are refused unless the server runs " \
-               "with --allow-private-urls)"
+               "with --allow-private-urls, or names the host with --allow-url-host)"
 
 
 class FetchError(Exception):
@@ -109,13 +110,39 @@ def numeric_address(host: str) -> str | None:
         return None
 
 
+class AllowedHosts:
+    """The hosts --allow-url-host lets through: names compared case-blind without a trailing dot, IP addresses in
+    any spelling of the same address."""
+
+    def __init__(self, hosts: Sequence[str] = ()):
+        self.names = {_plain(host) for host in hosts}
+        self.names |= {address for name in self.names if (address := numeric_address(name)) is not None}
+
+    def __contains__(self, host: str) -> bool:
+        name = _plain(host)
+        return name in self.names or numeric_address(name) in self.names
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+
+def _plain(host: str) -> str:
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
 class PublicConnector(aiohttp.TCPConnector):
     """Refuses every address `refusal` names, right where aiohttp turns a host into the addresses it connects to;
     aiohttp never calls the resolver for an IP literal, so a resolver alone would miss those."""
 
+    def __init__(self, *, allowed_hosts: AllowedHosts, **kwargs: object):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.allowed_hosts = allowed_hosts
+
     async def _resolve_host(self, host: str, port: int,
                             traces: Sequence[Trace] | None = None) -> list[ResolveResult]:
         results = await super()._resolve_host(host, port, traces)
+        if host in self.allowed_hosts:
+            return results
         allowed, reasons = [], []
         for result in results:
             address = numeric_address(result["host"])
@@ -133,12 +160,15 @@ class PublicConnector(aiohttp.TCPConnector):
 class Fetcher:
     """One connection pool for every download of a worker; `close` it when done."""
 
-    def __init__(self, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget):
+    def __init__(self, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget,
+                 allowed_hosts: Sequence[str] = ()):
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.allow_private = allow_private
+        self.allowed_hosts = AllowedHosts(allowed_hosts)
         self.budget = budget
-        connector = (aiohttp.TCPConnector if allow_private else PublicConnector)(limit=64)
+        connector = (aiohttp.TCPConnector(limit=64) if allow_private else
+                     PublicConnector(limit=64, allowed_hosts=self.allowed_hosts))
         # trust_env=False: the environment's proxy settings must not route around the address checks
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                              headers={"User-Agent": "qasr-filetrans"})
@@ -160,8 +190,10 @@ class Fetcher:
 
     async def _fetch(self, url: str) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
-            address = numeric_address(check_url(url).raw_host or "")
-            if not self.allow_private and address is not None and (reason := refusal(address)):
+            host = check_url(url).raw_host or ""
+            address = numeric_address(host)
+            if (not self.allow_private and address is not None and host not in self.allowed_hosts
+                    and (reason := refusal(address))):
                 raise FetchError(f"Refused to fetch {url}: {reason} {PRIVATE_HINT}.")  # early, with a plain message
             try:
                 async with self.session.get(url, allow_redirects=False) as response:

@@ -50,6 +50,10 @@ class Metrics:
         self.requests = Counter("qasr_requests", "Transcription requests by outcome", ["status"], registry=r)
         for status in STATUSES:
             self.requests.labels(status)
+        self.auth_failures = Counter("qasr_auth_failures", "Requests refused for a missing or wrong API key",
+                                     ["reason"], registry=r)
+        for reason in ("missing", "invalid"):
+            self.auth_failures.labels(reason)
         # read from the engine thread's scheduler when scraped: plain len() and a ratio, safe to read racily
         llm, scheduler = engine.engine, engine.engine.core.scheduler
         Gauge("qasr_num_requests_running", "Requests being decoded (all their audio pieces)",

@@ -7,8 +7,10 @@ from pathlib import Path
 from aiohttp import web
 
 from qasr.engine import AsyncEngine
+from qasr.serve.auth import KeyRing
 from qasr.serve.budget import AudioBudget
 from qasr.serve.connections import ConnectionGuard
+from qasr.serve.drain import Drain
 from qasr.serve.metrics import Metrics
 from qasr.serve.options import ServerOptions
 from qasr.serve.task_store import SqlTaskStore
@@ -30,6 +32,9 @@ class ServerState:
     worker: TaskWorker
     connections: ConnectionGuard
     audio_budget: AudioBudget  # seconds of decoded audio in flight: uploads and task files
+    keys: KeyRing
+    drain: Drain
+    secret: bytes | None = None  # the task store's, shared by every replica: read on first use (auth.caller_id)
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0  # transcription requests whose form was read, not yet answered
 

@@ -15,6 +15,7 @@ database that stopped answering would otherwise fill.
 import asyncio
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     results TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, submit_time);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 COLUMNS = ("task_id", "status", "request", "submit_time", "scheduled_time", "end_time", "owner", "lease_until",
            "attempts", "code", "message", "audio_seconds", "results")
@@ -67,6 +69,7 @@ class TaskRequest:
     multi_file: bool  # Paraformer's input.file_urls: answered with one output.results entry per file
     channels: list[int] = field(default_factory=lambda: [0])
     language: str | None = None  # resolved name, e.g. "English"; None: the model detects it
+    key_hash: str | None = None  # the submitting API key's keyed hash (auth.KeyRing); None: submitted without keys
 
 
 @dataclass(slots=True)
@@ -94,7 +97,7 @@ class SqlTaskStore:
 
     NOW = ""  # SQL for the database's clock in seconds since the epoch
     LOCK_CLAIMED = ""  # appended to claim's inner SELECT: PostgreSQL's row locks; SQLite's writes are serial anyway
-    MODEL = ""  # SQL for the `model` of the JSON `request` column
+    REQUEST_FIELD = ""  # SQL for a field of the JSON `request` column, `{}` its name
     OUTAGES: tuple[type[Exception], ...] = ()  # what the driver raises when the database cannot be reached
 
     def __init__(self, max_attempts: int = 3):
@@ -236,20 +239,29 @@ class SqlTaskStore:
         return len(rows)
 
     def page(self, status: str | None = None, model: str | None = None, offset: int = 0,
-             limit: int = 10) -> tuple[list[Task], int]:
-        """The newest tasks first, and how many match in all."""
+             limit: int = 10, key_hash: str | None = None) -> tuple[list[Task], int]:
+        """The newest tasks first, and how many match in all (of one API key's, with `key_hash`)."""
         where, args = [], []
         if status is not None:
             where.append("status = ?")
             args.append(status)
         if model is not None:
-            where.append(f"{self.MODEL} = ?")
+            where.append(f"{self.REQUEST_FIELD.format('model')} = ?")
             args.append(model)
+        if key_hash is not None:
+            where.append(f"{self.REQUEST_FIELD.format('key_hash')} = ?")
+            args.append(key_hash)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = self._query(f"SELECT COUNT(*) FROM tasks{clause}", args)[0][0]
         rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM tasks{clause} ORDER BY submit_time DESC "
                              "LIMIT ? OFFSET ?", (*args, limit, offset))
         return [_task(row) for row in rows], total
+
+    def secret(self, name: str) -> bytes:
+        """A random secret every replica sharing this store shares: made by whichever asks first."""
+        self._execute("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                      (name, secrets.token_hex(32)))
+        return bytes.fromhex(self._query("SELECT value FROM secrets WHERE name = ?", (name,))[0][0])
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
@@ -263,7 +275,7 @@ class TaskStore(SqlTaskStore):
     have a connection of their own: in WAL mode they never wait for a writer, here not for ours either."""
 
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # millisecond resolution
-    MODEL = "json_extract(request, '$.model')"
+    REQUEST_FIELD = "json_extract(request, '$.{}')"
     OUTAGES = (sqlite3.OperationalError,)  # locked past the busy timeout, the disk gone
     # another process's write makes ours wait this long at most, then fail (the worker retries on its next round):
     # well under a lease, so a stuck writer cannot make a renew late

@@ -38,7 +38,7 @@ class PostgresTaskStore(SqlTaskStore):
     NOW = "(EXTRACT(EPOCH FROM now())::float8)"  # the statement's transaction start: one instant per statement
     # rows another replica is claiming right now are skipped, not waited for, and never claimed twice
     LOCK_CLAIMED = " FOR UPDATE SKIP LOCKED"
-    MODEL = "(request::jsonb ->> 'model')"
+    REQUEST_FIELD = "(request::jsonb ->> '{}')"
     OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError)  # refused, dropped, timed out
 
     def __init__(self, url: str, max_attempts: int = 3):

@@ -53,13 +53,15 @@ class TaskWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, asyncio.Task] = {}  # claimed and not yet finished (or given up)
         self.finishing: set[str] = set()  # of those, the ones whose final status is being written
+        self.claiming = True  # off while the server drains: it finishes what it has and takes nothing new
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
         self.fetcher: Fetcher | None = None
 
     async def start(self) -> None:
         self.fetcher = Fetcher(self.options.max_fetch_bytes, self.options.fetch_timeout_s,
-                               self.options.allow_private_urls, ByteBudget(self.options.max_fetch_bytes_in_flight))
+                               self.options.allow_private_urls, ByteBudget(self.options.max_fetch_bytes_in_flight),
+                               self.options.allow_url_hosts)
         self.loop_task = asyncio.create_task(self._loop(), name="qasr-task-worker")
 
     async def stop(self) -> None:
@@ -95,7 +97,7 @@ class TaskWorker:
                     housekeeping_due = time.monotonic() + self.options.task_lease_s / 3
                 free = self.options.max_running_tasks - len(self.running)
                 # while the server holds all the audio it may, new tasks wait in the store (for any replica)
-                if free > 0 and self.engine.is_running and not self.audio_budget.full:
+                if free > 0 and self.claiming and self.engine.is_running and not self.audio_budget.full:
                     for task in await self.store.run(self.store.claim, self.owner, free, self.options.task_lease_s):
                         self.running[task.task_id] = asyncio.create_task(self._run(task))
             except Exception:  # e.g. the database stayed locked: try again on the next round

@@ -85,6 +85,22 @@ def test_flags_round_trip_into_the_configs() -> None:
     assert EngineConfig.from_cli_args(defaults) == EngineConfig()
 
 
+def test_repeatable_flags_add_to_their_environment_variable_and_secrets_stay_hidden(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QASR_API_KEYS", " sk-env-1, sk-env-2,")
+    monkeypatch.setenv("QASR_ALLOW_URL_HOSTS", "store.internal")
+    args = build_parser().parse_args(["serve", "--api-key", "sk-flag-1", "--api-key", "sk-flag-2",
+                                      "--allow-url-host", "10.0.0.5"])
+    options = ServerOptions.from_cli_args(args)
+    assert options.api_keys == ["sk-env-1", "sk-env-2", "sk-flag-1", "sk-flag-2"]
+    assert options.allow_url_hosts == ["store.internal", "10.0.0.5"]
+    assert "sk-" not in repr(options) and "store.internal" in repr(options)
+    text = help_text("serve")  # the environment is inherited: a key there must not show in --help either
+    assert "QASR_API_KEYS" in text and "sk-env" not in text and "store.internal" in text
+    monkeypatch.delenv("QASR_API_KEYS")
+    assert ServerOptions.from_cli_args(build_parser().parse_args(["serve"])).api_keys == []
+
+
 def test_excluded_flags_come_from_the_caller() -> None:
     parser = argparse.ArgumentParser()
     EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs"))

@@ -249,14 +249,15 @@ def test_result_url_follows_the_load_balancer(server, files, clips: list[dict], 
                                               get_json) -> None:
     task_id = submit(server, f"{files.url}/audio/{clips[2]['file']}")
     wait_done(server, task_id)
-    own = query(server, task_id)["output"]["result"]["transcription_url"]
+    own, signature = query(server, task_id)["output"]["result"]["transcription_url"].split("?")
     assert own == f"{server.url}/api/v1/tasks/{task_id}/result"
-    assert get_json(own + "/0") == get_json(own)
+    assert re.fullmatch(r"expires=\d+&signature=[0-9a-f]{64}", signature)
+    assert get_json(own + "/0") == get_json(own) == get_json(f"{own}?{signature}")
     for index in ("%C2%B2", "1", "99999999999999999999999"):  # "²".isdigit(), but not int("²")
         assert_dashscope_error(http("GET", f"{own}/{index}"), 404, "NotFound")
     proxied = query(server, task_id, {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "asr.example.com, lb",
                                       "X-Forwarded-Prefix": "/qasr"})["output"]["result"]["transcription_url"]
-    assert proxied == f"https://asr.example.com/qasr/api/v1/tasks/{task_id}/result"
+    assert proxied.split("?")[0] == f"https://asr.example.com/qasr/api/v1/tasks/{task_id}/result"
 
 
 def test_private_addresses_are_refused_unless_allowed(files, clips: list[dict], tmp_path: Path,
@@ -297,6 +298,40 @@ def test_private_addresses_are_refused_unless_allowed(files, clips: list[dict], 
         assert kind in str(allowed(address)), address
     assert URL("http://１６９.２５４.１６９.２５４/latest/meta-data/").raw_host == "169.254.169.254"
     assert numeric_address("0xa9.0xfe.0xa9.0xfe") == "169.254.169.254"
+
+
+def test_allowed_url_hosts_pass_and_no_other_private_address(files, clips: list[dict], tmp_path: Path, live_server,
+                                                              submit, wait_done, expected: list[str],
+                                                              get_json) -> None:
+    """--allow-url-host lets the named hosts through, in any spelling, on every hop; a redirect from one of them
+    to a private address it does not name is refused."""
+    allowing = live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=2)), ServerOptions(
+        task_db=str(tmp_path / "tasks.sqlite3"), allow_url_hosts=["LOCALHOST.", "127.0.0.3"])))
+    hop = web.AppRunner(web.Application())
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(request.query["to"])
+
+    hop.app.router.add_get("/redirect", redirect)
+    files.call(hop.setup())
+    files.call(web.TCPSite(hop, "127.0.0.3", 0).start())
+    try:
+        port, path = files.url.rsplit(":", 1)[1], f"/audio/{clips[0]['file']}"
+        via = f"http://0x7f.0.0.3:{hop.addresses[0][1]}/redirect?to="  # 127.0.0.3 spelled as the C library reads it
+        passing = [f"http://localhost:{port}{path}", f"{via}http://localhost:{port}{path}"]
+        refused = [f"http://127.0.0.1:{port}{path}", f"{via}http://127.0.0.1:{port}{path}",
+                   f"{via}http://[::1]:{port}{path}"]
+        for url in passing:
+            output = wait_done(allowing, submit(allowing, url))["output"]
+            assert output["task_status"] == SUCCEEDED, (url, output)
+            assert get_json(output["result"]["transcription_url"])["transcripts"][0]["text"] == expected[0]
+        for url in refused:
+            output = wait_done(allowing, submit(allowing, url))["output"]
+            assert output["task_status"] == FAILED and output["code"] == "FILE_DOWNLOAD_FAILED", (url, output)
+            assert "loopback" in output["message"] and "--allow-url-host" in output["message"], (url, output)
+    finally:
+        allowing.close()
+        files.call(hop.cleanup())
 
 
 def test_cancel_and_list_while_the_worker_is_held(files, clips: list[dict], tmp_path: Path, http, metric_values, submit,

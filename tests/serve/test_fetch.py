@@ -1,12 +1,12 @@
 """The address guard of file_url downloads (SSRF): every special-purpose block refused whole, and an IPv6 address
-judged by the IPv4 address it carries."""
+judged by the IPv4 address it carries; the hosts --allow-url-host names."""
 
 import ipaddress
 import random
 
 import pytest
 
-from qasr.serve.fetch import SPECIAL_PURPOSE, refusal
+from qasr.serve.fetch import SPECIAL_PURPOSE, AllowedHosts, refusal
 
 
 @pytest.mark.parametrize(("address", "reason"), [
@@ -36,3 +36,12 @@ def test_every_address_of_every_special_purpose_block_is_refused() -> None:
             if isinstance(address, ipaddress.IPv4Address):
                 assert refusal(f"::ffff:{address}") is not None and refusal(f"64:ff9b::{address}") is not None
                 assert refusal(str(ipaddress.IPv6Address((0x2002 << 112) | (int(address) << 80)))) is not None
+
+
+def test_allowed_hosts_match_any_spelling_of_the_named_host_only() -> None:
+    allowed = AllowedHosts(["Store.Internal.", "10.0.0.5", "[fd00::1]"])
+    for host in ("store.internal", "STORE.INTERNAL.", "10.0.0.5", "0xa.0.0.5", "167772165", "fd00::1", "[fd00:0::1]"):
+        assert host in allowed, host
+    for host in ("internal", "store.internal.example.com", "xstore.internal", "10.0.0.6", "fd00::2", ""):
+        assert host not in allowed, host
+    assert not AllowedHosts()

@@ -40,7 +40,8 @@ def servers(live_server, heldout):
 
 
 @pytest.mark.parametrize(("file", "printed"), [
-    ("test_seen-000000.opus", r"^http://127\.0\.0\.1:\d+/api/v1/tasks/[0-9a-f-]+/result$"),
+    ("test_seen-000000.opus",
+     r"^http://127\.0\.0\.1:\d+/api/v1/tasks/[0-9a-f-]+/result\?expires=\d+&signature=[0-9a-f]{64}$"),
     ("missing.wav", r"^FAILED FILE_DOWNLOAD_FAILED Fetching .*HTTP 404"),
 ])
 def test_the_dashscope_snippet_runs_for_a_task_that_succeeds_and_one_that_fails(servers, heldout, file: str,
