@@ -64,6 +64,8 @@ class Metrics:
               registry=r).set_function(lambda: scheduler.num_running)
         Gauge("qasr_num_sequences_waiting", "Sequences (audio pieces) waiting to be scheduled",
               registry=r).set_function(lambda: scheduler.num_waiting)
+        Gauge("qasr_engine_up", "1 while the engine runs; 0 once it has stopped (failed, or shut down by a drain)",
+              registry=r).set_function(lambda: float(engine.is_running))
         Gauge("qasr_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
               registry=r).set_function(lambda: scheduler.kv_usage)
         # DashScope-style tasks. The counter cannot be called qasr_async_tasks_total: its family name would be
@@ -72,6 +74,9 @@ class Metrics:
                                       "by final status", ["status"], registry=r)
         for status in task_store.FINAL_STATUSES:
             self.tasks_finished.labels(status.lower())
+        self.lease_expiries = Counter("qasr_async_task_lease_expiries", "Tasks whose lease ran out (the replica "
+                                      "running them stopped renewing): requeued, or failed after too many tries",
+                                      registry=r)
         self.task_latency = Histogram("qasr_async_task_latency_seconds", "File-transcription tasks, submitted to "
                                       "finished (SUCCEEDED or FAILED)", buckets=LATENCY_BUCKETS, registry=r)
         if tasks is not None:

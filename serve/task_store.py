@@ -214,17 +214,18 @@ class SqlTaskStore:
                                  "attempts = attempts - 1 WHERE owner = ? AND status = ? RETURNING task_id",
                                  (PENDING, owner, RUNNING)))
 
-    def requeue_expired(self) -> list[Task]:
+    def requeue_expired(self) -> tuple[list[Task], int]:
         """RUNNING tasks whose lease ran out (the owner died) go back to PENDING, or FAIL after max_attempts
-        claims, so that audio which kills the server cannot kill every replica in turn. Returns the failed."""
+        claims, so that audio which kills the server cannot kill every replica in turn. Returns the failed, and
+        how many went back to PENDING."""
         failed = self._execute(
             "UPDATE tasks SET status = ?, end_time = ?, code = 'InternalError', "
             "message = 'The task was interrupted ' || attempts || ' times (the server running it stopped); "
             f"giving up.', lease_until = NULL WHERE status = ? AND lease_until < {self.NOW} AND attempts >= ? "
             f"RETURNING {', '.join(COLUMNS)}", (FAILED, time.time(), RUNNING, self.max_attempts))
-        self._execute(f"UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL WHERE status = ? "
-                      f"AND lease_until < {self.NOW}", (PENDING, RUNNING))
-        return [_task(row) for row in failed]
+        requeued = self._execute(f"UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL WHERE status = ? "
+                                 f"AND lease_until < {self.NOW} RETURNING task_id", (PENDING, RUNNING))
+        return [_task(row) for row in failed], len(requeued)
 
     def cancel(self, task_id: str) -> Task | None:
         """PENDING -> CANCELED; None if the task is not PENDING (or does not exist)."""

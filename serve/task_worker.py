@@ -115,9 +115,14 @@ class TaskWorker:
                 if task_id in self.running and task_id not in self.finishing:
                     logger.warning("task %s: lost its lease; abandoning it", task_id)
                     self.running[task_id].cancel()
-        for task in await self.store.run(self.store.requeue_expired):
+        failed, requeued = await self.store.run(self.store.requeue_expired)
+        for task in failed:
             logger.warning("task %s failed: %s", task.task_id, task.message)
             self.metrics.observe_task(task)
+        if failed or requeued:
+            logger.warning("%d tasks' leases ran out (the replica running them stopped): %d back to PENDING, %d "
+                           "failed", len(failed) + requeued, requeued, len(failed))
+            self.metrics.lease_expiries.inc(len(failed) + requeued)
         await self.store.run(self.store.purge, time.time() - self.options.task_ttl_hours * 3600)
 
     async def _run(self, task: Task) -> None:

@@ -387,9 +387,10 @@ def test_tasks_survive_a_restart(files, clips: list[dict], expected: list[str], 
 
 
 def test_a_dead_replicas_task_runs_again(server, files, clips: list[dict],
-                                         expected: list[str], wait_done, get_json) -> None:
+                                         expected: list[str], wait_done, get_json, metric_values) -> None:
     """A task another process claimed and stopped renewing (it died) goes back to PENDING and runs here."""
     other = TaskStore(server.db)
+    expiries = metric_values(server.url)[("qasr_async_task_lease_expiries_total", ())]
     try:
         task = Task(task_id="from-a-dead-replica", submit_time=time.time() - 100,
                     request=TaskRequest(model="qasr-demo", file_urls=[f"{files.url}/audio/{clips[2]['file']}"],
@@ -402,6 +403,7 @@ def test_a_dead_replicas_task_runs_again(server, files, clips: list[dict],
         assert get_json(output["result"]["transcription_url"])["transcripts"][0]["text"] == expected[2]
         finished = other.get(task.task_id)
         assert finished.owner != "dead-replica" and finished.attempts == 2
+        assert metric_values(server.url)[("qasr_async_task_lease_expiries_total", ())] == expiries + 1
     finally:
         other.close()
 
@@ -411,7 +413,7 @@ def test_a_task_that_keeps_killing_its_server_fails(tmp_path: Path) -> None:
     store.add(Task(task_id="poison", request=TaskRequest(model="m", file_urls=["http://x/a.wav"], multi_file=False)))
     for attempt in range(2):
         assert [t.task_id for t in store.claim(f"replica-{attempt}", 5, lease_seconds=-1)] == ["poison"]
-        failed = store.requeue_expired()
+        failed, _ = store.requeue_expired()
     [task] = failed
     assert task.status == FAILED and "interrupted 2 times" in task.message
     assert store.claim("replica-3", 5, 10) == []

@@ -92,7 +92,7 @@ def start_drain(server, now: asyncio.Event | None = None):
 
 
 def test_a_drain_lets_requests_in_flight_finish_and_turns_new_ones_away(live_server, clip: dict, http,
-                                                                         tmp_path: Path) -> None:
+                                                                         metric_values, tmp_path: Path) -> None:
     server = live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=2)),
                                     ServerOptions(task_db=str(tmp_path / "tasks.sqlite3"))))
     try:
@@ -116,6 +116,7 @@ def test_a_drain_lets_requests_in_flight_finish_and_turns_new_ones_away(live_ser
         assert status == 200 and json.loads(body)["text"] == expected, body
         draining.result(timeout=10)
         assert not server.state.engine.is_running  # stopped once nothing was left in flight
+        assert metric_values(server.url)[("qasr_engine_up", ())] == 0
     finally:
         server.close()
 

@@ -73,7 +73,7 @@ def exposition() -> str:
     store = TaskStore(":memory:")
     try:
         llm = SimpleNamespace(core=SimpleNamespace(scheduler=scheduler), num_running_requests=2, num_waiting_requests=1)
-        metrics = Metrics(SimpleNamespace(engine=llm), store)
+        metrics = Metrics(SimpleNamespace(engine=llm, is_running=True), store)
         return metrics.render().decode()
     finally:
         store.close()

@@ -126,9 +126,9 @@ def store(url: str):
     store.close()
 
 
-def new_task(task_id: str, submit_time: float | None = None, model: str = "m") -> Task:
+def new_task(task_id: str, submit_time: float | None = None, model: str = "m", key_hash: str | None = None) -> Task:
     task = Task(task_id=task_id, request=TaskRequest(model=model, file_urls=[f"http://x/{task_id}.wav"],
-                                                     multi_file=False))
+                                                     multi_file=False, key_hash=key_hash))
     if submit_time is not None:
         task.submit_time = submit_time
     return task
@@ -220,7 +220,7 @@ def test_renew_extends_only_the_owners_leases(store: SqlTaskStore) -> None:
     store.claim("a", 3, lease_seconds=-1)  # already expired
     store.renew("a", ["t0", *(f"other-{i}" for i in range(600))], 60)  # more ids than SQLite binds at once
     store.renew("b", ["t1"], 60)
-    assert store.requeue_expired() == []
+    assert store.requeue_expired() == ([], 2)
     t0, t1, t2 = (store.get(f"t{i}") for i in range(3))
     assert t0.status == RUNNING and t0.owner == "a" and t0.lease_until == pytest.approx(time.time() + 60, abs=5)
     for task in (t1, t2):
@@ -230,10 +230,10 @@ def test_renew_extends_only_the_owners_leases(store: SqlTaskStore) -> None:
 def test_leases_run_out_on_time(store: SqlTaskStore) -> None:
     store.add(new_task("a"))
     store.claim("a", 1, lease_seconds=1.0)
-    store.requeue_expired()
+    assert store.requeue_expired() == ([], 0)
     assert store.get("a").status == RUNNING
     time.sleep(1.2)
-    store.requeue_expired()
+    assert store.requeue_expired() == ([], 1)
     assert store.get("a").status == PENDING
 
 
@@ -242,11 +242,12 @@ def test_a_task_interrupted_max_attempts_times_fails(url: str) -> None:
     store.add(new_task("poison", submit_time=1))
     store.add(new_task("healthy", submit_time=2))
     assert ids(store.claim("r1", 1, lease_seconds=-1)) == ["poison"]
-    assert store.requeue_expired() == []
+    assert store.requeue_expired() == ([], 1)
     assert (store.get("poison").status, store.get("poison").attempts) == (PENDING, 1)
     assert ids(store.claim("r2", 1, lease_seconds=-1)) == ["poison"]
     assert ids(store.claim("r2", 1, lease_seconds=60)) == ["healthy"]
-    [failed] = store.requeue_expired()
+    [failed], requeued = store.requeue_expired()
+    assert requeued == 0
     assert failed.task_id == "poison" and failed.status == FAILED and failed.code == "InternalError"
     assert "interrupted 2 times" in failed.message and failed.end_time == pytest.approx(time.time(), abs=5)
     assert store.get("poison") == failed and store.get("healthy").status == RUNNING
@@ -281,7 +282,8 @@ def test_only_pending_tasks_cancel(store: SqlTaskStore) -> None:
 
 def test_page_lists_newest_first_with_filters(store: SqlTaskStore) -> None:
     for i in range(5):
-        store.add(new_task(f"t{i}", submit_time=100 + i, model="m1" if i % 2 == 0 else "m2"))
+        store.add(new_task(f"t{i}", submit_time=100 + i, model="m1" if i % 2 == 0 else "m2",
+                           key_hash="alice" if i < 2 else None))
     store.cancel("t3")
     tasks, total = store.page()
     assert ids(tasks) == ["t4", "t3", "t2", "t1", "t0"] and total == 5
@@ -291,6 +293,19 @@ def test_page_lists_newest_first_with_filters(store: SqlTaskStore) -> None:
     assert (ids(store.page(model="m1")[0]), store.page(model="m1")[1]) == (["t4", "t2", "t0"], 3)
     assert store.page(status=PENDING, model="m2", limit=1) == ([store.get("t1")], 1)
     assert store.page(model="nobody") == ([], 0)
+    assert ids(store.page(key_hash="alice")[0]) == ["t1", "t0"] and store.page(key_hash="bob") == ([], 0)
+    assert ids(store.page(model="m1", key_hash="alice")[0]) == ["t0"]
+
+
+def test_every_store_on_one_database_shares_one_secret(url: str) -> None:
+    first, second = open_task_store(url), open_task_store(url)
+    try:
+        secret = first.secret("qasr")
+        assert len(secret) == 32 and second.secret("qasr") == secret == first.secret("qasr")
+        assert second.secret("another") not in (secret, b"")
+    finally:
+        first.close()
+        second.close()
 
 
 def test_counts_every_status(store: SqlTaskStore) -> None:
