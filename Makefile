@@ -17,6 +17,10 @@ $(BIN)/qasr: pyproject.toml
 	# a throwaway PostgreSQL server for the task store's tests; Debian keeps initdb off PATH
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq postgresql)
+	# the deployment files' validators and the fault test's load balancer: nginx (nginx -t, the fault test) and
+	# promtool (the alert rules); hadolint and kubernetes-validate come with the test extra
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx-light)
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
 	touch $@
 
 setup: $(BIN)/qasr

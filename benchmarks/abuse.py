@@ -20,12 +20,8 @@ import io
 import json
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -33,6 +29,7 @@ import soundfile as sf
 import torch
 
 from qasr.benchmarks.heldout import HELDOUT
+from qasr.benchmarks.processes import ServerProcess
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
 
 RUNS = ("fuzz", "burst", "hangups", "slow", "amplification")
@@ -48,41 +45,6 @@ FIELD_VALUES = {
     "timestamp_granularities[]": ["segment", "word", "char", ""],
     "max_completion_tokens": ["1", "2", "0", "-5", "9" * 5000, "1.5", "²"],
 }
-
-
-class ServerProcess:
-    """`qasr serve` in a process of its own (optionally under a lower open-file limit, soft and hard); `.url` once it
-    listens, `.peak_rss_mb()`, `.log()`, `.stop()` (SIGINT; returns the exit code)."""
-
-    def __init__(self, *flags: str, log_path: Path, open_files: int | None = None):
-        command = [sys.executable, "-m", "qasr", "serve", "--port", "0", "--task-db", ":memory:", *flags]
-        if open_files is not None:
-            command = ["bash", "-c", f'ulimit -n {open_files} && exec "$@"', "qasr", *command]
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while not (found := re.search(r"serving \S+ on (http://\S+) ", self.log())):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                raise RuntimeError(f"qasr serve did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-        self.url = found.group(1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def peak_rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
 
 
 def wav(samples: np.ndarray, rate: int, fmt: str = "WAV") -> bytes:

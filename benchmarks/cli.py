@@ -13,6 +13,8 @@ BENCHMARKS = {
                                          "transcription server (qasr, vLLM, sglang-omni)"),
     "abuse": ("qasr.benchmarks.abuse", "fuzz, bursts, hang-ups, slow connections and cheap expensive inputs "
                                        "against a qasr server: no 5xx, no hang, and how it recovers"),
+    "faults": ("qasr.benchmarks.faults", "replicas behind nginx killed and drained under load: no task lost, no "
+                                         "request hung, only the dead replica's requests failed"),
 }
 
 

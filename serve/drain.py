@@ -44,5 +44,12 @@ class Drain:
 
 
 def shutting_down() -> APIError:
+    """A request turned away by a draining server: nothing of it ran."""
     return APIError(503, "This server is shutting down; retry the request (another replica will take it).",
                     code="shutting_down", retry_after=RETRY_AFTER_S)
+
+
+def cut_short() -> APIError:
+    """A request the server had started but stopped when its drain ran out of time (or a second SIGTERM came)."""
+    return APIError(503, "This server shut down before your request finished (it outlasted the drain); retry it.",
+                    code="shut_down_in_flight", retry_after=RETRY_AFTER_S)

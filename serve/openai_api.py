@@ -20,7 +20,7 @@ from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_a
 from qasr.engine.languages import Language, UnknownLanguageError, language_code, resolve_language
 from qasr.engine.request import InvalidRequest, output_token_cap
 from qasr.serve.budget import AudioBudgetExceeded, AudioClaim
-from qasr.serve.drain import shutting_down
+from qasr.serve.drain import cut_short
 from qasr.serve.errors import APIError, bad_request, error_body, logger, parse_count
 from qasr.serve.formats import FORMATS, duration_usage, to_srt, to_verbose_json, to_vtt
 from qasr.serve.state import STATE, ServerState
@@ -355,7 +355,7 @@ def engine_failure(state: ServerState, error: Exception) -> APIError:
     if isinstance(error, ValueError):
         return bad_request(str(error))
     if state.engine_failed:
-        return shutting_down() if state.drain.draining else engine_unavailable()
+        return cut_short() if state.drain.draining else engine_unavailable()
     logger.error("the engine failed request: %r", error)
     return APIError(500, "The engine failed while processing your request.")
 

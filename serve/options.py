@@ -50,7 +50,8 @@ class ServerOptions(CliArgs):
                                             "SIGHUP", group=ACCESS)
     # a SQLite file (":memory:": this process only), or postgresql://... for replicas on several hosts
     task_db: str = option(".qasr/tasks.sqlite3", "task store: a SQLite file (replicas on one host may share it) or "
-                                                 "a postgresql:// URL (replicas on several hosts)", group=TASKS)
+                                                 "a postgresql:// URL (replicas on several hosts); default "
+                                                 ".qasr/tasks.sqlite3", group=TASKS, env="QASR_TASK_DB", secret=True)
     max_running_tasks: int = option(64, "tasks this server runs at once, all batched by the engine (0: accept "
                                         "tasks but leave them to other replicas)", group=TASKS)
     max_fetch_mb: float = option(512.0, "largest file_url download", group=TASKS)

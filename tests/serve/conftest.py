@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from qasr.benchmarks.abuse import ServerProcess
 from qasr.benchmarks.heldout import HELDOUT
+from qasr.benchmarks.processes import Nginx, ServerProcess, ThrowawayPostgres
 from qasr.engine import AsyncEngine, EngineConfig
 from qasr.serve.app import create_app, start
 from qasr.serve.options import ServerOptions
@@ -162,6 +162,22 @@ def serve_process():
     """The class `ServerProcess(*flags, log_path=..., open_files=None)`: `qasr serve` in its own process; `.url`,
     `.log()`, `.peak_rss_mb()`, `.stop()` (SIGINT, returns the exit code)."""
     return ServerProcess
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server for the module: `.new_database()` -> a URL, `.admin` (a psycopg connection),
+    `.pause()` and `.start()`."""
+    server = ThrowawayPostgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx():
+    """The class `Nginx(replicas, root)`: the repository's deploy/nginx/qasr.conf served by nginx on loopback,
+    pointed at `replicas` ("127.0.0.1:PORT" each); `.url`, `.error_log()`, `.stop()`."""
+    return Nginx
 
 
 @pytest.fixture(name="http", scope="session")

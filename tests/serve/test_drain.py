@@ -142,7 +142,7 @@ def test_what_a_drain_leaves_gets_a_503_and_its_tasks_go_back_to_pending(live_se
         wait_for(lambda: not server.state.engine.is_running)  # the drain is over, the upload still held
         assert time.monotonic() - started < 5
         status, headers, body = held.finish()
-        assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
+        assert status == 503 and json.loads(body)["error"]["code"] == "shut_down_in_flight", body
         draining.result(timeout=10)
         task = server.call(server.state.tasks.run(server.state.tasks.get, task_id))
         assert task.status == PENDING and task.owner is None  # for another replica to run

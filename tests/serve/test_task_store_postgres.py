@@ -3,15 +3,8 @@ tests; then PostgreSQL's own cases, and two servers sharing one PostgreSQL datab
 
 import asyncio
 import dataclasses
-import glob
 import json
-import os
-import pwd
-import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +13,7 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from qasr.benchmarks.processes import ThrowawayPostgres
 from qasr.engine import AsyncEngine, EngineConfig
 from qasr.serve.app import create_app
 from qasr.serve.options import ServerOptions
@@ -37,79 +31,6 @@ from qasr.serve.task_store import (
     open_task_store,
 )
 from qasr.serve.task_store_postgres import PostgresTaskStore
-
-
-class Postgres:
-    """A PostgreSQL server of its own in a temporary folder, on a free loopback port; one database per test."""
-
-    def __init__(self):
-        bindir = postgres_bindir()
-        # postgres refuses to run as root; pytest's tmp_path is private to root, so the folder is a fresh one in /tmp
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.root = Path(tempfile.mkdtemp(prefix="qasr-pg-"))
-        if self.as_user:
-            try:
-                user = pwd.getpwnam("postgres")
-            except KeyError:
-                pytest.fail("the tests run as root and PostgreSQL needs a user to run as: no `postgres` user here "
-                            "(installing postgresql with apt-get creates it)")
-            os.chown(self.root, user.pw_uid, user.pw_gid)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.pg_ctl = [*self.as_user, str(bindir / "pg_ctl"), "-D", str(self.root / "data")]
-        self._run(*self.as_user, str(bindir / "initdb"), "-D", str(self.root / "data"), "-U", "postgres",
-                  "--auth=trust", "-E", "UTF8", "--no-sync")
-        self.start()
-        self.admin = psycopg.connect(self.url("postgres"), autocommit=True)
-        self.databases = 0
-
-    def start(self) -> None:
-        self._run(*self.pg_ctl, "-l", str(self.root / "log"), "-w", "-t", "30", "start", "-o",
-                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
-
-    def pause(self) -> None:
-        """Stops the server, keeping its data; start() brings it back."""
-        self._run(*self.pg_ctl, "-m", "immediate", "-w", "stop")
-
-    def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def new_database(self) -> str:
-        self.databases += 1
-        self.admin.execute(f"CREATE DATABASE tasks_{self.databases}")
-        return self.url(f"tasks_{self.databases}")
-
-    def stop(self) -> None:
-        self.admin.close()
-        subprocess.run([*self.pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def _run(self, *command: str) -> None:
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            log = self.root / "log"
-            pytest.fail(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}"
-                        f"{log.read_text() if log.exists() else ''}")
-
-
-def postgres_bindir() -> Path:
-    """The folder of initdb and pg_ctl: on PATH, or where Debian's packages put them (the newest version)."""
-    initdb = shutil.which("initdb")
-    if initdb is not None:
-        return Path(initdb).resolve().parent
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: int(path.split("/")[4]))
-    if not found:
-        pytest.fail("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin): "
-                    "`apt-get install postgresql`, which `make setup` does")
-    return Path(found[-1]).parent
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = Postgres()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -484,7 +405,7 @@ def test_postgres_connections_time_out(postgres) -> None:
 
 def test_a_database_outage_is_503_with_retry_after_and_a_degraded_health(files, live_server, heldout, http,
                                                                           metric_values, submit, wait_done) -> None:
-    database = Postgres()  # one of its own: it goes down in this test
+    database = ThrowawayPostgres()  # one of its own: it goes down in this test
     clip = json.loads((heldout / "manifest.jsonl").read_text().splitlines()[0])["file"]
     server = live_server(create_app(AsyncEngine(EngineConfig(max_num_seqs=4)),
                                     ServerOptions(task_db=database.new_database(), allow_private_urls=True)))

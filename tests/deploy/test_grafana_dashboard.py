@@ -4,13 +4,9 @@ the server's /metrics exports (serve.metrics.Metrics over a fake engine and an e
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
-
-from qasr.serve.metrics import Metrics
-from qasr.serve.task_store import TaskStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -65,65 +61,13 @@ def variable_exprs(dashboard: dict) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def exposition() -> str:
-    """The /metrics text of a fresh app: its gauges read a fake engine's scheduler, its task counts an empty
-    in-memory task store."""
-    scheduler = SimpleNamespace(num_running=3, num_waiting=5, kv_usage=0.25)
-    store = TaskStore(":memory:")
-    try:
-        llm = SimpleNamespace(core=SimpleNamespace(scheduler=scheduler), num_running_requests=2, num_waiting_requests=1)
-        metrics = Metrics(SimpleNamespace(engine=llm, is_running=True), store)
-        return metrics.render().decode()
-    finally:
-        store.close()
-
-
-@pytest.fixture(scope="module")
-def exported(exposition: str) -> dict[str, str]:
-    """Every series name the exposition carries -> its family's type. Built from the `# TYPE` lines, so labelled
-    metrics that have no children yet (nothing observed) count too; expanded the way prometheus-client exposes
-    each type (counters as `_total`, histograms as `_bucket`/`_sum`/`_count`; `_created` are their own gauges)."""
-    series: dict[str, str] = {}
-    for line in exposition.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            if kind == "counter":
-                series[name if name.endswith("_total") else name + "_total"] = "counter"
-            elif kind == "histogram":
-                series.update({name + "_bucket": "histogram", name + "_sum": "histogram",
-                               name + "_count": "histogram"})
-            elif kind == "summary":
-                series.update({name: "summary", name + "_sum": "summary", name + "_count": "summary"})
-            else:
-                series[name] = kind
-    for line in exposition.splitlines():
-        if line and not line.startswith("#"):
-            name = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", line).group(0)
-            assert name in series, f"sample {name} has no # TYPE line"
-    return series
-
-
-@pytest.fixture(scope="module")
-def sample_labels(exposition: str) -> dict[str, dict[str, set[str]]]:
-    """Series name -> label name -> values seen on its samples (only for series that have samples)."""
-    out: dict[str, dict[str, set[str]]] = {}
-    for line in exposition.splitlines():
-        if line and not line.startswith("#"):
-            m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{([^}]*)\})?", line)
-            labels = out.setdefault(m.group(1), {})
-            for label, value in re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="([^"]*)"', m.group(3) or ""):
-                labels.setdefault(label, set()).add(value)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- PromQL helpers
 
-def kind(name: str, exported: dict[str, str]) -> str:
-    """The exported series' type; for one not exported (test_every_queried_metric_is_exported reports those), what
-    its suffix says."""
-    if name in exported:
-        return exported[name]
+def kind(name: str, exported_series: dict[str, str]) -> str:
+    """The exported series' type; for one not exported (test_every_queried_metric_is_exported reports those), what its
+    suffix says."""
+    if name in exported_series:
+        return exported_series[name]
     return "counter" if name.endswith("_total") else "histogram" if name.endswith(("_bucket", "_sum", "_count")) \
         else "gauge"
 
@@ -246,7 +190,7 @@ def test_rows_and_panel_targets(dashboard: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------------- PromQL
 
-def test_promql_shape(dashboard: dict, exported: dict[str, str]) -> None:
+def test_promql_shape(dashboard: dict, exported_series: dict[str, str]) -> None:
     for where, query in variable_exprs(dashboard):  # Grafana's label_values(), not PromQL
         assert balanced(query) and re.fullmatch(r"label_values\(qasr_\w+(\{[^}]*\})?, *\w+\)", query), where
     for where, expr in panel_exprs(dashboard):
@@ -265,10 +209,10 @@ def test_promql_shape(dashboard: dict, exported: dict[str, str]) -> None:
         for s, e in ranged:
             assert re.search(r"\[[^\]]+\]", bare[s:e]), f"{where}: range function without a range"
             for name in metric_names(bare[s:e]):
-                assert kind(name, exported) in {"counter", "histogram"}, f"{where}: rate() over gauge {name}"
+                assert kind(name, exported_series) in {"counter", "histogram"}, f"{where}: rate() over gauge {name}"
         outside = "".join(ch if not any(s <= i < e for s, e in ranged) else " " for i, ch in enumerate(bare))
         for name in metric_names(outside):
-            assert kind(name, exported) not in {"counter", "histogram"}, f"{where}: raw {name}, use rate()"
+            assert kind(name, exported_series) not in {"counter", "histogram"}, f"{where}: raw {name}, use rate()"
 
 
 def test_panel_queries_follow_job_and_instance(dashboard: dict) -> None:
@@ -280,22 +224,22 @@ def test_panel_queries_follow_job_and_instance(dashboard: dict) -> None:
                 f"{where}: malformed selector {name}{{{matchers}}}"
 
 
-def test_labels_exist(dashboard: dict, sample_labels: dict[str, dict[str, set[str]]]) -> None:
+def test_labels_exist(dashboard: dict, exported_labels: dict[str, dict[str, set[str]]]) -> None:
     """Grouping and matcher labels exist on the series queried, and `label="value"` matchers name a value the server
     exports (where the series has samples to tell)."""
     for where, expr in panel_exprs(dashboard):
         names = metric_names(expr)
         known = TARGET_LABELS | {"le"}
         for name in names:
-            known |= set(sample_labels.get(name, {}))
-        if any(name not in sample_labels for name in names):
+            known |= set(exported_labels.get(name, {}))
+        if any(name not in exported_labels for name in names):
             known.add("status")  # a labelled series with nothing observed yet shows no labels: trust `status` there
         for labels in grouping_labels(expr):
             assert labels <= known, f"{where}: grouping by unknown labels {labels - known}"
         for name, matchers in selectors(expr):
-            if name not in sample_labels:
+            if name not in exported_labels:
                 continue
-            have = sample_labels[name]
+            have = exported_labels[name]
             for label, op, value in re.findall(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers or ""):
                 if label in TARGET_LABELS:
                     continue
@@ -314,12 +258,12 @@ def test_fake_engine_feeds_the_gauges(exposition: str) -> None:
     assert "qasr_kv_cache_usage_perc 0.25" in exposition
 
 
-def test_every_queried_metric_is_exported(dashboard: dict, exported: dict[str, str]) -> None:
+def test_every_queried_metric_is_exported(dashboard: dict, exported_series: dict[str, str]) -> None:
     queried: dict[str, str] = {}
     for where, expr in panel_exprs(dashboard) + variable_exprs(dashboard):
         for name in metric_names(expr):
             queried.setdefault(name, where)
-    missing = {name: where for name, where in queried.items() if name not in exported}
+    missing = {name: where for name, where in queried.items() if name not in exported_series}
     assert not missing, f"the dashboard queries series the server does not export: {missing}"
 
 

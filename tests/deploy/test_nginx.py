@@ -1,0 +1,89 @@
+"""deploy/nginx/qasr.conf: Debian's `nginx -t` accepts it as it stands, and its limits, timeouts, headers and retry
+rules match what the server does (tests/benchmarks/test_faults.py runs it in front of real replicas)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qasr.benchmarks.processes import NGINX_CONFIG, main_config, point_at
+from qasr.serve.options import ServerOptions
+
+SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+@pytest.fixture(scope="module")
+def config() -> str:
+    return NGINX_CONFIG.read_text()
+
+
+def directives(text: str, name: str) -> list[str]:
+    """The arguments of every `name ...;` directive, comments left out."""
+    bare = re.sub(r"#[^\n]*", "", text)
+    return [match.strip() for match in re.findall(rf"(?<![\w-]){name}\s+([^;{{]*);", bare)]
+
+
+def block(text: str, header: str) -> str:
+    """The body of the block that opens with `header {` (no nested blocks inside)."""
+    match = re.search(re.escape(header) + r"\s*\{([^{}]*)\}", re.sub(r"#[^\n]*", "", text))
+    assert match, f"no block {header!r}"
+    return match.group(1)
+
+
+def seconds(value: str) -> float:
+    return float(value.removesuffix("s"))
+
+
+def test_nginx_accepts_the_config_as_it_stands(tool, tmp_path: Path, config: str) -> None:
+    nginx = tool("nginx", "apt-get install nginx-light (make setup does)")
+    (tmp_path / "nginx.conf").write_text(main_config(tmp_path, NGINX_CONFIG))
+    done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-e", str(tmp_path / "error.log")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr
+    pointed = point_at(config, ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"], "127.0.0.1:8080")
+    (tmp_path / "qasr.conf").write_text(pointed)
+    (tmp_path / "nginx.conf").write_text(main_config(tmp_path, tmp_path / "qasr.conf"))
+    done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-e", str(tmp_path / "error.log")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for name in ("qasr", "qasr_tasks"):
+        servers = directives(block(pointed, f"upstream {name}"), "server")
+        assert [server.split()[0] for server in servers] == ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+    assert directives(pointed, "listen") == ["127.0.0.1:8080"]
+
+
+def test_upstreams_balance_by_load_and_check_replicas_passively(config: str) -> None:
+    upstreams = {name: block(config, f"upstream {name}") for name in ("qasr", "qasr_tasks")}
+    replicas = []
+    for name, body in upstreams.items():
+        assert "least_conn" in body, name
+        servers = directives(body, "server")
+        assert servers and all(re.search(r"max_fails=\d+ fail_timeout=\d+s", server) for server in servers), name
+        replicas.append([server.split()[0] for server in servers])
+        # nginx closes idle upstream connections before the server does, never the other way round
+        assert seconds(directives(body, "keepalive_timeout")[0]) < ServerOptions().keepalive_timeout_s, name
+    assert replicas[0] == replicas[1], "both upstreams list the same replicas"
+
+
+def test_limits_and_timeouts_match_the_servers(config: str) -> None:
+    options = ServerOptions()
+    size = directives(config, "client_max_body_size")[0]
+    assert int(size[:-1]) * SIZES[size[-1]] >= options.max_body_bytes  # an upload the server takes passes nginx
+    assert seconds(directives(config, "client_header_timeout")[0]) == options.header_timeout_s
+    assert seconds(directives(config, "client_body_timeout")[0]) <= options.upload_timeout_s
+    transcriptions = block(config, "location /v1/")
+    assert directives(transcriptions, "proxy_buffering") == ["off"]  # SSE events reach the client as they come
+    # a stream waiting for its first token stays alive through the server's SSE keep-alive comments
+    assert seconds(directives(transcriptions, "proxy_read_timeout")[0]) >= 60 * options.sse_keepalive_s
+
+
+def test_result_links_and_retries(config: str) -> None:
+    headers = dict(value.split(None, 1) for value in directives(config, "proxy_set_header"))
+    assert headers["X-Forwarded-Proto"] == "$scheme" and headers["X-Forwarded-Host"] == "$http_host"
+    assert headers["Host"] == "$host" and headers["Connection"] == '""'
+    [retry] = directives(config, "proxy_next_upstream")
+    # a POST that reached a replica is never sent to another: it may have run there (a task stored, audio decoded)
+    assert "non_idempotent" not in retry and {"error", "timeout", "http_503"} <= set(retry.split())
+    assert int(directives(config, "proxy_next_upstream_tries")[0]) >= 2
+    assert directives(block(config, "location = /metrics"), "return") == ["404"]  # scrape the replicas themselves
