@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from qasr.benchmarks.heldout import HELDOUT
-from qasr.benchmarks.processes import Nginx, ServerProcess, ThrowawayPostgres
+from qasr.benchmarks.processes import ServerProcess, ThrowawayPostgres
 from qasr.engine import AsyncEngine, EngineConfig
 from qasr.serve.app import create_app, start
 from qasr.serve.options import ServerOptions
@@ -171,13 +171,6 @@ def postgres():
     server = ThrowawayPostgres()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def nginx():
-    """The class `Nginx(replicas, root)`: the repository's deploy/nginx/qasr.conf served by nginx on loopback,
-    pointed at `replicas` ("127.0.0.1:PORT" each); `.url`, `.error_log()`, `.stop()`."""
-    return Nginx
 
 
 @pytest.fixture(name="http", scope="session")
