@@ -52,6 +52,7 @@ KEY, ADDED_KEY = "sk-faults-0123456789", "sk-faults-added-9876543210"
 SUBMIT = "/api/v1/services/audio/asr/transcription"
 FINAL = ("SUCCEEDED", "FAILED", "CANCELED")
 MAX_TRIES = 6  # a client's attempts at one request that nginx or a draining replica turns away
+RETRY_AFTER_S = 1.0  # what a draining replica's Retry-After says
 LONG_CLIP_SECONDS = 12.0  # the load's clips: long enough that a fault finds requests in flight
 
 
@@ -69,6 +70,7 @@ class Call:
     first_code: str | None = None  # the error code of the first answer, if it was an error
     tries: int = 0
     text: str | None = None  # a transcription's
+    task_id: str | None = None  # an accepted submit's
     wrong_text: bool = False
 
 
@@ -156,9 +158,9 @@ class Run:
             call.tries += 1
             if call.tries == 1:
                 call.first, call.first_code = status, error_code(status, body)
-            if status != 503 or call.tries == MAX_TRIES:  # 503: a draining replica; Retry-After is 1 s at most
+            if status != 503 or call.tries == MAX_TRIES:  # 503: a draining replica
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(RETRY_AFTER_S)
         call.final, call.ended = status, time.monotonic()
         if status == 200:
             call.text = json.loads(body)["text"]
@@ -178,25 +180,37 @@ class Run:
                 call.first, call.first_code = status, error_code(status, answer)
             if status not in (None, 502, 503) or call.tries == MAX_TRIES:
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(RETRY_AFTER_S)
         call.final, call.ended = status, time.monotonic()
         if status == 200:
-            self.tasks[json.loads(answer)["output"]["task_id"]] = clip
+            call.task_id = json.loads(answer)["output"]["task_id"]
+            self.tasks[call.task_id] = clip
         self.calls.append(call)
         return call
 
     async def load(self, phase: str, stop: asyncio.Event) -> None:
-        """`--clients` clients sending the long clip until `stop`; every fourth request a task (of a short clip)."""
+        """`--clients` clients until `stop`, each in turn transcribing the long clip three times and submitting a task
+        (of a short clip) whose end it awaits, polling, as the SDKs' `wait` does."""
         async def client(number: int) -> None:
-            for turn in range(number, 1 << 30, self.args.clients):
-                if stop.is_set():
-                    return
+            turn = number
+            while not stop.is_set():
                 if turn % 4 == 3:
-                    await self.submit(phase, turn % (len(self.clips) - 1))
+                    call = await self.submit(phase, turn % (len(self.clips) - 1))
+                    if call.task_id is not None:
+                        await self.wait_for_task(call.task_id, stop)
                 else:
                     await self.transcribe(phase, len(self.clips) - 1)
+                turn += 1
 
         await asyncio.gather(*(client(i) for i in range(self.args.clients)))
+
+    async def wait_for_task(self, task_id: str, stop: asyncio.Event) -> None:
+        assert self.nginx is not None
+        while not stop.is_set():
+            status, body = await self.get(f"{self.nginx.url}/api/v1/tasks/{task_id}")
+            if status == 200 and json.loads(body)["output"]["task_status"] in FINAL:
+                return
+            await asyncio.sleep(0.2)
 
     async def running_on(self, index: int) -> float:
         """Requests replica `index` is transcribing right now, from its own /metrics."""
@@ -275,7 +289,7 @@ class Run:
         health = asyncio.create_task(self.watch_health(1))
         exit_code = await asyncio.to_thread(server.process.wait, self.args.drain_timeout_s + 30)
         seen = await health
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(self.args.phase_s)  # the survivor takes everything
         stop.set()
         await loading
         if exit_code != 0:
@@ -421,7 +435,8 @@ async def run_faults(args: argparse.Namespace) -> tuple[list[dict], list[str], d
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=2, help="qasr serve processes behind nginx (at least 2)")
     parser.add_argument("--clients", type=int, default=12, help="clients sending requests at once")
-    parser.add_argument("--phase-s", type=float, default=10.0, help="seconds of load after each fault")
+    parser.add_argument("--phase-s", type=float, default=10.0, help="seconds of load after the kill, and after the "
+                        "drained replica has exited")
     parser.add_argument("--clips", type=int, default=4, help="held-out clips the tasks transcribe")
     parser.add_argument("--task-lease-s", type=float, default=3.0, help="the replicas' --task-lease-s: how soon a "
                         "killed replica's tasks run elsewhere")

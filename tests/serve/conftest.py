@@ -1,6 +1,7 @@
-"""Fixtures for the server tests: apps served on loopback (`live_server`), plain HTTP calls (`http`), /metrics
-(`metric_values`), the held-out clips (`heldout`) and the DashScope task helpers (`submit`, `query`, `wait_done`,
-`get_json`, `replica_apps`, `dashscope_submit`)."""
+"""Fixtures for the server tests: apps served on loopback (`live_server`) or `qasr serve` in a process
+(`serve_process`), plain HTTP calls (`http`), /metrics (`metric_values`), the held-out clips (`heldout`), a throwaway
+PostgreSQL server (`postgres`) and the DashScope task helpers (`submit`, `query`, `wait_done`, `get_json`,
+`replica_apps`, `dashscope_submit`)."""
 
 import asyncio
 import faulthandler
