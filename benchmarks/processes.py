@@ -1,10 +1,11 @@
-"""The processes benchmarks and tests run next to qasr: `qasr serve` itself, a throwaway PostgreSQL server, and
-Debian's nginx serving the repository's load balancer config. Each listens on loopback only and cleans up after
-itself."""
+"""The processes benchmarks and tests run next to qasr: `qasr serve` itself, a throwaway PostgreSQL server,
+Debian's nginx serving the repository's load balancer config, and Debian's Prometheus. Each listens on loopback only
+and cleans up after itself."""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import re
@@ -15,10 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]  # in a source checkout; an installed wheel has no deploy/
 NGINX_CONFIG = REPOSITORY / "deploy" / "nginx" / "qasr.conf"
+PROMETHEUS_CONFIG = REPOSITORY / "deploy" / "prometheus" / "prometheus.yml"
 
 
 def free_port() -> int:
@@ -210,3 +215,63 @@ def main_config(root: Path, include: Path) -> str:
     return (f"{user}daemon off;\nworker_processes 1;\npid {root / 'nginx.pid'};\nerror_log {root / 'error.log'} "
             f"warn;\nevents {{\n    worker_connections 1024;\n}}\nhttp {{\n    access_log {root / 'access.log'};\n"
             f"{temp}    include {include};\n}}\n")
+
+
+class Prometheus:
+    """Debian's Prometheus on loopback (`port`, or a free one) with `config` (a parsed prometheus.yml), its data in
+    `root`; `.url`, `.query(expr, at)` and `.query_range(expr, start, end, step)` (the HTTP API's `data.result`),
+    `.stop()`."""
+
+    def __init__(self, config: dict, root: Path, port: int | None = None):
+        import yaml
+
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not Path(binary).exists():
+            raise RuntimeError("prometheus is not installed: `apt-get install prometheus`, which `make setup` does")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "prometheus.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"prometheus did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+
+    def api(self, path: str, **parameters: object) -> list[dict]:
+        query = urllib.parse.urlencode({key: str(value) for key, value in parameters.items()})
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:  # a bad query: Prometheus says why in the body
+            answer = json.loads(error.read())
+        if answer["status"] != "success":
+            raise RuntimeError(f"{path} {parameters}: {answer}")
+        return answer["data"]["result"] if isinstance(answer["data"], dict) else answer["data"]
+
+    def query(self, expr: str, at: float) -> list[dict]:
+        return self.api("query", query=expr, time=f"{at:.3f}")
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
+        return self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -35,8 +35,9 @@ def create_app(engine: AsyncEngine, options: ServerOptions | None = None) -> web
     guard = ConnectionGuard(options.max_connections or default_max_connections(), options.header_timeout_s,
                             options.keepalive_timeout_s)
     keys, drain = KeyRing(options.api_keys, options.api_key_file), Drain()
-    tasks = open_task_store(options.task_db)
-    meters, pool, audio_budget = Metrics(engine, tasks), audio_pool(), AudioBudget(options.max_audio_seconds_in_flight)
+    tasks, pool = open_task_store(options.task_db), audio_pool()
+    audio_budget = AudioBudget(options.max_audio_seconds_in_flight)
+    meters = Metrics(engine, tasks, audio_budget, drain)
     # outermost first: the guard sees every connection, a draining server turns requests away before anything
     # else, and errors (a 401 among them) are rendered in the route's shape
     middlewares = [guard.middleware, drain.middleware, error_middleware,

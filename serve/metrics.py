@@ -9,23 +9,33 @@ from prometheus_client.registry import Collector
 
 from qasr.engine import AsyncEngine, Transcription
 from qasr.serve import task_store
+from qasr.serve.budget import AudioBudget
+from qasr.serve.drain import Drain
 from qasr.serve.task_store import SqlTaskStore, Task
 
 logger = logging.getLogger("qasr.metrics")
 
-# vLLM's buckets, so dashboards built for vLLM read the same
-LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-                   480.0, 960.0, 1920.0, 7680.0)
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-                40.0, 80.0, 160.0, 640.0, 2560.0)
+# Bucket bounds fit what each histogram measures (a quantile cannot be finer than the buckets around it):
+# end-to-end latency from 50 ms to 4 h (a 3-hour upload takes a while), time to first token and queue time from 1 ms
+# (an idle queue is a millisecond, not the 0.3 s of a coarser first bucket), task latency from 0.5 s to a day (tasks
+# wait in the store), audio durations from 0.5 s to 3 h (the longest audio the server takes by default).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0,
+                   120.0, 180.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
+                40.0, 80.0, 160.0, 320.0, 640.0)
+QUEUE_BUCKETS = TTFT_BUCKETS
+TASK_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+                        7200.0, 14400.0, 28800.0, 86400.0)
 RTF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-AUDIO_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+AUDIO_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+                 10800.0)
 
 STATUSES = ("success", "client_error", "server_error", "aborted")
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine, tasks: SqlTaskStore | None = None):
+    def __init__(self, engine: AsyncEngine, tasks: SqlTaskStore | None = None, audio_budget: AudioBudget | None = None,
+                 drain: Drain | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.e2e_latency = Histogram("qasr_e2e_request_latency_seconds",
@@ -35,7 +45,7 @@ class Metrics:
         self.ttft = Histogram("qasr_time_to_first_token_seconds", "Engine arrival to the first generated token",
                               buckets=TTFT_BUCKETS, registry=r)
         self.queue_time = Histogram("qasr_request_queue_time_seconds", "Engine arrival to first scheduled",
-                                    buckets=LATENCY_BUCKETS, registry=r)
+                                    buckets=QUEUE_BUCKETS, registry=r)
         self.rtf = Histogram("qasr_request_real_time_factor",
                              "Engine processing time (arrival to finished) divided by the audio's duration",
                              buckets=RTF_BUCKETS, registry=r)
@@ -66,6 +76,12 @@ class Metrics:
               registry=r).set_function(lambda: scheduler.num_waiting)
         Gauge("qasr_engine_up", "1 while the engine runs; 0 once it has stopped (failed, or shut down by a drain)",
               registry=r).set_function(lambda: float(engine.is_running))
+        if drain is not None:
+            Gauge("qasr_draining", "1 from SIGTERM until the server exits (health is 503, new requests are turned "
+                  "away), else 0", registry=r).set_function(lambda: float(drain.draining))
+        if audio_budget is not None:
+            Gauge("qasr_audio_seconds_in_flight", "Seconds of decoded audio the server holds (uploads and task files), "
+                  "against --max-audio-seconds-in-flight", registry=r).set_function(lambda: audio_budget.used_s)
         Gauge("qasr_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
               registry=r).set_function(lambda: scheduler.kv_usage)
         # DashScope-style tasks. The counter cannot be called qasr_async_tasks_total: its family name would be
@@ -78,7 +94,7 @@ class Metrics:
                                       "running them stopped renewing): requeued, or failed after too many tries",
                                       registry=r)
         self.task_latency = Histogram("qasr_async_task_latency_seconds", "File-transcription tasks, submitted to "
-                                      "finished (SUCCEEDED or FAILED)", buckets=LATENCY_BUCKETS, registry=r)
+                                      "finished (SUCCEEDED or FAILED)", buckets=TASK_LATENCY_BUCKETS, registry=r)
         if tasks is not None:
             r.register(TaskCounts(tasks))
             Gauge("qasr_task_store_up", "1 while the task store answers (as of its last statement), 0 while it cannot "

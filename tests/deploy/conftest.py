@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from qasr.engine.config import EngineConfig
+from qasr.serve.budget import AudioBudget
+from qasr.serve.drain import Drain
 from qasr.serve.metrics import Metrics
 from qasr.serve.options import ServerOptions
 from qasr.serve.task_store import TaskStore
@@ -95,7 +97,8 @@ def exposition() -> str:
     store = TaskStore(":memory:")
     try:
         llm = SimpleNamespace(core=SimpleNamespace(scheduler=scheduler), num_running_requests=2, num_waiting_requests=1)
-        return Metrics(SimpleNamespace(engine=llm, is_running=True), store).render().decode()
+        metrics = Metrics(SimpleNamespace(engine=llm, is_running=True), store, AudioBudget(60.0), Drain())
+        return metrics.render().decode()
     finally:
         store.close()
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "qasr-dashboard.json"
 DS_UID = "${DS_PROMETHEUS}"
-ROWS = ["Overview", "Latency", "Throughput", "Engine", "Async tasks"]
+ROWS = ["Overview", "Latency", "Throughput", "Engine", "Async tasks", "Operations"]
 # what the dashboard must chart (the exact series names Prometheus stores)
 REQUIRED = {
     "qasr_requests_total", "qasr_e2e_request_latency_seconds_bucket", "qasr_time_to_first_token_seconds_bucket",
@@ -21,7 +21,8 @@ REQUIRED = {
     "qasr_generation_tokens_total", "qasr_num_preemptions_total", "qasr_num_requests_running",
     "qasr_num_requests_waiting", "qasr_num_sequences_running", "qasr_num_sequences_waiting",
     "qasr_kv_cache_usage_perc", "qasr_async_tasks", "qasr_async_tasks_finished_total",
-    "qasr_async_task_latency_seconds_bucket",
+    "qasr_async_task_latency_seconds_bucket", "qasr_engine_up", "qasr_draining", "qasr_task_store_up",
+    "qasr_auth_failures_total", "qasr_audio_seconds_in_flight", "qasr_async_task_lease_expiries_total",
 }
 # labels Prometheus attaches at scrape time, on top of those the server exports
 TARGET_LABELS = {"job", "instance"}
@@ -136,7 +137,9 @@ def test_template_variables(dashboard: dict) -> None:
     for name in ("job", "instance"):
         var = variables[name]
         assert var["type"] == "query" and var["datasource"] == {"type": "prometheus", "uid": DS_UID}
-        assert var["includeAll"] and var["multi"] and var["allValue"] == ".*"
+        # "All" is the variable's own values, the targets exporting qasr metrics: an allValue of ".*" would take in
+        # every target Prometheus scrapes (itself too), and `up` would count them as replicas
+        assert var["includeAll"] and var["multi"] and not var.get("allValue")
     # the metrics carry no per-model label, so there is no model variable to template on
     used = set()
     for _, expr in panel_exprs(dashboard) + variable_exprs(dashboard):

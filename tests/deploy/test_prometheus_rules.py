@@ -71,20 +71,36 @@ def test_promtool_checks_the_rules(promtool: str) -> None:
     assert f"SUCCESS: {len(ALERT_METRICS)} rules found" in run.stdout, run.stdout
 
 
-def test_promtool_checks_the_config(promtool: str) -> None:
-    """prometheus.yml with its rule_files resolved beside it, as docker-compose.yml mounts them."""
-    run = subprocess.run([promtool, "check", "config", str(PROMETHEUS / "prometheus.yml")], capture_output=True,
-                         text=True, timeout=60)
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-compose.yml"])
+def test_promtool_checks_the_configs(promtool: str, name: str) -> None:
+    """The host's and the compose file's config, each with its rule_files resolved beside it."""
+    run = subprocess.run([promtool, "check", "config", str(PROMETHEUS / name)], capture_output=True, text=True,
+                         timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS: 1 rule files found" in run.stdout and "SUCCESS: 9 rules found" in run.stdout, run.stdout
 
 
-def test_compose_mounts_the_rules_beside_the_config() -> None:
-    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+def test_compose_mounts_its_config_with_the_rules_beside_it() -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus-compose.yml").read_text())
     assert config["rule_files"] == [ALERTS.name]
     mounts = dict(v.split(":")[:2] for v in yaml.safe_load(COMPOSE.read_text())["services"]["prometheus"]["volumes"])
-    config_in = Path(mounts["./prometheus/prometheus.yml"]).parent
-    assert Path(mounts[f"./prometheus/{ALERTS.name}"]) == config_in / ALERTS.name
+    config_in = Path(mounts["./prometheus/prometheus-compose.yml"])
+    assert config_in.name == "prometheus.yml"  # where the image's Prometheus reads its config
+    assert Path(mounts[f"./prometheus/{ALERTS.name}"]) == config_in.parent / ALERTS.name
+    [qasr] = [c for c in config["scrape_configs"] if c["job_name"] == "qasr"]
+    assert qasr["static_configs"][0]["targets"] == ["host.docker.internal:8000"]
+    host = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    [qasr] = [c for c in host["scrape_configs"] if c["job_name"] == "qasr"]
+    assert qasr["static_configs"][0]["targets"][0].startswith("127.0.0.1:")  # a host-run Prometheus, as written
+
+
+def test_scrape_interval_is_the_data_sources() -> None:
+    """Grafana's $__rate_interval is four of the data source's timeInterval: it must be the real scrape interval."""
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    [source] = yaml.safe_load(provisioning.read_text())["datasources"]
+    for name in ("prometheus.yml", "prometheus-compose.yml"):
+        config = yaml.safe_load((PROMETHEUS / name).read_text())
+        assert config["global"]["scrape_interval"] == source["jsonData"]["timeInterval"], name
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
