@@ -30,6 +30,7 @@ from aiohttp import web
 from qasr.benchmarks.heldout import HELDOUT
 from qasr.benchmarks.processes import PROMETHEUS_CONFIG, Prometheus, ServerProcess, free_port
 from qasr.engine.audio import SAMPLE_RATE, load_audio
+from qasr.serve.metrics import LATENCY_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "qasr-dashboard.json"
@@ -84,6 +85,7 @@ class Load:
         self.statuses: Counter = Counter()  # the server's qasr_requests_total statuses, as the client caused them
         self.auth: Counter = Counter()
         self.audio_s = 0.0  # of every successful transcription, tasks' included
+        self.latencies: list[float] = []  # of the successful transcriptions, as the client saw them
         self.tasks = 0
         self.session: aiohttp.ClientSession | None = None
 
@@ -103,7 +105,9 @@ class Load:
             return response.status, await response.read()
 
     async def transcribe(self, clip: int, stream: bool = False) -> None:
+        started = time.monotonic()
         status, body = await self.post(self.form(clip, **({"stream": "true"} if stream else {})))
+        self.latencies.append(time.monotonic() - started)
         assert status == 200, body
         assert (b"transcript.text.done" in body) if stream else json.loads(body)["text"]
         self.statuses["success"] += 1
@@ -282,6 +286,11 @@ def check_panels(prometheus: Prometheus, load: Load, at: float, window: int, sta
     finished = by_label(results[("Tasks finished/s by status", "A")], "status")
     close(finished["succeeded"] * window, load.tasks, "tasks succeeded")
     assert one("Queue time") < 0.05  # p50: the queue stayed idle
+    # the median latency reads within the width of the bucket the client's median falls in
+    median = float(np.median(load.latencies))
+    bounds = [0.0, *LATENCY_BUCKETS]
+    low, high = next((lo, hi) for lo, hi in zip(bounds, bounds[1:]) if lo < median <= hi)
+    assert abs(one("End-to-end request latency") - median) <= high - low, (one("End-to-end request latency"), median)
     assert one("Engines running") == 1 and one("Draining") == 0 and one("Task store up") == 1
     assert one("Server error ratio") == 0
 
