@@ -13,6 +13,9 @@ BENCHMARKS = {
                                          "transcription server (qasr, vLLM, sglang-omni)"),
     "abuse": ("qasr.benchmarks.abuse", "fuzz, bursts, hang-ups, slow connections and cheap expensive inputs "
                                        "against a qasr server: no 5xx, no hang, and how it recovers"),
+    "baseline-server": ("qasr.benchmarks.baseline_server", "the plain transformers model behind the OpenAI "
+                                                          "transcription route, one batch at a time: the reference "
+                                                          "for `qasr bench serve --base-url`"),
     "faults": ("qasr.benchmarks.faults", "replicas behind nginx killed and drained under load: no task lost, no "
                                          "request hung, only the dead replica's requests failed"),
 }

@@ -1,7 +1,15 @@
-"""`qasr bench serve --launch` end to end on the CPU: the bundled demo model served on loopback, held-out clips."""
+"""`qasr bench serve --launch` end to end on the CPU: the bundled demo model served on loopback, held-out clips;
+gates that pass and fail; qasr against the transformers baseline server in one run, with SLOs, the rate search and
+the figure."""
 
 import json
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from qasr.cli import main
 
@@ -10,7 +18,7 @@ TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "conf
 
 def test_serving_benchmark_launches_a_server_and_writes_the_standard_json(tmp_path: Path, capsys) -> None:
     code = main(["bench", "serve", "--num-requests", "6", "--concurrency", "1", "3", "--stream", "--out-dir",
-                 str(tmp_path), "--launch", "--max-num-seqs", "4"])
+                 str(tmp_path), "--gate", "wer<=0.2", "--gate", "completed>=6", "--launch", "--max-num-seqs", "4"])
     assert code == 0
     assert "mean_latency_s" in capsys.readouterr().out
     [path] = tmp_path.glob("serving-cpu-*.json")
@@ -28,3 +36,51 @@ def test_serving_benchmark_launches_a_server_and_writes_the_standard_json(tmp_pa
         assert all(0 < t <= latency for t, latency in zip(ttfts, latencies))
         assert row["wer"] < 0.2  # the demo model gets about 3% on these clips; garbage text gets near 100%
         assert row["server_generation_tokens"] > 0 and row["server_prompt_tokens"] > 0
+    gates = config["gates"]
+    assert len(gates) == 4 and all(gate["passed"] for gate in gates)  # two gates, two rows
+
+
+@pytest.fixture(scope="module")
+def baseline_url():
+    """`qasr bench baseline-server` on a free port: the demo model in plain transformers."""
+    process = subprocess.Popen([sys.executable, "-m", "qasr", "bench", "baseline-server", "--port", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, log = time.monotonic() + 180, []
+    while not (found := re.search(r"on (http://\S+)", log[-1] if log else "")):
+        line = process.stderr.readline()
+        assert line or process.poll() is None, "the baseline server stopped:\n" + "".join(log)
+        assert time.monotonic() < deadline, "the baseline server did not start:\n" + "".join(log)
+        log.append(line)
+    yield found.group(1)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_two_servers_side_by_side_with_slos_a_search_a_failing_gate_and_the_figure(
+        tmp_path: Path, baseline_url: str, capsys) -> None:
+    figure = tmp_path / "serve.png"
+    code = main(["bench", "serve", "--base-url", baseline_url, "--num-requests", "6", "--concurrency", "1", "4",
+                 "--stream", "--slo", "ttft=0.05", "--find-max-rate", "--search-start-rate", "8",
+                 "--search-steps", "1", "--max-search-s", "20", "--gate", "wer<=0.5", "--gate", "rtfx>=1e6",
+                 "--plot", str(figure), "--out-dir", str(tmp_path), "--launch", "--max-num-seqs", "4"])
+    assert code == 1  # the impossible rtfx gate fails the run, and says so
+    err = capsys.readouterr().err
+    assert "gate failed: rtfx>=1e6" in err and "gate failed: wer" not in err
+    assert figure.read_bytes().startswith(b"\x89PNG") and figure.stat().st_size > 20_000
+    [path] = tmp_path.glob("serving-*.json")
+    document = json.loads(path.read_text())
+    config, rows = document["config"], document["results"]
+    assert [s["label"] for s in config["servers"]] == [baseline_url, "qasr (launched)"]
+    assert [(row["server"], row["concurrency"]) for row in rows] == [
+        (baseline_url, 1), ("qasr (launched)", 1), (baseline_url, 4), ("qasr (launched)", 4)]  # level by level
+    for row in rows:
+        assert row["completed"] == 6 and row["wer"] < 0.2 and 0 <= row["goodput"] <= 1
+    baseline = {row["concurrency"]: row for row in rows if row["server"] == baseline_url}
+    for ratio in config["ratios"]:
+        assert ratio["server"] == "qasr (launched)"
+        qasr = next(r for r in rows if r["server"] == "qasr (launched)" and r["concurrency"] == ratio["concurrency"])
+        assert ratio["rtfx_ratio"] == pytest.approx(qasr["rtfx"] / baseline[ratio["concurrency"]]["rtfx"])
+    assert [found["server"] for found in config["max_rates"]] == [baseline_url, "qasr (launched)"]
+    assert all(found["probes"] and found["slos"] == {"ttft": 0.05} for found in config["max_rates"])
+    gates = {(gate["gate"], gate["concurrency"]): gate["passed"] for gate in config["gates"]}
+    assert gates == {("wer<=0.5", 1): True, ("wer<=0.5", 4): True, ("rtfx>=1e6", 1): False, ("rtfx>=1e6", 4): False}
