@@ -1,8 +1,10 @@
 import asyncio
 import itertools
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from qasr.engine.config import EngineConfig
@@ -35,14 +37,19 @@ class AsyncEngine:
     """
 
     def __init__(self, config: EngineConfig):
-        self.engine = LLMEngine(config)
+        if config.cpu_threads is None:  # on the CPU, a core of its own for the event loop and audio decoding
+            config = replace(config, cpu_threads=max(1, available_cores() - 1))
         self.commands: queue.Queue[_Submit | _Abort | None] = queue.Queue()
         self.sinks: dict[str, _Submit] = {}
         self.request_ids = (f"areq-{i}" for i in itertools.count())
         self.error: BaseException | None = None
         self.lock = threading.Lock()  # a submission either reaches a live engine or sees why it stopped
-        self.thread = threading.Thread(target=self._run, name="qasr-engine", daemon=True)
+        # The engine is built on the thread that runs it: on the CPU, torch work on one thread runs 2-3x slower
+        # once another thread has started the parallel runtime first (two OpenMP teams contending for the cores).
+        built: Future[LLMEngine] = Future()
+        self.thread = threading.Thread(target=self._run, args=(config, built), name="qasr-engine", daemon=True)
         self.thread.start()
+        self.engine = built.result()  # what building raised, raised here
 
     @property
     def is_running(self) -> bool:
@@ -100,7 +107,14 @@ class AsyncEngine:
         self.commands.put(None)
         self.thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _run(self, config: EngineConfig, built: "Future[LLMEngine]") -> None:
+        try:
+            self.engine = LLMEngine(config)
+        except BaseException as failure:
+            self.error = failure
+            built.set_exception(failure)
+            return
+        built.set_result(self.engine)
         if self.engine.core.device.type == "cuda":
             import torch
 
@@ -117,15 +131,17 @@ class AsyncEngine:
     def _loop(self) -> None:
         while True:
             block = not self.engine.has_unfinished
+            mail = Mail()
             try:
                 while True:
                     command = self.commands.get(block=block)
                     block = False
                     if command is None:
                         return
-                    self._apply(command)
+                    self._apply(command, mail)
             except queue.Empty:
                 pass
+            mail.send()
             if not self.engine.has_unfinished:
                 continue
             try:
@@ -134,9 +150,10 @@ class AsyncEngine:
                 self._fail_in_flight(RuntimeError(f"engine step failed: {error!r}"))
                 continue
             for output in outputs:
-                self._deliver(output)
+                self._deliver(output, mail)
+            mail.send()
 
-    def _apply(self, command: _Submit | _Abort) -> None:
+    def _apply(self, command: _Submit | _Abort, mail: "Mail") -> None:
         if isinstance(command, _Abort):
             if command.submit is None or self.sinks.get(command.request_id) is command.submit:
                 self.sinks.pop(command.request_id, None)
@@ -145,39 +162,64 @@ class AsyncEngine:
         try:
             self.engine.add_request(command.request)
         except Exception as error:
-            _send(command, error)
+            mail.add(command, error)
             return
         self.sinks[command.request_id] = command
-        _send(command, RequestOutput(command.request_id, "", finished=False))  # accepted
+        mail.add(command, RequestOutput(command.request_id, "", finished=False))  # accepted
 
-    def _deliver(self, output: RequestOutput) -> None:
+    def _deliver(self, output: RequestOutput, mail: "Mail") -> None:
         submit = self.sinks.get(output.request_id)
         if submit is None:
             return
         if output.finished:
             del self.sinks[output.request_id]
-        _send(submit, output)
+        mail.add(submit, output)
 
     def _fail_in_flight(self, error: BaseException) -> None:
+        mail = Mail()
         for request_id in list(self.sinks):
             try:
                 self.engine.abort(request_id)
             finally:
-                _send(self.sinks.pop(request_id), error)
+                mail.add(self.sinks.pop(request_id), error)
+        mail.send()
 
     def _fail_all(self, error: BaseException) -> None:
         self._fail_in_flight(error)
+        mail = Mail()
         while True:  # submissions nobody will run
             try:
                 command = self.commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if isinstance(command, _Submit):
-                _send(command, error)
+                mail.add(command, error)
+        mail.send()
 
 
-def _send(submit: _Submit, item: RequestOutput | BaseException) -> None:
-    try:
-        submit.loop.call_soon_threadsafe(submit.sink.put_nowait, item)
-    except RuntimeError:  # the caller's event loop is closed: nobody is listening
-        pass
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Mail:
+    """What one round of the engine thread sends to the callers' event loops, posted with one wake-up per loop:
+    each wake-up is a write to the loop's self-pipe, a system call, and a step can answer hundreds of requests."""
+
+    def __init__(self) -> None:
+        self.batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+
+    def add(self, submit: _Submit, item: RequestOutput | BaseException) -> None:
+        self.batches.setdefault(submit.loop, []).append((submit.sink, item))
+
+    def send(self) -> None:
+        for loop, items in self.batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the caller's event loop is closed: nobody is listening
+                pass
+        self.batches = {}
+
+
+def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+    for sink, item in items:
+        sink.put_nowait(item)

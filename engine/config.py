@@ -43,11 +43,15 @@ class EngineConfig(CliArgs):
                                                "content)")
     enable_chunked_prefill: bool = option(True, "split long prefills across steps")
     enforce_eager: bool = option(False, "no CUDA graphs")
+    cpu_threads: int | None = option(None, "torch threads of a model on the CPU; none: every core, except in servers "
+                                           "(qasr serve, AsyncEngine), which leave one to HTTP and audio decoding")
     seed: int = option(0, "seed of sampling for requests without a seed of their own")
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
             raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be positive, got {self.cpu_threads}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:

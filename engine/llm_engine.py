@@ -1,3 +1,5 @@
+import torch
+
 from qasr.engine.checkpoint import resolve_model_path
 from qasr.engine.config import EngineConfig
 from qasr.engine.demo import demo_model_path
@@ -30,6 +32,9 @@ class LLMEngine:
         self.core = EngineCore(config, self.model_path, self.model_config, features, self.max_model_len,
                                self.input_processor.longest_prompt_tokens())
         self.output_processor = OutputProcessor(tokenizer)
+        if self.core.device.type == "cpu" and config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
+        self.num_threads = torch.get_num_threads()
 
     def add_request(self, request: TranscriptionRequest) -> str:
         """Queues one audio; long audio becomes several pieces decoded in parallel. Returns the request id."""

@@ -15,35 +15,47 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int, dtype
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """Causal attention of query [num_tokens, heads, head_dim] over each sequence's cached context."""
+    """Causal attention of query [num_tokens, heads, head_dim] over each sequence's cached context. Single-token
+    queries (decodes) go through one batched call, also in a step that mixes them with prefill chunks; each
+    prefill chunk goes alone."""
     if meta.is_pure_decode:
-        return _decode_attention(query, k_cache, v_cache, meta, scale)
+        return _decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len, scale)
     out = torch.empty_like(query)
+    decode_rows, decode_seqs = [], []
     start = 0
     for i, (q_len, s_len) in enumerate(zip(meta.query_lens_host, meta.seq_lens_host)):
+        if q_len == 1:
+            decode_rows.append(start)
+            decode_seqs.append(i)
+            start += 1
+            continue
         q = query[start:start + q_len].transpose(0, 1)
         k = gather_kv(k_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)
         v = gather_kv(v_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)
-        context = s_len - q_len
-        mask = None
-        if q_len > 1:
-            rows = torch.arange(q_len, device=query.device)[:, None] + context
-            mask = torch.arange(s_len, device=query.device)[None, :] <= rows
+        rows = torch.arange(q_len, device=query.device)[:, None] + (s_len - q_len)
+        mask = torch.arange(s_len, device=query.device)[None, :] <= rows
         out[start:start + q_len] = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=scale, enable_gqa=True).transpose(0, 1)
         start += q_len
+    if decode_rows:
+        rows = torch.tensor(decode_rows, device=query.device)
+        seqs = torch.tensor(decode_seqs, device=query.device)
+        longest = max(meta.seq_lens_host[i] for i in decode_seqs)
+        out[rows] = _decode_attention(query[rows], k_cache, v_cache, meta.block_tables[seqs], meta.seq_lens[seqs],
+                                      longest, scale)
     return out
 
 
-def _decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                      seq_lens: torch.Tensor, max_seq_len: int, scale: float) -> torch.Tensor:
+    """One query token per sequence [seqs, heads, dim] over its first seq_lens cached rows."""
     block_size = k_cache.shape[1]
-    max_blocks = (meta.max_seq_len + block_size - 1) // block_size
-    tables = meta.block_tables[:, :max_blocks]
+    max_blocks = (max_seq_len + block_size - 1) // block_size
+    tables = block_tables[:, :max_blocks]
     # [seqs, kv_heads, max_blocks*block_size, dim] in the query dtype (an FP8 cache converts after the gather)
     k = k_cache[tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
     v = v_cache[tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
     positions = torch.arange(k.shape[2], device=query.device)
-    mask = (positions[None, :] < meta.seq_lens[:, None].to(positions.dtype))[:, None, None, :]
+    mask = (positions[None, :] < seq_lens[:, None].to(positions.dtype))[:, None, None, :]
     out = F.scaled_dot_product_attention(query[:, :, None, :], k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     return out[:, :, 0, :]

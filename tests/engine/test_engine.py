@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from qasr.engine import ASR, AsyncEngine, EngineConfig, SamplingParams, TranscriptionRequest
+from qasr.engine.async_engine import available_cores
 from qasr.engine.languages import UnknownLanguageError
 from qasr.engine.prompt import MAX_CACHED_CONTEXT_CHARS
 from qasr.scheduler import SchedulerOutput
@@ -182,6 +183,20 @@ def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, c
             assert streamed == text
     finally:
         engine.shutdown()
+
+
+def test_a_server_engine_leaves_a_core_to_the_server(checkpoint: Path) -> None:
+    """On the CPU an AsyncEngine runs the model on every core but one (the event loop and the audio decoding have
+    the other), on the thread that built it; `cpu_threads` says otherwise."""
+    for threads, expected in ((None, max(1, available_cores() - 1)), (1, 1)):
+        engine = AsyncEngine(EngineConfig(model=str(checkpoint), cpu_threads=threads))
+        try:
+            assert engine.engine.num_threads == expected
+            assert engine.engine.config.cpu_threads == expected
+        finally:
+            engine.shutdown()
+    with pytest.raises(ValueError, match="cpu_threads"):
+        EngineConfig(cpu_threads=0)
 
 
 def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:
