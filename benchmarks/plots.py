@@ -16,7 +16,7 @@ def plot(rows: list[dict], rtfs: dict[tuple[str, float], list[float]], x_key: st
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     servers = list(dict.fromkeys(row["server"] for row in rows))
     streamed = any(row.get("p50_ttft_s") is not None for row in rows)
@@ -38,7 +38,7 @@ def plot(rows: list[dict], rtfs: dict[tuple[str, float], list[float]], x_key: st
     for axis, name in ((rtfx, "RTFx (audio s per s)"), (rps, "requests/s"), (latency, "latency (s)"),
                        (ttft, "time to first token (s)")):
         axis.set_xscale("log", base=2)
-        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_xlabel(label)
         axis.set_ylabel(name)
         axis.grid(True, alpha=0.3)

@@ -381,6 +381,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], help="model name sent with each request, once for "
                         "every server or once per --base-url in their order; default: each server's first "
                         "/v1/models entry (after --launch, --model is the checkpoint to serve)")
+    parser.add_argument("--label", action="append", default=[], help="a name for each --base-url, in their order, "
+                        "in the tables and the figure (default: the URL)")
     parser.add_argument("--dataset", default=str(HELDOUT), help="a folder with manifest.jsonl (file, text, "
                         "seconds), a LibriSpeech-style tree (*.trans.txt), or audio files with .txt sidecars")
     parser.add_argument("--num-requests", type=int, default=250)
@@ -419,7 +421,12 @@ def servers_of(args: argparse.Namespace, launched: LaunchedServer | None) -> lis
         raise ValueError(f"--model: give one for every server or one per --base-url ({len(urls)}), not "
                          f"{len(args.model)}")
     models = args.model * len(urls) if len(args.model) == 1 else args.model or [None] * len(urls)
-    servers = [Server(url, url, model) for url, model in zip(urls, models)]
+    if args.label and len(args.label) != len(urls):
+        raise ValueError(f"--label: give one per --base-url ({len(urls)}), not {len(args.label)}")
+    labels = args.label or urls
+    if len(set(labels)) != len(labels):
+        raise ValueError("--label: the servers' names must differ")
+    servers = [Server(label, url, model) for label, url, model in zip(labels, urls, models)]
     if launched is not None:
         servers.append(Server("qasr (launched)", launched.url, None))
     return servers

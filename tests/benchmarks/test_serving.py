@@ -59,7 +59,8 @@ def baseline_url():
 def test_two_servers_side_by_side_with_slos_a_search_a_failing_gate_and_the_figure(
         tmp_path: Path, baseline_url: str, capsys) -> None:
     figure = tmp_path / "serve.png"
-    code = main(["bench", "serve", "--base-url", baseline_url, "--num-requests", "6", "--concurrency", "1", "4",
+    code = main(["bench", "serve", "--base-url", baseline_url, "--label", "baseline", "--num-requests", "6",
+                 "--concurrency", "1", "4",
                  "--stream", "--slo", "ttft=0.05", "--find-max-rate", "--search-start-rate", "8",
                  "--search-steps", "1", "--max-search-s", "20", "--gate", "wer<=0.5", "--gate", "rtfx>=1e6",
                  "--plot", str(figure), "--out-dir", str(tmp_path), "--launch", "--max-num-seqs", "4"])
@@ -70,17 +71,18 @@ def test_two_servers_side_by_side_with_slos_a_search_a_failing_gate_and_the_figu
     [path] = tmp_path.glob("serving-*.json")
     document = json.loads(path.read_text())
     config, rows = document["config"], document["results"]
-    assert [s["label"] for s in config["servers"]] == [baseline_url, "qasr (launched)"]
+    assert [(s["label"], s["url"]) for s in config["servers"]][0] == ("baseline", baseline_url)
+    assert [s["label"] for s in config["servers"]] == ["baseline", "qasr (launched)"]
     assert [(row["server"], row["concurrency"]) for row in rows] == [
-        (baseline_url, 1), ("qasr (launched)", 1), (baseline_url, 4), ("qasr (launched)", 4)]  # level by level
+        ("baseline", 1), ("qasr (launched)", 1), ("baseline", 4), ("qasr (launched)", 4)]  # level by level
     for row in rows:
         assert row["completed"] == 6 and row["wer"] < 0.2 and 0 <= row["goodput"] <= 1
-    baseline = {row["concurrency"]: row for row in rows if row["server"] == baseline_url}
+    baseline = {row["concurrency"]: row for row in rows if row["server"] == "baseline"}
     for ratio in config["ratios"]:
         assert ratio["server"] == "qasr (launched)"
         qasr = next(r for r in rows if r["server"] == "qasr (launched)" and r["concurrency"] == ratio["concurrency"])
         assert ratio["rtfx_ratio"] == pytest.approx(qasr["rtfx"] / baseline[ratio["concurrency"]]["rtfx"])
-    assert [found["server"] for found in config["max_rates"]] == [baseline_url, "qasr (launched)"]
+    assert [found["server"] for found in config["max_rates"]] == ["baseline", "qasr (launched)"]
     assert all(found["probes"] and found["slos"] == {"ttft": 0.05} for found in config["max_rates"])
     gates = {(gate["gate"], gate["concurrency"]): gate["passed"] for gate in config["gates"]}
     assert gates == {("wer<=0.5", 1): True, ("wer<=0.5", 4): True, ("rtfx>=1e6", 1): False, ("rtfx>=1e6", 4): False}
