@@ -1,0 +1,134 @@
+"""Host cost per engine step: what the host spends around the model in one step of a full batch.
+
+    qasr bench step                                  # tiny preset on the CPU: 64, 256 and 512 running sequences
+    qasr bench step --preset 0.6b --running 256 512  # real shapes on a GPU
+
+For each `--running` count, an engine holds that many sequences decoding (1 s clips, outputs longer than the run) and
+runs `--steps` steps, pure decode, then as many steps that each also take in a new request's prefill (the oldest
+request is aborted, so the count stays). Each phase's median time per step, in milliseconds: `schedule`
+(Scheduler.schedule), `prepare` (the runner turning the step into input tensors), `update` (Scheduler.update with
+the sampled tokens), `detokenize` (OutputProcessor.process: tokens to text deltas), their sum `host`, and `model`
+(the launch less its preparation: the forward and sampling, on a GPU only their enqueueing). On a GPU the host's
+phases overlap the device's work of the step before; the host is the bound once `host` exceeds the device's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from qasr.benchmarks.random_checkpoint import write_random_checkpoint
+from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.benchmarks.throughput import synthetic_clip
+from qasr.engine.config import EngineConfig
+from qasr.engine.llm_engine import LLMEngine
+from qasr.engine.model_loader import resolve_dtype
+from qasr.engine.request import TranscriptionRequest
+from qasr.scheduler import SamplingParams
+
+PHASES = ("schedule", "prepare", "update", "detokenize")
+CLIP_SECONDS = 1.0
+
+
+class PhaseTimes:
+    """Seconds spent in each wrapped method during the steps being measured."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self.steps: list[dict[str, float]] = []
+
+    def wrap(self, phase: str, method: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.current[phase] += time.perf_counter() - start
+        return timed
+
+    def end_step(self) -> None:
+        self.steps.append(dict(self.current))
+        self.current.clear()
+
+    def medians_ms(self) -> dict[str, float]:
+        row = {phase: 1000 * statistics.median(step.get(phase, 0.0) for step in self.steps) for phase in PHASES}
+        row["host_ms"] = 1000 * statistics.median(sum(step.get(p, 0.0) for p in PHASES) for step in self.steps)
+        row["model_ms"] = 1000 * statistics.median(step.get("launch", 0.0) - step.get("prepare", 0.0)
+                                                   for step in self.steps)
+        return {f"{key}_ms" if not key.endswith("_ms") else key: value for key, value in row.items()}
+
+
+def instrument(engine: LLMEngine, times: PhaseTimes) -> Callable[[], None]:
+    """Wraps the phases' methods on their objects; returns what unwraps them."""
+    core = engine.core
+    targets = [(core.scheduler, "schedule", "schedule"), (core.scheduler, "update", "update"),
+               (core.runner, "prepare", "prepare"), (core.runner, "launch", "launch"),
+               (engine.output_processor, "process", "detokenize")]
+    for owner, name, phase in targets:
+        setattr(owner, name, times.wrap(phase, getattr(owner, name)))
+
+    def restore() -> None:
+        for owner, name, _ in targets:
+            delattr(owner, name)  # the class's method again
+    return restore
+
+
+def new_request(seed: int) -> TranscriptionRequest:
+    params = SamplingParams(max_tokens=400, ignore_eos=True)  # longer than a run of steps; within the KV pool
+    return TranscriptionRequest(synthetic_clip(CLIP_SECONDS, seed), sampling_params=params)
+
+
+def measure(config: EngineConfig, running: int, steps: int) -> list[dict]:
+    """The pure-decode row and the mixed row for `running` sequences."""
+    engine = LLMEngine(replace(config, max_num_seqs=running, max_num_batched_tokens=max(8192, 2 * running)))
+    ids = [engine.add_request(new_request(seed)) for seed in range(running)]
+    scheduler = engine.core.scheduler
+    while scheduler.num_waiting or any(seq.num_output_tokens == 0 for seq in scheduler.running):
+        engine.step()
+    for _ in range(3):  # the overlapped step is in its steady state
+        engine.step()
+    rows = []
+    for mixed in (False, True):
+        times = PhaseTimes()
+        restore = instrument(engine, times)
+        for i in range(steps):
+            if mixed:
+                engine.abort(ids.pop(0))
+                ids.append(engine.add_request(new_request(running + steps + i)))
+            engine.step()
+            times.end_step()
+        restore()
+        rows.append({"running": running, "step": "decode + 1 prefill" if mixed else "decode",
+                     "decoding": scheduler.num_running, **times.medians_ms()})
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=["tiny", "0.6b", "1.7b"], default="tiny")
+    parser.add_argument("--running", type=int, nargs="+", default=[64, 256, 512])
+    parser.add_argument("--steps", type=int, default=30, help="steps measured per row")
+    parser.add_argument("--work-dir", default="/tmp/qasr-bench", help="where the random checkpoint is written")
+    EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs", "max_num_batched_tokens"))
+    add_output_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = EngineConfig.from_cli_args(args, model=None, max_num_seqs=1, max_num_batched_tokens=8192)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(config.dtype, device)
+    checkpoint = write_random_checkpoint(Path(args.work_dir) / f"{args.preset}-original", args.preset, dtype,
+                                         device="cuda" if device.type == "cuda" else "cpu")
+    config = replace(config, model=str(checkpoint), device=str(device), dtype=dtype)
+    rows = [row for running in args.running for row in measure(config, running, args.steps)]
+    print_table(rows)
+    settings = {"preset": args.preset, "running": args.running, "steps": args.steps, "clip_s": CLIP_SECONDS,
+                "dtype": str(dtype), "threads": torch.get_num_threads()}
+    print(f"results: {write_results('step', device, settings, rows, args.out_dir)}")
+    return 0
