@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 MODEL ?=
 ARGS ?=
 
-.PHONY: setup serve test lint clean
+.PHONY: setup serve test lint clean gpu-wheels gpu-check
+PART ?= 1
 
 $(BIN)/qasr: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,14 @@ serve: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q $(ARGS)
+
+# the wheels the GPU image lacks (transformers with Qwen3-ASR, pytest), into .whl/: run here, with network
+gpu-wheels: setup
+	$(BIN)/python benchmarks/gpu_check.py wheels
+
+# on the GPU machine (no network, no venv: its own python3), after bringing .whl/ along; PART=1, then PART=2
+gpu-check:
+	python3 benchmarks/gpu_check.py $(PART)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -6,10 +6,10 @@ import math
 import os
 from collections.abc import Callable
 
-import av
 import numpy as np
-import soundfile as sf
-import soxr
+
+# av, soundfile and soxr are imported where files are decoded or audio resampled, not here: the engine itself
+# (arrays at 16 kHz in, as benchmarks and the GPU check feed it) then runs where they are not installed.
 
 SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE = 1000  # below this a header is not describing speech: a 1 Hz WAV of 22 KB resampled to 3 hours
@@ -85,8 +85,11 @@ class _Output:
         self.on_decoded = on_decoded
         # HQ (20-bit) resampling noise sits far below the 80 dB range the log-mel front end keeps; VHQ buys nothing
         # audible to the model
-        self.resampler = (soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-                          if self.rate != SAMPLE_RATE else None)
+        self.resampler = None
+        if self.rate != SAMPLE_RATE:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         self.blocks: list[np.ndarray] = []
         self.num_input = 0
         self.num_output = 0
@@ -159,6 +162,9 @@ def _to_mono(samples: np.ndarray, channel: int | None) -> np.ndarray:
 def _decode(source: str | bytes, channel: int | None, max_seconds: float | None,
             on_decoded: Callable[[float], None] | None) -> _Output:
     """Decodes a block at a time: soundfile first, PyAV for what libsndfile can't read."""
+    import av
+    import soundfile as sf
+
     try:
         with sf.SoundFile(_reopen(source)) as file:
             output = _Output(file.samplerate, channel, max_seconds, on_decoded)
@@ -186,6 +192,8 @@ def _reopen(source: str | bytes) -> str | io.BytesIO:
 
 def _decode_with_av(source: str | io.BytesIO, channel: int | None, max_seconds: float | None,
                     on_decoded: Callable[[float], None] | None) -> _Output:
+    import av
+
     with av.open(source, metadata_errors="ignore") as container:
         if not container.streams.audio:
             raise AudioError("could not decode audio: the input has no audio stream")
