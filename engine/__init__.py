@@ -17,6 +17,7 @@ _MODULE_OF = {
     "Segment": "qasr.engine.outputs",
     "Transcription": "qasr.engine.outputs",
     "TranscriptionRequest": "qasr.engine.request",
+    "Word": "qasr.engine.outputs",
 }
 __all__ = sorted(_MODULE_OF)
 
@@ -41,5 +42,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see of the names above
     from qasr.engine.outputs import RequestOutput as RequestOutput
     from qasr.engine.outputs import Segment as Segment
     from qasr.engine.outputs import Transcription as Transcription
+    from qasr.engine.outputs import Word as Word
     from qasr.engine.request import TranscriptionRequest as TranscriptionRequest
     from qasr.scheduler.sampling_params import SamplingParams as SamplingParams

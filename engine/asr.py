@@ -25,13 +25,15 @@ class ASR:
 
     def transcribe(self, audio: AudioInput | SequenceOf[AudioInput], language: str | list[str | None] | None = None,
                    context: str | list[str] = "", sampling_params: SamplingParams | None = None,
-                   use_tqdm: bool = False) -> list[Transcription]:
-        """`language` and `context` apply to every audio, or give one value per audio in a list."""
+                   use_tqdm: bool = False, word_timestamps: bool = False) -> list[Transcription]:
+        """`language` and `context` apply to every audio, or give one value per audio in a list.
+        `word_timestamps` (with an `aligner_model`): each result's words timed, and its segments sentence-sized."""
         audios = list(audio) if isinstance(audio, list) else [audio]
         languages = _per_item(language, len(audios), "language")
         contexts = _per_item(context, len(audios), "context")
         params = sampling_params or SamplingParams()
-        requests = [TranscriptionRequest(load_audio(item), language=lang, context=ctx or "", sampling_params=params)
+        requests = [TranscriptionRequest(load_audio(item), language=lang, context=ctx or "", sampling_params=params,
+                                         word_timestamps=word_timestamps)
                     for item, lang, ctx in zip(audios, languages, contexts)]
         request_ids: list[str] = []
         try:

@@ -57,6 +57,11 @@ class AsyncEngine:
         return self.error is None and self.thread.is_alive()
 
     @property
+    def has_aligner(self) -> bool:
+        """A forced aligner is loaded: requests may ask for word timestamps."""
+        return self.engine.has_aligner
+
+    @property
     def num_unfinished(self) -> int:
         return len(self.sinks)
 

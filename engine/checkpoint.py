@@ -1,7 +1,9 @@
 """Finding a checkpoint, and reading and writing its weights under canonical names.
 
 Canonical names are the original layout's names without the `thinker.` prefix (docs/internals.md):
-`audio_tower.*` (projector as `audio_tower.proj1/proj2`), `model.*` (decoder) and `lm_head.weight`.
+`audio_tower.*` (projector as `audio_tower.proj1/proj2`), `model.*` (decoder) and `lm_head.weight`. A forced
+aligner's classifier is `lm_head.weight` too (`thinker.lm_head.weight` in its original layout, `score.weight` in
+its -hf one).
 """
 
 from __future__ import annotations
@@ -100,29 +102,36 @@ NAME_PREFIXES = (
 )
 
 
+ALIGNER_HF_HEAD = ("lm_head.", "thinker.lm_head.", "score.")  # transformers' token-classification head
+
+
+def _prefixes(aligner: bool) -> tuple[tuple[str, str, str], ...]:
+    return (*NAME_PREFIXES[:-1], ALIGNER_HF_HEAD) if aligner else NAME_PREFIXES
+
+
 def _column(layout: str) -> int:
     if layout not in ("original", "hf"):
         raise ValueError(f"unknown checkpoint layout {layout!r}")
     return 1 if layout == "original" else 2
 
 
-def disk_name(name: str, layout: str) -> str:
-    """The name a canonical tensor has on disk in `layout`."""
+def disk_name(name: str, layout: str, aligner: bool = False) -> str:
+    """The name a canonical tensor has on disk in `layout` (of a forced aligner, with `aligner`)."""
     column = _column(layout)
-    for row in NAME_PREFIXES:
+    for row in _prefixes(aligner):
         if name.startswith(row[0]):
             return row[column] + name.removeprefix(row[0])
     raise ValueError(f"not a canonical tensor name: {name}")
 
 
-def canonical_name(name: str, layout: str) -> str | None:
+def canonical_name(name: str, layout: str, aligner: bool = False) -> str | None:
     """The canonical name of an on-disk tensor, or None when `layout` has no such spelling."""
     column = _column(layout)
-    for row in NAME_PREFIXES:
+    for row in _prefixes(aligner):
         if name.startswith(row[column]):
             canonical = row[0] + name.removeprefix(row[column])
             # e.g. "model.audio_tower.proj1.*" in the -hf layout: a known prefix, but not its spelling there
-            return canonical if disk_name(canonical, layout) == name else None
+            return canonical if disk_name(canonical, layout, aligner) == name else None
     return None
 
 
@@ -169,7 +178,7 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}mlp.up_proj.weight"] = (t.intermediate_size, h)
         shapes[f"{p}mlp.down_proj.weight"] = (h, t.intermediate_size)
     shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (t.vocab_size, h)
+    shapes["lm_head.weight"] = (config.head_size, h)
     return shapes
 
 
@@ -195,6 +204,11 @@ def safetensors_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path}: no {SINGLE_FILE}, {INDEX_FILE} or model-*-of-*.safetensors files")
 
 
+def is_tied(config: ModelConfig) -> bool:
+    """lm_head is the embedding: a tied speech recognition model (an aligner's head classifies time slots)."""
+    return config.text.tie_word_embeddings and config.aligner is None
+
+
 def _tensor_shapes(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
     """On-disk name -> (file, shape), read from the headers only."""
     found: dict[str, tuple[Path, tuple[int, ...]]] = {}
@@ -217,14 +231,15 @@ def _match_tensors(path: Path, config: ModelConfig) -> tuple[dict[str, str], dic
     """
     on_disk = _tensor_shapes(safetensors_files(path))
     expected = expected_shapes(config)
-    tied = config.text.tie_word_embeddings
+    tied = is_tied(config)
+    aligner = config.aligner is not None
 
     wanted: dict[str, str] = {}
     unexpected, wrong_shape = [], []
     for name, (_, shape) in on_disk.items():
         if config.layout == "original" and name.startswith(IGNORED_PREFIXES):
             continue
-        canonical = canonical_name(name, config.layout)
+        canonical = canonical_name(name, config.layout, aligner)
         if canonical not in expected:
             unexpected.append(name)
         elif shape != expected[canonical]:
@@ -232,7 +247,7 @@ def _match_tensors(path: Path, config: ModelConfig) -> tuple[dict[str, str], dic
         elif not (tied and canonical == "lm_head.weight"):
             wanted[canonical] = name
     optional = {"lm_head.weight"} if tied else set()
-    missing = [disk_name(n, config.layout) for n in expected if n not in wanted and n not in optional]
+    missing = [disk_name(n, config.layout, aligner) for n in expected if n not in wanted and n not in optional]
     if missing or unexpected or wrong_shape:
         problems = [_listing(kind, sorted(items)) for kind, items in
                     (("missing tensors", missing), ("unexpected tensors", unexpected),
@@ -263,7 +278,7 @@ def read_tensors(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
 def load_weights(path: Path, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """All weights under canonical names, cast to `dtype`, checked against the config's full set."""
     weights = {name: t.to(dtype) for name, t in read_tensors(path, config).items()}
-    if config.text.tie_word_embeddings:
+    if is_tied(config):
         # Like vLLM: a tied checkpoint's lm_head is the embedding, whatever a stored lm_head.weight holds.
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     return weights

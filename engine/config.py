@@ -18,6 +18,10 @@ class EngineConfig(CliArgs):
 
     model: str | None = option(None, "local checkpoint folder (either layout) or Hugging Face id; none: the "
                                      "bundled demo model")
+    aligner_model: str | None = option(None, "Qwen3-ForcedAligner checkpoint (folder or Hugging Face id) for word "
+                                             "timestamps and sentence-sized subtitle cues; none: no word timing")
+    max_cue_seconds: float = option(7.0, "with an aligner: longest subtitle cue, in seconds")
+    max_cue_chars: int = option(84, "with an aligner: longest subtitle cue, in characters")
     device: str | None = option(None, "torch device; none: cuda if available, else cpu")
     # a torch.dtype works too, from Python
     dtype: str | None = option(None, "float32, bfloat16 or float16; none: bfloat16 on cuda, float32 elsewhere")
@@ -50,6 +54,8 @@ class EngineConfig(CliArgs):
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
             raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
+        if self.max_cue_seconds <= 0 or self.max_cue_chars < 1:
+            raise ValueError("max_cue_seconds and max_cue_chars must be positive")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be positive, got {self.cpu_threads}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

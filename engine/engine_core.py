@@ -1,7 +1,8 @@
 """The engine core: schedule, launch, update. Sequences in; each step, the tokens of the step before it out.
 
 It owns the model runner (and with it the device) and the scheduler, sizes the KV cache and captures the decode
-graphs; it knows nothing of requests, text or audio files.
+graphs; with a forced aligner loaded it also runs the queued alignment jobs, one batched pass per step. It knows
+nothing of requests, text or audio files.
 """
 
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qasr.engine.aligner_runner import AlignerRunner
 from qasr.engine.config import EngineConfig
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import ModelConfig
@@ -18,7 +20,15 @@ from qasr.engine.model_loader import load_model, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import InvalidRequest
 from qasr.kernels import get_model_ops
-from qasr.scheduler import SamplingParams, Scheduler, SchedulerConfig, SchedulerOutput, Sequence
+from qasr.scheduler import (
+    AlignmentJob,
+    AlignmentQueue,
+    SamplingParams,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+    Sequence,
+)
 
 MAX_GRAPH_BATCH_SIZE = 512
 
@@ -31,8 +41,16 @@ class EngineCoreOutputs:
 
     sampled: dict[int, int] = field(default_factory=dict)  # seq_id -> token
     finished: list[Sequence] = field(default_factory=list)
+    aligned: dict[int, np.ndarray] = field(default_factory=dict)  # alignment job_id -> its time classes
     admitted: list[Sequence] = field(default_factory=list)
     scheduled_time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlignerCheckpoint:
+    path: Path
+    config: ModelConfig
+    features: FeatureConfig
 
 
 @dataclass(slots=True)
@@ -46,9 +64,10 @@ class GraphMemory:
 class EngineCore:
 
     def __init__(self, config: EngineConfig, model_path: Path, model_config: ModelConfig, features: FeatureConfig,
-                 max_model_len: int, longest_prompt_tokens: int):
+                 max_model_len: int, longest_prompt_tokens: int, aligner: AlignerCheckpoint | None = None):
         """`longest_prompt_tokens`: the prompt of the longest audio piece (max_piece_seconds) without context; the
-        KV cache is sized for max_num_seqs such sequences with a default-length output."""
+        KV cache is sized for max_num_seqs such sequences with a default-length output. `aligner`: a forced
+        aligner to load beside the model, before the KV cache takes the memory left."""
         self.config = config
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda":
@@ -57,9 +76,15 @@ class EngineCore:
         self.max_model_len = max_model_len
         self.longest_prompt_tokens = longest_prompt_tokens
         model = load_model(model_path, model_config, self.device, self.dtype)
-        self.runner = ModelRunner(model, LogMelExtractor(features, self.device),
-                                  get_model_ops(config.attention_backend, self.device), config.block_size,
+        ops = get_model_ops(config.attention_backend, self.device)
+        self.runner = ModelRunner(model, LogMelExtractor(features, self.device), ops, config.block_size,
                                   config.kv_cache_dtype, seed=config.seed)
+        self.aligner: AlignerRunner | None = None
+        if aligner is not None:
+            self.aligner = AlignerRunner(load_model(aligner.path, aligner.config, self.device, self.dtype),
+                                         LogMelExtractor(aligner.features, self.device), ops, config.block_size)
+        self.alignments = AlignmentQueue(config.max_num_batched_tokens)
+        self.alignment_waveforms: dict[int, np.ndarray] = {}  # job_id -> its piece's samples
         self.graph_memory = GraphMemory()
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
@@ -138,12 +163,35 @@ class EngineCore:
             self.scheduler.abort(seq_id)
             self._forget(seq_id)
 
+    def add_alignments(self, jobs: list[tuple[AlignmentJob, np.ndarray]]) -> None:
+        """Queues forced-alignment jobs, each with its piece's samples."""
+        if self.aligner is None:
+            raise RuntimeError("no forced aligner is loaded")
+        for job, samples in jobs:
+            self.alignments.add(job)
+            self.alignment_waveforms[job.job_id] = samples
+
+    def abort_alignments(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            self.alignments.abort(job_id)
+            self.alignment_waveforms.pop(job_id, None)
+
+    @property
+    def has_alignments(self) -> bool:
+        return len(self.alignments) > 0
+
     def step(self) -> EngineCoreOutputs:
         """Schedules and launches step N while the device still runs step N-1, then takes N-1's tokens: the
         caller turns them into text while the device runs N, and outputs trail the launches by one step."""
         step = self.scheduler.schedule()
         outputs = EngineCoreOutputs(admitted=step.admitted, scheduled_time=time.monotonic())
         pending = self.runner.launch(step, self.waveforms)
+        if self.aligner is not None and self.alignments:
+            # queued behind the launched step on the device; its result waits for both
+            jobs = self.alignments.take()
+            outputs.aligned = self.aligner.align(jobs, self.alignment_waveforms)
+            for job in jobs:
+                del self.alignment_waveforms[job.job_id]
         previous, self.in_flight = self.in_flight, (step, pending)
         if previous is None:
             return outputs

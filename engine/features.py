@@ -21,10 +21,15 @@ class FeatureConfig:
 
     @classmethod
     def from_checkpoint(cls, path: Path) -> "FeatureConfig":
-        file = path / "preprocessor_config.json"
-        if not file.exists():
+        """From preprocessor_config.json, or the `feature_extractor` of processor_config.json (where transformers 5
+        saves a processor's parts together)."""
+        file, processor_file = path / "preprocessor_config.json", path / "processor_config.json"
+        if file.exists():
+            raw = json.loads(file.read_text())
+        elif processor_file.exists():
+            raw = json.loads(processor_file.read_text()).get("feature_extractor") or {}
+        else:
             return cls()
-        raw = json.loads(file.read_text())
         default = cls()
         return cls(
             num_mel_bins=raw.get("feature_size", default.num_mel_bins),

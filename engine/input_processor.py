@@ -28,6 +28,7 @@ class ProcessedRequest:
     arrival_time: float
     pieces: list[AudioPiece]
     sequences: list[Sequence]  # one per piece, in order
+    word_timestamps: bool = False
 
 
 class InputProcessor:
@@ -73,4 +74,4 @@ class InputProcessor:
             fitting = params if params.max_tokens <= room else replace(params, max_tokens=room)
             sequences.append(Sequence(prompt, audio, fitting, stop_ids, request_id=request_id, arrival_time=arrival))
         return ProcessedRequest(request_id, request.language, len(request.audio) / self.features.sample_rate,
-                                arrival, pieces, sequences)
+                                arrival, pieces, sequences, request.word_timestamps)

@@ -1,21 +1,25 @@
 import torch
 
+from qasr.engine.alignment import AlignmentProcessor
 from qasr.engine.checkpoint import resolve_model_path
 from qasr.engine.config import EngineConfig
 from qasr.engine.demo import demo_model_path
-from qasr.engine.engine_core import EngineCore
+from qasr.engine.engine_core import AlignerCheckpoint, EngineCore
 from qasr.engine.features import FeatureConfig
 from qasr.engine.input_processor import InputProcessor
 from qasr.engine.model_config import load_model_config
-from qasr.engine.output_processor import OutputProcessor
+from qasr.engine.output_processor import CueLimits, OutputProcessor
 from qasr.engine.outputs import RequestOutput
-from qasr.engine.request import TranscriptionRequest
+from qasr.engine.request import InvalidRequest, TranscriptionRequest
 from qasr.engine.tokenizer import load_tokenizer, special_tokens
+from qasr.engine.words import check_alignable
 
 
 class LLMEngine:
     """The synchronous engine, in three pieces as vLLM V1 has them: the input processor turns a request into
-    sequences, the engine core runs them a step at a time, the output processor turns their tokens into text."""
+    sequences, the engine core runs them a step at a time, the output processor turns their tokens into text.
+    A request that wants word timestamps goes round once more: its finished pieces' transcripts become alignment
+    jobs for the core's forced aligner, whose time slots the output processor turns into words."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -29,15 +33,32 @@ class LLMEngine:
         features = FeatureConfig.from_checkpoint(self.model_path)
         self.input_processor = InputProcessor(tokenizer, special_tokens(tokenizer, self.model_config), features,
                                               config.max_piece_seconds, self.max_model_len)
+        aligner, self.alignment_processor = None, None
+        if config.aligner_model:
+            aligner_path = resolve_model_path(config.aligner_model)
+            aligner = AlignerCheckpoint(aligner_path, load_model_config(aligner_path, aligner=True),
+                                        FeatureConfig.from_checkpoint(aligner_path))
+            self.alignment_processor = AlignmentProcessor(load_tokenizer(aligner_path), aligner.config,
+                                                          aligner.features)
         self.core = EngineCore(config, self.model_path, self.model_config, features, self.max_model_len,
-                               self.input_processor.longest_prompt_tokens())
-        self.output_processor = OutputProcessor(tokenizer)
+                               self.input_processor.longest_prompt_tokens(), aligner)
+        self.output_processor = OutputProcessor(tokenizer, self.alignment_processor,
+                                                CueLimits(config.max_cue_seconds, config.max_cue_chars))
         if self.core.device.type == "cpu" and config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
         self.num_threads = torch.get_num_threads()
 
+    @property
+    def has_aligner(self) -> bool:
+        return self.alignment_processor is not None
+
     def add_request(self, request: TranscriptionRequest) -> str:
         """Queues one audio; long audio becomes several pieces decoded in parallel. Returns the request id."""
+        if request.word_timestamps:
+            if not self.has_aligner:
+                raise InvalidRequest("word timestamps need a forced aligner (aligner_model); none is loaded",
+                                     field="word_timestamps")
+            check_alignable(request.language)
         processed = self.input_processor.process(request)
         if processed.request_id in self.output_processor.requests:
             raise ValueError(f"request id {processed.request_id!r} is already in use")
@@ -51,10 +72,16 @@ class LLMEngine:
         if seq_ids is None:
             return None
         self.core.abort(seq_ids)
+        self.core.abort_alignments(self.output_processor.unfinished_job_ids(request_id))
         return self.output_processor.finish(request_id)
 
     def step(self) -> list[RequestOutput]:
-        return self.output_processor.process(self.core.step())
+        outputs = self.output_processor.process(self.core.step())
+        # transcripts that finished in this step and want their words timed: the aligner's jobs for later steps
+        jobs = self.output_processor.take_alignment_jobs()
+        if jobs:
+            self.core.add_alignments(jobs)
+        return outputs
 
     @property
     def has_unfinished(self) -> bool:

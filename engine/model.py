@@ -2,6 +2,7 @@ import torch
 from torch import nn
 
 from qasr.engine.audio_encoder import AudioEncoder
+from qasr.engine.checkpoint import is_tied
 from qasr.engine.decoder import Qwen3Decoder
 from qasr.engine.model_config import ModelConfig
 from qasr.kernels import AttentionMetadata, ModelOps
@@ -14,15 +15,17 @@ FUSED_PARAMETERS = {
 
 
 class Qwen3ASRModel(nn.Module):
-    """Audio encoder + projector + Qwen3 decoder, in the engine's calling convention."""
+    """Audio encoder + projector + Qwen3 decoder, in the engine's calling convention; with the vocabulary head of
+    the speech recognition model, or the time-slot classifier of the forced aligner."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.audio_tower = AudioEncoder(config.audio)
         self.model = Qwen3Decoder(config.text)
-        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
-        if config.text.tie_word_embeddings:
+        # a forced aligner's head scores time slots; it shares the name (see checkpoint.py)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.head_size, bias=False)
+        if is_tied(config):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def encode_audio(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:

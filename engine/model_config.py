@@ -3,7 +3,9 @@
 Two layouts exist: the original one (`Qwen/Qwen3-ASR-*`, everything under `thinker_config`, written by
 transformers 4.57) and the transformers one (`Qwen/Qwen3-ASR-*-hf`, `audio_config`/`text_config` at the top).
 Field names differ between the transformers versions that wrote them, so every field is read under each of
-its spellings.
+its spellings. The forced aligner (`Qwen/Qwen3-ForcedAligner-0.6B`, also `-hf`) is the same model with a
+classifier over time slots in place of the vocabulary head: `classify_num` in its original config,
+`num_labels` (and `Qwen3ASRForTokenClassification`) in the -hf one.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ class TextConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlignerHead:
+    """The forced aligner's classifier: class k at a `<timestamp>` token means k x segment_ms milliseconds."""
+
+    num_classes: int
+    timestamp_token_id: int
+    segment_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     layout: str  # "original" | "hf"
     audio: AudioEncoderConfig
@@ -51,6 +62,16 @@ class ModelConfig:
     audio_token_id: int
     eos_token_ids: tuple[int, ...]
     dtype: str  # checkpoint dtype, e.g. "bfloat16"
+    aligner: AlignerHead | None = None  # set for a forced aligner, whose head classifies time slots
+
+    @property
+    def head_size(self) -> int:
+        """Rows of the output head: the vocabulary, or the aligner's time classes."""
+        return self.aligner.num_classes if self.aligner else self.text.vocab_size
+
+    @property
+    def kind(self) -> str:
+        return "forced aligner" if self.aligner else "speech recognition model"
 
 
 _MISSING = object()
@@ -119,13 +140,14 @@ def parse_text_config(text: dict[str, Any], tie_word_embeddings: bool,
     )
 
 
+MODEL_TYPES = ("qwen3_asr", "qwen3_forced_aligner")
+
+
 def detect_layout(raw: dict[str, Any]) -> str:
     model_type = raw.get("model_type")
-    if model_type is not None and model_type != "qwen3_asr":
+    if model_type is not None and model_type not in MODEL_TYPES:
         raise ValueError(f"config.json: model_type {model_type!r} is not a Qwen3-ASR model ('qwen3_asr')")
     if isinstance(raw.get("thinker_config"), dict):
-        if "classify_num" in raw["thinker_config"]:
-            raise ValueError("config.json: a Qwen3-ForcedAligner checkpoint, not a Qwen3-ASR one")
         return "original"
     if isinstance(raw.get("audio_config"), dict) and isinstance(raw.get("text_config"), dict):
         return "hf"
@@ -189,6 +211,40 @@ def _dtype(sections: list[dict[str, Any]]) -> str:
     return "float32"
 
 
+# transformers' Qwen3ASRConfig default, which its -hf aligner config may leave unwritten
+DEFAULT_TIMESTAMP_TOKEN_ID = 151705
+DEFAULT_SEGMENT_MS = 80.0
+
+
+def is_aligner_config(raw: dict[str, Any]) -> bool:
+    thinker = raw.get("thinker_config")
+    if isinstance(thinker, dict):
+        return "classify_num" in thinker
+    architectures = raw.get("architectures") or []
+    return (any("TokenClassification" in a for a in architectures)
+            or raw.get("num_labels") is not None or isinstance(raw.get("id2label"), dict))
+
+
+def _aligner_head(raw: dict[str, Any], path: Path) -> AlignerHead:
+    thinker = raw.get("thinker_config")
+    if isinstance(thinker, dict):  # the original layout keeps everything in the thinker's config
+        return AlignerHead(int(_field(thinker, "thinker_config", "classify_num")),
+                           int(_field(thinker, "thinker_config", "timestamp_token_id")),
+                           float(_field(thinker, "thinker_config", "timestamp_segment_time",
+                                        default=DEFAULT_SEGMENT_MS)))
+    labels = raw.get("id2label")
+    num_classes = raw.get("num_labels") or (len(labels) if isinstance(labels, dict) else None)
+    if not num_classes:
+        raise ValueError("config.json: a token-classification config without num_labels or id2label")
+    # the -hf layout keeps the slot length on the processor, as one of its init arguments
+    segment_ms = DEFAULT_SEGMENT_MS
+    processor_file = path / "processor_config.json"
+    if processor_file.is_file():
+        segment_ms = float(json.loads(processor_file.read_text()).get("timestamp_segment_time", segment_ms))
+    return AlignerHead(int(num_classes), int(raw.get("timestamp_token_id", DEFAULT_TIMESTAMP_TOKEN_ID)),
+                       segment_ms)
+
+
 def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     layout = detect_layout(raw)
     if layout == "original":
@@ -208,17 +264,27 @@ def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:
         prefix = ""
         # transformers ties by the top-level flag; text_config's may be a stale default.
         tie = _first_set(raw.get("tie_word_embeddings"), text_raw.get("tie_word_embeddings"), default=True)
+    aligner = _aligner_head(raw, path) if is_aligner_config(raw) else None
+    try:
+        eos_token_ids = _eos_token_ids(path, sections)
+    except ValueError:
+        if aligner is None:
+            raise
+        eos_token_ids = ()  # the aligner generates nothing
     return ModelConfig(
         layout=layout,
         audio=parse_audio_config(audio_raw, prefix + "audio_config"),
         text=parse_text_config(text_raw, bool(tie), prefix + "text_config"),
         audio_token_id=int(audio_token_id),
-        eos_token_ids=_eos_token_ids(path, sections),
+        eos_token_ids=eos_token_ids,
         dtype=_dtype(sections),
+        aligner=aligner,
     )
 
 
-def load_model_config(path: Path) -> ModelConfig:
+def load_model_config(path: Path, aligner: bool = False) -> ModelConfig:
+    """The checkpoint's config; a ValueError if it is not the kind asked for (an ASR model, or with `aligner` a
+    forced aligner)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -229,4 +295,8 @@ def load_model_config(path: Path) -> ModelConfig:
         raise ValueError(f"{config_file}: not valid JSON ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{config_file}: expected a JSON object")
-    return parse_config(raw, path)
+    config = parse_config(raw, path)
+    if (config.aligner is not None) != aligner:
+        wanted = "a forced aligner" if aligner else "a speech recognition model"
+        raise ValueError(f"{path}: a Qwen3 {config.kind} checkpoint, where {wanted} is expected")
+    return config

@@ -1,19 +1,30 @@
 """From sampled tokens to what clients see: incremental detokenization, the transcript header parsed away, and a
-long audio's pieces released in order and joined into one Transcription."""
+long audio's pieces released in order and joined into one Transcription. A request that wants word timestamps
+is held once its text is out, until the forced aligner has timed each piece's words."""
 
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from qasr.engine.alignment import AlignmentProcessor, PieceAlignment
+from qasr.engine.cues import sentence_cues
 from qasr.engine.detokenizer import IncrementalDetokenizer
 from qasr.engine.engine_core import EngineCoreOutputs
 from qasr.engine.input_processor import ProcessedRequest
 from qasr.engine.languages import Language, detected_language
-from qasr.engine.outputs import RequestMetrics, RequestOutput, Segment, Transcription
+from qasr.engine.outputs import RequestMetrics, RequestOutput, Segment, Transcription, Word
 from qasr.engine.prompt import TranscriptStream
 from qasr.engine.splitting import AudioPiece
-from qasr.scheduler import Sequence
+from qasr.engine.words import can_align, split_words
+from qasr.scheduler import AlignmentJob, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class CueLimits:
+    max_seconds: float
+    max_chars: int
 
 
 @dataclass(slots=True)
@@ -23,6 +34,8 @@ class PieceState:
     detokenizer: IncrementalDetokenizer
     stream: TranscriptStream
     text: str = ""  # this piece's transcript so far: every delta its stream gave
+    alignment: PieceAlignment | None = None  # its words' job, while the aligner times them
+    words: list[Word] | None = None  # timed
     held_deltas: list[str] = field(default_factory=list)  # of those, the ones not yet released to the client
     is_first_delta: bool = True
     closed: bool = False  # no more tokens: the stream gave its last delta
@@ -51,17 +64,24 @@ class RequestState:
     language: Language | None  # forced; None: detected per piece
     duration: float  # seconds of audio
     metrics: RequestMetrics
+    word_timestamps: bool = False
     next_piece_to_stream: int = 0
     text: str = ""  # everything released to the client so far, separators between pieces included
+    alignment_started: float | None = None  # when its pieces' words went to the aligner
 
 
 class OutputProcessor:
     """Owns the requests' text state; the engine core owns their sequences' compute."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, alignment: AlignmentProcessor | None = None,
+                 cue_limits: CueLimits = CueLimits(7.0, 84)):
         self.tokenizer = tokenizer  # for the pieces' detokenizers
+        self.alignment = alignment
+        self.cue_limits = cue_limits
         self.requests: dict[str, RequestState] = {}
         self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
+        self.piece_of_job: dict[int, tuple[RequestState, PieceState]] = {}
+        self.new_jobs: list[tuple[AlignmentJob, np.ndarray]] = []
         # unfinished requests that have been scheduled (a preempted one still counts); the rest are queued. A plain
         # int that the metrics read from another thread while the engine runs
         self.num_running_requests = 0
@@ -75,7 +95,8 @@ class OutputProcessor:
                   for seq, piece in zip(request.sequences, request.pieces)]
         metrics = RequestMetrics(arrival_time=request.arrival_time,
                                  num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
-        state = RequestState(request.request_id, pieces, request.language, request.duration, metrics)
+        state = RequestState(request.request_id, pieces, request.language, request.duration, metrics,
+                             request.word_timestamps)
         self.requests[request.request_id] = state
         for piece_state in pieces:
             self.piece_of_seq[piece_state.seq.seq_id] = (state, piece_state)
@@ -86,6 +107,15 @@ class OutputProcessor:
         if state is None:
             return None
         return [p.seq.seq_id for p in state.pieces if not p.seq.is_finished]
+
+    def unfinished_job_ids(self, request_id: str) -> list[int]:
+        state = self.requests.get(request_id)
+        return [p.alignment.job.job_id for p in state.pieces if p.alignment] if state else []
+
+    def take_alignment_jobs(self) -> list[tuple[AlignmentJob, np.ndarray]]:
+        """The jobs made since the last call, each with its piece's samples, for the engine core."""
+        jobs, self.new_jobs = self.new_jobs, []
+        return jobs
 
     def process(self, outputs: EngineCoreOutputs) -> list[RequestOutput]:
         for seq in outputs.admitted:
@@ -105,13 +135,42 @@ class OutputProcessor:
             state, piece_state = self.piece_of_seq[seq.seq_id]
             piece_state.close()
             touched[state.request_id] = state
+        for job_id, classes in outputs.aligned.items():
+            state, piece_state = self.piece_of_job.pop(job_id)
+            assert self.alignment is not None and piece_state.alignment is not None
+            piece_state.words = self.alignment.words(piece_state.alignment, classes)
+            piece_state.alignment = None
+            touched[state.request_id] = state
         results = []
         for state in touched.values():
-            if all(p.seq.is_finished for p in state.pieces):
+            if not all(p.seq.is_finished for p in state.pieces):
+                if delta := self._stream_in_order(state):
+                    results.append(RequestOutput(state.request_id, delta, finished=False))
+            elif state.word_timestamps and state.alignment_started is None and self._start_alignment(state):
+                if delta := self._stream_in_order(state):  # the whole text is out; its words come later
+                    results.append(RequestOutput(state.request_id, delta, finished=False))
+            elif not any(p.alignment for p in state.pieces):
                 results.append(self.finish(state.request_id))
-            elif delta := self._stream_in_order(state):
-                results.append(RequestOutput(state.request_id, delta, finished=False))
         return results
+
+    def _start_alignment(self, state: RequestState) -> bool:
+        """Makes a job for each piece with words to time in a language the aligner knows; False if none has."""
+        assert self.alignment is not None
+        state.alignment_started = time.monotonic()
+        for piece_state in state.pieces:
+            language = state.language or detected_language(piece_state.stream.language)
+            piece = piece_state.piece
+            if not can_align(language):
+                continue
+            piece_state.alignment = self.alignment.job(piece_state.text, piece.samples, piece.start)
+            if piece_state.alignment is None:
+                piece_state.words = []
+                continue
+            job = piece_state.alignment.job
+            self.piece_of_job[job.job_id] = (state, piece_state)
+            self.new_jobs.append((job, piece.samples))
+            state.metrics.aligned_seconds += piece.duration
+        return any(p.alignment for p in state.pieces)
 
     def _stream_in_order(self, state: RequestState) -> str:
         """Deltas of piece k are released only once pieces before it have finished, so text stays in order."""
@@ -140,19 +199,32 @@ class OutputProcessor:
             self.piece_of_seq.pop(piece_state.seq.seq_id, None)
         delta = self._stream_in_order(state)
         token_ids, segments, reasons = [], [], set()
+        words: list[Word] | None = [] if state.word_timestamps else None
         for piece_state in state.pieces:
             seq, piece = piece_state.seq, piece_state.piece
             token_ids += seq.output_token_ids
-            segments.append(Segment(piece.start, min(piece.start + piece.duration, state.duration), piece_state.text))
+            if piece_state.alignment is not None:  # aborted while the aligner had it
+                self.piece_of_job.pop(piece_state.alignment.job.job_id, None)
+                piece_state.alignment = None
+            if piece_state.words and words is not None:
+                words += piece_state.words
+                spans = split_words(piece_state.text)
+                segments += sentence_cues(piece_state.text, spans, piece_state.words, self.cue_limits.max_seconds,
+                                          self.cue_limits.max_chars)
+            else:
+                end = min(piece.start + piece.duration, state.duration)
+                segments.append(Segment(piece.start, end, piece_state.text))
             reasons.add(seq.finish_reason or "abort")
             state.metrics.num_preemptions += seq.num_preemptions
         state.metrics.finished_time = time.monotonic()
+        if state.alignment_started is not None:
+            state.metrics.alignment_time = state.metrics.finished_time - state.alignment_started
         state.metrics.num_output_tokens = len(token_ids)
         reason = "abort" if "abort" in reasons else "length" if "length" in reasons else "stop"
         language = merge_languages([detected_language(p.stream.language) for p in state.pieces])
         result = Transcription(text=state.text, language=language, token_ids=token_ids, duration=state.duration,
                                segments=segments, finish_reason=reason, request_id=state.request_id,
-                               metrics=state.metrics)
+                               metrics=state.metrics, words=words)
         return RequestOutput(state.request_id, delta, finished=True, result=result)
 
 

@@ -8,7 +8,8 @@ from qasr.scheduler import SamplingParams
 
 
 class InvalidRequest(ValueError):
-    """A request the engine cannot run, because of its `field` ("audio" or "context"): the client's to fix."""
+    """A request the engine cannot run, because of its `field` ("audio", "context", "language" or
+    "word_timestamps"): the client's to fix."""
 
     def __init__(self, message: str, field: str):
         super().__init__(message)
@@ -34,6 +35,7 @@ class TranscriptionRequest:
     language: Language | None = None  # forced language ("en", "English" resolve here); None: the model detects it
     context: str = ""  # text for the system prompt: hotwords, names, background
     sampling_params: SamplingParams = field(default_factory=SamplingParams)
+    word_timestamps: bool = False  # time each word with the forced aligner (EngineConfig.aligner_model)
     request_id: str | None = None  # None: the engine names it
     arrival_time: float | None = None  # time.monotonic() of arrival; None: when the engine takes it
 

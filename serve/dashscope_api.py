@@ -9,6 +9,8 @@ from dataclasses import replace
 from aiohttp import web
 
 from qasr.engine.languages import UnknownLanguageError, resolve_language
+from qasr.engine.request import InvalidRequest
+from qasr.engine.words import check_alignable
 from qasr.serve.auth import API_KEY, caller_id, check_result_link, result_link_query
 from qasr.serve.errors import APIError, parse_count
 from qasr.serve.fetch import FetchError, check_url
@@ -35,7 +37,7 @@ async def submit_task(request: web.Request) -> web.Response:
     except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
         raise invalid(f"The request body is not valid JSON: {error}.") from error
     caller = await _caller(request, state)
-    task_request = replace(parse_task_request(body, state.model_names), key_hash=caller)
+    task_request = replace(parse_task_request(body, state.model_names, state.engine.has_aligner), key_hash=caller)
     task = Task(task_id=_task_id(request, caller), request=task_request)
     stored = await state.tasks.run(state.tasks.add_once, task)  # in the database before the client hears of it
     if stored.request != task.request:
@@ -72,7 +74,7 @@ async def _caller(request: web.Request, state: ServerState) -> str | None:
     return None if key is None else caller_id(await _secret(state), key)
 
 
-def parse_task_request(body: object, model_names: list[str]) -> TaskRequest:
+def parse_task_request(body: object, model_names: list[str], has_aligner: bool = False) -> TaskRequest:
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
     model = body.get("model")
@@ -110,11 +112,21 @@ def parse_task_request(body: object, model_names: list[str]) -> TaskRequest:
             or len(set(channels)) != len(channels)):
         raise invalid(f'"parameters.channel_id" must be a list of distinct channel numbers (from 0), '
                       f'got {channels!r}.')
-    for flag in ("enable_itn", "enable_words"):  # accepted; the model has neither a separate ITN nor word timing
+    for flag in ("enable_itn", "enable_words"):  # enable_itn is accepted: the model has no separate ITN
         if not isinstance(parameters.get(flag, False), bool):
             raise invalid(f'"parameters.{flag}" must be true or false.')
-    return TaskRequest(model=model, file_urls=urls, multi_file=multi_file, channels=channels,
-                       language=_language(parameters))
+    language = _language(parameters)
+    enable_words = parameters.get("enable_words", False)
+    if enable_words:
+        if not has_aligner:
+            raise invalid('"parameters.enable_words" needs a forced aligner, and this server has none (start it '
+                          "with --aligner-model).")
+        try:
+            check_alignable(language)
+        except InvalidRequest as error:
+            raise invalid(str(error)) from error
+    return TaskRequest(model=model, file_urls=urls, multi_file=multi_file, channels=channels, language=language,
+                       enable_words=enable_words)
 
 
 def _language(parameters: dict) -> str | None:

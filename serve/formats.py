@@ -36,18 +36,27 @@ def to_vtt(result: Transcription) -> str:
         for s in result.segments if s.text)
 
 
-def to_dict(result: Transcription) -> dict:
-    return {
+def word_dicts(result: Transcription) -> list[dict]:
+    """OpenAI's TranscriptionWord: word, start, end (seconds)."""
+    return [{"word": w.word, "start": w.start, "end": w.end} for w in result.words or []]
+
+
+def to_dict(result: Transcription, words: bool = False) -> dict:
+    body = {
         "text": result.text,
         "language": result.language,
         "duration": round(result.duration, 3),
         "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
                      for i, s in enumerate(result.segments)],
     }
+    if words:
+        body["words"] = word_dicts(result)
+    return body
 
 
-def to_verbose_json(result: Transcription, temperature: float = 0.0) -> dict:
-    """OpenAI's `verbose_json` (TranscriptionVerbose): one segment per audio piece the engine decoded.
+def to_verbose_json(result: Transcription, temperature: float = 0.0, words: bool = False) -> dict:
+    """OpenAI's `verbose_json` (TranscriptionVerbose): one segment per audio piece the engine decoded, or per
+    sentence-sized cue where the forced aligner timed the words; `words` with `words`.
 
     Real values: task, language (lower-case name, as OpenAI writes it; "unknown" if none was detected), duration,
     text, and per segment id, start, end, text, seek (the start in 10 ms mel frames, as Whisper counts),
@@ -65,15 +74,18 @@ def to_verbose_json(result: Transcription, temperature: float = 0.0) -> dict:
                       "compression_ratio": round(compression_ratio(s.text), 4), "no_speech_prob": 0.0}
                      for i, s in enumerate(result.segments)],
         "usage": duration_usage(result),
-    }
+    } | ({"words": word_dicts(result)} if words else {})
 
 
-def to_filetrans_transcript(channel_id: int, result: Transcription) -> dict:
+def to_filetrans_transcript(channel_id: int, result: Transcription, words: bool = False) -> dict:
     """One channel of DashScope's file-transcription result document: times in milliseconds, one sentence per
-    audio piece the engine decoded (the model gives no finer timing; `words` is never filled)."""
+    audio piece the engine decoded, or per sentence-sized cue where the forced aligner timed the words; with
+    `words`, each sentence's words (begin_time, end_time, text, punctuation)."""
     language = language_code(result.language) or ""
     sentences = [{"sentence_id": i, "begin_time": round(s.start * 1000), "end_time": round(s.end * 1000),
                   "text": s.text, "language": language}
+                 | ({"words": [{"begin_time": round(w.start * 1000), "end_time": round(w.end * 1000),
+                                "text": w.word, "punctuation": w.punctuation} for w in s.words]} if words else {})
                  for i, s in enumerate(s for s in result.segments if s.text)]
     return {"channel_id": channel_id, "content_duration_in_milliseconds": round(result.duration * 1000),
             "text": result.text, "sentences": sentences}
@@ -88,7 +100,7 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def render(result: Transcription, fmt: str, temperature: float = 0.0) -> str:
+def render(result: Transcription, fmt: str, temperature: float = 0.0, words: bool = False) -> str:
     if fmt == "text":
         return result.text + "\n"
     if fmt == "srt":
@@ -96,7 +108,7 @@ def render(result: Transcription, fmt: str, temperature: float = 0.0) -> str:
     if fmt == "vtt":
         return to_vtt(result)
     if fmt == "json":
-        return json.dumps(to_dict(result), ensure_ascii=False) + "\n"
+        return json.dumps(to_dict(result, words), ensure_ascii=False) + "\n"
     if fmt == "verbose_json":
-        return json.dumps(to_verbose_json(result, temperature), ensure_ascii=False) + "\n"
+        return json.dumps(to_verbose_json(result, temperature, words), ensure_ascii=False) + "\n"
     raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")

@@ -19,6 +19,7 @@ from qasr.engine import RequestOutput, SamplingParams, Transcription, Transcript
 from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 from qasr.engine.languages import Language, UnknownLanguageError, language_code, resolve_language
 from qasr.engine.request import InvalidRequest, output_token_cap
+from qasr.engine.words import can_align, check_alignable
 from qasr.serve.budget import AudioBudgetExceeded, AudioClaim
 from qasr.serve.drain import cut_short
 from qasr.serve.errors import APIError, bad_request, error_body, logger, parse_count
@@ -27,7 +28,10 @@ from qasr.serve.state import STATE, ServerState
 
 OBSERVED = web.RequestKey("qasr_observed", bool)  # set on a request whose outcome is already in the metrics
 STREAM_FORMATS = ("json", "text")
-FORM_FIELD_OF = {"audio": "file", "context": "prompt"}  # the engine's request fields as the form names them
+# the engine's request fields as the form names them
+FORM_FIELD_OF = {"audio": "file", "context": "prompt", "language": "language",
+                 "word_timestamps": "timestamp_granularities[]"}
+CUE_FORMATS = ("srt", "vtt", "verbose_json")  # sentence-sized cues where an aligner is loaded
 MAX_TEMPERATURE = 2.0
 
 
@@ -43,6 +47,8 @@ class TranscriptionForm:
     temperature: float
     stream: bool
     max_tokens: int | None  # vLLM's max_completion_tokens; None: the engine's default
+    words: bool = False  # timestamp_granularities[]=word: `words` in verbose_json
+    align: bool = False  # run the forced aligner: for words, or for sentence-sized cues
 
 
 async def create_transcription(request: web.Request) -> web.StreamResponse:
@@ -82,7 +88,7 @@ def _admit(state: ServerState) -> None:
 
 async def _transcribe(request: web.Request, state: ServerState, form: MultiDictProxy,
                       started: float) -> web.StreamResponse:
-    params = parse_request(form, state.model_names, state.options.max_prompt_chars)
+    params = parse_request(form, state.model_names, state.options.max_prompt_chars, state.engine.has_aligner)
     if params.prompt and (tokens := state.engine.count_tokens(params.prompt)) > state.options.max_prompt_tokens:
         raise bad_request(f"prompt is {tokens} tokens long; at most {state.options.max_prompt_tokens} are allowed.",
                           param="prompt", code="prompt_too_long")
@@ -106,7 +112,8 @@ async def _answer(request: web.Request, state: ServerState, params: Transcriptio
     request_id = f"trsc-{uuid.uuid4().hex}"
     headers = {"X-Request-Id": request_id}
     stream = state.engine.stream(TranscriptionRequest(samples, language=params.language, context=params.prompt,
-                                                      sampling_params=sampling, request_id=request_id))
+                                                      sampling_params=sampling, request_id=request_id,
+                                                      word_timestamps=params.align))
     async with contextlib.aclosing(stream) as outputs:  # leaving early, however, aborts the engine request
         try:
             output = await anext(outputs)  # before any byte is sent, so a failure still gets its HTTP status
@@ -144,7 +151,8 @@ async def _read_form(request: web.Request, state: ServerState) -> MultiDictProxy
         raise bad_request(f"Could not parse the form body: {error}") from error
 
 
-def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars: int) -> TranscriptionForm:
+def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars: int,
+                  has_aligner: bool = False) -> TranscriptionForm:
     file = form.get("file")
     if file is None:
         raise bad_request("Missing required parameter: 'file'.", param="file")
@@ -166,18 +174,31 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
         raise bad_request(f"Streaming supports response_format json or text, not {response_format!r}.",
                           param="response_format")
 
+    words = False
     for granularity in form.getall("timestamp_granularities[]", []) + form.getall("timestamp_granularities", []):
-        if granularity == "word":
-            raise bad_request("Word timestamps are not supported (the model has no word alignment); use "
-                              "timestamp_granularities[]=segment.", param="timestamp_granularities[]")
-        if granularity != "segment":
-            raise bad_request(f"Unknown timestamp granularity {granularity!r}; supported: segment.",
+        if granularity not in ("segment", "word"):
+            raise bad_request(f"Unknown timestamp granularity {granularity!r}; supported: segment, word.",
                               param="timestamp_granularities[]")
+        words = words or granularity == "word"
+    if words and not has_aligner:
+        raise bad_request("Word timestamps need a forced aligner, and this server has none (start it with "
+                          "--aligner-model); use timestamp_granularities[]=segment.",
+                          param="timestamp_granularities[]")
+    if words and response_format != "verbose_json":
+        raise bad_request("timestamp_granularities[]=word needs response_format verbose_json.",
+                          param="timestamp_granularities[]")
 
     try:
         language = resolve_language(_text(form, "language"))
     except UnknownLanguageError as error:
         raise bad_request(str(error), param="language") from error
+    if words:
+        try:
+            check_alignable(language)
+        except InvalidRequest as error:
+            raise bad_request(str(error), param="language") from error
+    # cues follow the words where the aligner can time them; elsewhere they stay one per audio piece
+    align = words or (has_aligner and response_format in CUE_FORMATS and (language is None or can_align(language)))
 
     temperature = _number(form, "temperature", 0.0)
     if not 0.0 <= temperature <= MAX_TEMPERATURE:
@@ -198,7 +219,7 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
 
     return TranscriptionForm(file=file.file, model=model, language=language, prompt=prompt,
                                 response_format=response_format, temperature=temperature, stream=stream,
-                                max_tokens=max_tokens)
+                                max_tokens=max_tokens, words=words, align=align)
 
 
 def _text(form: MultiDictProxy, name: str) -> str | None:
@@ -315,7 +336,7 @@ def _response(result: Transcription, params: TranscriptionForm, headers: dict[st
             body["languages"] = [{"code": code}]
         return web.json_response(body, headers=headers)
     if fmt == "verbose_json":
-        return web.json_response(to_verbose_json(result, params.temperature), headers=headers)
+        return web.json_response(to_verbose_json(result, params.temperature, params.words), headers=headers)
     if fmt == "srt":
         return web.Response(text=to_srt(result), content_type="text/plain", headers=headers)
     if fmt == "vtt":

@@ -69,6 +69,7 @@ class TaskRequest:
     multi_file: bool  # Paraformer's input.file_urls: answered with one output.results entry per file
     channels: list[int] = field(default_factory=lambda: [0])
     language: str | None = None  # resolved name, e.g. "English"; None: the model detects it
+    enable_words: bool = False  # each sentence's words, timed by the forced aligner
     key_hash: str | None = None  # the submitting API key's keyed hash (auth.KeyRing); None: submitted without keys
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from qasr.engine import AsyncEngine, Transcription, TranscriptionRequest
 from qasr.engine.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
+from qasr.engine.words import can_align
 from qasr.serve.budget import AudioBudget, AudioClaim, ByteBudget
 from qasr.serve.fetch import Fetcher, FetchError
 from qasr.serve.formats import to_filetrans_transcript
@@ -162,7 +163,7 @@ class TaskWorker:
                 decoded = await asyncio.get_running_loop().run_in_executor(
                     self.audio_pool, decode, data, request.channels, self.options.max_audio_seconds, audio)
                 del data  # the file's bytes go with their room in the budget
-            results = await asyncio.gather(*(self._transcribe(samples, request.language)
+            results = await asyncio.gather(*(self._transcribe(samples, request)
                                              for samples in decoded.channels))
         except FetchError as error:
             return _failure(url, error.code, error.message), 0.0
@@ -174,13 +175,21 @@ class TaskWorker:
             return _failure(url, "FILE_TRANSCRIBE_FAILED", f"Could not transcribe the audio: {error}."), 0.0
         finally:
             audio.release()
-        entry = {"file_url": url, "status": SUCCEEDED, "document": document(url, decoded, request.channels, results)}
+        entry = {"file_url": url, "status": SUCCEEDED,
+                 "document": document(url, decoded, request.channels, results, request.enable_words)}
         if not any(result.text for result in results):
             entry["code"] = "SUCCESS_WITH_NO_VALID_FRAGMENT"
         return entry, sum(result.duration for result in results)
 
-    async def _transcribe(self, samples: np.ndarray, language: str | None) -> Transcription:
-        result = await self.engine.transcribe(TranscriptionRequest(samples, language=language))
+    async def _transcribe(self, samples: np.ndarray, request: TaskRequest) -> Transcription:
+        """With an aligner loaded, sentences follow the timed words (unless the forced language is one it cannot
+        time); a task asking for words on a replica without one fails its files, as another replica stored it."""
+        if request.enable_words and not self.engine.has_aligner:
+            raise ValueError("enable_words needs a forced aligner, and this replica has none (--aligner-model)")
+        align = request.enable_words or (self.engine.has_aligner and
+                                         (request.language is None or can_align(request.language)))
+        result = await self.engine.transcribe(TranscriptionRequest(samples, language=request.language,
+                                                                   word_timestamps=align))
         self.metrics.observe_transcription(result)  # each channel once, as it finishes
         return result
 
@@ -198,7 +207,8 @@ def decode(data: bytes, channels: list[int], max_seconds: float, claim: AudioCla
     return DecodedFile(container, codec, sample_rate, num_channels, samples)
 
 
-def document(url: str, decoded: DecodedFile, channels: list[int], results: list[Transcription]) -> dict:
+def document(url: str, decoded: DecodedFile, channels: list[int], results: list[Transcription],
+             words: bool = False) -> dict:
     """The result file a finished task's transcription_url serves: DashScope's Qwen filetrans fields (audio_info,
     transcripts) and Paraformer's (properties, content_duration_in_milliseconds), which do not collide."""
     duration_ms = round(len(decoded.channels[0]) / SAMPLE_RATE * 1000)
@@ -208,7 +218,7 @@ def document(url: str, decoded: DecodedFile, channels: list[int], results: list[
                        "original_sampling_rate": decoded.sample_rate,
                        "original_duration_in_milliseconds": duration_ms},
         "audio_info": {"format": decoded.container, "sample_rate": decoded.sample_rate},
-        "transcripts": [to_filetrans_transcript(channel, result) for channel, result in zip(channels, results)],
+        "transcripts": [to_filetrans_transcript(channel, result, words) for channel, result in zip(channels, results)],
     }
 
 

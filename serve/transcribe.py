@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="write one file per input instead of stdout")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--word-timestamps", action="store_true",
+                        help="time each word with the forced aligner (--aligner-model): words in json and "
+                             "verbose_json, sentence-sized cues in srt and vtt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     EngineConfig.add_cli_args(parser)
 
@@ -27,10 +30,12 @@ def main(args: argparse.Namespace) -> int:
 
     asr = ASR.from_config(EngineConfig.from_cli_args(args))
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    if args.word_timestamps and not args.aligner_model:
+        raise SystemExit("qasr transcribe: --word-timestamps needs --aligner-model")
     results = asr.transcribe(args.files, language=args.language, context=args.context, sampling_params=params,
-                             use_tqdm=not args.quiet)
+                             use_tqdm=not args.quiet, word_timestamps=args.word_timestamps)
     for file, result in zip(args.files, results):
-        text = render(result, args.format, temperature=args.temperature)
+        text = render(result, args.format, temperature=args.temperature, words=args.word_timestamps)
         if args.output_dir:
             out = Path(args.output_dir) / (Path(file).stem + "." + SUFFIXES.get(args.format, args.format))
             out.parent.mkdir(parents=True, exist_ok=True)

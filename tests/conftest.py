@@ -1,10 +1,10 @@
 """Shared test setup: the environment the kernels must see before they are imported, small random Qwen3-ASR
-checkpoints on disk, speech-like clips, and the `gpu` marker.
+checkpoints (and forced aligners) on disk, speech-like clips, and the `gpu` marker.
 
 There is no helper module to import: what tests share reaches them as fixtures (`speech_like`, `write_checkpoint`,
-`build_tokenizer`, `shapes`, `shape`, `checkpoint_root`) or through the hooks below. The checkpoints are
-deterministic from (shape, seed); their dimensions, configs and preprocessor are the demo model's (training.model,
-training.export).
+`write_aligner_checkpoint`, `build_tokenizer`, `shapes`, `shape`, `checkpoint_root`) or through the hooks below.
+The checkpoints are deterministic from (shape, seed); their dimensions, configs and preprocessor are the demo
+model's (training.model, training.export).
 """
 
 import os
@@ -247,6 +247,94 @@ def write_checkpoint(dst: Path, shape: Dims, layout: str = "hf", seed: int = 0, 
     # vocab.json + merges.txt beside tokenizer.json, as the original repositories ship them
     Tokenizer.from_file(str(dst / "tokenizer.json")).model.save(str(dst))
     return dst
+
+
+# transformers' converter gives the -hf aligner this template: the audio, then each word and two <timestamp>s
+ALIGNER_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(audio_tokens='', words=[]) -%}"
+    "{%- for m in messages -%}{%- if m.content is not string -%}{%- for c in m.content -%}"
+    "{%- if c.type == 'audio' or ('audio' in c) or ('audio_url' in c) -%}"
+    "{%- set ns.audio_tokens = ns.audio_tokens + '<|audio_start|><|audio_pad|><|audio_end|>' -%}{%- endif -%}"
+    "{%- if c.type == 'text' and (c.text is defined) -%}{%- set ns.words = ns.words + [c.text] -%}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{%- endfor -%}"
+    "{{- ns.audio_tokens + ns.words | join('<timestamp><timestamp>') + '<timestamp><timestamp>' -}}"
+)
+TIMESTAMP_TOKEN = "<timestamp>"
+ALIGNER_CLASSES = 96  # 7.7 s of 80 ms slots: random weights pick any of them
+ALIGNER_SEGMENT_MS = 60.0  # not transformers' default of 80, so that reading it is tested
+
+
+def add_timestamp_token(dst: Path) -> int:
+    """Adds <timestamp> to the tokenizer in `dst` as a special token, as the aligner's tokenizer has it."""
+    from tokenizers import AddedToken
+
+    tokenizer = Tokenizer.from_file(str(dst / "tokenizer.json"))
+    tokenizer.add_special_tokens([AddedToken(TIMESTAMP_TOKEN, special=True, normalized=False)])
+    tokenizer.save(str(dst / "tokenizer.json"))
+    token_id = tokenizer.token_to_id(TIMESTAMP_TOKEN)
+    config = json.loads((dst / "tokenizer_config.json").read_text())
+    config.setdefault("added_tokens_decoder", {})[str(token_id)] = {
+        "content": TIMESTAMP_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "special": True}
+    write_json(dst / "tokenizer_config.json", config)
+    return token_id
+
+
+def write_aligner_checkpoint(dst: Path, shape: Dims, layout: str = "hf", seed: int = 0) -> Path:
+    """A random Qwen3-ForcedAligner checkpoint folder in `layout` ("hf" or "original"); same seed, same weights.
+    Its -hf folder loads in transformers as Qwen3ASRForTokenClassification and Qwen3ASRProcessor."""
+    from transformers import (
+        AutoTokenizer,
+        Qwen3ASRConfig,
+        Qwen3ASRFeatureExtractor,
+        Qwen3ASRForTokenClassification,
+        Qwen3ASRProcessor,
+    )
+
+    dst = Path(dst)
+    build_tokenizer(dst)
+    timestamp_id = add_timestamp_token(dst)
+    ids = token_ids(dst)
+    vocab_size = padded_vocab_size(ids["vocab_size"] + 1)
+    config = Qwen3ASRConfig(
+        audio_config=audio_config(shape), text_config=text_config(shape, vocab_size) | {"tie_word_embeddings": False},
+        audio_token_id=ids["<|audio_pad|>"], timestamp_token_id=timestamp_id, num_labels=ALIGNER_CLASSES,
+        tie_word_embeddings=False, dtype="float32")
+    config.architectures = ["Qwen3ASRForTokenClassification"]
+    torch.manual_seed(seed)
+    model = Qwen3ASRForTokenClassification(config)
+    init_weights(model, seed, [ids[t] for t in [*SPECIAL_TOKENS, ASR_TEXT_TOKEN]] + [timestamp_id])
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+
+    if layout == "hf":
+        save_safetensors(dst, state)
+        config.save_pretrained(dst)
+        processor = Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(n_window=N_WINDOW),
+                                      tokenizer=AutoTokenizer.from_pretrained(str(dst)),
+                                      chat_template=ALIGNER_CHAT_TEMPLATE, timestamp_segment_time=ALIGNER_SEGMENT_MS)
+        processor.save_pretrained(str(dst))
+        return dst
+    if layout != "original":
+        raise ValueError(f"layout must be 'hf' or 'original', not {layout!r}")
+    tensors = {disk_name(canonical_name(name, "hf", aligner=True), "original", aligner=True): t
+               for name, t in state.items()}
+    save_safetensors(dst, tensors)
+    raw = original_config(model, ids, "float32")
+    thinker = raw["thinker_config"]
+    thinker["text_config"]["tie_word_embeddings"] = False
+    thinker.update({"model_type": "qwen3_forced_aligner", "classify_num": ALIGNER_CLASSES,
+                    "timestamp_token_id": timestamp_id, "timestamp_segment_time": ALIGNER_SEGMENT_MS})
+    raw["architectures"] = ["Qwen3ForcedAlignerForConditionalGeneration"]
+    write_json(dst / "config.json", raw)
+    write_json(dst / "preprocessor_config.json", PREPROCESSOR)
+    Tokenizer.from_file(str(dst / "tokenizer.json")).model.save(str(dst))
+    return dst
+
+
+@pytest.fixture(name="write_aligner_checkpoint", scope="session")
+def fixture_write_aligner_checkpoint():
+    """`write_aligner_checkpoint(dst, shape, layout="hf", seed=0)`: a random forced aligner."""
+    return write_aligner_checkpoint
 
 
 @pytest.fixture(name="write_checkpoint", scope="session")

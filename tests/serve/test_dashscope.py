@@ -135,7 +135,7 @@ def test_qwen_filetrans_through_the_sdk(server, files, clips: list[dict],
                                         expected: list[str], get_json, http) -> None:
     dashscope.base_http_api_url = server.url + "/api/v1"
     submitted = QwenTranscription.async_call(model="qasr-demo", file_url=f"{files.url}/audio/{clips[0]['file']}",
-                                             api_key="unused", channel_id=[0], enable_itn=False, enable_words=True,
+                                             api_key="unused", channel_id=[0], enable_itn=False, enable_words=False,
                                              language="en")
     assert submitted.status_code == 200 and submitted.output.task_status == PENDING
     done = QwenTranscription.wait(submitted, api_key="unused")
@@ -234,6 +234,8 @@ def test_bad_requests_get_dashscope_errors(server, files, clips: list[dict], htt
     for parameters in ({"channel_id": 0}, {"channel_id": [0, 0]}, {"channel_id": [-1]}, {"channel_id": [[0]]},
                        {"channel_id": [{}]}, {"language": "klingon"}, {"enable_words": "yes"}, []):
         assert_dashscope_error(post({**good, "parameters": parameters}), 400, "InvalidParameter")
+    error = assert_dashscope_error(post({**good, "parameters": {"enable_words": True}}), 400, "InvalidParameter")
+    assert "--aligner-model" in error["message"]  # this server has no forced aligner
     assert_dashscope_error(post("[" * 100000 + "]" * 100000), 400, "InvalidParameter")  # deeper than json parses
 
     assert_dashscope_error(http("GET", server.url + "/api/v1/tasks/no-such-task"), 404, "NotFound")

@@ -1,0 +1,193 @@
+"""The forced aligner against transformers: Qwen3ASRForTokenClassification with the processor's
+prepare_forced_aligner_inputs and decode_forced_alignment, on random aligner checkpoints in both layouts.
+Prompts, word lists, class logits (1e-4 relative) and the repaired word times (exactly), alone, batched, and
+inside the engine beside transcription traffic."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qasr.engine import ASR, SamplingParams
+from qasr.engine.aligner_runner import AlignerRunner
+from qasr.engine.alignment import AlignmentProcessor
+from qasr.engine.features import FeatureConfig, LogMelExtractor
+from qasr.engine.model_config import load_model_config
+from qasr.engine.model_loader import load_model
+from qasr.engine.request import InvalidRequest, TranscriptionRequest
+from qasr.engine.splitting import split_audio
+from qasr.engine.tokenizer import load_tokenizer
+from qasr.engine.words import repair_timestamps, split_words
+from qasr.kernels import get_model_ops
+
+TEXTS = [
+    ("English", "Set a timer for ten minutes, and don't forget the e-mail to Anna!"),
+    ("German", "Große Grüße aus München: über 20 Äpfel, bitte."),
+    ("Chinese", "今天天气很好，我们去公园散步吧。OK"),
+]
+CLIP_SECONDS = [1.2, 4.0, 6.5]
+
+
+@pytest.fixture(scope="module")
+def aligners(shapes, checkpoint_root: Path, write_aligner_checkpoint) -> dict[str, Path]:
+    return {layout: write_aligner_checkpoint(checkpoint_root / f"aligner-{layout}", shapes[1], layout, seed=3)
+            for layout in ("hf", "original")}
+
+
+class Reference:
+    """transformers' aligner, one clip at a time, float32, CPU."""
+
+    def __init__(self, hf_checkpoint: Path):
+        from transformers import Qwen3ASRForTokenClassification, Qwen3ASRProcessor
+
+        self.processor = Qwen3ASRProcessor.from_pretrained(hf_checkpoint)
+        self.model = Qwen3ASRForTokenClassification.from_pretrained(hf_checkpoint, dtype=torch.float32).eval()
+        self.timestamp_token_id = self.model.config.timestamp_token_id
+
+    @torch.inference_mode()
+    def align(self, clip: np.ndarray, text: str, language: str) -> tuple[list[int], list[str], torch.Tensor, list]:
+        inputs, word_lists = self.processor.prepare_forced_aligner_inputs(audio=clip, transcript=text,
+                                                                          language=language)
+        logits = self.model(**inputs).logits
+        ids = inputs["input_ids"]
+        words = self.processor.decode_forced_alignment(logits, ids, word_lists, self.timestamp_token_id)[0]
+        return (ids[0].tolist(), word_lists[0], logits[0][ids[0] == self.timestamp_token_id].float(),
+                [(w["text"], w["start_time"], w["end_time"]) for w in words])
+
+
+@pytest.fixture(scope="module")
+def reference(aligners: dict[str, Path]) -> Reference:
+    return Reference(aligners["hf"])
+
+
+def build_aligner(path: Path) -> tuple[AlignmentProcessor, AlignerRunner]:
+    config = load_model_config(path, aligner=True)
+    features = FeatureConfig.from_checkpoint(path)
+    runner = AlignerRunner(load_model(path, config, torch.device("cpu"), torch.float32), LogMelExtractor(features),
+                           get_model_ops("torch", torch.device("cpu")), block_size=16)
+    return AlignmentProcessor(load_tokenizer(path), config, features), runner
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_words_times_and_logits_match_transformers_alone_and_batched(layout: str, aligners: dict[str, Path],
+                                                                     reference: Reference, speech_like) -> None:
+    processor, runner = build_aligner(aligners[layout])
+    cases = [(language, text, speech_like(seconds, seed=i)) for i, seconds in enumerate(CLIP_SECONDS)
+             for language, text in TEXTS]
+    expected = [reference.align(clip, text, language) for language, text, clip in cases]
+    pieces = [processor.job(text, clip, offset=0.0) for _, text, clip in cases]
+    waveforms = {piece.job.job_id: clip for piece, (_, _, clip) in zip(pieces, cases)}
+    batched = runner.forward([piece.job for piece in pieces], waveforms)
+    classes = runner.align([piece.job for piece in pieces], waveforms)
+    for piece, (language, _, clip), (ids, word_list, logits, words), together in zip(pieces, cases, expected,
+                                                                                      batched):
+        where = f"{layout} {language} {len(clip) / 16000:.1f}s"
+        assert piece.job.prompt_token_ids == ids, where
+        assert [span.text for span in piece.spans] == word_list, where
+        [alone] = runner.forward([piece.job], {piece.job.job_id: clip})
+        assert relative_error(alone, logits) < 1e-4, where
+        assert relative_error(together, logits) < 1e-4, where
+        ours = processor.words(piece, classes[piece.job.job_id])
+        assert [(w.word, w.start, w.end) for w in ours] == words, where
+    # random weights still spread the slots: the times are not all one value
+    assert len({w[1] for _, _, _, words in expected for w in words}) > 5
+
+
+def test_words_split_as_the_processor_splits_them(reference: Reference) -> None:
+    texts = ["  Hello,   world!! ", "it's 5 o'clock — rock'n'roll?", "中文和English混合。", "e-mail: a.b@c.de",
+             "...", "", "naïve café ÜBER", "数字123与標點！", "tab\tand\nnewline"]
+    for text in texts:
+        spans = split_words(text)
+        assert [s.text for s in spans] == reference.processor.split_words_for_alignment(text, "English"), text
+        for span in spans:  # each word's characters lie, in order, inside its span of the text
+            inside = iter(text[span.start:span.end])
+            assert all(char in inside for char in span.text), (text, span)
+
+
+def test_timestamp_repair_matches_the_processor() -> None:
+    from transformers.models.qwen3_asr.processing_qwen3_asr import _fix_timestamps
+
+    rng = np.random.default_rng(0)
+    cases = [[0, 80, 160, 240], [400, 80, 160, 240, 320], [0, 800, 80, 160, 960, 240, 40, 1200],
+             [500, 400, 300, 200, 100], [0, 0, 0], [100]]
+    cases += [list(rng.integers(0, 40, size=n) * 80) for n in (2, 5, 9, 16, 31) for _ in range(8)]
+    for raw in cases:
+        values = np.asarray(raw, dtype=np.float32)
+        assert repair_timestamps(values.tolist()) == [float(v) for v in _fix_timestamps(values)], raw
+
+
+@pytest.fixture(scope="module")
+def asr_checkpoint(shapes, checkpoint_root: Path, write_checkpoint) -> Path:
+    return write_checkpoint(checkpoint_root / "aligner-asr", shapes[0], "hf", seed=5)
+
+
+def test_engine_times_words_beside_transcription_traffic(asr_checkpoint: Path, aligners: dict[str, Path],
+                                                         reference: Reference, speech_like) -> None:
+    """Requests with and without words, one split into pieces, in the same steps: each piece's words are the
+    reference's for that piece's transcript and audio, shifted by the piece's start."""
+    asr = ASR(str(asr_checkpoint), aligner_model=str(aligners["original"]), max_piece_seconds=2.0,
+              max_cue_seconds=1.0)
+    engine = asr.engine
+    params = SamplingParams(max_tokens=12)
+    clips = [speech_like(seconds, seed=10 + i) for i, seconds in enumerate([5.5, 1.5, 3.0, 2.5])]
+    wants_words = [True, False, True, True]
+    ids = [engine.add_request(TranscriptionRequest(clip, language="en", sampling_params=params,
+                                                   word_timestamps=words))
+           for clip, words in zip(clips, wants_words)]
+    results = {}
+    aligned_batches = []
+    original_align = engine.core.aligner.align
+
+    def record(jobs, waveforms):
+        aligned_batches.append(len(jobs))
+        return original_align(jobs, waveforms)
+
+    engine.core.aligner.align = record
+    while engine.has_unfinished:
+        for output in engine.step():
+            if output.finished:
+                results[output.request_id] = output.result
+    assert max(aligned_batches) > 1, "the aligner never batched two pieces"
+    checked = 0
+    for request_id, clip, words in zip(ids, clips, wants_words):
+        result = results[request_id]
+        if not words:
+            assert result.words is None
+            continue
+        pieces = split_audio(clip, 2.0, 16000)
+        # the same greedy transcript without words: one segment per piece, with that piece's text
+        [plain] = asr.transcribe(clip, language="en", sampling_params=params)
+        assert plain.text == result.text and len(plain.segments) == len(pieces)
+        expected = []
+        for piece, segment_text in zip(pieces, [segment.text for segment in plain.segments]):
+            if split_words(segment_text):
+                *_, piece_words = reference.align(piece.samples, segment_text, "English")
+                expected += [(w, round(piece.start + s, 3), round(piece.start + e, 3)) for w, s, e in piece_words]
+        assert [(w.word, w.start, w.end) for w in result.words] == expected
+        checked += len(expected)
+        for cue in result.segments:  # sentence-sized cues within the limits (a single word may run over)
+            assert cue.end - cue.start <= 1.0 or len(cue.text.split()) == 1
+        assert result.metrics.alignment_time is not None and result.metrics.aligned_seconds > 0
+    assert checked >= 5
+
+
+def test_word_requests_need_an_aligner_and_a_language_it_knows(asr_checkpoint: Path, aligners: dict[str, Path],
+                                                              speech_like) -> None:
+    clip = speech_like(1.0, seed=1)
+    plain = ASR(str(asr_checkpoint))
+    with pytest.raises(InvalidRequest, match="forced aligner"):
+        plain.engine.add_request(TranscriptionRequest(clip, word_timestamps=True))
+    with_aligner = ASR(str(asr_checkpoint), aligner_model=str(aligners["hf"]))
+    with pytest.raises(InvalidRequest, match="not available for Arabic"):
+        with_aligner.engine.add_request(TranscriptionRequest(clip, language="ar", word_timestamps=True))
+    with pytest.raises(InvalidRequest, match="Japanese"):
+        with_aligner.engine.add_request(TranscriptionRequest(clip, language="ja", word_timestamps=True))
+    with pytest.raises(ValueError, match="forced aligner checkpoint, where a speech recognition model"):
+        ASR(str(aligners["hf"]))
+    with pytest.raises(ValueError, match="speech recognition model checkpoint, where a forced aligner"):
+        ASR(str(asr_checkpoint), aligner_model=str(asr_checkpoint))
