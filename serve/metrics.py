@@ -29,6 +29,8 @@ TASK_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0
 RTF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 AUDIO_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
                  10800.0)
+# word timing: a step's batched aligner pass (milliseconds on a GPU) to a long file's queue behind other work
+ALIGNMENT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 STATUSES = ("success", "client_error", "server_error", "aborted")
 
@@ -57,6 +59,11 @@ class Metrics:
         self.generation_tokens = Counter("qasr_generation_tokens", "Tokens generated for finished requests",
                                          registry=r)
         self.preemptions = Counter("qasr_num_preemptions", "Preemptions of finished requests' sequences", registry=r)
+        self.aligned_seconds = Counter("qasr_aligned_audio_seconds", "Seconds of audio whose words the forced aligner "
+                                       "timed", registry=r)
+        self.alignment_latency = Histogram("qasr_alignment_latency_seconds", "Word timing per request: its transcript "
+                                           "finished to its words timed (queue and aligner pass)",
+                                           buckets=ALIGNMENT_BUCKETS, registry=r)
         self.requests = Counter("qasr_requests", "Transcription requests by outcome", ["status"], registry=r)
         for status in STATUSES:
             self.requests.labels(status)
@@ -122,6 +129,9 @@ class Metrics:
         self.prompt_tokens.inc(m.num_prompt_tokens)
         self.generation_tokens.inc(m.num_output_tokens)
         self.preemptions.inc(m.num_preemptions)
+        if m.alignment_time is not None:
+            self.aligned_seconds.inc(m.aligned_seconds)
+            self.alignment_latency.observe(m.alignment_time)
 
     def observe_failure(self, status: str) -> None:
         self.requests.labels(status).inc()

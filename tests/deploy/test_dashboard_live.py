@@ -2,9 +2,10 @@
 every second through a short scripted load: every panel query and every alert expression goes through Prometheus's
 HTTP API, the way Grafana sends them, and is checked against what the load did.
 
-The load (API keys on): successful transcriptions (plain and streamed), a wrong model (client_error), uploads
-abandoned halfway (aborted), requests with no key and with a wrong one, and file-transcription tasks. The checks:
-requests by status, audio seconds and RTFx within 5% of what was sent, auth failures by reason, tasks finished,
+The load (API keys on, a forced aligner loaded): successful transcriptions (verbose_json, whose cues the aligner
+times, and streamed), a wrong model (client_error), uploads abandoned halfway (aborted), requests with no key and
+with a wrong one, and file-transcription tasks (aligned too). The checks: requests by status, audio seconds, RTFx
+and word-timed audio within 5% of what was sent, auth failures by reason, tasks finished,
 replicas up = 1 while Prometheus also scrapes itself, queue-time p50 under 50 ms (the queue stays idle), the audio
 duration heatmap counting each request once, every panel non-empty, no alert firing; then SIGTERM with a request in
 flight: the drain shows on the dashboard, and once the replica is gone `Replicas up` is 0 and QasrReplicaDown's
@@ -85,6 +86,7 @@ class Load:
         self.statuses: Counter = Counter()  # the server's qasr_requests_total statuses, as the client caused them
         self.auth: Counter = Counter()
         self.audio_s = 0.0  # of every successful transcription, tasks' included
+        self.aligned_s = 0.0  # of those whose words the aligner timed: verbose_json answers and tasks
         self.latencies: list[float] = []  # of the successful transcriptions, as the client saw them
         self.tasks = 0
         self.session: aiohttp.ClientSession | None = None
@@ -106,12 +108,14 @@ class Load:
 
     async def transcribe(self, clip: int, stream: bool = False) -> None:
         started = time.monotonic()
-        status, body = await self.post(self.form(clip, **({"stream": "true"} if stream else {})))
+        status, body = await self.post(self.form(clip, **({"stream": "true"} if stream else
+                                                          {"response_format": "verbose_json"})))
         self.latencies.append(time.monotonic() - started)
         assert status == 200, body
         assert (b"transcript.text.done" in body) if stream else json.loads(body)["text"]
         self.statuses["success"] += 1
         self.audio_s += self.clips[clip][1]
+        self.aligned_s += 0.0 if stream else self.clips[clip][1]
 
     async def wrong_model(self, clip: int) -> None:
         status, _ = await self.post(self.form(clip, model="no-such-model"))
@@ -154,6 +158,7 @@ class Load:
             await asyncio.sleep(0.1)
         self.tasks += 1
         self.audio_s += self.clips[clip][1]
+        self.aligned_s += self.clips[clip][1]
 
     async def run(self) -> None:
         async def worker(number: int) -> None:
@@ -192,17 +197,19 @@ def prometheus_config(server_url: str, own_port: int) -> dict:
     return config
 
 
-def test_every_panel_and_alert_through_prometheus_under_load(clips: list[tuple[bytes, float]],
-                                                             tmp_path: Path) -> None:
-    asyncio.run(scenario(clips, tmp_path))
+def test_every_panel_and_alert_through_prometheus_under_load(clips: list[tuple[bytes, float]], tmp_path: Path,
+                                                             shapes, write_aligner_checkpoint) -> None:
+    aligner = write_aligner_checkpoint(tmp_path / "aligner", shapes[0])  # random weights: the work is what counts
+    asyncio.run(scenario(clips, tmp_path, aligner))
 
 
-async def scenario(clips: list[tuple[bytes, float]], tmp_path: Path) -> None:
+async def scenario(clips: list[tuple[bytes, float]], tmp_path: Path, aligner: Path) -> None:
     files = await file_server(clips)
     started = time.time()
     server = await asyncio.to_thread(
         ServerProcess, "--api-key", KEY, "--allow-url-host", "127.0.0.1", "--max-num-seqs", "8",
-        "--task-db", str(tmp_path / "tasks.sqlite3"), log_path=tmp_path / "server.log")
+        "--aligner-model", str(aligner), "--task-db", str(tmp_path / "tasks.sqlite3"),
+        log_path=tmp_path / "server.log")
     prometheus = None
     try:
         port = free_port()
@@ -280,6 +287,7 @@ def check_panels(prometheus: Prometheus, load: Load, at: float, window: int, sta
     close(one("Requests/s") * window, sum(load.statuses.values()), "requests")
     close(one("Throughput (RTFx)") * window, load.audio_s, "audio seconds (RTFx)")
     close(one("Audio throughput (RTFx)") * window, load.audio_s, "audio seconds")
+    close(one("Word timing throughput (RTFx)") * window, load.aligned_s, "word-timed audio seconds")
     auth = by_label(results[("Auth failures/s by reason", "A")], "reason")
     for reason in ("missing", "invalid"):
         close(auth[reason] * window, load.auth[reason], f"auth failures {reason}")

@@ -23,6 +23,7 @@ REQUIRED = {
     "qasr_kv_cache_usage_perc", "qasr_async_tasks", "qasr_async_tasks_finished_total",
     "qasr_async_task_latency_seconds_bucket", "qasr_engine_up", "qasr_draining", "qasr_task_store_up",
     "qasr_auth_failures_total", "qasr_audio_seconds_in_flight", "qasr_async_task_lease_expiries_total",
+    "qasr_aligned_audio_seconds_total", "qasr_alignment_latency_seconds_bucket",
 }
 # labels Prometheus attaches at scrape time, on top of those the server exports
 TARGET_LABELS = {"job", "instance"}
