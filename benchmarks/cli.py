@@ -7,6 +7,8 @@ from qasr.cli import add_commands
 BENCHMARKS = {
     "throughput": ("qasr.benchmarks.throughput", "offline throughput: qasr against transformers batched generate "
                                                  "on the same random checkpoint and clips"),
+    "align": ("qasr.benchmarks.alignment", "what word timestamps cost: the same clips transcribed alone and "
+                                           "transcribed + aligned by the forced aligner, in one run"),
     "step": ("qasr.benchmarks.step", "host time per engine step (schedule, input preparation, update, "
                                      "detokenization) at 64, 256 and 512 running sequences"),
     "kernels": ("qasr.benchmarks.kernels", "attention kernels against SDPA flash and FlexAttention, and bandwidth "

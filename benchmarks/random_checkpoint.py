@@ -1,7 +1,9 @@
-"""Random-weight Qwen3-ASR checkpoints at the real 0.6B / 1.7B shapes (and a tiny one for CPU), for speed.
+"""Random-weight Qwen3-ASR checkpoints at the real 0.6B / 1.7B shapes (and a tiny one for CPU), for speed, and
+forced aligners at Qwen3-ForcedAligner-0.6B's shape (or the tiny one).
 
-The tokenizer, chat template and feature-extractor files come from the bundled demo model; only the
-weights are random, written in the original layout and loaded by the same code as a real checkpoint.
+The tokenizer, chat template and feature-extractor files come from the bundled demo model (an aligner's tokenizer
+gains `<timestamp>`); only the weights are random, written in the original layout and loaded by the same code as a
+real checkpoint.
 """
 
 import json
@@ -34,20 +36,28 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
                  "num_key_value_heads": 8, "head_dim": 128},
     },
 }
+# Qwen3-ForcedAligner-0.6B: the 1.7B model's encoder width and depth projecting to the 0.6B decoder; 5000 slots
+ALIGNER_PRESETS: dict[str, dict[str, dict[str, int]]] = {
+    "tiny": PRESETS["tiny"],
+    "0.6b": {"audio": {**PRESETS["1.7b"]["audio"], "output_dim": 1024}, "text": PRESETS["0.6b"]["text"]},
+}
+ALIGNER_CLASSES = 5000
+TIMESTAMP_TOKEN = "<timestamp>"
 REAL_VOCAB_SIZE = 151936
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
                    "generation_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
 def write_random_checkpoint(dst: Path, preset: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-                            device: str = "cpu") -> Path:
-    """Writes (once) an original-layout checkpoint with random weights; returns its folder."""
+                            device: str = "cpu", aligner: bool = False) -> Path:
+    """Writes (once) an original-layout checkpoint with random weights (`aligner`: a forced aligner's, from
+    ALIGNER_PRESETS); returns its folder."""
     if (dst / "config.json").exists():
         return dst
     demo = demo_model_path()
     demo_config = json.loads((demo / "config.json").read_text())
     thinker = demo_config["thinker_config"]
-    shapes = PRESETS[preset]
+    shapes = (ALIGNER_PRESETS if aligner else PRESETS)[preset]
     audio = {**thinker["audio_config"], **shapes["audio"]}
     text = {**thinker["text_config"], **shapes["text"], "max_position_embeddings": 65536}
     if preset != "tiny":
@@ -55,6 +65,10 @@ def write_random_checkpoint(dst: Path, preset: str, dtype: torch.dtype = torch.b
     raw = {**demo_config, "thinker_config": {**thinker, "audio_config": audio, "text_config": text,
                                              "dtype": str(dtype).removeprefix("torch.")}}
     dst.mkdir(parents=True, exist_ok=True)
+    if aligner:
+        text["tie_word_embeddings"] = False
+        raw["thinker_config"].update(model_type="qwen3_forced_aligner", classify_num=ALIGNER_CLASSES,
+                                     timestamp_token_id=_add_timestamp_token(demo, dst), timestamp_segment_time=80)
     config = parse_config(raw, demo)
     generator = torch.Generator(device=device).manual_seed(seed)
     tensors = {}
@@ -68,7 +82,23 @@ def write_random_checkpoint(dst: Path, preset: str, dtype: torch.dtype = torch.b
         tensors[disk_name(name, "original")] = value.to(dtype).cpu()
     save_safetensors(dst, tensors)
     for file in TOKENIZER_FILES:
-        if (demo / file).exists():
+        if (demo / file).exists() and not (dst / file).exists():
             shutil.copy(demo / file, dst / file)
     (dst / "config.json").write_text(json.dumps(raw, indent=2))
     return dst
+
+
+def _add_timestamp_token(demo: Path, dst: Path) -> int:
+    """The demo tokenizer with `<timestamp>` added as a special token, written to `dst`; returns its id."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(demo / "tokenizer.json"))
+    tokenizer.add_special_tokens([AddedToken(TIMESTAMP_TOKEN, special=True, normalized=False)])
+    tokenizer.save(str(dst / "tokenizer.json"))
+    token_id = tokenizer.token_to_id(TIMESTAMP_TOKEN)
+    config = json.loads((demo / "tokenizer_config.json").read_text())
+    config.setdefault("added_tokens_decoder", {})[str(token_id)] = {
+        "content": TIMESTAMP_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "special": True}
+    (dst / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return token_id
