@@ -14,6 +14,7 @@ import torch
 
 from qasr.engine.checkpoint import disk_name, expected_shapes, save_safetensors
 from qasr.engine.demo import demo_model_path
+from qasr.engine.hf_conversion import add_special_token
 from qasr.engine.model_config import parse_config
 
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
@@ -68,7 +69,7 @@ def write_random_checkpoint(dst: Path, preset: str, dtype: torch.dtype = torch.b
     if aligner:
         text["tie_word_embeddings"] = False
         raw["thinker_config"].update(model_type="qwen3_forced_aligner", classify_num=ALIGNER_CLASSES,
-                                     timestamp_token_id=_add_timestamp_token(demo, dst), timestamp_segment_time=80)
+                                     timestamp_token_id=_timestamp_token(demo, dst), timestamp_segment_time=80)
     config = parse_config(raw, demo)
     generator = torch.Generator(device=device).manual_seed(seed)
     tensors = {}
@@ -88,17 +89,8 @@ def write_random_checkpoint(dst: Path, preset: str, dtype: torch.dtype = torch.b
     return dst
 
 
-def _add_timestamp_token(demo: Path, dst: Path) -> int:
-    """The demo tokenizer with `<timestamp>` added as a special token, written to `dst`; returns its id."""
-    from tokenizers import AddedToken, Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(demo / "tokenizer.json"))
-    tokenizer.add_special_tokens([AddedToken(TIMESTAMP_TOKEN, special=True, normalized=False)])
-    tokenizer.save(str(dst / "tokenizer.json"))
-    token_id = tokenizer.token_to_id(TIMESTAMP_TOKEN)
-    config = json.loads((demo / "tokenizer_config.json").read_text())
-    config.setdefault("added_tokens_decoder", {})[str(token_id)] = {
-        "content": TIMESTAMP_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-        "special": True}
-    (dst / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    return token_id
+def _timestamp_token(demo: Path, dst: Path) -> int:
+    """The demo tokenizer with `<timestamp>` added, written to `dst`; returns its id."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo / name, dst / name)
+    return add_special_token(dst, TIMESTAMP_TOKEN)

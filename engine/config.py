@@ -19,7 +19,8 @@ class EngineConfig(CliArgs):
     model: str | None = option(None, "local checkpoint folder (either layout) or Hugging Face id; none: the "
                                      "bundled demo model")
     aligner_model: str | None = option(None, "Qwen3-ForcedAligner checkpoint (folder or Hugging Face id) for word "
-                                             "timestamps and sentence-sized subtitle cues; none: no word timing")
+                                             "timestamps and sentence-sized subtitle cues; 'none': no word timing; "
+                                             "default: the bundled demo aligner with the demo model, else none")
     max_cue_seconds: float = option(7.0, "with an aligner: longest subtitle cue, in seconds")
     max_cue_chars: int = option(84, "with an aligner: longest subtitle cue, in characters")
     device: str | None = option(None, "torch device; none: cuda if available, else cpu")

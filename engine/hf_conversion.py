@@ -182,5 +182,24 @@ def convert_to_hf(src: Path, dst: Path) -> None:
     (dst / "chat_template.jinja").write_text(ASR_CHAT_TEMPLATE)
 
 
+def add_special_token(folder: Path, token: str) -> int:
+    """Adds `token` as a special token to the tokenizer files in `folder` (tokenizer.json, tokenizer_config.json),
+    as a forced aligner's tokenizer has `<timestamp>`; returns its id."""
+    from tokenizers import AddedToken, Tokenizer
+
+    folder = Path(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    token_id = tokenizer.token_to_id(token)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config.setdefault("added_tokens_decoder", {})[str(token_id)] = {
+        "content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "special": True}
+    _write_json(config_file, config)
+    return token_id
+
+
 def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")

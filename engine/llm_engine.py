@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import torch
 
 from qasr.engine.alignment import AlignmentProcessor
 from qasr.engine.checkpoint import resolve_model_path
 from qasr.engine.config import EngineConfig
-from qasr.engine.demo import demo_model_path
+from qasr.engine.demo import demo_aligner_path, demo_model_path
 from qasr.engine.engine_core import AlignerCheckpoint, EngineCore
 from qasr.engine.features import FeatureConfig
 from qasr.engine.input_processor import InputProcessor
@@ -34,8 +36,8 @@ class LLMEngine:
         self.input_processor = InputProcessor(tokenizer, special_tokens(tokenizer, self.model_config), features,
                                               config.max_piece_seconds, self.max_model_len)
         aligner, self.alignment_processor = None, None
-        if config.aligner_model:
-            aligner_path = resolve_model_path(config.aligner_model)
+        self.aligner_path = aligner_path = aligner_model_path(config)
+        if aligner_path is not None:
             aligner = AlignerCheckpoint(aligner_path, load_model_config(aligner_path, aligner=True),
                                         FeatureConfig.from_checkpoint(aligner_path))
             self.alignment_processor = AlignmentProcessor(load_tokenizer(aligner_path), aligner.config,
@@ -95,3 +97,17 @@ class LLMEngine:
     @property
     def num_waiting_requests(self) -> int:
         return self.output_processor.num_waiting_requests
+
+
+NO_ALIGNER = "none"
+
+
+def aligner_model_path(config: EngineConfig) -> Path | None:
+    """The forced aligner to load: the one named, none for "none", and by default the bundled demo aligner beside
+    the bundled demo model (a real model gets none unless one is named: the demo aligner knows only the demo's
+    domain)."""
+    if config.aligner_model == NO_ALIGNER:
+        return None
+    if config.aligner_model:
+        return resolve_model_path(config.aligner_model)
+    return demo_aligner_path() if config.model is None else None

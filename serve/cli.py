@@ -29,6 +29,9 @@ def main(args: argparse.Namespace) -> int:
     options, config = ServerOptions.from_cli_args(args), EngineConfig.from_cli_args(args)
     print(f"qasr: loading {config.model or 'the bundled demo model'} ...", file=sys.stderr, flush=True)
     engine = AsyncEngine(config)
+    if engine.engine.aligner_path is not None:
+        print(f"qasr: word timestamps by the forced aligner {engine.engine.aligner_path}", file=sys.stderr,
+              flush=True)
     app = create_app(engine, options)  # from here on the app's cleanup shuts the engine down
     if warning := open_server_warning(options.host, app[STATE].keys):
         logging.getLogger("qasr.serve").warning(warning)

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors  # noqa: E402
-from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE, ORIGINAL_CHAT_TEMPLATE  # noqa: E402
+from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE, ORIGINAL_CHAT_TEMPLATE, add_special_token  # noqa: E402
 from training.export import PREPROCESSOR, original_config  # noqa: E402
 from training.model import N_WINDOW, Dims, audio_config, text_config  # noqa: E402
 from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS  # noqa: E402
@@ -264,22 +264,6 @@ ALIGNER_CLASSES = 96  # 7.7 s of 80 ms slots: random weights pick any of them
 ALIGNER_SEGMENT_MS = 60.0  # not transformers' default of 80, so that reading it is tested
 
 
-def add_timestamp_token(dst: Path) -> int:
-    """Adds <timestamp> to the tokenizer in `dst` as a special token, as the aligner's tokenizer has it."""
-    from tokenizers import AddedToken
-
-    tokenizer = Tokenizer.from_file(str(dst / "tokenizer.json"))
-    tokenizer.add_special_tokens([AddedToken(TIMESTAMP_TOKEN, special=True, normalized=False)])
-    tokenizer.save(str(dst / "tokenizer.json"))
-    token_id = tokenizer.token_to_id(TIMESTAMP_TOKEN)
-    config = json.loads((dst / "tokenizer_config.json").read_text())
-    config.setdefault("added_tokens_decoder", {})[str(token_id)] = {
-        "content": TIMESTAMP_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-        "special": True}
-    write_json(dst / "tokenizer_config.json", config)
-    return token_id
-
-
 def write_aligner_checkpoint(dst: Path, shape: Dims, layout: str = "hf", seed: int = 0) -> Path:
     """A random Qwen3-ForcedAligner checkpoint folder in `layout` ("hf" or "original"); same seed, same weights.
     Its -hf folder loads in transformers as Qwen3ASRForTokenClassification and Qwen3ASRProcessor."""
@@ -293,7 +277,7 @@ def write_aligner_checkpoint(dst: Path, shape: Dims, layout: str = "hf", seed: i
 
     dst = Path(dst)
     build_tokenizer(dst)
-    timestamp_id = add_timestamp_token(dst)
+    timestamp_id = add_special_token(dst, TIMESTAMP_TOKEN)
     ids = token_ids(dst)
     vocab_size = padded_vocab_size(ids["vocab_size"] + 1)
     config = Qwen3ASRConfig(

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import Qwen3ASRForConditionalGeneration
+from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRForTokenClassification
 
 from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors
 from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE
@@ -27,7 +27,8 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * rest, rest, rest]
 
 
-def original_config(model: Qwen3ASRForConditionalGeneration, ids: dict[str, int], dtype: str) -> dict:
+def original_config(model: Qwen3ASRForConditionalGeneration | Qwen3ASRForTokenClassification, ids: dict[str, int],
+                    dtype: str) -> dict:
     """config.json as transformers 4.57 wrote it for Qwen/Qwen3-ASR-*: everything under thinker_config."""
     a, t = model.config.audio_config, model.config.text_config
     audio = {
@@ -122,3 +123,41 @@ sentences). It is a demo of the qasr pipeline, not a general speech recognizer: 
 
 def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def export_aligner(model: Qwen3ASRForTokenClassification, ids: dict[str, int], tokenizer_dir: Path, dst: Path,
+                   segment_ms: float, dtype: torch.dtype = torch.float32) -> Path:
+    """A forced aligner in the original Qwen/Qwen3-ForcedAligner-0.6B layout: the classifier as
+    `thinker.lm_head.weight`, `classify_num`, `timestamp_token_id` and `timestamp_segment_time` in
+    `thinker_config`. Writes `dst` (replacing what is there); returns it."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    dtype_name = str(dtype).removeprefix("torch.")
+    tensors = {disk_name(canonical_name(name, "hf", aligner=True), "original", aligner=True):
+               tensor.detach().to(dtype).clone() for name, tensor in model.state_dict().items()}
+    save_safetensors(dst, tensors)
+    config = original_config(model, ids, dtype_name)
+    config["architectures"] = ["Qwen3ForcedAlignerForConditionalGeneration"]
+    thinker = config["thinker_config"]
+    thinker["text_config"]["tie_word_embeddings"] = False
+    thinker.update({"model_type": "qwen3_forced_aligner", "classify_num": model.config.num_labels,
+                    "timestamp_token_id": model.config.timestamp_token_id, "timestamp_segment_time": segment_ms})
+    _write_json(dst / "config.json", config)
+    _write_json(dst / "preprocessor_config.json", PREPROCESSOR)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(Path(tokenizer_dir) / name, dst / name)
+    parameters = sum(p.numel() for p in model.parameters())
+    (dst / "README.md").write_text(f"""\
+# qasr demo aligner
+
+A small forced aligner in the Qwen3-ForcedAligner format (the original `Qwen/Qwen3-ForcedAligner-0.6B` layout:
+audio encoder, projector, Qwen3 decoder and a classifier of {model.config.num_labels} time slots of \
+{segment_ms:g} ms), trained by `python -m training.train_aligner` on English speech synthesized by espeak-ng, whose
+word times are exact. It starts from the demo model's encoder and decoder and knows only its domain: it times the
+words of the demo model's transcripts. For real speech use `Qwen/Qwen3-ForcedAligner-0.6B`.
+
+- {parameters / 1e6:.2f} M parameters, stored as {dtype_name}
+""")
+    return dst

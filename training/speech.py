@@ -51,11 +51,23 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     if samples.ndim > 1:
         samples = samples.mean(axis=1)
+    return to_model_rate(samples, rate)
+
+
+def to_model_rate(samples: np.ndarray, rate: int) -> np.ndarray:
+    """float32 at 16 kHz (soxr: linear phase, no delay, so times stay where they were)."""
+    if samples.dtype == np.int16:
+        samples = samples.astype(np.float32) / 32768.0  # as soundfile reads PCM_16
     return soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
 
 
 def augment(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Silence before and after, a gain change, and white to pink noise 25-40 dB below the speech."""
+    return augment_with_offset(speech, rng)[0]
+
+
+def augment_with_offset(speech: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """`augment`, and the samples of silence it put before the speech (what shifts word times)."""
     before, after = (int(rng.uniform(*SILENCE_RANGE) * SAMPLE_RATE) for _ in range(2))
     speech = np.concatenate([np.zeros(before, np.float32), speech, np.zeros(after, np.float32)])
     speech_rms = float(np.sqrt(np.mean(speech**2))) or 1e-3
@@ -65,7 +77,7 @@ def augment(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     peak = float(np.abs(mixed).max())
     if peak > 0.99:  # a gain change never clips
         mixed *= 0.99 / peak
-    return mixed.astype(np.float32)
+    return mixed.astype(np.float32), before
 
 
 def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:

@@ -33,7 +33,8 @@ MAX_FETCH_MB = 0.25
 
 @pytest.fixture(scope="module")
 def engine() -> AsyncEngine:
-    return AsyncEngine(EngineConfig(max_num_seqs=8))
+    # no forced aligner: one sentence per audio piece and enable_words a 400 (with one: test_words.py)
+    return AsyncEngine(EngineConfig(max_num_seqs=8, aligner_model="none"))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,9 @@ MAX_UPLOAD_MB = 0.25
 
 @pytest.fixture(scope="module")
 def engine() -> AsyncEngine:
-    return AsyncEngine(EngineConfig(max_num_seqs=8))
+    # no forced aligner: the plain surface, one segment per audio piece and word timestamps a 400 (with one:
+    # test_words.py)
+    return AsyncEngine(EngineConfig(max_num_seqs=8, aligner_model="none"))
 
 
 @pytest.fixture(scope="module")
