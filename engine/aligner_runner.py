@@ -12,10 +12,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import LogMelExtractor
 from qasr.engine.model import Qwen3ASRModel
 from qasr.kernels import AttentionMetadata, ModelOps
-from qasr.scheduler import AlignmentJob
+from qasr.scheduler import AlignmentJob, AudioSpan
 
 
 class AlignerRunner:
@@ -80,6 +81,22 @@ class AlignerRunner:
         is_timestamp = token_ids == self.timestamp_token_id
         logits = self.model.compute_logits(hidden[self.to_device(np.flatnonzero(is_timestamp))])
         return list(logits.split([int(is_timestamp[starts[i]:starts[i + 1]].sum()) for i in range(len(jobs))]))
+
+    @torch.inference_mode()
+    def profile_peak_bytes(self, num_tokens: int, audio_seconds: float) -> int:
+        """Peak CUDA memory of one pass over `num_tokens` prompt tokens, `audio_seconds` of audio among them (the
+        largest pass a step sends), measured on silence and placeholder words: what the KV pool must leave free."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        baseline = torch.cuda.memory_allocated(self.device)
+        samples = np.zeros(int(audio_seconds * self.features.config.sample_rate), dtype=np.float32)
+        audio_tokens = num_audio_tokens(self.features.config.num_frames(len(samples)))
+        audio_pad = self.model.config.audio_token_id
+        prompt = [audio_pad] * (audio_tokens + 2) + [self.timestamp_token_id] * max(2, num_tokens - audio_tokens - 2)
+        job = AlignmentJob(prompt, AudioSpan(1, audio_tokens, b""))
+        self.forward([job], {job.job_id: samples})
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - baseline
 
     def _attach_scratch_cache(self, num_blocks: int) -> None:
         """Gives every layer a cache of `num_blocks` blocks for one pass (0: none, freeing it)."""

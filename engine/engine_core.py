@@ -18,7 +18,7 @@ from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import ModelConfig
 from qasr.engine.model_loader import load_model, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
-from qasr.engine.request import InvalidRequest
+from qasr.engine.request import InvalidRequest, output_token_cap
 from qasr.kernels import get_model_ops
 from qasr.scheduler import (
     AlignmentJob,
@@ -107,6 +107,12 @@ class EngineCore:
         self.in_flight: tuple[SchedulerOutput, PendingTokens] | None = None
 
     @property
+    def longest_alignment_tokens(self) -> int:
+        """The longest piece's audio and template tokens, and each token a transcript can have as a word with two
+        `<timestamp>`s: an alignment job is never longer (the queue runs one alone if it exceeds the budget)."""
+        return self.longest_prompt_tokens + 3 * output_token_cap(self.config.max_piece_seconds)
+
+    @property
     def max_graph_batch_size(self) -> int:
         return min(self.config.max_num_seqs, MAX_GRAPH_BATCH_SIZE)
 
@@ -129,6 +135,9 @@ class EngineCore:
                                  self.longest_prompt_tokens)
             activations = self.runner.profile_peak_activation_bytes(
                 config.max_num_batched_tokens, encoder_tokens, config.max_num_seqs)
+            if self.aligner is not None:  # its pass runs after the step's: the larger of the two peaks counts
+                activations = max(activations, self.aligner.profile_peak_bytes(
+                    max(config.max_num_batched_tokens, self.longest_alignment_tokens), config.max_piece_seconds))
             if self.uses_cuda_graphs:
                 self.graph_memory.profiled_bytes = self.runner.profile_decode_graph_bytes(
                     self.max_graph_batch_size, self.max_model_len)

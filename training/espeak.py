@@ -146,9 +146,8 @@ def word_times(text: str, events: list[tuple[int, int, int, bytes]], num_samples
 
 def speak_with_words(utterances: Iterable[Utterance], workers: int = 2) -> Iterator[Spoken]:
     """Each utterance spoken by a fresh forked process, `workers` at a time, in order."""
-    # forkserver: each child is forked from a small server process that has never spoken, in milliseconds (a
-    # plain fork copies the caller, which slows as the caller's memory fills with audio)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # imported once, by the server, not by every child
-    with context.Pool(workers, maxtasksperchild=1) as pool:
+    # fork: a child starts in milliseconds with everything imported and no synthesizer state (forkserver and spawn
+    # children import the caller's main module again: a second or more with torch). A fork copies the caller's page
+    # tables, so it slows as the caller's memory fills with audio: 40 clips/s falls to about 15 by 3 GB.
+    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
         yield from pool.imap(speak_here, utterances, chunksize=1)
