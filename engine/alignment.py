@@ -40,9 +40,11 @@ class AlignmentProcessor:
             raise ValueError(f"the aligner's tokenizer has no token of id {config.aligner.timestamp_token_id} "
                              "(timestamp_token_id)")
 
-    def job(self, text: str, samples: np.ndarray, offset: float) -> PieceAlignment | None:
-        """The job aligning `text` against its piece's `samples`; None when the text has no word to time."""
-        spans = split_words(text)
+    def job(self, text: str, samples: np.ndarray, offset: float,
+            language: str | None = None) -> PieceAlignment | None:
+        """The job aligning `text` (in `language`) against its piece's `samples`; None when the text has no word
+        to time."""
+        spans = split_words(text, language)
         if not spans:
             return None
         audio_tokens = num_audio_tokens(self.features.num_frames(len(samples)))

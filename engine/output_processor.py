@@ -17,7 +17,7 @@ from qasr.engine.languages import Language, detected_language
 from qasr.engine.outputs import RequestMetrics, RequestOutput, Segment, Transcription, Word
 from qasr.engine.prompt import TranscriptStream
 from qasr.engine.splitting import AudioPiece
-from qasr.engine.words import can_align, split_words
+from qasr.engine.words import WordSpan, can_align
 from qasr.scheduler import AlignmentJob, Sequence
 
 
@@ -35,6 +35,7 @@ class PieceState:
     stream: TranscriptStream
     text: str = ""  # this piece's transcript so far: every delta its stream gave
     alignment: PieceAlignment | None = None  # its words' job, while the aligner times them
+    spans: list[WordSpan] = field(default_factory=list)  # where its words lie in its text
     words: list[Word] | None = None  # timed
     held_deltas: list[str] = field(default_factory=list)  # of those, the ones not yet released to the client
     is_first_delta: bool = True
@@ -162,10 +163,11 @@ class OutputProcessor:
             piece = piece_state.piece
             if not can_align(language):
                 continue
-            piece_state.alignment = self.alignment.job(piece_state.text, piece.samples, piece.start)
+            piece_state.alignment = self.alignment.job(piece_state.text, piece.samples, piece.start, language)
             if piece_state.alignment is None:
                 piece_state.words = []
                 continue
+            piece_state.spans = piece_state.alignment.spans
             job = piece_state.alignment.job
             self.piece_of_job[job.job_id] = (state, piece_state)
             self.new_jobs.append((job, piece.samples))
@@ -208,9 +210,8 @@ class OutputProcessor:
                 piece_state.alignment = None
             if piece_state.words and words is not None:
                 words += piece_state.words
-                spans = split_words(piece_state.text)
-                segments += sentence_cues(piece_state.text, spans, piece_state.words, self.cue_limits.max_seconds,
-                                          self.cue_limits.max_chars)
+                segments += sentence_cues(piece_state.text, piece_state.spans, piece_state.words,
+                                          self.cue_limits.max_seconds, self.cue_limits.max_chars)
             else:
                 end = min(piece.start + piece.duration, state.duration)
                 segments.append(Segment(piece.start, end, piece_state.text))

@@ -2,7 +2,9 @@
 `Qwen3ASRProcessor.split_words_for_alignment` splits them, with where each lies in the transcript), and the
 aligner's time slots repaired into monotonic word times (as its `decode_forced_alignment` does)."""
 
+import importlib.util
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +15,8 @@ from qasr.engine.request import InvalidRequest
 # The languages Qwen3-ForcedAligner-0.6B times, as the processor lists them.
 ALIGNER_LANGUAGES = frozenset({"Chinese", "English", "Cantonese", "French", "German", "Italian", "Japanese",
                                "Korean", "Portuguese", "Russian", "Spanish"})
-# split by morphological analysers (nagisa, soynlp) in the reference; not available here
-UNSUPPORTED_SPLITS = frozenset({"Japanese", "Korean"})
+# languages the reference splits with a morphological analyser, and the package it takes it from
+ANALYSERS = {"Japanese": "nagisa", "Korean": "soynlp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +29,26 @@ class WordSpan:
     end: int
 
 
+def has_analyser(language: str) -> bool:
+    """The morphological analyser the reference splits `language` with is installed (or none is needed)."""
+    package = ANALYSERS.get(language)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
 def check_alignable(language: str | None) -> None:
     """An InvalidRequest for a forced language the aligner cannot time; None (detected later) passes."""
     if language is None:
         return
     if language not in ALIGNER_LANGUAGES:
         raise InvalidRequest(f"word timestamps are not available for {language}; the forced aligner supports "
-                             f"{', '.join(sorted(ALIGNER_LANGUAGES - UNSUPPORTED_SPLITS))}", field="language")
-    if language in UNSUPPORTED_SPLITS:
-        raise InvalidRequest(f"word timestamps for {language} need a morphological word splitter this server does "
-                             "not have", field="language")
+                             f"{', '.join(sorted(ALIGNER_LANGUAGES))}", field="language")
+    if not has_analyser(language):
+        raise InvalidRequest(f"word timestamps for {language} split words with the {ANALYSERS[language]} package, "
+                             f"which this server does not have (pip install {ANALYSERS[language]})", field="language")
 
 
 def can_align(language: str | None) -> bool:
-    return language in ALIGNER_LANGUAGES and language not in UNSUPPORTED_SPLITS
+    return language in ALIGNER_LANGUAGES and has_analyser(language)
 
 
 def is_cjk(char: str) -> bool:
@@ -55,8 +63,12 @@ def is_kept(char: str) -> bool:
     return char == "'" or unicodedata.category(char)[0] in "LN" or is_cjk(char)
 
 
-def split_words(text: str) -> list[WordSpan]:
-    """CJK ideographs one by one, other scripts at whitespace, only kept characters in each word."""
+def split_words(text: str, language: str | None = None) -> list[WordSpan]:
+    """Japanese and Korean by their morphological analysers (nagisa, soynlp), as the reference splits them;
+    everything else: CJK ideographs one by one, other scripts at whitespace. Only kept characters in each word."""
+    analyse = _ANALYSE.get(language or "")
+    if analyse is not None:
+        return locate(text, [cleaned for token in analyse(text) if (cleaned := "".join(filter(is_kept, token)))])
     words: list[WordSpan] = []
     kept: list[str] = []
     start = end = 0
@@ -79,6 +91,36 @@ def split_words(text: str) -> list[WordSpan]:
             end = i + 1
     flush()
     return words
+
+
+def locate(text: str, words: list[str]) -> list[WordSpan]:
+    """Each word's span in `text`: its characters found in order, from where the previous word ended."""
+    spans, cursor = [], 0
+    for word in words:
+        start = end = None
+        for char in word:
+            found = text.find(char, cursor)
+            if found < 0:
+                raise ValueError(f"{word!r} is not in the text from character {cursor} on")
+            start = found if start is None else start
+            end = cursor = found + 1
+        spans.append(WordSpan(word, start or 0, end or 0))
+    return spans
+
+
+def _nagisa_words(text: str) -> list[str]:
+    import nagisa
+
+    return list(nagisa.tagging(text.strip()).words)
+
+
+def _soynlp_words(text: str) -> list[str]:
+    from soynlp.tokenizer import LTokenizer
+
+    return list(LTokenizer().tokenize(text.strip()))
+
+
+_ANALYSE: dict[str, Callable[[str], list[str]]] = {"Japanese": _nagisa_words, "Korean": _soynlp_words}
 
 
 def repair_timestamps(raw: list[float]) -> list[float]:

@@ -3,6 +3,9 @@ prepare_forced_aligner_inputs and decode_forced_alignment, on random aligner che
 Prompts, word lists, class logits (1e-4 relative) and the repaired word times (exactly), alone, batched, and
 inside the engine beside transcription traffic."""
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +16,13 @@ from qasr.engine import ASR, SamplingParams
 from qasr.engine.aligner_runner import AlignerRunner
 from qasr.engine.alignment import AlignmentProcessor
 from qasr.engine.features import FeatureConfig, LogMelExtractor
+from qasr.engine.languages import resolve_language
 from qasr.engine.model_config import load_model_config
 from qasr.engine.model_loader import load_model
 from qasr.engine.request import InvalidRequest, TranscriptionRequest
 from qasr.engine.splitting import split_audio
 from qasr.engine.tokenizer import load_tokenizer
-from qasr.engine.words import repair_timestamps, split_words
+from qasr.engine.words import check_alignable, repair_timestamps, split_words
 from qasr.kernels import get_model_ops
 
 TEXTS = [
@@ -27,6 +31,7 @@ TEXTS = [
     ("Chinese", "今天天气很好，我们去公园散步吧。OK"),
 ]
 CLIP_SECONDS = [1.2, 4.0, 6.5]
+FIND_SPEC = importlib.util.find_spec
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +190,6 @@ def test_word_requests_need_an_aligner_and_a_language_it_knows(asr_checkpoint: P
     with_aligner = ASR(str(asr_checkpoint), aligner_model=str(aligners["hf"]))
     with pytest.raises(InvalidRequest, match="not available for Arabic"):
         with_aligner.engine.add_request(TranscriptionRequest(clip, language="ar", word_timestamps=True))
-    with pytest.raises(InvalidRequest, match="Japanese"):
-        with_aligner.engine.add_request(TranscriptionRequest(clip, language="ja", word_timestamps=True))
     with pytest.raises(ValueError, match="forced aligner checkpoint, where a speech recognition model"):
         ASR(str(aligners["hf"]))
     with pytest.raises(ValueError, match="speech recognition model checkpoint, where a forced aligner"):
@@ -214,3 +217,33 @@ def test_the_aligner_on_a_gpu_in_bf16_within_its_profiled_memory(asr_checkpoint:
     cpu = cpu_runner.align([piece.job for piece in pieces], waveforms)
     slots = np.concatenate([gpu[p.job.job_id] for p in pieces]), np.concatenate([cpu[p.job.job_id] for p in pieces])
     assert np.mean(np.abs(slots[0] - slots[1]) <= 1) >= 0.9  # bf16 rounding may move a near tie by a slot
+
+
+def test_japanese_and_korean_split_with_the_references_analysers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference splits Japanese with nagisa and Korean with soynlp; without them such a request is a 400
+    naming the package, with them their tokens (punctuation dropped) are the words, located in the text."""
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name in ("nagisa", "soynlp")
+                        else FIND_SPEC(name, *args))
+    for language in ("ja", "ko"):
+        with pytest.raises(InvalidRequest, match="pip install (nagisa|soynlp)"):
+            check_alignable(resolve_language(language))
+    monkeypatch.undo()
+
+    nagisa = types.ModuleType("nagisa")
+    nagisa.tagging = lambda text: types.SimpleNamespace(words=["今日", "は", "、", "いい", "天気", "です", "ね", "！"])
+    soynlp = types.ModuleType("soynlp")
+    tokenizer = types.ModuleType("soynlp.tokenizer")
+    tokenizer.LTokenizer = lambda: types.SimpleNamespace(tokenize=lambda text: ["오늘은", "날씨가", "좋네요."])
+    monkeypatch.setitem(sys.modules, "nagisa", nagisa)
+    monkeypatch.setitem(sys.modules, "soynlp", soynlp)
+    monkeypatch.setitem(sys.modules, "soynlp.tokenizer", tokenizer)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object() if name in ("nagisa", "soynlp")
+                        else FIND_SPEC(name, *args))
+    check_alignable(resolve_language("ja"))
+    text = "今日は、いい天気ですね！"
+    spans = split_words(text, "Japanese")
+    assert [s.text for s in spans] == ["今日", "は", "いい", "天気", "です", "ね"]
+    assert [text[s.start:s.end] for s in spans] == ["今日", "は", "いい", "天気", "です", "ね"]
+    text = "오늘은 날씨가 좋네요."
+    assert [(s.text, text[s.start:s.end]) for s in split_words(text, "Korean")] == [
+        ("오늘은", "오늘은"), ("날씨가", "날씨가"), ("좋네요", "좋네요")]
