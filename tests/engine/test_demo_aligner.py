@@ -31,6 +31,7 @@ def test_word_times_on_the_heldout_clips_are_within_50_ms() -> None:
     torch.set_num_threads(2)
     errors = evaluate_aligner(DEMO_ALIGNER_DIR)
     assert errors.clips == 250 and errors.words > 2000
+    print("\n" + errors.table())
     assert errors.start_mean_ms <= MAX_MEAN_ERROR_MS and errors.end_mean_ms <= MAX_MEAN_ERROR_MS, errors.table()
 
 
