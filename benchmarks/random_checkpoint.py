@@ -15,7 +15,7 @@ import torch
 from qasr.engine.checkpoint import disk_name, expected_shapes, save_safetensors
 from qasr.engine.demo import demo_model_path
 from qasr.engine.hf_conversion import add_special_token
-from qasr.engine.model_config import parse_config
+from qasr.engine.model_config import TIMESTAMP_TOKEN, parse_config
 
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "tiny": {
@@ -43,7 +43,6 @@ ALIGNER_PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "0.6b": {"audio": {**PRESETS["1.7b"]["audio"], "output_dim": 1024}, "text": PRESETS["0.6b"]["text"]},
 }
 ALIGNER_CLASSES = 5000
-TIMESTAMP_TOKEN = "<timestamp>"
 REAL_VOCAB_SIZE = 151936
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
                    "generation_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")

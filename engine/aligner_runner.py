@@ -15,6 +15,7 @@ import torch
 from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import LogMelExtractor
 from qasr.engine.model import Qwen3ASRModel
+from qasr.engine.model_runner import to_device
 from qasr.kernels import AttentionMetadata, ModelOps
 from qasr.scheduler import AlignmentJob, AudioSpan
 
@@ -108,7 +109,4 @@ class AlignerRunner:
             layer.self_attn.v_cache = cache[1, i]
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        return to_device(array, self.device)

@@ -211,6 +211,7 @@ def _dtype(sections: list[dict[str, Any]]) -> str:
     return "float32"
 
 
+TIMESTAMP_TOKEN = "<timestamp>"  # the aligner's slot token, a special token of its tokenizer
 # transformers' Qwen3ASRConfig default, which its -hf aligner config may leave unwritten
 DEFAULT_TIMESTAMP_TOKEN_ID = 151705
 DEFAULT_SEGMENT_MS = 80.0

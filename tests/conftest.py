@@ -25,6 +25,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors  # noqa: E402
 from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE, ORIGINAL_CHAT_TEMPLATE, add_special_token  # noqa: E402
+from qasr.engine.model_config import TIMESTAMP_TOKEN  # noqa: E402
 from training.export import PREPROCESSOR, original_config  # noqa: E402
 from training.model import N_WINDOW, Dims, audio_config, text_config  # noqa: E402
 from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS  # noqa: E402
@@ -259,7 +260,6 @@ ALIGNER_CHAT_TEMPLATE = (
     "{%- endfor -%}{%- endif -%}{%- endfor -%}"
     "{{- ns.audio_tokens + ns.words | join('<timestamp><timestamp>') + '<timestamp><timestamp>' -}}"
 )
-TIMESTAMP_TOKEN = "<timestamp>"
 ALIGNER_CLASSES = 96  # 7.7 s of 80 ms slots: random weights pick any of them
 ALIGNER_SEGMENT_MS = 60.0  # not transformers' default of 80, so that reading it is tested
 

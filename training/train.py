@@ -75,7 +75,8 @@ def _texts_for_tokenizer(utterances: list[Utterance]) -> list[str]:
     return [u.text for u in utterances] + ["language English"] * 100 + word_list()
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio at `steps` (any config with those four fields)."""
     if step < config.warmup:
         return (step + 1) / config.warmup
     progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
@@ -132,7 +133,7 @@ def train(config: TrainConfig) -> TrainResult:
     trainer.train()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     parameters = sum(p.numel() for p in model.parameters())
     log.write({"model": config.model, "parameters": parameters, "vocab_size": model.config.text_config.vocab_size,
                "train_utterances": len(examples), "train_hours": round(float(frames.sum()) / 100 / 3600, 2)})
@@ -194,13 +195,18 @@ def train(config: TrainConfig) -> TrainResult:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="train qasr's demo model on espeak-ng speech")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """A --dashed-flag for each field of a training config dataclass, its default the field's."""
+    defaults = config_class()
+    for f in fields(config_class):
         value = getattr(defaults, f.name)
         kind = {"Path": Path, "Path | None": Path, "float | None": float}.get(str(f.type), type(value))
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=value, dest=f.name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="train qasr's demo model on espeak-ng speech")
+    add_config_arguments(parser, TrainConfig)
     args = parser.parse_args(argv)
     started = time.monotonic()
     train(TrainConfig(**vars(args)))

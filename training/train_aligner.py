@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRForTokenClassification
 
@@ -31,15 +31,15 @@ from qasr.engine.checkpoint import disk_name, read_tensors
 from qasr.engine.demo import DEMO_ALIGNER_DIR, DEMO_MODEL_DIR
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.hf_conversion import add_special_token, convert_to_hf
-from qasr.engine.model_config import load_model_config
+from qasr.engine.model_config import TIMESTAMP_TOKEN, load_model_config
 from training.aligner_data import TimedClip, render_timed, training_utterances
 from training.batches import bucketed_batches, padded_features
 from training.evaluate_aligner import evaluate_aligner, load_aligner
 from training.export import TOKENIZER_FILES, export_aligner
-from training.train import Log
+from training.tokenizer import token_ids
+from training.train import Log, add_config_arguments, lr_factor
 
 CACHE = Path.home() / ".cache" / "qasr"
-TIMESTAMP_TOKEN = "<timestamp>"
 
 
 @dataclass
@@ -73,13 +73,6 @@ class Example:
     mel: np.ndarray  # float16 [frames, mel_bins]
     input_ids: list[int]
     labels: list[int]  # the time class at each <timestamp>, -100 elsewhere and where the time is unknown
-
-
-def _lr_factor(step: int, config: AlignerTrainConfig) -> float:
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def prepare_tokenizer(config: AlignerTrainConfig) -> tuple[Path, int]:
@@ -164,10 +157,7 @@ def train(config: AlignerTrainConfig) -> dict:
 
     tokenizer_dir, timestamp_id = prepare_tokenizer(config)
     model = build_aligner(config, timestamp_id)
-    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    special = {token["content"]: token["id"] for token in vocab["added_tokens"]}
-    ids = {name: special[name] for name in ("<|endoftext|>", "<|im_end|>", "<|audio_pad|>", "<|audio_start|>",
-                                             "<|audio_end|>")}
+    ids = token_ids(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")))
     init = export_aligner(model, ids, tokenizer_dir, config.work / "init", config.segment_ms)
     processor, _ = load_aligner(init)  # the serving path's prompt builder
 
@@ -186,7 +176,7 @@ def train(config: AlignerTrainConfig) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     rng = np.random.default_rng(config.seed)
     batches: list[np.ndarray] = []
     window: list[tuple[float, float]] = []
@@ -244,11 +234,7 @@ def train(config: AlignerTrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="train qasr's demo forced aligner on espeak-ng speech")
-    defaults = AlignerTrainConfig()
-    for f in fields(AlignerTrainConfig):
-        value = getattr(defaults, f.name)
-        kind = {"Path": Path, "Path | None": Path, "float | None": float}.get(str(f.type), type(value))
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=value, dest=f.name)
+    add_config_arguments(parser, AlignerTrainConfig)
     train(AlignerTrainConfig(**vars(parser.parse_args(argv))))
 
 

@@ -13,17 +13,11 @@ import pytest
 import torch
 
 from qasr.engine import ASR, SamplingParams
-from qasr.engine.aligner_runner import AlignerRunner
-from qasr.engine.alignment import AlignmentProcessor
-from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.languages import resolve_language
-from qasr.engine.model_config import load_model_config
-from qasr.engine.model_loader import load_model
 from qasr.engine.request import InvalidRequest, TranscriptionRequest
 from qasr.engine.splitting import split_audio
-from qasr.engine.tokenizer import load_tokenizer
 from qasr.engine.words import check_alignable, repair_timestamps, split_words
-from qasr.kernels import get_model_ops
+from training.evaluate_aligner import load_aligner
 
 TEXTS = [
     ("English", "Set a timer for ten minutes, and don't forget the e-mail to Anna!"),
@@ -66,14 +60,6 @@ def reference(aligners: dict[str, Path]) -> Reference:
     return Reference(aligners["hf"])
 
 
-def build_aligner(path: Path) -> tuple[AlignmentProcessor, AlignerRunner]:
-    config = load_model_config(path, aligner=True)
-    features = FeatureConfig.from_checkpoint(path)
-    runner = AlignerRunner(load_model(path, config, torch.device("cpu"), torch.float32), LogMelExtractor(features),
-                           get_model_ops("torch", torch.device("cpu")), block_size=16)
-    return AlignmentProcessor(load_tokenizer(path), config, features), runner
-
-
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float((ours - theirs).abs().max() / theirs.abs().max())
 
@@ -81,7 +67,7 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 @pytest.mark.parametrize("layout", ["hf", "original"])
 def test_words_times_and_logits_match_transformers_alone_and_batched(layout: str, aligners: dict[str, Path],
                                                                      reference: Reference, speech_like) -> None:
-    processor, runner = build_aligner(aligners[layout])
+    processor, runner = load_aligner(aligners[layout])
     cases = [(language, text, speech_like(seconds, seed=i)) for i, seconds in enumerate(CLIP_SECONDS)
              for language, text in TEXTS]
     expected = [reference.align(clip, text, language) for language, text, clip in cases]
@@ -213,7 +199,7 @@ def test_the_aligner_on_a_gpu_in_bf16_within_its_profiled_memory(asr_checkpoint:
     baseline = torch.cuda.memory_allocated()
     gpu = runner.align([piece.job for piece in pieces], waveforms)
     assert torch.cuda.max_memory_allocated() - baseline <= profiled
-    _, cpu_runner = build_aligner(aligners["hf"])
+    _, cpu_runner = load_aligner(aligners["hf"])
     cpu = cpu_runner.align([piece.job for piece in pieces], waveforms)
     slots = np.concatenate([gpu[p.job.job_id] for p in pieces]), np.concatenate([cpu[p.job.job_id] for p in pieces])
     assert np.mean(np.abs(slots[0] - slots[1]) <= 1) >= 0.9  # bf16 rounding may move a near tie by a slot
