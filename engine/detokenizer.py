@@ -8,13 +8,14 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer  # looked up once rather than per token
         self.stream = DecodeStream(skip_special_tokens=True)
         self.ids: list[int] = []
         self.emitted = 0
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        chunk = self.stream.step(self.tokenizer.backend_tokenizer, token_id) or ""
+        chunk = self.stream.step(self.backend, token_id) or ""
         self.emitted += len(chunk)
         return chunk
 

@@ -102,6 +102,7 @@ class EngineCore:
             enable_prefix_caching=config.enable_prefix_caching,
             enable_chunked_prefill=config.enable_chunked_prefill,
             max_model_len=self.max_model_len,
+            reuse_before_untouched=self.device.type == "cpu",  # see model_runner.untouched_zeros
         ))
         self.waveforms: dict[int, np.ndarray] = {}  # seq_id -> its piece's samples, until the sequence ends
         self.in_flight: tuple[SchedulerOutput, PendingTokens] | None = None

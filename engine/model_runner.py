@@ -216,13 +216,27 @@ class ModelRunner:
         for chunk in chunks:
             seq, start, end = chunk.seq, chunk.start, chunk.end
             table = seq.block_ids
+            tables.append(table)
+            if end - start == 1 and start >= seq.audio.end:  # a decode's one token: the common case, kept short
+                token = seq.token_id_at(start)
+                if token == PENDING_TOKEN:
+                    pending_rows.append(offset)
+                    pending_sources.append(self.last_sampled_row[seq.seq_id])
+                token_ids.append(token)
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+                query_lens.append(1)
+                seq_lens.append(end)
+                if chunk.samples:
+                    sample_rows.append(offset)
+                offset += 1
+                continue
             token_ids += seq.token_ids_slice(start, end)
             if token_ids[-1] == PENDING_TOKEN:  # only ever the one token of a decode
                 pending_rows.append(offset + end - start - 1)
                 pending_sources.append(self.last_sampled_row[seq.seq_id])
             positions += range(start, end)
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
-            tables.append(table)
             lo, hi = max(start, seq.audio.start), min(end, seq.audio.end)
             if lo < hi:
                 audio_rows.append(np.arange(lo, hi) - start + offset)

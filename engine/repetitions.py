@@ -17,16 +17,48 @@ class RepetitionFilter:
     def _restart(self) -> None:
         """Forgets the context: a cut run's end starts the text afresh, as the reference parser's recursion does."""
         self.recent: list[str] = []  # the last MAX_PATTERN characters seen
-        # runs[s]: how many of the latest characters equal the character s places before them; those are the second
-        # and later copies of a pattern of s characters, which a longer run would drop
-        self.runs = [0] * (MAX_PATTERN + 1)
+        # runs[s - 1]: how many of the latest characters equal the character s places before them; those are the
+        # second and later copies of a pattern of s characters, which a longer run would drop
+        self.runs = [0] * MAX_PATTERN
         self.held: list[str] = []  # seen, not yet released
 
     def push(self, text: str) -> str:
         out: list[str] = []
-        for char in text:
-            self._take(char, out)
+        if not text:
+            return ""
+        if not self.pattern and max(self.runs) + len(text) < REPEATS - 1:
+            self._take_short_of_a_loop(text, out)  # the common case: no run can reach REPEATS copies in `text`
+        else:
+            for char in text:
+                self._take(char, out)
         return "".join(out)
+
+    def _take_short_of_a_loop(self, text: str, out: list[str]) -> None:
+        """`_take` of each character of `text`, at once: only periods whose run reaches the last character can be
+        non-zero afterwards, and those are found by searching for that character."""
+        window = "".join(self.recent) + text
+        n, length, seen = len(window), len(text), len(self.recent)
+        runs = [0] * MAX_PATTERN
+        last, lowest = window[-1], max(0, n - 1 - MAX_PATTERN)
+        j = window.rfind(last, lowest, n - 1)
+        while j >= 0:
+            size = n - 1 - j
+            if seen >= size and window[n - length:] == window[n - length - size:n - size]:
+                runs[size - 1] = self.runs[size - 1] + length  # the whole of `text` continues the run
+            else:
+                count = 1
+                while count < length and n - 1 - count - size >= 0 and \
+                        window[n - 1 - count] == window[n - 1 - count - size]:
+                    count += 1
+                runs[size - 1] = count
+            j = window.rfind(last, lowest, j)
+        self.runs = runs
+        self.recent = list(window[-MAX_PATTERN:])
+        self.held.extend(text)
+        releasable = len(self.held) - max(runs)
+        if releasable > 0:
+            out.extend(self.held[:releasable])
+            del self.held[:releasable]
 
     def finish(self) -> str:
         """The rest, once no more text will come: a run that never reached REPEATS copies is kept whole, and so is
@@ -47,18 +79,20 @@ class RepetitionFilter:
             for again in rest:
                 self._take(again, out)
             return
-        for size in range(1, MAX_PATTERN + 1):
-            self.runs[size] = self.runs[size] + 1 if len(self.recent) >= size and self.recent[-size] == char else 0
+        # reversed(recent) is the character 1, 2, ... places back; sizes longer than what was seen have no run
+        runs = [run + 1 if before == char else 0 for run, before in zip(self.runs, reversed(self.recent))]
+        self.runs = runs + [0] * (MAX_PATTERN - len(runs))
         self.recent = [*self.recent[1 - MAX_PATTERN:], char]
         self.held.append(char)
-        for size in range(1, MAX_PATTERN + 1):
-            copies = self.runs[size]
-            if copies == (REPEATS - 1) * size:  # REPEATS copies in a row: keep the first, drop the rest
-                out.extend(self.held[:len(self.held) - copies])
-                self.pattern = "".join(self.recent[-size:])  # the run is whole copies: the last is the first
-                self._restart()
-                return
-        releasable = len(self.held) - max(self.runs)
+        longest = max(self.runs)
+        if longest >= REPEATS - 1:  # the fewest a run can have at REPEATS copies (of one character)
+            for size, copies in enumerate(self.runs, start=1):
+                if copies == (REPEATS - 1) * size:  # REPEATS copies in a row: keep the first, drop the rest
+                    out.extend(self.held[:len(self.held) - copies])
+                    self.pattern = "".join(self.recent[-size:])  # the run is whole copies: the last is the first
+                    self._restart()
+                    return
+        releasable = len(self.held) - longest
         if releasable > 0:
             out.extend(self.held[:releasable])
             del self.held[:releasable]

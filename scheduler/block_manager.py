@@ -34,24 +34,37 @@ class Block:
 
 class BlockManager:
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 reuse_before_untouched: bool = False):
+        """`reuse_before_untouched`: for a pool whose memory becomes resident only where written (the CPU's), a
+        block used before is taken (evicting a cached one) before one never used, so memory grows with the
+        most blocks ever in use at once rather than with everything the prefix cache could keep."""
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"num_blocks ({num_blocks}) and block_size ({block_size}) must be >= 1")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
+        # blocks never used yet are [next_untouched, num_blocks); with reuse_before_untouched they are taken only
+        # when no free block is left below, otherwise all of them start in the free list
+        self.next_untouched = 0 if reuse_before_untouched else num_blocks
         # insertion order = free order: the head is reused (and evicted from the cache) first
-        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(self.next_untouched))
         self.hash_to_block_id: dict[bytes, int] = {}
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_block_ids)
+        return len(self.free_block_ids) + self.num_blocks - self.next_untouched
+
+    @property
+    def num_touched_blocks(self) -> int:
+        """Blocks used at least once (all of them unless reuse_before_untouched): what a lazily resident pool
+        holds in memory."""
+        return self.next_untouched
 
     @property
     def usage(self) -> float:
-        return 1 - len(self.free_block_ids) / self.num_blocks
+        return 1 - self.num_free_blocks / self.num_blocks
 
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -91,7 +104,7 @@ class BlockManager:
         num_have = len(seq.block_ids) + len(hit_block_ids)
         num_fresh = max(0, self.num_blocks_for(num_computed + num_new_tokens) - num_have)
         num_revived = sum(1 for block_id in hit_block_ids if self.blocks[block_id].ref_count == 0)
-        if num_fresh + num_revived > len(self.free_block_ids):
+        if num_fresh + num_revived > self.num_free_blocks:
             return None
         return hit_block_ids, num_fresh
 
@@ -120,7 +133,10 @@ class BlockManager:
         block.ref_count += 1
 
     def _take_free(self) -> int:
-        block_id, _ = self.free_block_ids.popitem(last=False)
+        if self.free_block_ids:
+            block_id, _ = self.free_block_ids.popitem(last=False)
+        else:
+            block_id, self.next_untouched = self.next_untouched, self.next_untouched + 1
         block = self.blocks[block_id]
         assert block.ref_count == 0
         if block.hash is not None:

@@ -16,6 +16,7 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     max_model_len: int = 65536
+    reuse_before_untouched: bool = False  # the KV pool becomes resident only where written (BlockManager)
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_num_encoder_tokens", "num_blocks",
@@ -55,7 +56,8 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig):
         self.config = config
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching,
+                                          config.reuse_before_untouched)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.encoder_outputs_to_free: list[int] = []
@@ -131,15 +133,24 @@ class Scheduler:
     def _schedule_running(self, out: SchedulerOutput) -> None:
         # decodes first: a long chunked prefill must not take the budget of the one-token steps behind it.
         # Victims come from the end of this order, so they are never sequences already scheduled this step.
-        queue = sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1)
+        decodes, prefills = [], []
+        for seq in self.running:
+            (prefills if seq.num_tokens - seq.num_computed_tokens > 1 else decodes).append(seq)
+        queue = decodes + prefills
+        budget, block_size = self.config.max_num_batched_tokens, self.block_manager.block_size
         i = 0
-        while i < len(queue) and out.num_batched_tokens < self.config.max_num_batched_tokens:
+        while i < len(queue) and out.num_batched_tokens < budget:
             seq = queue[i]
             i += 1
             if seq.awaits_last_token:
                 continue
-            start = seq.num_computed_tokens
-            num_new = min(seq.num_tokens - start, self.config.max_num_batched_tokens - out.num_batched_tokens)
+            start, num_tokens = seq.num_computed_tokens, seq.num_tokens
+            if start + 1 == num_tokens and start < len(seq.block_ids) * block_size and start >= seq.audio.end:
+                # the common case, a decode whose token fits a block it has: nothing to allocate or encode
+                out.chunks.append(ScheduledChunk(seq, start, 1, True))
+                out.num_batched_tokens += 1
+                continue
+            num_new = min(num_tokens - start, budget - out.num_batched_tokens)
             needs_encoder = self._chunk_needs_encoder(seq, start, num_new)
             if needs_encoder and not self._encoder_fits(seq, out):
                 # the audio waits for a later step; the text before it can go now
@@ -218,9 +229,10 @@ class Scheduler:
     def update(self, output: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
         """Takes the sampled tokens of a step scheduled earlier (later steps may already be scheduled)."""
         finished = []
+        caching, block_size = self.block_manager.enable_prefix_caching, self.block_manager.block_size
         for chunk in output.chunks:
             seq = chunk.seq
-            if seq.is_finished:
+            if seq.status is SequenceStatus.FINISHED:
                 continue  # aborted, or stopped by an earlier step while this one was in flight
             if chunk.samples:
                 seq.num_pending_tokens -= 1
@@ -230,9 +242,10 @@ class Scheduler:
                     seq.finish_reason = "stop"
                 elif seq.num_output_tokens >= seq.sampling_params.max_tokens:
                     seq.finish_reason = "length"
-            if not seq.needs_audio:
+            if seq.encoded and not seq.needs_audio:
                 self._release_encoder_output(seq, self.encoder_outputs_to_free)
-            self.block_manager.cache_blocks(seq)
+            if caching and seq.num_computed_tokens // block_size > len(seq.block_hashes):
+                self.block_manager.cache_blocks(seq)  # a block filled up
             if seq.finish_reason is not None:
                 if seq.status == SequenceStatus.WAITING:
                     self.waiting.remove(seq)  # preempted by a later schedule() before its last token came back

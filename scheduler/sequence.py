@@ -108,5 +108,13 @@ class Sequence:
         head = self.prompt_token_ids[start:] if start < n else []
         return head + known + [PENDING_TOKEN] * (end - start - len(head) - len(known))
 
+    def token_id_at(self, position: int) -> int:
+        """The token id at `position` (PENDING_TOKEN while it is on the device): token_ids_slice for one position."""
+        num_prompt = len(self.prompt_token_ids)
+        if position < num_prompt:
+            return self.prompt_token_ids[position]
+        index = position - num_prompt
+        return self.output_token_ids[index] if index < len(self.output_token_ids) else PENDING_TOKEN
+
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

@@ -84,6 +84,26 @@ def test_the_filter_streams_what_it_would_give_whole_and_leaves_no_loop(text: st
                        for i in range(len(out) - size * REPEATS + 1))
 
 
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.text(alphabet="ab c", max_size=30),
+                          st.tuples(st.text(alphabet="abc d", min_size=1, max_size=21), st.integers(1, 30)).map(
+                              lambda pattern_copies: pattern_copies[0] * pattern_copies[1])), max_size=6),
+       st.lists(st.integers(1, 12), max_size=60))
+def test_a_push_releases_what_taking_its_characters_one_by_one_releases(parts: list[str], cuts: list[int]) -> None:
+    """push() takes a piece short of any loop at once; the character-by-character rule is the reference."""
+    text = "".join(parts)
+    reference, out = RepetitionFilter(), []
+    position = 0
+    for size in [*cuts, len(text)]:
+        taken: list[str] = []
+        for char in text[position:position + size]:
+            reference._take(char, taken)
+        out.append("".join(taken))
+        position += size
+    out.append(reference.finish())
+    assert filtered(text, cuts)[1] == out
+
+
 @given(st.text(max_size=30), st.text(min_size=1, max_size=60), st.lists(st.integers(1, 7), max_size=40))
 @example(language="", text="\r0", cuts=[1, 1, 1, 2, 7, 7])
 @example(language="English", text="." * 512, cuts=[1] * 40)  # a loop of dots: streamed as the final text has it

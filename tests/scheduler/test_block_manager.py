@@ -191,11 +191,32 @@ def fingerprints(seq: Sequence) -> list[int]:
     return out
 
 
+def test_with_reuse_before_untouched_memory_grows_with_the_most_blocks_in_use_at_once() -> None:
+    def twelve_tokens(k: int) -> Sequence:  # 3 blocks of 4, unlike any other sequence's
+        return Sequence([1000 * k + j for j in range(12)], AudioSpan(2, 5, bytes([k])), SamplingParams(),
+                        frozenset({0}))
+
+    plain, lazy = BlockManager(16, 4), BlockManager(16, 4, reuse_before_untouched=True)
+    for bm in (plain, lazy):
+        for k in range(8):  # one at a time: a sequence is computed, its blocks cached, then freed
+            compute(bm, seq := twelve_tokens(k), 12)
+            bm.free(seq)
+        assert bm.num_free_blocks == 16
+    assert lazy.num_touched_blocks == 3 and plain.num_touched_blocks == 16
+    assert len(lazy.hash_to_block_id) == 3 and len(plain.hash_to_block_id) == 16  # the cache keeps what it touched
+    seqs = [twelve_tokens(20 + k) for k in range(5)]
+    assert all(lazy.allocate(seq, 12) for seq in seqs)  # 15 of 16 blocks at once
+    assert lazy.num_touched_blocks == 15 and lazy.num_free_blocks == 1
+    assert not lazy.allocate(twelve_tokens(30), 12)
+
+
 class BlockManagerMachine(RuleBasedStateMachine):
 
-    @initialize(num_blocks=st.integers(3, 14), block_size=st.sampled_from([1, 2, 4]), caching=st.booleans())
-    def setup(self, num_blocks, block_size, caching):
-        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching=caching)
+    @initialize(num_blocks=st.integers(3, 14), block_size=st.sampled_from([1, 2, 4]), caching=st.booleans(),
+                reuse_before_untouched=st.booleans())
+    def setup(self, num_blocks, block_size, caching, reuse_before_untouched):
+        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching=caching,
+                               reuse_before_untouched=reuse_before_untouched)
         self.seqs: list[Sequence] = []
         self.kv: dict[tuple[int, int], int] = {}  # (block id, slot) -> fingerprint written there
 
@@ -248,8 +269,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_block_is_free_or_used(self):
-        free = set(self.bm.free_block_ids)
+        free = set(self.bm.free_block_ids) | set(range(self.bm.next_untouched, self.bm.num_blocks))
         assert free == {b.block_id for b in self.bm.blocks if b.ref_count == 0}
+        # nothing untouched is taken while a block used before is free
+        touched = self.bm.num_touched_blocks
+        assert all(b.ref_count == 0 and b.hash is None for b in self.bm.blocks[touched:])
         used = sum(1 for b in self.bm.blocks if b.ref_count > 0)
         assert self.bm.num_free_blocks + used == self.bm.num_blocks
 
