@@ -4,6 +4,11 @@ Output lengths are fixed (ignore_eos, about 4 tokens per second of audio) so bot
 Long clips run twice in qasr: single pass, and split into pieces of at most `piece_seconds` decoded as
 parallel sequences (what the engine does by default). `qasr_first_token_s` is the first token of the whole
 batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of 3).
+
+`--mixed-seconds LOW HIGH` adds a row of clips whose lengths are drawn from LOW-HIGH seconds, the shape of real
+traffic: transformers takes them in arrival order, `batch_size` at a time, each batch generating as long as its
+longest clip needs (a batch ends together); qasr's continuous batching gives each clip its own output length and
+takes the next clip as soon as one ends. Both get the same audio.
 """
 
 import argparse
@@ -92,7 +97,8 @@ def sync(device: torch.device) -> None:
 
 
 def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
-        batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path) -> tuple[list[dict], Path]:
+        batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path,
+        mixed_seconds: tuple[float, float] | None = None) -> tuple[list[dict], Path]:
     """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`."""
     from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
@@ -113,30 +119,40 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     run_qasr(single, warm)
     run_transformers(model, processor, [warm[0][0]], 4, 1, device)
 
+    clip_sets = [(seconds, [synthetic_clip(seconds, seed) for seed in range(num_clips)]) for seconds in clip_seconds]
+    if mixed_seconds is not None:
+        lengths = np.random.default_rng(0).uniform(*mixed_seconds, size=num_clips)
+        clip_sets.append((f"{mixed_seconds[0]:g}-{mixed_seconds[1]:g} mixed",
+                          [synthetic_clip(float(length), seed) for seed, length in enumerate(lengths)]))
     rows = []
-    for seconds in clip_seconds:
-        clips = [synthetic_clip(seconds, seed) for seed in range(num_clips)]
-        audio_seconds = seconds * num_clips
-        max_tokens = output_tokens(seconds, tokens_per_second)
-        hf_wall = run_transformers(model, processor, clips, max_tokens, batch_size, device)
-        qasr_wall, ttft = run_qasr(single, [(c, max_tokens) for c in clips])
-        row = {"clip_s": seconds, "clips": num_clips, "output_tokens_per_clip": max_tokens,
+    for label, clips in clip_sets:
+        lengths = [len(c) / SAMPLE_RATE for c in clips]
+        audio_seconds, longest = sum(lengths), max(lengths)
+        tokens = [output_tokens(length, tokens_per_second) for length in lengths]
+        hf_wall = 0.0
+        for i in range(0, len(clips), batch_size):
+            hf_wall += run_transformers(model, processor, clips[i:i + batch_size], max(tokens[i:i + batch_size]),
+                                        batch_size, device)
+        qasr_wall, ttft = run_qasr(single, list(zip(clips, tokens)))
+        row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
+               "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,
+               "qasr_output_tokens": sum(tokens),
                "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
                "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
                "qasr_first_token_s": ttft, "qasr_ttft_concurrency1_s": first_token_alone(single, clips[0])}
-        if seconds > piece_seconds:
+        if longest > piece_seconds:
             pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
                       for c in clips for p in split_audio(c, piece_seconds)]
             # the same number of audios in flight as single pass, each as several parallel sequences
-            single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(seconds / piece_seconds)
+            single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
             split_wall, _ = run_qasr(single, pieces)
             single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
             row["qasr_split_rtfx"] = audio_seconds / split_wall
             row["speedup_split"] = hf_wall / split_wall
         rows.append(row)
     config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
-              "num_clips": num_clips, "tokens_per_second": tokens_per_second, "piece_seconds": piece_seconds,
-              "batch_size": batch_size, "dtype": str(dtype),
+              "mixed_seconds": mixed_seconds, "num_clips": num_clips, "tokens_per_second": tokens_per_second,
+              "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
               "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
     return rows, write_results("throughput", device, config, rows, out_dir)
 
@@ -151,7 +167,9 @@ def _shape(engine: LLMEngine) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["tiny", "0.6b", "1.7b"], default="tiny")
     parser.add_argument("--clip-seconds", type=float, nargs="+", default=[10.0, 30.0, 120.0])
-    parser.add_argument("--num-clips", type=int, default=8)
+    parser.add_argument("--num-clips", type=int, default=8, help="clips per row")
+    parser.add_argument("--mixed-seconds", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="add a row of clips with lengths drawn from LOW-HIGH seconds")
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
     parser.add_argument("--piece-seconds", type=float, default=30.0, help="piece length of the split runs")
     parser.add_argument("--batch-size", type=int, default=8, help="transformers batch and qasr max_num_seqs")
@@ -164,7 +182,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     engine_options = EngineConfig.from_cli_args(args, max_num_seqs=max(args.batch_size, 1))
     rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
-                     args.batch_size, engine_options, Path(args.work_dir), args.out_dir)
+                     args.batch_size, engine_options, Path(args.work_dir), args.out_dir,
+                     tuple(args.mixed_seconds) if args.mixed_seconds else None)
     print_table(rows)
     print(f"results: {path}")
     return 0

@@ -124,10 +124,6 @@ class Scheduler:
         self._schedule_running(out)
         if not out.preempted:
             self._schedule_waiting(out)
-        for chunk in out.chunks:
-            chunk.seq.num_computed_tokens = chunk.end
-            if chunk.samples:
-                chunk.seq.num_pending_tokens += 1
         return out
 
     def _schedule_running(self, out: SchedulerOutput) -> None:
@@ -149,6 +145,8 @@ class Scheduler:
                 # the common case, a decode whose token fits a block it has: nothing to allocate or encode
                 out.chunks.append(ScheduledChunk(seq, start, 1, True))
                 out.num_batched_tokens += 1
+                seq.num_computed_tokens = num_tokens
+                seq.num_pending_tokens += 1
                 continue
             num_new = min(num_tokens - start, budget - out.num_batched_tokens)
             needs_encoder = self._chunk_needs_encoder(seq, start, num_new)
@@ -206,6 +204,9 @@ class Scheduler:
         samples = start + num_tokens == seq.num_tokens
         out.chunks.append(ScheduledChunk(seq, start, num_tokens, samples))
         out.num_batched_tokens += num_tokens
+        seq.num_computed_tokens = start + num_tokens  # counted as computed at once (see schedule)
+        if samples:
+            seq.num_pending_tokens += 1
         if needs_encoder:
             seq.encoded = True
             out.to_encode.append(seq)
@@ -240,7 +241,7 @@ class Scheduler:
                 seq.append_token(token_id)
                 if token_id in seq.stop_token_ids:
                     seq.finish_reason = "stop"
-                elif seq.num_output_tokens >= seq.sampling_params.max_tokens:
+                elif len(seq.output_token_ids) >= seq.sampling_params.max_tokens:
                     seq.finish_reason = "length"
             if seq.encoded and not seq.needs_audio:
                 self._release_encoder_output(seq, self.encoder_outputs_to_free)

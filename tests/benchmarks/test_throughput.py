@@ -4,6 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from qasr.benchmarks import throughput as bench
 
 TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
@@ -14,16 +17,20 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     bench.add_arguments(parser)
     args = parser.parse_args(["--preset", "tiny", "--clip-seconds", "3", "7", "--num-clips", "2", "--piece-seconds",
                               "5", "--batch-size", "2", "--device", "cpu", "--work-dir", str(tmp_path / "work"),
-                              "--out-dir", str(tmp_path / "out")])
+                              "--out-dir", str(tmp_path / "out"), "--mixed-seconds", "1", "8"])
     assert bench.main(args) == 0
     [path] = (tmp_path / "out").glob("throughput-cpu-*.json")
     document = json.loads(path.read_text())
     assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "throughput"
     assert document["config"]["model_shape"]["decoder_layers"] == 2
-    short, long = document["results"]
-    for row in (short, long):
+    short, long, mixed = document["results"]
+    for row in (short, long, mixed):
         assert row["transformers_rtfx"] > 0 and row["qasr_single_pass_rtfx"] > 0 and row["speedup_single_pass"] > 0
         assert row["qasr_first_token_s"] > 0 and row["qasr_ttft_concurrency1_s"] > 0
     assert short["qasr_split_rtfx"] is None  # 3 s fits one piece
     assert long["qasr_split_rtfx"] > 0 and long["speedup_split"] > 0  # 7 s is split into pieces of at most 5 s
     assert long["output_tokens_per_clip"] == 28
+    lengths = np.random.default_rng(0).uniform(1, 8, size=2)  # the mixed row's draw
+    assert mixed["clip_s"] == "1-8 mixed" and mixed["audio_s"] == pytest.approx(lengths.sum(), abs=1e-3)
+    assert mixed["output_tokens_per_clip"] is None
+    assert mixed["qasr_output_tokens"] == sum(bench.output_tokens(length, 4.0) for length in lengths)
