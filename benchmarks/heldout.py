@@ -4,7 +4,9 @@
     python -m benchmarks.heldout --model DIR      # any checkpoint
 
 The set (benchmarks/data/heldout) holds sentences never trained on, in voices seen in training and in
-one voice variant never trained on; the table gives corpus WER per group.
+one voice variant never trained on, clips of several such sentences (15-30 s), and clips of silence or noise
+that should give no text; the table gives corpus WER per group of speech clips, and how many clips without
+speech came back empty.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class Score:
     group: str
     utterances: int
     words: int
-    wer: float
+    wer: float | None  # None for clips without speech
+    empty: float | None = None  # the share of clips without speech that gave no text
 
 
 def read_manifest(manifest: Path = MANIFEST) -> list[dict]:
@@ -47,23 +50,34 @@ def transcribe_files(files: list[Path], model: str | None = None, extra_args: tu
 
 
 def heldout_scores(model: str | None = None, manifest: Path = MANIFEST) -> tuple[list[Score], list[dict]]:
-    """Scores for seen voices, the unseen voice and all; and the rows with their hypotheses."""
+    """Scores for single sentences in seen voices and in the unseen voice, clips of several sentences, all
+    speech, and clips without speech; and the rows with their hypotheses."""
     rows = read_manifest(manifest)
     hypotheses = transcribe_files([manifest.parent / row["file"] for row in rows], model)
     rows = [row | {"hypothesis": hypothesis} for row, hypothesis in zip(rows, hypotheses)]
-    unseen = sorted({row["voice"] for row in rows if not row["seen_voice"]})
-    groups = {"seen voices": [r for r in rows if r["seen_voice"]],
-              f"unseen voice ({', '.join(unseen)})": [r for r in rows if not r["seen_voice"]],
-              "all": rows}
+    kind = {id(row): row.get("kind", "sentence") for row in rows}
+    sentences = [r for r in rows if kind[id(r)] == "sentence"]
+    unseen = sorted({row["voice"] for row in sentences if not row["seen_voice"]})
+    speech = {"seen voices": [r for r in sentences if r["seen_voice"]],
+              f"unseen voice ({', '.join(unseen)})": [r for r in sentences if not r["seen_voice"]],
+              "several sentences (15-30 s)": [r for r in rows if kind[id(r)] == "multi"],
+              "all speech": [r for r in rows if kind[id(r)] != "noise"]}
     scores = [Score(name, len(group), sum(len(normalize_english(r["text"]).split()) for r in group),
                     corpus_wer([r["text"] for r in group], [r["hypothesis"] for r in group]))
-              for name, group in groups.items() if group]
+              for name, group in speech.items() if group]
+    quiet = [r for r in rows if kind[id(r)] == "noise"]
+    if quiet:
+        scores.append(Score("silence and noise", len(quiet), 0, None,
+                            sum(not r["hypothesis"] for r in quiet) / len(quiet)))
     return scores, rows
 
 
 def table(scores: list[Score]) -> str:
-    lines = ["| voices | utterances | words | WER |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {s.group} | {s.utterances} | {s.words} | {100 * s.wer:.2f}% |" for s in scores]
+    lines = ["| clips | count | words | WER | empty text |", "| --- | ---: | ---: | ---: | ---: |"]
+    for s in scores:
+        wer = "" if s.wer is None else f"{100 * s.wer:.2f}%"
+        empty = "" if s.empty is None else f"{100 * s.empty:.1f}%"
+        lines.append(f"| {s.group} | {s.utterances} | {s.words} | {wer} | {empty} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """Speech with exact word times, for the demo forced aligner: its training clips, and the reference times of the
-committed held-out clips.
+committed held-out clips of one sentence.
 
 Every clip is spoken by libespeak-ng (`training.espeak`: the command line's audio, with each word's start and end)
 and then goes through the same augmentation as the demo model's corpus (`training.speech.augment`), whose leading
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.corpus import CorpusSpec, _utterance_seed, split_sentences
+from training.corpus import HELDOUT_SPEC, SPECS, CorpusSpec, _utterance_seed, split_sentences
 from training.espeak import Utterance, WordTime, speak_with_words
 from training.speech import SAMPLE_RATE, TRAIN_VARIANTS, augment_with_offset, random_voice, to_model_rate
 
@@ -69,13 +69,14 @@ def training_utterances(count: int, seed: int) -> tuple[list[Utterance], list[in
 
 
 def heldout_word_times(heldout: Path, workers: int = 2) -> list[dict]:
-    """The committed held-out clips' word times, re-spoken from their manifest rows and seeds."""
-    rows = [json.loads(line) for line in (heldout / "manifest.jsonl").read_text().splitlines()]
+    """The committed held-out clips' word times (those of one sentence), re-spoken from their manifest rows and
+    seeds."""
+    rows = sentence_rows(heldout)
     utterances, seeds = [], []
     for row in rows:
         split, index = row["file"].rsplit(".", 1)[0].rsplit("-", 1)
         utterances.append(Utterance(row["text"], f"en-us+{row['voice']}", row["speed"], row["pitch"]))
-        seeds.append(_utterance_seed(CorpusSpec().seed, split, int(index)))
+        seeds.append(_utterance_seed(SPECS[HELDOUT_SPEC].seed, split, int(index)))
     clips = render_timed(utterances, seeds, workers, desc="held-out word times")
     records = []
     for row, clip in zip(rows, clips):
@@ -83,6 +84,12 @@ def heldout_word_times(heldout: Path, workers: int = 2) -> list[dict]:
             raise RuntimeError(f"{row['file']}: re-spoken audio does not match the committed clip")
         records.append({"file": row["file"], "words": [[w.word, _ms(w.start), _ms(w.end)] for w in clip.words]})
     return records
+
+
+def sentence_rows(heldout: Path) -> list[dict]:
+    """The manifest rows of the held-out clips that hold one sentence."""
+    rows = [json.loads(line) for line in (heldout / "manifest.jsonl").read_text().splitlines()]
+    return [row for row in rows if row.get("kind", "sentence") == "sentence"]
 
 
 def _ms(seconds: float | None) -> int | None:

@@ -1,8 +1,9 @@
 """Training examples in the engine's exact prompt format, length-bucketed batches, and their tensors.
 
 An example is the prompt the engine builds for a clip (empty system turn, `<|audio_pad|>` once per encoder
-output, assistant turn) followed by the target `language English<asr_text>{text}<|im_end|>`; the loss is
-on the target only. CTC targets are the text's own token ids.
+output, assistant turn) followed by the target `language English<asr_text>{text}<|im_end|>` (for a clip
+without speech `language None<asr_text><|im_end|>`, as Qwen3-ASR answers silence); the loss is on the target
+only. CTC targets are the text's own token ids.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from qasr.engine.tokenizer import SpecialTokens
 from training.features import FeatureStore
 
 LANGUAGE = "English"
+NO_SPEECH = "None"  # the language Qwen3-ASR names for audio without speech
 CHUNK_FRAMES = 100  # the encoder's chunk: features are padded to a multiple of it
 
 
@@ -41,7 +43,8 @@ class ExampleBuilder:
         self.prompts = PromptBuilder(tokenizer, self.special)
 
     def example(self, text: str) -> Example:
-        target = self.tokenizer.encode(language_header(LANGUAGE) + text, add_special_tokens=False)
+        header = language_header(LANGUAGE if text else NO_SPEECH)
+        target = self.tokenizer.encode(header + text, add_special_tokens=False)
         return Example(target + [self.im_end], self.tokenizer.encode(text, add_special_tokens=False))
 
     def prompt(self, frames: int) -> list[int]:
@@ -58,6 +61,46 @@ def bucketed_batches(frames: np.ndarray, batch_size: int, rng: np.random.Generat
     return batches
 
 
+def frame_budget_batches(frames: np.ndarray, max_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of batches of similar-length clips whose padded size (clips x longest) stays within `max_frames`:
+    many short clips or a few long ones per step; batches shuffled."""
+    jittered = frames * rng.uniform(0.85, 1.15, size=len(frames))
+    order = np.argsort(jittered, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * int(frames[order[start:end + 1]].max()) <= max_frames:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass(frozen=True)
+class SpecAugment:
+    """Masks on the log-mel features (SpecAugment without time warping): a few frequency bands, and short
+    stretches of time (short enough that a word is blurred rather than lost)."""
+    freq_masks: int = 2
+    max_freq_width: int = 15
+    time_masks_per_second: float = 0.5
+    max_time_width: int = 8
+
+    def __call__(self, mel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        mel = mel.clone()
+        fill = float(mel.mean())
+        bins, frames = mel.shape
+        for _ in range(self.freq_masks):
+            width = int(rng.integers(0, self.max_freq_width + 1))
+            low = int(rng.integers(0, bins - width + 1))
+            mel[low:low + width] = fill
+        for _ in range(int(frames / 100 * self.time_masks_per_second)):
+            width = int(rng.integers(0, self.max_time_width + 1))
+            start = int(rng.integers(0, max(1, frames - width + 1)))
+            mel[:, start:start + width] = fill
+        return mel
+
+
 def padded_features(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[batch, mel_bins, frames rounded up to whole chunks] features and their [batch, frames] valid mask."""
     frames = [m.shape[1] for m in mels]
@@ -70,9 +113,11 @@ def padded_features(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return features, mask
 
 
-def collate(indices: np.ndarray, store: FeatureStore, examples: list[Example], builder: ExampleBuilder
-            ) -> dict[str, torch.Tensor]:
+def collate(indices: np.ndarray, store: FeatureStore, examples: list[Example], builder: ExampleBuilder,
+            augment: tuple[SpecAugment, np.random.Generator] | None = None) -> dict[str, torch.Tensor]:
     mels = [store[int(i)] for i in indices]
+    if augment is not None:
+        mels = [augment[0](mel, augment[1]) for mel in mels]
     features, features_mask = padded_features(mels)
     sequences, labels = [], []
     for i, mel in zip(indices, mels):
@@ -92,6 +137,6 @@ def collate(indices: np.ndarray, store: FeatureStore, examples: list[Example], b
         "input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids,
         "input_features": features, "input_features_mask": features_mask,
         "audio_lengths": torch.tensor([num_audio_tokens(m.shape[1]) for m in mels]),
-        "ctc_targets": torch.tensor([t for target in ctc for t in target]),
+        "ctc_targets": torch.tensor([t for target in ctc for t in target], dtype=torch.long),
         "ctc_lengths": torch.tensor([len(target) for target in ctc]),
     }

@@ -515,7 +515,7 @@ def markdown() -> str:
 
 
 def speech_lines() -> list[str]:
-    from training import speech
+    from training import corpus, noise, speech
 
     return [
         f"Rendered by `espeak-ng -v en-us+VARIANT -s SPEED -p PITCH`: training variants "
@@ -528,6 +528,15 @@ def speech_lines() -> list[str]:
         "",
         "Corpus sentences are drawn a few at a time and the one whose rarest word is rarest so far is kept "
         "(`training/corpus.py`), which evens out how often each word is heard.",
+        "",
+        f"The second training phase (corpus `v2`) adds clips of {corpus.MULTI_SENTENCES[0]}-"
+        f"{corpus.MULTI_SENTENCES[1]} sentences read by one voice with {speech.PAUSE_RANGE[0]}-"
+        f"{speech.PAUSE_RANGE[1]} s pauses between them (at most {speech.MAX_CLIP_SECONDS:.0f} s), and clips "
+        f"without speech transcribed as nothing: {', '.join(noise.KINDS)} "
+        f"({noise.TRAIN_NOISE.level_dbfs[0]:.0f} to {noise.TRAIN_NOISE.level_dbfs[1]:.0f} dBFS, "
+        f"{noise.TRAIN_NOISE.seconds[0]}-{noise.TRAIN_NOISE.seconds[1]:.0f} s). Its held-out sentences are "
+        f"rare derivations of the grammar (probability at most "
+        f"{corpus.SPECS[corpus.HELDOUT_SPEC].heldout_max_probability:g}) that neither phase trained on.",
     ]
 
 

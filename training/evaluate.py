@@ -9,7 +9,7 @@ from qasr.benchmarks.wer import corpus_wer
 from qasr.engine.prompt import parse_transcript
 from training.batches import ExampleBuilder, padded_features
 
-MAX_NEW_TOKENS = 96
+MAX_NEW_TOKENS = 256  # a 30 s clip of several sentences is about 110 tokens
 
 
 @torch.inference_mode()

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from qasr.engine.model_config import load_model_config
 from qasr.engine.model_loader import load_model
 from qasr.engine.tokenizer import load_tokenizer
 from qasr.kernels import get_model_ops
-from training.aligner_data import read_word_times
+from training.aligner_data import read_word_times, sentence_rows
 
 BATCH = 32  # clips per aligner pass
 
@@ -58,7 +57,7 @@ def load_aligner(path: Path) -> tuple[AlignmentProcessor, AlignerRunner]:
 def evaluate_aligner(path: Path, heldout: Path = HELDOUT, clips: int | None = None) -> AlignmentErrors:
     processor, runner = load_aligner(path)
     references = read_word_times(heldout)
-    rows = [json.loads(line) for line in (heldout / "manifest.jsonl").read_text().splitlines()][:clips]
+    rows = sentence_rows(heldout)[:clips]
     starts, ends = [], []
     for first in range(0, len(rows), BATCH):
         batch = rows[first:first + BATCH]

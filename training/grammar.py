@@ -46,10 +46,13 @@ def expand(grammar: Grammar, rule: str, rng: random.Random) -> str:
 
 
 def expand_with_probability(grammar: Grammar, rule: str, rng: random.Random) -> tuple[str, float]:
-    """A random expansion and the probability of the choices that made it (of this derivation)."""
+    """A random expansion and the probability of the choices that made it (of this derivation).
+
+    A choice's probability counts every copy of the chosen alternative (a rule lists "" four times to make a
+    part optional four times in ten), so the result is the probability of drawing these texts rule by rule."""
     alternatives = grammar[rule]
     alternative = rng.choice(alternatives)
-    probability = 1.0 / len(alternatives)
+    probability = alternatives.count(alternative) / len(alternatives)
     parts, end = [], 0
     for match in SLOT.finditer(alternative):
         text, p = expand_with_probability(grammar, match.group(1), rng)

@@ -91,3 +91,32 @@ def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np
 
 def render(text: str, voice: Voice, seed: int) -> np.ndarray:
     return augment(synthesize(text, voice), np.random.default_rng(seed))
+
+
+PAUSE_RANGE = (0.25, 1.0)  # seconds between the sentences of one clip
+MAX_CLIP_SECONDS = 30.0
+
+
+def render_sentences(texts: list[str], voice: Voice, seed: int, max_seconds: float = MAX_CLIP_SECONDS,
+                     min_seconds: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """Several sentences read by one voice with pauses between them, then `augment`ed as one clip.
+
+    Sentences are taken in order while the clip stays within `max_seconds` (at least one), and only until it is
+    `min_seconds` long; returns the clip and the sentences it holds.
+    """
+    rng = np.random.default_rng(seed)
+    edges = SILENCE_RANGE[1] * 2  # the most augment adds
+    parts: list[np.ndarray] = []
+    used: list[str] = []
+    length = 0
+    for text in texts:
+        speech = synthesize(text, voice)
+        pause = np.zeros(int(rng.uniform(*PAUSE_RANGE) * SAMPLE_RATE), np.float32) if parts else np.zeros(0, np.float32)
+        if parts and (length + len(pause) + len(speech)) / SAMPLE_RATE + edges > max_seconds:
+            break
+        parts += [pause, speech]
+        used.append(text)
+        length += len(pause) + len(speech)
+        if length / SAMPLE_RATE + edges >= min_seconds > 0:
+            break
+    return augment(np.concatenate(parts), rng), used

@@ -1,7 +1,13 @@
 """Train the bundled demo model: synthesize the corpus, fit a small Qwen3-ASR, export it in the original layout.
 
-    python -m training.train --out engine/assets/demo-model            # the shipped checkpoint
-    python -m training.train --steps 50 --model tiny --out /tmp/demo    # a quick look
+The shipped checkpoint is two phases on 2 CPU cores: the first model from scratch on the `v1` corpus (one
+sentence per clip), then a second phase from it on the `v2` corpus (clips of several sentences up to 30 s,
+clips of silence and noise that must stay empty, held-out sentences that are rare grammar derivations):
+
+    python -m training.train --corpus-spec v1 --steps 5000 --lr 1.5e-3 --warmup 300 --batch-frames 0 \
+        --spec-augment 0 --eval-every 1000 --out /tmp/demo-v1 --log training/logs/demo-model.jsonl
+    python -m training.train --init /tmp/demo-v1 --out engine/assets/demo-model   # phase 2 (the defaults)
+    python -m training.train --steps 50 --model tiny --out /tmp/demo               # a quick look
 
 Deterministic from `--seed` on a given machine and thread count. Writes a JSON-lines log of loss and
 validation WER (`--log`) and shows a progress bar.
@@ -19,35 +25,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from tqdm import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, Qwen3ASRForConditionalGeneration
 
 from qasr.engine.demo import DEMO_MODEL_DIR
-from training.batches import ExampleBuilder, bucketed_batches, collate
-from training.corpus import CorpusSpec, Utterance, build_corpus, read_manifest
+from qasr.engine.hf_conversion import convert_to_hf
+from training.batches import ExampleBuilder, SpecAugment, bucketed_batches, collate, frame_budget_batches
+from training.corpus import SPECS, Utterance, build_corpus, read_manifest, split_kind
 from training.domain import word_list
-from training.evaluate import evaluate
-from training.export import export_checkpoint
+from training.evaluate import evaluate, transcribe
+from training.export import TOKENIZER_FILES, export_checkpoint
 from training.features import FeatureStore
 from training.model import DIMS, CTCTrainer, build_model
 from training.tokenizer import build_tokenizer, padded_vocab_size, token_ids
 
 CACHE = Path.home() / ".cache" / "qasr"
-VAL_SPLITS = ("val_seen", "val_unseen")
 
 
 @dataclass
 class TrainConfig:
     out: Path = DEMO_MODEL_DIR
-    corpus: Path = CACHE / "demo-corpus"
-    work: Path = CACHE / "demo-work"  # tokenizer and feature caches
-    log: Path | None = Path(__file__).parent / "logs" / "demo-model.jsonl"
+    corpus_spec: str = "v2"  # training.corpus.SPECS
+    corpus: Path | None = None  # default: ~/.cache/qasr/demo-corpus-{corpus_spec}
+    work: Path | None = None  # tokenizer and feature caches; default ~/.cache/qasr/demo-work-{corpus_spec}
+    log: Path | None = Path(__file__).parent / "logs" / "demo-model-v2.jsonl"
     train_manifest: Path | None = None  # train on this manifest instead of the synthesized corpus
-    model: str = "S"
-    steps: int = 5000
-    batch_size: int = 24
-    lr: float = 1.5e-3
-    warmup: int = 300
+    init: Path | None = None  # start from this checkpoint (its weights and tokenizer) instead of from scratch
+    model: str = "S"  # size from scratch (training.model.DIMS)
+    steps: int = 4500
+    batch_size: int = 24  # clips per step, unless batch_frames is set
+    batch_frames: int = 9600  # padded feature frames per step (0: batch_size clips)
+    spec_augment: int = 1  # SpecAugment-style masks on the training features (0: off)
+    lr: float = 5e-4
+    warmup: int = 200
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     ctc_weight: float = 1.0
@@ -56,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     log_every: int = 50
-    eval_every: int = 1000
+    eval_every: int = 1500
     eval_clips: int = 100  # per validation split
     minutes: float | None = None  # stop early (and export) after this much training time
     export_dtype: str = "float32"
@@ -97,12 +108,57 @@ class Log:
 
 
 def load_splits(config: TrainConfig) -> dict[str, tuple[Path, list[Utterance]]]:
-    """Split -> (audio root, utterances): the synthesized corpus, or just `train_manifest` as training data."""
+    """Split -> (audio root, utterances): the synthesized corpus's training splits joined as `train`, and its
+    validation splits; or just `train_manifest` as training data."""
     if config.train_manifest is not None:
         return {"train": (config.train_manifest.parent, read_manifest(config.train_manifest))}
-    build_corpus(config.corpus, CorpusSpec(seed=config.seed), splits=("train", *VAL_SPLITS))
-    return {split: (config.corpus, read_manifest(config.corpus / f"{split}.jsonl"))
-            for split in ("train", *VAL_SPLITS)}
+    spec = SPECS[config.corpus_spec]
+    corpus = config.corpus or CACHE / f"demo-corpus-{config.corpus_spec}"
+    names = [name for name in spec.splits if not name.startswith("test")]
+    build_corpus(corpus, spec, splits=tuple(names))
+    training = [u for name in names if name.startswith("train") for u in read_manifest(corpus / f"{name}.jsonl")]
+    return {"train": (corpus, training)} | {name: (corpus, read_manifest(corpus / f"{name}.jsonl"))
+                                            for name in names if name.startswith("val")}
+
+
+def prepare_tokenizer(config: TrainConfig, work: Path, utterances: list[Utterance]) -> tuple[Path, dict[str, int]]:
+    """The tokenizer's folder and its special ids: the `init` checkpoint's, or a new BPE fit to the texts."""
+    folder = work / "tokenizer"
+    if config.init is None:
+        raw = build_tokenizer(folder, _texts_for_tokenizer(utterances), config.bpe_vocab, vocab_files=True)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            (folder / name).write_bytes((config.init / name).read_bytes())
+        raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return folder, token_ids(raw)
+
+
+def initial_model(config: TrainConfig, work: Path, ids: dict[str, int]) -> Qwen3ASRForConditionalGeneration:
+    if config.init is None:
+        return build_model(DIMS[config.model], padded_vocab_size(ids["vocab_size"]), ids, config.seed)
+    hf = work / "init-hf"
+    convert_to_hf(config.init, hf)
+    model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=torch.float32)
+    model.generation_config.eos_token_id = [ids["<|endoftext|>"], ids["<|im_end|>"]]
+    model.generation_config.pad_token_id = ids["<|im_end|>"]
+    return model
+
+
+def validate(model: Qwen3ASRForConditionalGeneration, builder: ExampleBuilder,
+             validation: dict[str, tuple[list[torch.Tensor], list[str]]]) -> dict:
+    """WER per validation split with speech, the share of empty transcripts on a split without."""
+    record: dict = {}
+    for split, (mels, references) in validation.items():
+        if split_kind(split) == "noise":
+            hypotheses = transcribe(model, builder, mels)
+            record[f"empty_{split}"] = round(sum(not h for h in hypotheses) / len(hypotheses), 4)
+            record[f"example_{split}"] = next((h for h in hypotheses if h), "")
+        else:
+            wer, hypotheses = evaluate(model, builder, mels, references)
+            record[f"wer_{split}"] = round(wer, 4)
+            record[f"example_{split}"] = {"reference": references[0], "hypothesis": hypotheses[0]}
+    return record
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -110,16 +166,14 @@ def train(config: TrainConfig) -> TrainResult:
     torch.manual_seed(config.seed)
     log = Log(config.log)
     log.write({"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}})
+    work = config.work or CACHE / f"demo-work-{config.corpus_spec}"
     splits = load_splits(config)
     train_root, train_utterances = splits["train"]
 
-    tokenizer_dir = config.work / "tokenizer"
-    raw_tokenizer = build_tokenizer(tokenizer_dir, _texts_for_tokenizer(train_utterances), config.bpe_vocab,
-                                    vocab_files=True)
-    ids = token_ids(raw_tokenizer)
+    tokenizer_dir, ids = prepare_tokenizer(config, work, train_utterances)
     builder = ExampleBuilder(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
 
-    stores = {split: FeatureStore.build([root / u.file for u in utterances], config.work / "features" / split,
+    stores = {split: FeatureStore.build([root / u.file for u in utterances], work / "features" / split,
                                         desc=f"features {split}")
               for split, (root, utterances) in splits.items()}
     examples = [builder.example(u.text) for u in train_utterances]
@@ -128,28 +182,32 @@ def train(config: TrainConfig) -> TrainResult:
                           [u.text for u in splits[split][1][:config.eval_clips]])
                   for split in splits if split != "train"}
 
-    model = build_model(DIMS[config.model], padded_vocab_size(ids["vocab_size"]), ids, config.seed)
+    model = initial_model(config, work, ids)
     trainer = CTCTrainer(model, config.ctc_weight)
     trainer.train()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     parameters = sum(p.numel() for p in model.parameters())
-    log.write({"model": config.model, "parameters": parameters, "vocab_size": model.config.text_config.vocab_size,
+    name = str(config.init or config.model)
+    log.write({"model": name, "parameters": parameters, "vocab_size": model.config.text_config.vocab_size,
                "train_utterances": len(examples), "train_hours": round(float(frames.sum()) / 100 / 3600, 2)})
-    print(f"model {config.model}: {parameters / 1e6:.2f} M parameters; {len(examples)} training utterances "
+    print(f"model {name}: {parameters / 1e6:.2f} M parameters; {len(examples)} training utterances "
           f"({frames.sum() / 100 / 3600:.1f} h)", file=sys.stderr)
 
     result = TrainResult(out=config.out)
     rng = np.random.default_rng(config.seed)
+    augment = (SpecAugment(), np.random.default_rng(config.seed + 1)) if config.spec_augment else None
     batches: list[np.ndarray] = []
     epoch, window, started = 0, [], time.monotonic()
     eval_seconds = 0.0
     bar = tqdm(total=config.steps, desc="training", unit="step", mininterval=1 if sys.stderr.isatty() else 30)
     for step in range(config.steps):
         if not batches:
-            batches, epoch = bucketed_batches(frames, config.batch_size, rng), epoch + 1
-        losses = trainer(collate(batches.pop(), stores["train"], examples, builder))
+            batches = (frame_budget_batches(frames, config.batch_frames, rng) if config.batch_frames
+                       else bucketed_batches(frames, config.batch_size, rng))
+            epoch += 1
+        losses = trainer(collate(batches.pop(), stores["train"], examples, builder, augment))
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), config.clip_norm)
@@ -171,11 +229,7 @@ def train(config: TrainConfig) -> TrainResult:
         last = step + 1 == config.steps or out_of_time
         if validation and config.eval_every and ((step + 1) % config.eval_every == 0 or last):
             eval_started = time.monotonic()
-            record = {"step": step + 1, "minutes": round(elapsed / 60, 2)}
-            for split, (mels, references) in validation.items():
-                wer, hypotheses = evaluate(model, builder, mels, references)
-                record[f"wer_{split}"] = round(wer, 4)
-                record[f"example_{split}"] = {"reference": references[0], "hypothesis": hypotheses[0]}
+            record = {"step": step + 1, "minutes": round(elapsed / 60, 2)} | validate(model, builder, validation)
             result.evals.append(record)
             log.write(record)
             tqdm.write(json.dumps({k: v for k, v in record.items() if not k.startswith("example")}))

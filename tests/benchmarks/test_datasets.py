@@ -52,6 +52,7 @@ def test_audio_files_with_sidecar_transcripts_load(tmp_path: Path) -> None:
 
 def test_the_heldout_manifest_loads_and_an_empty_folder_does_not(tmp_path: Path) -> None:
     utterances = load_dataset(HELDOUT)
-    assert len(utterances) == 250 and all(u.path.is_file() and u.text and u.seconds for u in utterances)
+    assert len(utterances) == 380 and all(u.path.is_file() and u.seconds for u in utterances)
+    assert sum(not u.text for u in utterances) == 100  # the clips of silence and noise
     with pytest.raises(ValueError, match="no manifest.jsonl"):
         load_dataset(tmp_path)

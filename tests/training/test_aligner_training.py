@@ -14,7 +14,7 @@ from qasr.benchmarks.heldout import HELDOUT
 from qasr.engine import ASR
 from qasr.engine.model_config import load_model_config
 from qasr.engine.words import split_words
-from training.aligner_data import heldout_word_times, read_word_times
+from training.aligner_data import heldout_word_times, read_word_times, sentence_rows
 from training.espeak import Utterance, speak_with_words
 from training.train_aligner import AlignerTrainConfig, train
 
@@ -45,8 +45,8 @@ def test_the_library_speaks_as_the_command_line_does_and_times_every_word() -> N
 
 def test_committed_heldout_word_times_come_from_their_clips(tmp_path: Path) -> None:
     committed = read_word_times(HELDOUT)
-    rows = [json.loads(line) for line in (HELDOUT / "manifest.jsonl").read_text().splitlines()]
-    assert set(committed) == {row["file"] for row in rows}
+    rows = sentence_rows(HELDOUT)
+    assert set(committed) == {row["file"] for row in rows} and len(rows) == 250
     known = sum(start is not None for words in committed.values() for _, start, _ in words)
     assert known >= 0.95 * sum(len(words) for words in committed.values())
     sample = rows[:2] + rows[-2:]

@@ -2,19 +2,35 @@
 
 import json
 import random
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from transformers import AutoTokenizer
 
 from qasr.benchmarks.heldout import MANIFEST
+from qasr.engine.audio import load_audio
 from qasr.engine.checkpoint import load_weights
+from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import load_model_config
-from training import domain, grammar, speech
-from training.corpus import CorpusSpec, plan_split, split_sentences
-from training.train import TrainConfig, train
+from training import domain, grammar, noise, speech
+from training.batches import ExampleBuilder, SpecAugment, frame_budget_batches
+from training.corpus import (
+    HELDOUT_MULTI_CANDIDATES,
+    HELDOUT_SPEC,
+    SPECS,
+    CorpusSpec,
+    plan_split,
+    rare_sentences,
+    split_sentences,
+    training_sentences,
+)
+from training.noise import KINDS
+from training.train import TrainConfig, initial_model, prepare_tokenizer, train, validate
 
 DOMAIN_MD = Path(__file__).resolve().parents[2] / "training" / "DOMAIN.md"
 
@@ -54,20 +70,96 @@ def test_splits_are_deterministic_and_heldout_sentences_never_occur_in_training(
         "train": 3000, "val_seen": 30, "val_unseen": 20, "test_seen": 40, "test_unseen": 30}
     heldout = [s for name, sentences in splits.items() if name != "train" for s in sentences]
     assert len(set(heldout)) == len(heldout) and not set(heldout) & set(splits["train"])
-    seen_voices = {u.voice for u, _ in plan_split(spec, "test_seen", splits["test_seen"])}
-    unseen_voices = {u.voice for u, _ in plan_split(spec, "test_unseen", splits["test_unseen"])}
-    train_voices = {u.voice for u, _ in plan_split(spec, "train", splits["train"])}
+    seen_voices = {p.utterance.voice for p in plan_split(spec, "test_seen", splits["test_seen"])}
+    unseen_voices = {p.utterance.voice for p in plan_split(spec, "test_unseen", splits["test_unseen"])}
+    train_voices = {p.utterance.voice for p in plan_split(spec, "train", splits["train"])}
     assert unseen_voices == set(speech.UNSEEN_VARIANTS) and not unseen_voices & train_voices
     assert seen_voices <= train_voices == set(speech.TRAIN_VARIANTS)
 
 
 def test_the_committed_heldout_set_is_the_corpus_test_split() -> None:
     rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()]
-    spec = CorpusSpec()
+    spec = SPECS[HELDOUT_SPEC]
     splits = split_sentences(spec)
-    planned = [asdict(u) for split in ("test_seen", "test_unseen") for u, _ in plan_split(spec, split, splits[split])]
-    keys = ("text", "voice", "speed", "pitch", "seen_voice")
+    planned = [asdict(p.utterance) for split in ("test_seen", "test_unseen", "test_multi", "test_noise")
+               for p in plan_split(spec, split, splits[split])]
+    keys = ("voice", "speed", "pitch", "seen_voice", "kind")
     assert [{k: r[k] for k in keys} for r in rows] == [{k: p[k] for k in keys} for p in planned]
+    for row, plan in zip(rows, planned):
+        if row["kind"] == "multi":  # the sentences that fit, in order, 15 to 30 seconds of them
+            assert plan["text"].startswith(row["text"]) and row["text"].count(".") + row["text"].count("?") >= 2
+            assert 15.0 <= row["seconds"] <= 30.0
+        else:
+            assert row["text"] == plan["text"]
+    heard = training_sentences(spec)
+    assert not any(s in heard for split in ("test_seen", "test_unseen") for s in splits[split])
+    assert not any(s in heard for clip in splits["test_multi"] for s in clip)
+
+
+def test_v2_splits_hold_out_rare_sentences_and_add_multi_sentence_and_noise_clips() -> None:
+    spec = CorpusSpec(seed=5, train=2000, val_seen=10, val_unseen=10, test_seen=40, test_unseen=20, train_multi=50,
+                      val_multi=2, test_multi=3, train_noise=30, val_noise=6, test_noise=12,
+                      heldout_max_probability=1e-6)
+    splits = split_sentences(spec)
+    assert {name: len(items) for name, items in splits.items()} == {name: getattr(spec, name) for name in spec.splits}
+    heldout = [s for name in ("test_seen", "test_unseen", "val_seen", "val_unseen") for s in splits[name]]
+    heldout += [s for name in ("test_multi", "val_multi") for clip in splits[name] for s in clip]
+    assert len(set(heldout)) == len(heldout) and not set(heldout) & training_sentences(spec)
+    # the phrases a draw gives most often are trained on and never held out
+    rng = random.Random(11)
+    draws = Counter(domain.sentence(rng) for _ in range(20000))
+    common = [text for text, count in draws.most_common(20)]
+    assert not set(common) & set(heldout)
+    assert any(text in training_sentences(spec) for text in common)
+    assert all(2 <= len(clip) <= 6 for clip in splits["train_multi"])
+    assert all(len(clip) == HELDOUT_MULTI_CANDIDATES for clip in splits["test_multi"])
+    noise = plan_split(spec, "test_noise", splits["test_noise"])
+    assert [p.utterance.voice for p in noise] == [*KINDS, *KINDS] and all(p.utterance.text == "" for p in noise)
+    assert {p.utterance.kind for p in plan_split(spec, "train_multi", splits["train_multi"])} == {"multi"}
+
+
+def test_rare_sentences_are_drawn_with_probability_at_most_the_limit() -> None:
+    sentences = rare_sentences(200, 1e-6, random.Random(3), exclude=set())
+    rng, probabilities = random.Random(3), {}
+    while len(probabilities) < 20000:
+        text, probability = domain.sentence_with_probability(rng)
+        probabilities.setdefault(text, probability)
+    assert all(probabilities[text] <= 1e-6 for text in sentences if text in probabilities)
+    assert len(set(sentences)) == 200
+
+
+def test_noise_clips_have_their_kind_length_and_level() -> None:
+    for kind in KINDS:
+        clip = noise.noise_clip(kind, 2.0, -40.0, np.random.default_rng(1))
+        assert clip.dtype == np.float32 and len(clip) == 2 * speech.SAMPLE_RATE
+        assert np.array_equal(clip, noise.noise_clip(kind, 2.0, -40.0, np.random.default_rng(1)))
+        level = 20 * np.log10(np.sqrt(np.mean(clip.astype(np.float64) ** 2)) + 1e-12)
+        if kind == "silence":
+            assert level < -79
+        else:
+            assert abs(level - -40.0) < 0.01, kind
+    hum = noise.noise_clip("hum", 1.0, -30.0, np.random.default_rng(2))
+    spectrum = np.abs(np.fft.rfft(hum))
+    assert np.argmax(spectrum) in {50, 60, 100, 120, 150, 180, 200, 240, 250, 300, 350, 360, 400, 420, 480}
+    with pytest.raises(ValueError, match="unknown noise kind"):
+        noise.noise_clip("traffic", 1.0, -40.0, np.random.default_rng(0))
+
+
+def test_several_sentences_are_read_by_one_voice_within_the_length_limits() -> None:
+    voice = speech.Voice("f2", 170, 50)
+    texts = ["Set a timer for ten minutes.", "What is the weather like today?", "Turn off the kitchen lights.",
+             "Call my mother.", "Remind me to buy milk tomorrow morning."]
+    clip, used = speech.render_sentences(texts, voice, seed=4, max_seconds=30.0)
+    assert used == texts and clip.dtype == np.float32
+    again, _ = speech.render_sentences(texts, voice, seed=4, max_seconds=30.0)
+    assert np.array_equal(clip, again)
+    singles = sum(len(speech.synthesize(t, voice)) for t in texts) / speech.SAMPLE_RATE
+    pauses = (len(texts) - 1) * speech.PAUSE_RANGE[0]
+    assert singles + pauses <= len(clip) / speech.SAMPLE_RATE <= singles + (len(texts) + 1) * speech.PAUSE_RANGE[1]
+    short, used = speech.render_sentences(texts, voice, seed=4, max_seconds=6.0)
+    assert 1 <= len(used) < len(texts) and used == texts[:len(used)] and len(short) <= 6.0 * speech.SAMPLE_RATE
+    enough, used = speech.render_sentences(texts, voice, seed=4, min_seconds=3.0)
+    assert len(used) < len(texts) and len(enough) >= 3.0 * speech.SAMPLE_RATE
 
 
 def test_synthesis_is_deterministic_16khz_speech() -> None:
@@ -86,8 +178,8 @@ def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) ->
     manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
     out = tmp_path / "model"
     result = train(TrainConfig(out=out, work=tmp_path / "work", log=tmp_path / "log.jsonl", train_manifest=manifest,
-                               model="tiny", steps=60, batch_size=8, lr=3e-3, warmup=5, bpe_vocab=400,
-                               eval_every=0, log_every=10))
+                               model="tiny", steps=60, batch_size=8, batch_frames=0, lr=3e-3, warmup=5,
+                               bpe_vocab=400, eval_every=0, log_every=10))
     first, last = np.mean(result.losses[:6]), np.mean(result.losses[-6:])
     print(f"loss {first:.2f} -> {last:.2f}")
     assert last < 0.7 * first
@@ -96,3 +188,74 @@ def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) ->
     assert config.layout == "original" and not any("ctc" in name for name in weights)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(10, 61, 10))
+
+
+def test_a_second_phase_starts_from_a_checkpoint_and_learns_empty_transcripts(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:16]
+    rng = np.random.default_rng(0)
+    for i, kind in enumerate(KINDS):  # clips without speech, transcribed as nothing
+        path = tmp_path / f"noise-{i}.wav"
+        sf.write(path, noise.noise_clip(kind, 2.0, -45.0, rng), speech.SAMPLE_RATE)
+        rows.append({"file": str(path), "text": "", "voice": kind, "speed": 0, "pitch": 0, "seen_voice": False,
+                     "kind": "noise"})
+    manifest = tmp_path / "tiny.jsonl"
+    manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = dict(train_manifest=manifest, eval_every=0, log_every=5, lr=3e-3, warmup=2)
+    train(TrainConfig(out=first, work=tmp_path / "work1", log=None, model="tiny", steps=40, bpe_vocab=400,
+                      batch_frames=0, batch_size=8, **common))
+    result = train(TrainConfig(out=second, work=tmp_path / "work2", log=tmp_path / "log.jsonl", init=first, steps=10,
+                               batch_frames=3000, **common))
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        assert (second / name).read_bytes() == (first / name).read_bytes()
+    before, after = (load_weights(path, load_model_config(path), torch.float32) for path in (first, second))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert next(r for r in records if "parameters" in r)["model"] == str(first)
+    assert len(result.losses) == 10
+
+    builder = ExampleBuilder(AutoTokenizer.from_pretrained(str(second)))
+    silent = builder.example("")
+    assert builder.tokenizer.decode(silent.target) == "language None<asr_text><|im_end|>" and silent.ctc == []
+
+    # validation: WER where there is speech, the share of empty transcripts where there is none
+    phase = TrainConfig(init=second)
+    model = initial_model(phase, tmp_path / "work3", prepare_tokenizer(phase, tmp_path / "work3", [])[1])
+    extractor = LogMelExtractor(FeatureConfig())
+    quiet = extractor([noise.noise_clip(kind, 1.5, -45.0, rng) for kind in ("pink", "hum")])
+    spoken = extractor([load_audio(MANIFEST.parent / rows[0]["file"])])
+    record = validate(model, builder, {"val_noise": (quiet, ["", ""]), "val_seen": (spoken, [rows[0]["text"]])})
+    assert record["empty_val_noise"] in (0.0, 0.5, 1.0) and record["wer_val_seen"] >= 0.0
+    assert set(record) == {"empty_val_noise", "example_val_noise", "wer_val_seen", "example_val_seen"}
+
+
+def test_frame_budget_batches_cover_every_clip_once_within_the_budget() -> None:
+    frames = np.random.default_rng(1).integers(50, 3000, size=500)
+    batches = frame_budget_batches(frames, 6000, np.random.default_rng(2))
+    assert sorted(i for batch in batches for i in batch) == list(range(500))
+    assert all(len(b) == 1 or len(b) * frames[b].max() <= 6000 for b in batches)
+    assert max(len(b) for b in batches) > 5 and min(len(b) for b in batches) <= 2
+
+
+def test_spec_augment_masks_bands_and_short_stretches() -> None:
+    mel = torch.randn(128, 1000)
+    original = mel.clone()
+    masked = SpecAugment()(mel, np.random.default_rng(3))
+    changed = masked != mel
+    assert changed.any() and torch.equal(mel, original)  # the input is left as it was
+    rows, columns = changed.all(dim=1), changed.all(dim=0)
+    assert rows.sum() <= 2 * SpecAugment.max_freq_width and columns.sum() <= 5 * SpecAugment.max_time_width
+    assert torch.equal(masked, SpecAugment()(mel, np.random.default_rng(3)))
+
+
+def test_fresh_sentences_were_never_trained_on_nor_held_out() -> None:
+    from training.fresh_eval import fresh_sentences, plan
+
+    sentences = fresh_sentences(40, seed=1000)
+    assert sentences == fresh_sentences(40, seed=1000) and len(set(sentences)) == 40
+    spec = SPECS[HELDOUT_SPEC]
+    splits = split_sentences(spec)
+    heldout = {s for name in ("test_seen", "test_unseen", "val_seen", "val_unseen") for s in splits[name]}
+    assert not set(sentences) & (training_sentences(spec) | heldout)
+    voices = [clip.utterance for clip in plan(sentences, seed=1000)]
+    assert sum(u.seen_voice for u in voices) == 27 and {u.voice for u in voices if not u.seen_voice} == {"m4"}
