@@ -99,7 +99,8 @@ class TranscriptStream:
     def push(self, raw_delta: str) -> str:
         if not self.in_text:
             self.header += raw_delta
-            if ASR_TEXT_TAG not in self.header:
+            # only a tag ending in this delta is new: a header that never ends costs no more per token as it grows
+            if ASR_TEXT_TAG not in self.header[-(len(raw_delta) + len(ASR_TEXT_TAG) - 1):]:
                 return ""
             self.header, raw_delta = self.header.split(ASR_TEXT_TAG, 1)
             self.language = header_language(self.header)
