@@ -13,8 +13,13 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import ctypes  # noqa: E402
+import ctypes.util  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -348,3 +353,19 @@ def shapes() -> list[Shape]:
 def shape(request: pytest.FixtureRequest) -> Shape:
     """Each test shape in turn, for tests that run every shape."""
     return request.param
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory between test modules
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _return_freed_memory() -> Iterator[None]:
+    """After each module, what its engines and tensors freed goes back to the OS: glibc keeps a freed heap for
+    reuse, and one process runs the whole suite, so without this its resident memory only ever grows."""
+    yield
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

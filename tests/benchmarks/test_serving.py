@@ -18,7 +18,7 @@ TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "conf
 
 def test_serving_benchmark_launches_a_server_and_writes_the_standard_json(tmp_path: Path, capsys) -> None:
     code = main(["bench", "serve", "--num-requests", "6", "--concurrency", "1", "3", "--stream", "--out-dir",
-                 str(tmp_path), "--gate", "wer<=0.2", "--gate", "completed>=6", "--launch", "--max-num-seqs", "4"])
+                 str(tmp_path), "--gate", "wer<=0.5", "--gate", "completed>=6", "--launch", "--max-num-seqs", "4"])
     assert code == 0
     assert "mean_latency_s" in capsys.readouterr().out
     [path] = tmp_path.glob("serving-cpu-*.json")
@@ -34,7 +34,9 @@ def test_serving_benchmark_launches_a_server_and_writes_the_standard_json(tmp_pa
         latencies = [row["mean_latency_s"]] + [row[f"p{p}_latency_s"] for p in (50, 90, 95, 99)]
         ttfts = [row["mean_ttft_s"]] + [row[f"p{p}_ttft_s"] for p in (50, 90, 95, 99)]
         assert all(0 < t <= latency for t, latency in zip(ttfts, latencies))
-        assert row["wer"] < 0.2  # the demo model gets about 3% on these clips; garbage text gets near 100%
+        # a sample of the held-out set, clips of several sentences included (the demo model: 2% on single sentences,
+        # 24% on those); garbage text gets near 100%
+        assert row["wer"] < 0.5
         assert row["server_generation_tokens"] > 0 and row["server_prompt_tokens"] > 0
     gates = config["gates"]
     assert len(gates) == 4 and all(gate["passed"] for gate in gates)  # two gates, two rows
@@ -76,7 +78,7 @@ def test_two_servers_side_by_side_with_slos_a_search_a_failing_gate_and_the_figu
     assert [(row["server"], row["concurrency"]) for row in rows] == [
         ("baseline", 1), ("qasr (launched)", 1), ("baseline", 4), ("qasr (launched)", 4)]  # level by level
     for row in rows:
-        assert row["completed"] == 6 and row["wer"] < 0.2 and 0 <= row["goodput"] <= 1
+        assert row["completed"] == 6 and row["wer"] < 0.5 and 0 <= row["goodput"] <= 1
     baseline = {row["concurrency"]: row for row in rows if row["server"] == "baseline"}
     for ratio in config["ratios"]:
         assert ratio["server"] == "qasr (launched)"
