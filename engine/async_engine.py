@@ -8,6 +8,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from qasr.engine.config import EngineConfig
+from qasr.engine.host_memory import release_freed_memory
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.outputs import RequestOutput, Transcription
 from qasr.engine.request import TranscriptionRequest
@@ -134,8 +135,12 @@ class AsyncEngine:
             self._fail_all(error)
 
     def _loop(self) -> None:
+        busy = False
         while True:
             block = not self.engine.has_unfinished
+            if block and busy:  # the work just ran out: what its peak took goes back before the wait
+                release_freed_memory()
+            busy = not block
             mail = Mail()
             try:
                 while True:

@@ -13,12 +13,9 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import ctypes  # noqa: E402
-import ctypes.util  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,6 +27,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors  # noqa: E402
 from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE, ORIGINAL_CHAT_TEMPLATE, add_special_token  # noqa: E402
+from qasr.engine.host_memory import release_freed_memory  # noqa: E402
 from qasr.engine.model_config import TIMESTAMP_TOKEN  # noqa: E402
 from training.export import PREPROCESSOR, original_config  # noqa: E402
 from training.model import N_WINDOW, Dims, audio_config, text_config  # noqa: E402
@@ -358,14 +356,10 @@ def shape(request: pytest.FixtureRequest) -> Shape:
 # ---------------------------------------------------------------------------------------------------------
 # Memory between test modules
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _return_freed_memory() -> Iterator[None]:
-    """After each module, what its engines and tensors freed goes back to the OS: glibc keeps a freed heap for
-    reuse, and one process runs the whole suite, so without this its resident memory only ever grows."""
+    """After each module, what its engines and tensors freed goes back to the OS: one process runs the whole suite,
+    and without this its resident memory only ever grows (engine.host_memory)."""
     yield
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    release_freed_memory()
