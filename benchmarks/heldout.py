@@ -54,18 +54,18 @@ def heldout_scores(model: str | None = None, manifest: Path = MANIFEST) -> tuple
     speech, and clips without speech; and the rows with their hypotheses."""
     rows = read_manifest(manifest)
     hypotheses = transcribe_files([manifest.parent / row["file"] for row in rows], model)
-    rows = [row | {"hypothesis": hypothesis} for row, hypothesis in zip(rows, hypotheses)]
-    kind = {id(row): row.get("kind", "sentence") for row in rows}
-    sentences = [r for r in rows if kind[id(r)] == "sentence"]
+    # a manifest written before clips had kinds holds single sentences
+    rows = [{"kind": "sentence"} | row | {"hypothesis": hypothesis} for row, hypothesis in zip(rows, hypotheses)]
+    sentences = [r for r in rows if r["kind"] == "sentence"]
     unseen = sorted({row["voice"] for row in sentences if not row["seen_voice"]})
     speech = {"seen voices": [r for r in sentences if r["seen_voice"]],
               f"unseen voice ({', '.join(unseen)})": [r for r in sentences if not r["seen_voice"]],
-              "several sentences (15-30 s)": [r for r in rows if kind[id(r)] == "multi"],
-              "all speech": [r for r in rows if kind[id(r)] != "noise"]}
+              "several sentences (15-30 s)": [r for r in rows if r["kind"] == "multi"],
+              "all speech": [r for r in rows if r["kind"] != "noise"]}
     scores = [Score(name, len(group), sum(len(normalize_english(r["text"]).split()) for r in group),
                     corpus_wer([r["text"] for r in group], [r["hypothesis"] for r in group]))
               for name, group in speech.items() if group]
-    quiet = [r for r in rows if kind[id(r)] == "noise"]
+    quiet = [r for r in rows if r["kind"] == "noise"]
     if quiet:
         scores.append(Score("silence and noise", len(quiet), 0, None,
                             sum(not r["hypothesis"] for r in quiet) / len(quiet)))

@@ -214,7 +214,7 @@ def summarize(server: str, level: Level, outcomes: list[Outcome], wall: float, b
     row["mean_ttft_s"] = _mean(ttfts)
     row |= {f"p{p}_ttft_s": _percentile(ttfts, p) for p in PERCENTILES}
     row["mean_rtf"] = _mean(np.array([o.latency / o.clip.seconds for o in done]))
-    spoken = [o for o in done if o.clip.text.strip()]  # clips of silence or noise have no words to score
+    spoken = any(o.clip.text.strip() for o in done)  # clips of silence or noise have no words to score
     row["wer"] = corpus_wer([o.clip.text for o in done], [o.text for o in done]) if spoken else None
     good = sum(meets(slos, o.latency, o.ttft, o.clip.seconds) for o in done) if slos else None
     row["goodput"] = good / len(outcomes) if good is not None and outcomes else None

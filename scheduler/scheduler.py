@@ -143,10 +143,7 @@ class Scheduler:
             start, num_tokens = seq.num_computed_tokens, seq.num_tokens
             if start + 1 == num_tokens and start < len(seq.block_ids) * block_size and start >= seq.audio.end:
                 # the common case, a decode whose token fits a block it has: nothing to allocate or encode
-                out.chunks.append(ScheduledChunk(seq, start, 1, True))
-                out.num_batched_tokens += 1
-                seq.num_computed_tokens = num_tokens
-                seq.num_pending_tokens += 1
+                self._add_chunk(seq, start, 1, False, out)
                 continue
             num_new = min(num_tokens - start, budget - out.num_batched_tokens)
             needs_encoder = self._chunk_needs_encoder(seq, start, num_new)

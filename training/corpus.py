@@ -191,6 +191,13 @@ def training_sentences(spec: CorpusSpec) -> set[str]:
     return heard | (training_sentences(SPECS[spec.after]) if spec.after else set())
 
 
+def heldout_sentences(spec: CorpusSpec) -> set[str]:
+    """Every sentence the validation and test splits of `spec` hold (a multi clip's unread candidates too)."""
+    splits = split_sentences(spec)
+    return {s for name, items in splits.items() if not name.startswith("train")
+            for item in items for s in ([item] if isinstance(item, str) else item)}
+
+
 SPECS: dict[str, CorpusSpec] = {
     "v1": CorpusSpec(),
     "v2": CorpusSpec(seed=2, train=24000, val_seen=100, val_unseen=50, test_seen=150, test_unseen=100,

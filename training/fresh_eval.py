@@ -23,7 +23,7 @@ from training.corpus import (
     PlannedClip,
     Utterance,
     _utterance_seed,
-    split_sentences,
+    heldout_sentences,
     synthesize_split,
     training_sentences,
     write_manifest,
@@ -37,9 +37,7 @@ SPLIT = "fresh"
 def fresh_sentences(count: int, seed: int) -> list[str]:
     """`count` unique domain sentences never trained on and not in the held-out or validation splits."""
     spec = SPECS[HELDOUT_SPEC]
-    splits = split_sentences(spec)
-    known = training_sentences(spec) | {s for name, items in splits.items() if not name.startswith("train")
-                                        for item in items for s in ([item] if isinstance(item, str) else item)}
+    known = training_sentences(spec) | heldout_sentences(spec)
     rng, chosen = random.Random(seed), []
     while len(chosen) < count:
         text = sentence(rng)
