@@ -82,7 +82,9 @@ def instrument(engine: LLMEngine, times: PhaseTimes) -> Callable[[], None]:
 
 def new_request(seed: int) -> TranscriptionRequest:
     params = SamplingParams(max_tokens=400, ignore_eos=True)  # longer than a run of steps; within the KV pool
-    return TranscriptionRequest(synthetic_clip(CLIP_SECONDS, seed), sampling_params=params)
+    # the language is forced: its header is in the prompt, so every token's text goes through the transcript's
+    # stream and repetition filter as a real transcript's does (a random model never writes the header itself)
+    return TranscriptionRequest(synthetic_clip(CLIP_SECONDS, seed), language="English", sampling_params=params)
 
 
 def measure(config: EngineConfig, running: int, steps: int) -> list[dict]:

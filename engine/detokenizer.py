@@ -1,10 +1,43 @@
+"""Generated ids in, text deltas out, one id at a time, for each piece being decoded.
+
+Qwen's tokenizer is byte-level BPE: every token stands for a fixed run of bytes, and a decode is those bytes read as
+UTF-8 (a broken sequence becoming U+FFFD). So a piece's detokenizer is a table lookup feeding Python's incremental
+UTF-8 decoder, which holds back the bytes of an unfinished character: a fraction of the cost of the tokenizers
+library's DecodeStream, which re-decodes a window of ids per step. Other tokenizers take the DecodeStream path.
+"""
+
+import codecs
+from collections.abc import Callable
+from typing import Protocol
+
 from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerBase
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 
-class IncrementalDetokenizer:
-    """Generated ids in, text deltas out, through the tokenizers library's streaming decoder (which holds back
-    the bytes of an unfinished character)."""
+class Detokenizer(Protocol):
+    def push(self, token_id: int) -> str: ...
+
+    def finish(self) -> str:
+        """The rest of the text, an unfinished character included, once no more ids will come."""
+        ...
+
+
+class ByteLevelDetokenizer:
+    def __init__(self, token_bytes: list[bytes]):
+        self.token_bytes = token_bytes
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, token_id: int) -> str:
+        token_bytes = self.token_bytes
+        return self.decoder.decode(token_bytes[token_id] if token_id < len(token_bytes) else b"")
+
+    def finish(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+class StreamDetokenizer:
+    """Any tokenizer, through the tokenizers library's streaming decoder."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
@@ -20,8 +53,38 @@ class IncrementalDetokenizer:
         return chunk
 
     def finish(self) -> str:
-        """The rest of the text, an unfinished character included, once no more ids will come."""
         full = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         rest = full[self.emitted:]
         self.emitted = len(full)
         return rest
+
+
+def detokenizer_factory(tokenizer: PreTrainedTokenizerBase) -> Callable[[], Detokenizer]:
+    """What makes each piece's detokenizer: the byte table for a byte-level BPE tokenizer (built once, here),
+    the streaming decoder for any other."""
+    token_bytes = byte_level_token_bytes(tokenizer)
+    if token_bytes is None:
+        return lambda: StreamDetokenizer(tokenizer)
+    return lambda: ByteLevelDetokenizer(token_bytes)
+
+
+def byte_level_token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes] | None:
+    """Each id's bytes in a decode that skips special tokens, as the tokenizers library's ByteLevel decoder gives
+    them (a token with a character outside the byte alphabet, such as an added token's, stands for its own UTF-8);
+    None unless the tokenizer is byte-level BPE with nothing else in its decoder."""
+    backend = tokenizer.backend_tokenizer
+    decoder = backend.decoder
+    if type(decoder).__name__ != "ByteLevel" or type(backend.model).__name__ != "BPE":
+        return None
+    byte_of_char = {char: byte for byte, char in bytes_to_unicode().items()}
+    special = {token.content for token in backend.get_added_tokens_decoder().values() if token.special}
+    vocab = backend.get_vocab(with_added_tokens=True)
+    table = [b""] * (max(vocab.values()) + 1)
+    for token, token_id in vocab.items():
+        if token in special:
+            continue
+        if all(char in byte_of_char for char in token):
+            table[token_id] = bytes(byte_of_char[char] for char in token)
+        else:
+            table[token_id] = token.encode()
+    return table

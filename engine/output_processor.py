@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from qasr.engine.alignment import AlignmentProcessor, PieceAlignment
 from qasr.engine.cues import sentence_cues
-from qasr.engine.detokenizer import IncrementalDetokenizer
+from qasr.engine.detokenizer import Detokenizer, detokenizer_factory
 from qasr.engine.engine_core import EngineCoreOutputs
 from qasr.engine.input_processor import ProcessedRequest
 from qasr.engine.languages import Language, detected_language
@@ -31,7 +31,7 @@ class CueLimits:
 class PieceState:
     seq: Sequence
     piece: AudioPiece
-    detokenizer: IncrementalDetokenizer
+    detokenizer: Detokenizer
     stream: TranscriptStream
     text: str = ""  # this piece's transcript so far: every delta its stream gave
     alignment: PieceAlignment | None = None  # its words' job, while the aligner times them
@@ -76,7 +76,7 @@ class OutputProcessor:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, alignment: AlignmentProcessor | None = None,
                  cue_limits: CueLimits = CueLimits(7.0, 84)):
-        self.tokenizer = tokenizer  # for the pieces' detokenizers
+        self.new_detokenizer = detokenizer_factory(tokenizer)
         self.alignment = alignment
         self.cue_limits = cue_limits
         self.requests: dict[str, RequestState] = {}
@@ -92,7 +92,7 @@ class OutputProcessor:
         return len(self.requests) - self.num_running_requests
 
     def add(self, request: ProcessedRequest) -> None:
-        pieces = [PieceState(seq, piece, IncrementalDetokenizer(self.tokenizer), TranscriptStream(request.language))
+        pieces = [PieceState(seq, piece, self.new_detokenizer(), TranscriptStream(request.language))
                   for seq, piece in zip(request.sequences, request.pieces)]
         metrics = RequestMetrics(arrival_time=request.arrival_time,
                                  num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
@@ -126,12 +126,21 @@ class OutputProcessor:
                 self.num_running_requests += 1
         now = time.monotonic()
         touched: dict[str, RequestState] = {}
+        results = []
         for seq_id, token in outputs.sampled.items():
             state, piece_state = self.piece_of_seq[seq_id]
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
-            piece_state.take(piece_state.detokenizer.push(token))
-            touched[state.request_id] = state
+            if len(state.pieces) > 1 or piece_state.seq.is_finished:
+                piece_state.take(piece_state.detokenizer.push(token))
+                touched[state.request_id] = state
+                continue
+            # a request of one piece that goes on: its text goes straight out, as _stream_in_order would send it
+            if delta := piece_state.stream.push(piece_state.detokenizer.push(token)):
+                piece_state.text += delta
+                piece_state.is_first_delta = False
+                state.text += delta
+                results.append(RequestOutput(state.request_id, delta, finished=False))
         for seq in outputs.finished:
             state, piece_state = self.piece_of_seq[seq.seq_id]
             piece_state.close()
@@ -142,7 +151,6 @@ class OutputProcessor:
             piece_state.words = self.alignment.words(piece_state.alignment, classes)
             piece_state.alignment = None
             touched[state.request_id] = state
-        results = []
         for state in touched.values():
             if not all(p.seq.is_finished for p in state.pieces):
                 if delta := self._stream_in_order(state):

@@ -5,6 +5,7 @@ released pieces add up to the text the whole would give."""
 
 REPEATS = 20
 MAX_PATTERN = 20
+CUT_AT = [(REPEATS - 1) * size for size in range(1, MAX_PATTERN + 1)]  # a run of period s holds REPEATS copies
 
 
 class RepetitionFilter:
@@ -12,87 +13,106 @@ class RepetitionFilter:
     def __init__(self) -> None:
         self._restart()
         self.pattern = ""  # a run cut to its first copy, whose further whole copies are being dropped
-        self.partial: list[str] = []  # the start of a copy of `pattern` that may yet be completed (and dropped)
+        self.partial = ""  # the start of a copy of `pattern` that may yet be completed (and dropped)
 
     def _restart(self) -> None:
         """Forgets the context: a cut run's end starts the text afresh, as the reference parser's recursion does."""
-        self.recent: list[str] = []  # the last MAX_PATTERN characters seen
+        self.recent = ""  # the last MAX_PATTERN characters seen
         # runs[s - 1]: how many of the latest characters equal the character s places before them; those are the
         # second and later copies of a pattern of s characters, which a longer run would drop
         self.runs = [0] * MAX_PATTERN
-        self.held: list[str] = []  # seen, not yet released
+        self.headroom = REPEATS - 1  # characters that can come before any run reaches REPEATS copies
+        self.held = ""  # seen, not yet released
 
     def push(self, text: str) -> str:
-        out: list[str] = []
         if not text:
             return ""
-        if not self.pattern and max(self.runs) + len(text) < REPEATS - 1:
-            self._take_short_of_a_loop(text, out)  # the common case: no run can reach REPEATS copies in `text`
-        else:
-            for char in text:
-                self._take(char, out)
+        if not self.pattern and len(text) < self.headroom:
+            # the common case: no run can reach REPEATS copies in `text` (a loop still building included)
+            return self._take_short_of_a_loop(text)
+        if self.pattern and self._drops_whole(text):
+            return ""
+        out: list[str] = []
+        for char in text:
+            self._take(char, out)
         return "".join(out)
 
-    def _take_short_of_a_loop(self, text: str, out: list[str]) -> None:
-        """`_take` of each character of `text`, at once: only periods whose run reaches the last character can be
-        non-zero afterwards, and those are found by searching for that character."""
-        window = "".join(self.recent) + text
+    def _drops_whole(self, text: str) -> bool:
+        """`_take` of each character of `text` while a cut run's copies are being dropped, at once, if `text` only
+        goes on with those copies (a loop the model stays in); False, taking nothing, if it leaves them."""
+        size, at = len(self.pattern), len(self.partial)
+        if not (self.pattern[at:] + self.pattern * (len(text) // size + 1)).startswith(text):
+            return False
+        self.partial = self.pattern[:(at + len(text)) % size]
+        return True
+
+    def _take_short_of_a_loop(self, text: str) -> str:
+        """`_take` of each character of `text`, at once; returns what it releases. Only periods whose run reaches
+        the last character can be non-zero afterwards, and those are found by searching for that character."""
+        window = self.recent + text
         n, length, seen = len(window), len(text), len(self.recent)
         runs = [0] * MAX_PATTERN
+        longest, headroom = 0, REPEATS - 1  # the period-1 run's headroom, if it is 0; other zero runs have more
         last, lowest = window[-1], max(0, n - 1 - MAX_PATTERN)
         j = window.rfind(last, lowest, n - 1)
         while j >= 0:
             size = n - 1 - j
             if seen >= size and window[n - length:] == window[n - length - size:n - size]:
-                runs[size - 1] = self.runs[size - 1] + length  # the whole of `text` continues the run
+                run = self.runs[size - 1] + length  # the whole of `text` continues the run
             else:
-                count = 1
-                while count < length and n - 1 - count - size >= 0 and \
-                        window[n - 1 - count] == window[n - 1 - count - size]:
-                    count += 1
-                runs[size - 1] = count
+                run = 1
+                while run < length and n - 1 - run - size >= 0 and window[n - 1 - run] == window[n - 1 - run - size]:
+                    run += 1
+            runs[size - 1] = run
+            if run > longest:
+                longest = run
+            if CUT_AT[size - 1] - run < headroom:
+                headroom = CUT_AT[size - 1] - run
             j = window.rfind(last, lowest, j)
-        self.runs = runs
-        self.recent = list(window[-MAX_PATTERN:])
-        self.held.extend(text)
-        releasable = len(self.held) - max(runs)
-        if releasable > 0:
-            out.extend(self.held[:releasable])
-            del self.held[:releasable]
+        self.runs, self.headroom = runs, headroom
+        self.recent = window[-MAX_PATTERN:]
+        held = self.held + text
+        releasable = len(held) - longest
+        if releasable <= 0:
+            self.held = held
+            return ""
+        self.held = held[releasable:]
+        return held[:releasable]
 
     def finish(self) -> str:
         """The rest, once no more text will come: a run that never reached REPEATS copies is kept whole, and so is
         the unfinished copy after a cut one."""
-        rest = "".join(self.held + self.partial)
+        rest = self.held + self.partial
         self._restart()
-        self.pattern, self.partial = "", []
+        self.pattern, self.partial = "", ""
         return rest
 
     def _take(self, char: str, out: list[str]) -> None:
         if self.pattern:
             if char == self.pattern[len(self.partial)]:
-                self.partial.append(char)
+                self.partial += char
                 if len(self.partial) == len(self.pattern):
-                    self.partial.clear()  # one more whole copy: dropped
+                    self.partial = ""  # one more whole copy: dropped
                 return
-            rest, self.pattern, self.partial = [*self.partial, char], "", []
+            rest, self.pattern, self.partial = self.partial + char, "", ""
             for again in rest:
                 self._take(again, out)
             return
-        # reversed(recent) is the character 1, 2, ... places back; sizes longer than what was seen have no run
-        runs = [run + 1 if before == char else 0 for run, before in zip(self.runs, reversed(self.recent))]
+        # recent[::-1] is the character 1, 2, ... places back; sizes longer than what was seen have no run
+        runs = [run + 1 if before == char else 0 for run, before in zip(self.runs, self.recent[::-1])]
         self.runs = runs + [0] * (MAX_PATTERN - len(runs))
-        self.recent = [*self.recent[1 - MAX_PATTERN:], char]
-        self.held.append(char)
         longest = max(self.runs)
+        self.headroom = min(limit - run for run, limit in zip(self.runs, CUT_AT))
+        self.recent = self.recent[1 - MAX_PATTERN:] + char
+        self.held += char
         if longest >= REPEATS - 1:  # the fewest a run can have at REPEATS copies (of one character)
             for size, copies in enumerate(self.runs, start=1):
                 if copies == (REPEATS - 1) * size:  # REPEATS copies in a row: keep the first, drop the rest
-                    out.extend(self.held[:len(self.held) - copies])
-                    self.pattern = "".join(self.recent[-size:])  # the run is whole copies: the last is the first
+                    out.append(self.held[:len(self.held) - copies])
+                    self.pattern = self.recent[-size:]  # the run is whole copies: the last is the first
                     self._restart()
                     return
         releasable = len(self.held) - longest
         if releasable > 0:
-            out.extend(self.held[:releasable])
-            del self.held[:releasable]
+            out.append(self.held[:releasable])
+            self.held = self.held[releasable:]

@@ -149,11 +149,44 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory, build_tokenizer):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 606), max_size=40))
-def test_incremental_detokenizer_adds_up_to_the_full_decode(tokenizer, ids: list[int]) -> None:
-    from qasr.engine.detokenizer import IncrementalDetokenizer
+def stream_detokenizer(tokenizer):
+    from qasr.engine.detokenizer import StreamDetokenizer
 
-    detokenizer = IncrementalDetokenizer(tokenizer)
+    return StreamDetokenizer(tokenizer)
+
+
+def byte_level_detokenizer(tokenizer):
+    from qasr.engine.detokenizer import ByteLevelDetokenizer, byte_level_token_bytes
+
+    return ByteLevelDetokenizer(byte_level_token_bytes(tokenizer))
+
+
+@pytest.mark.parametrize("make", [stream_detokenizer, byte_level_detokenizer])
+@settings(max_examples=60, deadline=None)
+@given(ids=st.lists(st.integers(0, 610), max_size=40))  # ids past the vocabulary (607) decode to nothing
+def test_incremental_detokenizer_adds_up_to_the_full_decode(tokenizer, make, ids: list[int]) -> None:
+    detokenizer = make(tokenizer)
     text = "".join(detokenizer.push(i) for i in ids) + detokenizer.finish()
     assert text == tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_byte_table_holds_each_tokens_decode_and_only_for_byte_level_bpe(tokenizer) -> None:
+    from tokenizers import Tokenizer, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    from qasr.engine.demo import demo_model_path
+    from qasr.engine.detokenizer import StreamDetokenizer, byte_level_token_bytes, detokenizer_factory
+    from qasr.engine.tokenizer import load_tokenizer
+
+    for checked in (tokenizer, load_tokenizer(demo_model_path())):
+        table = byte_level_token_bytes(checked)
+        assert len(table) == len(checked)
+        for token_id, token_bytes in enumerate(table):
+            assert token_bytes.decode(errors="replace") == checked.decode([token_id], skip_special_tokens=True)
+        assert table[checked.convert_tokens_to_ids("<|im_end|>")] == b""  # special: skipped
+        assert table[checked.convert_tokens_to_ids("<asr_text>")] == b"<asr_text>"  # added, not special
+    other = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the fixture stays as it is
+    other.decoder = decoders.Fuse()
+    fused = PreTrainedTokenizerFast(tokenizer_object=other)
+    assert byte_level_token_bytes(fused) is None
+    assert isinstance(detokenizer_factory(fused)(), StreamDetokenizer)
