@@ -19,18 +19,22 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
+from qasr.benchmarks.heldout import read_manifest
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
 from qasr.benchmarks.throughput import synthetic_clip
 from qasr.engine.config import EngineConfig
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.model_loader import resolve_dtype
+from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import TranscriptionRequest
+from qasr.engine.tokenizer import load_tokenizer
 from qasr.scheduler import SamplingParams
 
 PHASES = ("schedule", "prepare", "update", "detokenize")
@@ -71,13 +75,46 @@ def instrument(engine: LLMEngine, times: PhaseTimes) -> Callable[[], None]:
     targets = [(core.scheduler, "schedule", "schedule"), (core.scheduler, "update", "update"),
                (core.runner, "prepare", "prepare"), (core.runner, "launch", "launch"),
                (engine.output_processor, "process", "detokenize")]
+    originals = [getattr(owner, name) for owner, name, _ in targets]
     for owner, name, phase in targets:
         setattr(owner, name, times.wrap(phase, getattr(owner, name)))
 
     def restore() -> None:
-        for owner, name, _ in targets:
-            delattr(owner, name)  # the class's method again
+        for (owner, name, _), original in zip(targets, originals):
+            setattr(owner, name, original)
     return restore
+
+
+class TranscriptTokens:
+    """Real transcripts' tokens for the host to read back in place of the sampled ones: the held-out set's texts,
+    each sequence at its own place in them. A random model's greedy output is one token over and over, a repetition
+    loop (which real transcripts seldom are) that would time the text path on the wrong text; the tokens the device
+    feeds itself stay the model's, which changes nothing the host does."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.ids = tokenizer.encode(" ".join(row["text"] for row in read_manifest() if row["text"]))
+        self.positions: dict[int, int] = {}
+
+    def next(self, seq_id: int) -> int:
+        position = self.positions.get(seq_id, 101 * seq_id)
+        self.positions[seq_id] = position + 1
+        return self.ids[position % len(self.ids)]
+
+    def feed(self, runner: ModelRunner) -> None:
+        launch = runner.launch
+
+        def launch_reading_transcripts(*args, **kwargs) -> TranscriptResult:
+            return TranscriptResult(launch(*args, **kwargs), self)
+        runner.launch = launch_reading_transcripts
+
+
+@dataclass(slots=True)
+class TranscriptResult:
+    pending: PendingTokens
+    transcripts: TranscriptTokens
+
+    def result(self) -> dict[int, int]:
+        return {seq_id: self.transcripts.next(seq_id) for seq_id in self.pending.result()}
 
 
 def new_request(seed: int) -> TranscriptionRequest:
@@ -90,6 +127,7 @@ def new_request(seed: int) -> TranscriptionRequest:
 def measure(config: EngineConfig, running: int, steps: int) -> list[dict]:
     """The pure-decode row and the mixed row for `running` sequences."""
     engine = LLMEngine(replace(config, max_num_seqs=running, max_num_batched_tokens=max(8192, 2 * running)))
+    TranscriptTokens(load_tokenizer(engine.model_path)).feed(engine.core.runner)
     ids = [engine.add_request(new_request(seed)) for seed in range(running)]
     scheduler = engine.core.scheduler
     while scheduler.num_waiting or any(seq.num_output_tokens == 0 for seq in scheduler.running):

@@ -23,7 +23,7 @@ class StepInputs:
     audio_rows: torch.Tensor  # rows of this step's tokens that take encoder outputs
     audio_embeds: torch.Tensor
     meta: AttentionMetadata
-    sample_rows: torch.Tensor  # rows whose logits are sampled
+    sample_rows: torch.Tensor | None  # rows whose logits are sampled; None: every row, in order
     is_decode: bool  # one new token per sequence, every one sampled, no audio: what a decode graph replays
 
 
@@ -68,6 +68,7 @@ class ModelRunner:
         # the last launch's sampled ids stay on the device: the next step's decodes read their input from here
         self.last_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self.last_sampled_row: dict[int, int] = {}
+        self.counting = list(range(1024))  # 0, 1, 2, ...: grown as batches grow
 
     def kv_block_bytes(self) -> int:
         text = self.model.config.text
@@ -168,7 +169,7 @@ class ModelRunner:
             embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
             hidden = self.model(embeds, inputs.positions, inputs.meta, self.ops)
         sampling = [chunk.seq for chunk in step.chunks if chunk.samples]
-        logits = self.model.compute_logits(hidden[inputs.sample_rows])
+        logits = self.model.compute_logits(hidden if inputs.sample_rows is None else hidden[inputs.sample_rows])
         tokens = sample(logits, [seq.sampling_params for seq in sampling],
                         [self.generator(seq) for seq in sampling])
         seq_ids = [seq.seq_id for seq in sampling]
@@ -250,9 +251,14 @@ class ModelRunner:
         block_tables = np.zeros((len(tables), table_lens.max()), dtype=np.int32)
         block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
             chain.from_iterable(tables), dtype=np.int32, count=int(table_lens.sum()))
+        num_chunks = len(chunks)
+        if len(self.counting) <= offset:
+            self.counting = list(range(2 * offset))
+        one_token_each = offset == num_chunks
         meta = AttentionMetadata(
             slot_mapping=self.to_device(np.asarray(slots, dtype=np.int64)),
-            query_start_loc=self.to_device(np.cumsum([0] + query_lens, dtype=np.int32)),
+            query_start_loc=self.to_device(np.arange(num_chunks + 1, dtype=np.int32) if one_token_each
+                                           else np.cumsum([0] + query_lens, dtype=np.int32)),
             seq_lens=self.to_device(np.asarray(seq_lens, dtype=np.int32)),
             block_tables=self.to_device(block_tables),
             max_query_len=max(query_lens),
@@ -261,17 +267,24 @@ class ModelRunner:
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
         )
-        token_ids_device = self.to_device(np.asarray(token_ids, dtype=np.int64))
-        if pending_rows:
-            token_ids_device[self.to_device(np.asarray(pending_rows, dtype=np.int64))] = \
-                self.last_sampled[self.to_device(np.asarray(pending_sources, dtype=np.int64))]
+        if len(pending_rows) == len(self.last_sampled) == offset and pending_sources == self.counting[:offset]:
+            token_ids_device = self.last_sampled  # each row's input is what the same row sampled last step
+        else:
+            token_ids_device = self.to_device(np.asarray(token_ids, dtype=np.int64))
+            num_pending = len(pending_rows)
+            if num_pending and pending_rows == pending_sources == self.counting[:num_pending]:
+                token_ids_device[:num_pending] = self.last_sampled[:num_pending]  # the decodes ahead of the prefills
+            elif num_pending:
+                token_ids_device[self.to_device(np.asarray(pending_rows, dtype=np.int64))] = \
+                    self.last_sampled[self.to_device(np.asarray(pending_sources, dtype=np.int64))]
         return StepInputs(
             token_ids=token_ids_device,
             positions=self.to_device(np.asarray(positions, dtype=np.int64)),
             audio_rows=self.to_device(np.concatenate(audio_rows) if audio_rows else np.zeros(0, dtype=np.int64)),
             audio_embeds=torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=self.device),
             meta=meta,
-            sample_rows=self.to_device(np.asarray(sample_rows, dtype=np.int64)),
+            sample_rows=None if sample_rows == self.counting[:offset] else self.to_device(
+                np.asarray(sample_rows, dtype=np.int64)),
             is_decode=meta.max_query_len == 1 and not audio_rows and len(sample_rows) == len(chunks),
         )
 

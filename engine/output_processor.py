@@ -29,6 +29,7 @@ class CueLimits:
 
 @dataclass(slots=True)
 class PieceState:
+    request_id: str
     seq: Sequence
     piece: AudioPiece
     detokenizer: Detokenizer
@@ -82,6 +83,9 @@ class OutputProcessor:
         self.requests: dict[str, RequestState] = {}
         self.piece_of_seq: dict[int, tuple[RequestState, PieceState]] = {}
         self.piece_of_job: dict[int, tuple[RequestState, PieceState]] = {}
+        # the one piece of each request that has one, once its first token is in and until it finishes: its deltas
+        # go straight out, into its own text; the request's text is brought level when it leaves (_stop_streaming)
+        self.streaming: dict[int, PieceState] = {}
         self.new_jobs: list[tuple[AlignmentJob, np.ndarray]] = []
         # unfinished requests that have been scheduled (a preempted one still counts); the rest are queued. A plain
         # int that the metrics read from another thread while the engine runs
@@ -92,7 +96,7 @@ class OutputProcessor:
         return len(self.requests) - self.num_running_requests
 
     def add(self, request: ProcessedRequest) -> None:
-        pieces = [PieceState(seq, piece, self.new_detokenizer(), TranscriptStream(request.language))
+        pieces = [PieceState(request.request_id, seq, piece, self.new_detokenizer(), TranscriptStream(request.language))
                   for seq, piece in zip(request.sequences, request.pieces)]
         metrics = RequestMetrics(arrival_time=request.arrival_time,
                                  num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
@@ -124,23 +128,24 @@ class OutputProcessor:
             if state.metrics.first_scheduled_time is None:
                 state.metrics.first_scheduled_time = outputs.scheduled_time
                 self.num_running_requests += 1
+        for seq in outputs.finished:
+            self._stop_streaming(seq.seq_id)
         now = time.monotonic()
         touched: dict[str, RequestState] = {}
         results = []
+        streaming = self.streaming
         for seq_id, token in outputs.sampled.items():
+            piece_state = streaming.get(seq_id)
+            if piece_state is not None:  # the common case, kept short
+                if delta := piece_state.stream.push(piece_state.detokenizer.push(token)):
+                    piece_state.text += delta
+                    results.append(RequestOutput(piece_state.request_id, delta, finished=False))
+                continue
             state, piece_state = self.piece_of_seq[seq_id]
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
-            if len(state.pieces) > 1 or piece_state.seq.is_finished:
-                piece_state.take(piece_state.detokenizer.push(token))
-                touched[state.request_id] = state
-                continue
-            # a request of one piece that goes on: its text goes straight out, as _stream_in_order would send it
-            if delta := piece_state.stream.push(piece_state.detokenizer.push(token)):
-                piece_state.text += delta
-                piece_state.is_first_delta = False
-                state.text += delta
-                results.append(RequestOutput(state.request_id, delta, finished=False))
+            piece_state.take(piece_state.detokenizer.push(token))
+            touched[state.request_id] = state
         for seq in outputs.finished:
             state, piece_state = self.piece_of_seq[seq.seq_id]
             piece_state.close()
@@ -155,12 +160,22 @@ class OutputProcessor:
             if not all(p.seq.is_finished for p in state.pieces):
                 if delta := self._stream_in_order(state):
                     results.append(RequestOutput(state.request_id, delta, finished=False))
+                if len(state.pieces) == 1:
+                    self.streaming[state.pieces[0].seq.seq_id] = state.pieces[0]
             elif state.word_timestamps and state.alignment_started is None and self._start_alignment(state):
                 if delta := self._stream_in_order(state):  # the whole text is out; its words come later
                     results.append(RequestOutput(state.request_id, delta, finished=False))
             elif not any(p.alignment for p in state.pieces):
                 results.append(self.finish(state.request_id))
         return results
+
+    def _stop_streaming(self, seq_id: int) -> None:
+        """The piece's deltas go through _stream_in_order again, from the text it has released on its own."""
+        piece_state = self.streaming.pop(seq_id, None)
+        if piece_state is not None:
+            state, _ = self.piece_of_seq[seq_id]
+            state.text = piece_state.text  # the request's only piece: all it released, no separator before it
+            piece_state.is_first_delta = not piece_state.text
 
     def _start_alignment(self, state: RequestState) -> bool:
         """Makes a job for each piece with words to time in a language the aligner knows; False if none has."""
@@ -201,6 +216,8 @@ class OutputProcessor:
     def finish(self, request_id: str) -> RequestOutput:
         """The request's last delta and its Transcription (all pieces finished, or aborted); the request is
         forgotten. The transcript's text is exactly what was released as deltas."""
+        for piece_state in self.requests[request_id].pieces:
+            self._stop_streaming(piece_state.seq.seq_id)
         state = self.requests.pop(request_id)
         if state.metrics.first_scheduled_time is not None:
             self.num_running_requests -= 1

@@ -1,5 +1,5 @@
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, auto
 from itertools import count
 
@@ -20,10 +20,10 @@ class AudioSpan:
     start: int
     length: int
     content_hash: bytes
+    end: int = field(init=False, repr=False)  # start + length, a plain attribute: the scheduler reads it per step
 
-    @property
-    def end(self) -> int:
-        return self.start + self.length
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "end", self.start + self.length)
 
 
 class Sequence:

@@ -10,7 +10,8 @@ import pytest
 from qasr.engine import ASR, AsyncEngine, EngineConfig, SamplingParams, TranscriptionRequest
 from qasr.engine.async_engine import available_cores
 from qasr.engine.languages import UnknownLanguageError
-from qasr.engine.prompt import MAX_CACHED_CONTEXT_CHARS
+from qasr.engine.prompt import MAX_CACHED_CONTEXT_CHARS, parse_transcript
+from qasr.engine.tokenizer import load_tokenizer
 from qasr.scheduler import SchedulerOutput
 
 SECONDS = [0.3, 0.7, 1.0, 1.6, 2.2, 3.1, 4.0, 5.5, 6.3, 7.9, 8.1, 9.4, 10.2, 11.7, 2.8, 0.5, 12.5, 3.3]
@@ -281,3 +282,37 @@ def test_max_tokens_past_max_model_len_is_capped_and_a_prompt_past_it_refused(ch
     with pytest.raises(ValueError, match=r"leaves no room for output within max_model_len \(120\)") as refused:
         asr.transcribe([(clips[1], 16000)], context="hotword " * 200)
     assert "req-" not in str(refused.value)
+
+
+def test_deltas_add_up_to_the_text_of_a_finished_or_aborted_request(checkpoint: Path, clips) -> None:
+    """Single-piece requests stream their deltas on a short path, long audio's pieces through the in-order release;
+    either way the text a request ends with, aborted mid-stream or finished, is every delta it sent."""
+    engine = ASR(str(checkpoint), max_piece_seconds=4.0).engine
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    requests = [TranscriptionRequest(clips[i], language="English", sampling_params=params) for i in (2, 12, 5, 16)]
+    ids = [engine.add_request(request) for request in requests]  # one piece and several, to finish, then to abort
+    assert [len(engine.output_processor.requests[i].pieces) for i in ids] == [1, 4, 1, 5]
+    deltas: dict[str, list[str]] = {i: [] for i in ids}
+    results = {}
+
+    def take(outputs) -> None:
+        for output in outputs:
+            deltas[output.request_id].append(output.delta)
+            if output.finished:
+                results[output.request_id] = output.result
+
+    for _ in range(12):
+        take(engine.step())
+    assert engine.output_processor.streaming  # the short path was taken
+    take([engine.abort(ids[2]), engine.abort(ids[3])])
+    while engine.has_unfinished:
+        take(engine.step())
+    tokenizer = load_tokenizer(engine.model_path)
+    for request_id in ids:
+        assert results[request_id].text == "".join(deltas[request_id])
+    for request_id in ids[0], ids[2]:  # one piece: its text is its tokens' transcript
+        raw = tokenizer.decode(results[request_id].token_ids, skip_special_tokens=True,
+                               clean_up_tokenization_spaces=False)
+        assert results[request_id].text == parse_transcript(raw, "English")[1]
+    assert all(results[i].text for i in ids) and {results[i].finish_reason for i in ids} == {"length", "abort"}
+    assert not engine.output_processor.streaming
