@@ -72,7 +72,7 @@ def make_case(mode: str, batch: int, context: int, g: Geometry, device: torch.de
 def paged_kv(case: Case, g: Geometry, kv_dtype: torch.dtype,
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
     """A paged cache whose blocks are scattered (a random permutation), and the metadata of the batch."""
-    from qasr.kernels.triton.utils import padded_head_dim
+    from qasr.kernels.attention_metadata import padded_head_dim
 
     blocks_per_seq = math.ceil(case.context / g.block_size)
     num_blocks = case.batch * blocks_per_seq

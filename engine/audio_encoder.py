@@ -21,6 +21,10 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# the conv stem's largest activation at once, on the CPU and on a GPU: a CPU process keeps the heap a peak grew
+CONV_SLICE_BYTES = (8 << 20, 512 << 20)
+
+
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported audio encoder activation_function {name!r}; supported: {', '.join(ACTIVATIONS)}")
@@ -106,6 +110,22 @@ class AudioEncoder(nn.Module):
         self.proj2 = nn.Linear(config.d_model, config.output_dim)
         self.activation = activation_function(config.activation)
 
+    def conv_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """[chunks, 1, mel, frames] -> [chunks, tokens, d_model], positions added."""
+        x = F.gelu(self.conv2d1(x))
+        x = F.gelu(self.conv2d2(x))
+        x = F.gelu(self.conv2d3(x))
+        num_chunks, channels, freq, time = x.shape
+        x = self.conv_out(x.permute(0, 3, 1, 2).reshape(num_chunks, time, channels * freq))
+        return x + self.positions[:time].to(x.dtype)
+
+    def conv_slice_chunks(self, x: torch.Tensor) -> int:
+        """How many chunks go through the conv stem at once: its first layer's output, the largest activation of an
+        encoder pass, stays under CONV_SLICE_BYTES (the chunks are independent, so slicing changes no result)."""
+        _, _, mel, frames = x.shape
+        first_layer_bytes = self.conv2d1.out_channels * -(-mel // 2) * -(-frames // 2) * x.element_size()
+        return max(1, CONV_SLICE_BYTES[x.device.type == "cuda"] // first_layer_bytes)
+
     def forward(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
         """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""
         chunks, valid_per_chunk, window_lens = [], [], []
@@ -121,12 +141,8 @@ class AudioEncoder(nn.Module):
             if tokens % self.window_tokens:
                 window_lens.append(tokens % self.window_tokens)
         x = torch.cat(chunks).unsqueeze(1).to(self.conv_out.weight.dtype)  # [chunks, 1, mel, 100]
-        x = F.gelu(self.conv2d1(x))
-        x = F.gelu(self.conv2d2(x))
-        x = F.gelu(self.conv2d3(x))
-        num_chunks, channels, freq, time = x.shape
-        x = self.conv_out(x.permute(0, 3, 1, 2).reshape(num_chunks, time, channels * freq))
-        x = x + self.positions[:time].to(x.dtype)
+        x = torch.cat([self.conv_stem(part) for part in x.split(self.conv_slice_chunks(x))])
+        time = x.shape[1]
         keep = np.concatenate([chunk * time + np.arange(n) for chunk, n in enumerate(valid_per_chunk)])
         keep_index = torch.from_numpy(keep)
         if x.is_cuda:

@@ -2,8 +2,7 @@ import torch
 
 from qasr.engine.model import Qwen3ASRModel
 from qasr.kernels import AttentionMetadata, ModelOps
-from qasr.kernels.attention_metadata import SplitKVWorkspace, split_kv_max_seqs
-from qasr.kernels.triton.utils import padded_head_dim
+from qasr.kernels.attention_metadata import SplitKVWorkspace, padded_head_dim, split_kv_max_seqs
 
 
 def batch_size_ladder(max_batch_size: int) -> list[int]:

@@ -29,7 +29,7 @@ class DecoderAttention(nn.Module):
         q, k = ops.qk_norm_rope(q.view(-1, self.num_heads, self.head_dim),
                                     k.view(-1, self.num_kv_heads, self.head_dim), positions,
                                     self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
-                                    self.rotary.cos, self.rotary.sin)
+                                    *self.rotary.tables(meta.max_seq_len))
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = ops.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)

@@ -41,11 +41,9 @@ class FeatureConfig:
 
 
 class LogMelExtractor:
-    """Whisper-style log-mel features, one clip at a time in meaning, batched in execution.
-
-    Each clip gets exactly the features it would get alone (no padding to batch-mates): its own STFT with
-    reflect padding, its own dynamic-range floor (max - 8).
-    """
+    """Whisper-style log-mel features, one clip at a time: each clip gets exactly the features it would get alone
+    (no padding to batch-mates), its own STFT with reflect padding, its own dynamic-range floor (max - 8), and
+    only one clip's spectrum is held at a time."""
 
     def __init__(self, config: FeatureConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -73,18 +71,13 @@ class LogMelExtractor:
         """Returns one float32 [num_mel_bins, frames] tensor per clip, frames = samples // hop_length."""
         if not clips:
             return []
-        powers = []
-        for clip in clips:
+        features = []
+        for clip in clips:  # one at a time: a batch of 30 s clips' spectra at once would take hundreds of MB
             wave = torch.from_numpy(np.ascontiguousarray(self.pad_to_min_length(clip), dtype=np.float32))
             if self.device.type == "cuda":
                 wave = wave.pin_memory().to(self.device, non_blocking=True)
             stft = torch.stft(wave, self.config.n_fft, self.config.hop_length, window=self.window,
                               return_complex=True)
-            powers.append(stft[..., :-1].abs() ** 2)
-        frames = [p.shape[-1] for p in powers]
-        log_spec = torch.clamp(self.mel_filters_t @ torch.cat(powers, dim=-1), min=1e-10).log10()
-        per_clip = log_spec.split(frames, dim=-1)
-        floors = torch.stack([part.max() for part in per_clip]) - 8.0
-        floor_per_frame = torch.cat([floor.expand(n) for floor, n in zip(floors, frames)])
-        log_spec = (torch.maximum(log_spec, floor_per_frame) + 4.0) / 4.0
-        return list(log_spec.split(frames, dim=-1))
+            log_spec = torch.clamp(self.mel_filters_t @ (stft[..., :-1].abs() ** 2), min=1e-10).log10()
+            features.append((torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0)
+        return features

@@ -13,12 +13,30 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """NeoX-style (rotate-half) 1-D RoPE tables, cos/sin in float32 as in the reference; the q/k norm+RoPE op
-    reads them."""
+    reads them.
+
+    The tables cover the positions asked for so far (tables()), doubling as longer sequences come, up to the
+    model's max_positions: a full table is tens of MB per model (65536 positions), most of which a server never
+    reads. Rows are the same whatever the length. The decode graphs ask for their longest length at capture, so
+    the tables they captured never move."""
+
+    INITIAL_POSITIONS = 4096
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
+        self.max_positions = max_positions
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        freqs = torch.arange(max_positions, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)  # [max_positions, head_dim] float32
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("cos", torch.empty(0, head_dim, dtype=torch.float32), persistent=False)
+        self.register_buffer("sin", torch.empty(0, head_dim, dtype=torch.float32), persistent=False)
+        self.tables(min(self.INITIAL_POSITIONS, max_positions))
+
+    def tables(self, num_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [at least num_positions (up to max_positions), head_dim] float32."""
+        if num_positions > self.cos.shape[0] < self.max_positions:
+            length = min(max(num_positions, 2 * self.cos.shape[0]), self.max_positions)
+            positions = torch.arange(length, dtype=torch.int64, device=self.inv_freq.device).float()
+            freqs = positions[:, None] * self.inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self.cos, self.sin = emb.cos(), emb.sin()
+        return self.cos, self.sin

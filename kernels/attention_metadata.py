@@ -7,6 +7,12 @@ SPLIT_KV_SEGMENTS = 16
 SPLIT_KV_MAX_PROGRAMS = 128
 
 
+def padded_head_dim(head_dim: int) -> int:
+    """The head dimension the Triton kernels tile: tl.arange needs a power of two and tl.dot at least 16 along the
+    reduced dimension. Here rather than with the kernels, so the CPU path never imports Triton."""
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
 def split_kv_max_seqs(num_kv_heads: int) -> int:
     """The largest pure-decode batch that takes the split-KV path."""
     return max(1, SPLIT_KV_MAX_PROGRAMS // num_kv_heads)

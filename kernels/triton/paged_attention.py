@@ -13,10 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from qasr.kernels.attention_metadata import AttentionMetadata, split_kv_max_seqs
+from qasr.kernels.attention_metadata import AttentionMetadata, padded_head_dim, split_kv_max_seqs
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles, find_seq_idx
 from qasr.kernels.triton.split_kv_attention import split_kv_decode_attention
-from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, padded_head_dim, upcast_tiles
+from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, upcast_tiles
 
 DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
 DECODE_TILE_N, PREFILL_TILE_N = 16, 32

@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from qasr.kernels.attention_metadata import AttentionMetadata, SplitKVWorkspace
+from qasr.kernels.attention_metadata import AttentionMetadata, SplitKVWorkspace, padded_head_dim
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles
-from qasr.kernels.triton.utils import dot_precision, padded_head_dim, upcast_tiles
+from qasr.kernels.triton.utils import dot_precision, upcast_tiles
 
 TILE_N = 16
 MIN_BLOCK_M = 16  # tl.dot needs 16 rows even when a KV head serves fewer query heads

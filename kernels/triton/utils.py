@@ -20,11 +20,6 @@ def dot_precision(dtype: torch.dtype, upcast: bool) -> str:
     return "ieee" if upcast or dtype == torch.float32 else "tf32"
 
 
-def padded_head_dim(head_dim: int) -> int:
-    """tl.arange needs a power of two and tl.dot at least 16 along the reduced dimension."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
 def check_last_dim_contiguous(*tensors: torch.Tensor) -> None:
     for t in tensors:
         if t.stride(-1) != 1:

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, padded_head_dim, upcast_tiles
+from qasr.kernels.attention_metadata import padded_head_dim
+from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, upcast_tiles
 
 BLOCK_M = 64
 TILE_N = 64

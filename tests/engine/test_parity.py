@@ -97,6 +97,22 @@ def test_long_audio_pieces_match_transformers_piece_by_piece(checkpoints: dict[s
     assert np.all(np.diff([s.start for s in result.segments]) > 0)
 
 
+def test_the_conv_stem_in_slices_gives_the_encoder_output_of_one_pass(checkpoints: dict[str, Path], speech_like,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from qasr.engine import audio_encoder
+
+    runner = ASR(str(checkpoints["hf"])).engine.core.runner
+    mels = runner.features([speech_like(seconds, seed=40 + i) for i, seconds in enumerate((7.9, 23.0, 0.3))])
+    outputs = {}
+    with torch.inference_mode():
+        for name, limit in (("one pass", 1 << 40), ("a chunk at a time", 1)):
+            monkeypatch.setattr(audio_encoder, "CONV_SLICE_BYTES", (limit, limit))
+            slice_chunks = runner.model.audio_tower.conv_slice_chunks(torch.zeros(33, 1, 128, 100))
+            assert slice_chunks >= 33 if limit > 1 else slice_chunks == 1
+            outputs[name] = runner.model.encode_audio(mels, runner.ops)
+    torch.testing.assert_close(outputs["a chunk at a time"], outputs["one pass"], rtol=1e-5, atol=1e-5)
+
+
 # --- the audio encoder's activation_function ------------------------------------------------------------
 
 

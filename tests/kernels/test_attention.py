@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from qasr.kernels import SplitKVWorkspace
+from qasr.kernels.attention_metadata import padded_head_dim
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
-from qasr.kernels.triton.utils import padded_head_dim
 
 DTYPES = [torch.float32, torch.float16]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}

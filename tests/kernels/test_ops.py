@@ -82,7 +82,7 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype, seed_of) 
     positions = torch.cat([torch.tensor([0, 1, 4095]), torch.randint(0, 4096, (num_tokens - 3,), generator=generator)])
     q_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
     k_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
-    args = (positions, q_weight, k_weight, 1e-6, rotary.cos, rotary.sin)
+    args = (positions, q_weight, k_weight, 1e-6, *rotary.tables(4096))
     q_out, k_out = norms.qk_norm_rope(q, k, *args)
     q_expected, k_expected = reference_norms.qk_norm_rope(q, k, *args)
     assert_close(q_out, q_expected)
@@ -123,7 +123,7 @@ def test_qwen_shapes_bf16_on_gpu() -> None:
     q, k = q.view(tokens, 16, 128), k.view(tokens, 8, 128)
     args = (torch.randint(0, 65536, (tokens,), generator=generator).cuda(),
             randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"),
-            randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"), 1e-6, rotary.cos, rotary.sin)
+            randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"), 1e-6, *rotary.tables(65536))
     for ours, theirs in zip(norms.qk_norm_rope(q, k, *args), reference_norms.qk_norm_rope(q, k, *args)):
         assert_close(ours, theirs)
     gate_up = randn(generator, tokens, 2 * 6144, dtype=dtype, device="cuda")
@@ -134,3 +134,19 @@ def test_qwen_shapes_bf16_on_gpu() -> None:
     kv_store.store_kv(key, value, caches[0], caches[1], slots)
     reference_kv_store.store_kv(key, value, caches[2], caches[3], slots)
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+
+
+def test_rope_tables_grow_as_asked_and_hold_the_rows_a_full_table_holds() -> None:
+    rotary = RotaryEmbedding(48, 1e6, 20000)
+    assert rotary.cos.shape == (RotaryEmbedding.INITIAL_POSITIONS, 48)
+    cos, sin = rotary.tables(100)
+    assert cos is rotary.cos and cos.shape[0] == RotaryEmbedding.INITIAL_POSITIONS  # nothing to grow
+    assert rotary.tables(5000)[0].shape[0] == 8192  # doubled
+    assert rotary.tables(17000)[0].shape[0] == 17000  # past a doubling: what was asked
+    assert rotary.tables(30000)[0].shape[0] == 20000  # never past max_positions
+    theta, inv_freq = 1e6, rotary.inv_freq
+    freqs = torch.arange(20000).float()[:, None] * (1.0 / theta ** (torch.arange(0, 48, 2).float() / 48))[None, :]
+    torch.testing.assert_close(inv_freq, 1.0 / theta ** (torch.arange(0, 48, 2).float() / 48), rtol=0, atol=0)
+    assert torch.equal(rotary.cos, torch.cat((freqs, freqs), -1).cos())
+    assert torch.equal(rotary.sin, torch.cat((freqs, freqs), -1).sin())
+    assert rotary.cos.dtype == torch.float32 and not rotary.state_dict()  # tables are not weights
