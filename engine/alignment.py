@@ -1,12 +1,12 @@
 """The forced aligner's input and output processing: a finished piece's transcript and audio -> an alignment job
 (its prompt), and the job's time classes -> timed words."""
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from qasr.engine.audio import content_hash
 from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import FeatureConfig
 from qasr.engine.model_config import ModelConfig
@@ -51,7 +51,7 @@ class AlignmentProcessor:
         slots = self.timestamp * 2
         words = self.tokenizer.encode("".join(span.text + slots for span in spans), add_special_tokens=False)
         prompt = [self.special.audio_start, *[self.special.audio_pad] * audio_tokens, self.special.audio_end, *words]
-        audio = AudioSpan(1, audio_tokens, hashlib.blake2b(samples.tobytes(), digest_size=16).digest())
+        audio = AudioSpan(1, audio_tokens, content_hash(samples))
         return PieceAlignment(AlignmentJob(prompt, audio), text, spans, offset)
 
     def words(self, alignment: PieceAlignment, classes: np.ndarray) -> list[Word]:

@@ -1,13 +1,13 @@
 """From a transcription request to scheduler sequences: long audio split into pieces, each piece's audio tokens
 counted and its Qwen3-ASR prompt built."""
 
-import hashlib
 import itertools
 import time
 from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
+from qasr.engine.audio import content_hash
 from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import FeatureConfig
 from qasr.engine.languages import Language
@@ -70,7 +70,7 @@ class InputProcessor:
                 raise InvalidRequest(f"the prompt ({len(prompt)} tokens: the audio piece's {tokens} and the context's) "
                                  f"leaves no room for output within max_model_len ({self.max_model_len})",
                                      field="context" if request.context else "audio")
-            audio = AudioSpan(audio_start, tokens, hashlib.blake2b(piece.samples.tobytes(), digest_size=16).digest())
+            audio = AudioSpan(audio_start, tokens, content_hash(piece.samples))
             fitting = params if params.max_tokens <= room else replace(params, max_tokens=room)
             sequences.append(Sequence(prompt, audio, fitting, stop_ids, request_id=request_id, arrival_time=arrival))
         return ProcessedRequest(request_id, request.language, len(request.audio) / self.features.sample_rate,
