@@ -78,6 +78,7 @@ class LogMelExtractor:
                 wave = wave.pin_memory().to(self.device, non_blocking=True)
             stft = torch.stft(wave, self.config.n_fft, self.config.hop_length, window=self.window,
                               return_complex=True)
-            log_spec = torch.clamp(self.mel_filters_t @ (stft[..., :-1].abs() ** 2), min=1e-10).log10()
+            power = stft.real.square() + stft.imag.square()  # |stft|^2 without the square root abs() takes
+            log_spec = torch.clamp(self.mel_filters_t @ power[..., :-1], min=1e-10).log10()
             features.append((torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0)
         return features
