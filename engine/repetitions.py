@@ -6,6 +6,7 @@ released pieces add up to the text the whole would give."""
 REPEATS = 20
 MAX_PATTERN = 20
 CUT_AT = [(REPEATS - 1) * size for size in range(1, MAX_PATTERN + 1)]  # a run of period s holds REPEATS copies
+NO_RUNS = (0,) * MAX_PATTERN
 
 
 class RepetitionFilter:
@@ -51,10 +52,15 @@ class RepetitionFilter:
         the last character can be non-zero afterwards, and those are found by searching for that character."""
         window = self.recent + text
         n, length, seen = len(window), len(text), len(self.recent)
+        last, lowest = window[-1], n - 1 - MAX_PATTERN if n > MAX_PATTERN else 0
+        j = window.rfind(last, lowest, n - 1)
+        self.recent = window[-MAX_PATTERN:]
+        if j < 0:  # the last character is new to the window: every run ends, nothing is held
+            self.runs, self.headroom = NO_RUNS, REPEATS - 1
+            held, self.held = self.held + text, ""
+            return held
         runs = [0] * MAX_PATTERN
         longest, headroom = 0, REPEATS - 1  # the period-1 run's headroom, if it is 0; other zero runs have more
-        last, lowest = window[-1], max(0, n - 1 - MAX_PATTERN)
-        j = window.rfind(last, lowest, n - 1)
         while j >= 0:
             size = n - 1 - j
             if seen >= size and window[n - length:] == window[n - length - size:n - size]:
@@ -70,7 +76,6 @@ class RepetitionFilter:
                 headroom = CUT_AT[size - 1] - run
             j = window.rfind(last, lowest, j)
         self.runs, self.headroom = runs, headroom
-        self.recent = window[-MAX_PATTERN:]
         held = self.held + text
         releasable = len(held) - longest
         if releasable <= 0:
