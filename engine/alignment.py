@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from qasr.engine.audio import content_hash
 from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import FeatureConfig
+from qasr.engine.input_processor import content_hash
 from qasr.engine.model_config import ModelConfig
 from qasr.engine.outputs import Word
 from qasr.engine.tokenizer import special_tokens

@@ -1,7 +1,6 @@
 """Decoding any common audio input into the float32 mono 16 kHz waveform the model expects."""
 
 import codecs
-import hashlib
 import io
 import math
 import os
@@ -129,13 +128,6 @@ class _Output:
         if peak > 1.0:
             samples = samples / peak
         return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
-
-
-def content_hash(samples: np.ndarray) -> bytes:
-    """16 bytes that tell audios apart, for the prefix cache: a cryptographic hash, so no one can craft an audio
-    that shares another's cached encoder output. SHA-256 runs on the CPU's SHA extensions where it has them (about
-    twice BLAKE2b's speed: 2 ms for a minute of audio) and reads the samples where they lie."""
-    return hashlib.sha256(np.ascontiguousarray(samples)).digest()[:16]
 
 
 def _pcm_to_float(array: np.ndarray) -> np.ndarray:

@@ -21,8 +21,10 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-# the conv stem's largest activation at once, on the CPU and on a GPU: a CPU process keeps the heap a peak grew
-CONV_SLICE_BYTES = (8 << 20, 512 << 20)
+# the conv stem's largest activation at once: on the CPU small enough to stay in cache (and a CPU process keeps the
+# heap a peak grew); on a GPU large enough that the slices are few
+CPU_CONV_SLICE_BYTES = 8 << 20
+GPU_CONV_SLICE_BYTES = 512 << 20
 
 
 def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -121,10 +123,12 @@ class AudioEncoder(nn.Module):
 
     def conv_slice_chunks(self, x: torch.Tensor) -> int:
         """How many chunks go through the conv stem at once: its first layer's output, the largest activation of an
-        encoder pass, stays under CONV_SLICE_BYTES (the chunks are independent, so slicing changes no result)."""
+        encoder pass, stays under the device's slice bytes (the chunks are independent: slicing changes nothing but
+        float rounding, where a convolution picks another algorithm for another batch size)."""
         _, _, mel, frames = x.shape
         first_layer_bytes = self.conv2d1.out_channels * -(-mel // 2) * -(-frames // 2) * x.element_size()
-        return max(1, CONV_SLICE_BYTES[x.device.type == "cuda"] // first_layer_bytes)
+        limit = GPU_CONV_SLICE_BYTES if x.device.type == "cuda" else CPU_CONV_SLICE_BYTES
+        return max(1, limit // first_layer_bytes)
 
     def forward(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
         """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""

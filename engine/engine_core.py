@@ -83,6 +83,12 @@ class EngineCore:
         if aligner is not None:
             self.aligner = AlignerRunner(load_model(aligner.path, aligner.config, self.device, self.dtype),
                                          LogMelExtractor(aligner.features, self.device), ops, config.block_size)
+        if self.device.type == "cuda":
+            # tables for every position before the memory is profiled and the decode graphs capture them: on a GPU
+            # they never grow while serving (on the CPU they grow as positions come, see RotaryEmbedding)
+            model.model.rotary.tables(max_model_len)
+            if self.aligner is not None:
+                self.aligner.model.model.rotary.tables(max_model_len)
         self.alignments = AlignmentQueue(config.max_num_batched_tokens)
         self.alignment_waveforms: dict[int, np.ndarray] = {}  # job_id -> its piece's samples
         self.graph_memory = GraphMemory()

@@ -1,13 +1,14 @@
 """From a transcription request to scheduler sequences: long audio split into pieces, each piece's audio tokens
 counted and its Qwen3-ASR prompt built."""
 
+import hashlib
 import itertools
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from qasr.engine.audio import content_hash
 from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.features import FeatureConfig
 from qasr.engine.languages import Language
@@ -16,6 +17,13 @@ from qasr.engine.request import InvalidRequest, TranscriptionRequest
 from qasr.engine.splitting import AudioPiece, split_audio
 from qasr.engine.tokenizer import SpecialTokens
 from qasr.scheduler import AudioSpan, Sequence
+
+
+def content_hash(samples: np.ndarray) -> bytes:
+    """16 bytes that tell audios apart, for the prefix cache: a cryptographic hash, so no one can craft an audio
+    that shares another's cached encoder output. SHA-256 runs on the CPU's SHA extensions where it has them (about
+    twice BLAKE2b's speed: 2 ms for a minute of audio) and reads the samples where they lie."""
+    return hashlib.sha256(np.ascontiguousarray(samples)).digest()[:16]
 
 
 @dataclass(slots=True)

@@ -16,9 +16,9 @@ class RotaryEmbedding(nn.Module):
     reads them.
 
     The tables cover the positions asked for so far (tables()), doubling as longer sequences come, up to the
-    model's max_positions: a full table is tens of MB per model (65536 positions), most of which a server never
-    reads. Rows are the same whatever the length. The decode graphs ask for their longest length at capture, so
-    the tables they captured never move."""
+    model's max_positions: a full table is tens of MB per model (65536 positions), most of which a CPU server
+    never reads. Rows are the same whatever the length. On a GPU the engine asks for max_model_len at start, before
+    it profiles memory and captures the decode graphs, so the tables never move under a graph."""
 
     INITIAL_POSITIONS = 4096
 
@@ -33,8 +33,9 @@ class RotaryEmbedding(nn.Module):
 
     def tables(self, num_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [at least num_positions (up to max_positions), head_dim] float32."""
-        if num_positions > self.cos.shape[0] < self.max_positions:
-            length = min(max(num_positions, 2 * self.cos.shape[0]), self.max_positions)
+        have = self.cos.shape[0]
+        if num_positions > have and have < self.max_positions:
+            length = min(max(num_positions, 2 * have), self.max_positions)
             positions = torch.arange(length, dtype=torch.int64, device=self.inv_freq.device).float()
             freqs = positions[:, None] * self.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)

@@ -68,7 +68,7 @@ class ModelRunner:
         # the last launch's sampled ids stay on the device: the next step's decodes read their input from here
         self.last_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self.last_sampled_row: dict[int, int] = {}
-        self.counting = list(range(1024))  # 0, 1, 2, ...: grown as batches grow
+        self.row_numbers = list(range(1024))  # 0, 1, 2, ...: grown as batches grow
 
     def kv_block_bytes(self) -> int:
         text = self.model.config.text
@@ -252,8 +252,8 @@ class ModelRunner:
         block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
             chain.from_iterable(tables), dtype=np.int32, count=int(table_lens.sum()))
         num_chunks = len(chunks)
-        if len(self.counting) <= offset:
-            self.counting = list(range(2 * offset))
+        if len(self.row_numbers) <= offset:
+            self.row_numbers = list(range(2 * offset))
         one_token_each = offset == num_chunks
         meta = AttentionMetadata(
             slot_mapping=self.to_device(np.asarray(slots, dtype=np.int64)),
@@ -267,12 +267,12 @@ class ModelRunner:
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
         )
-        if len(pending_rows) == len(self.last_sampled) == offset and pending_sources == self.counting[:offset]:
+        if len(pending_rows) == len(self.last_sampled) == offset and pending_sources == self.row_numbers[:offset]:
             token_ids_device = self.last_sampled  # each row's input is what the same row sampled last step
         else:
             token_ids_device = self.to_device(np.asarray(token_ids, dtype=np.int64))
             num_pending = len(pending_rows)
-            if num_pending and pending_rows == pending_sources == self.counting[:num_pending]:
+            if num_pending and pending_rows == pending_sources == self.row_numbers[:num_pending]:
                 token_ids_device[:num_pending] = self.last_sampled[:num_pending]  # the decodes ahead of the prefills
             elif num_pending:
                 token_ids_device[self.to_device(np.asarray(pending_rows, dtype=np.int64))] = \
@@ -283,7 +283,7 @@ class ModelRunner:
             audio_rows=self.to_device(np.concatenate(audio_rows) if audio_rows else np.zeros(0, dtype=np.int64)),
             audio_embeds=torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=self.device),
             meta=meta,
-            sample_rows=None if sample_rows == self.counting[:offset] else self.to_device(
+            sample_rows=None if sample_rows == self.row_numbers[:offset] else self.to_device(
                 np.asarray(sample_rows, dtype=np.int64)),
             is_decode=meta.max_query_len == 1 and not audio_rows and len(sample_rows) == len(chunks),
         )

@@ -29,7 +29,6 @@ class CueLimits:
 
 @dataclass(slots=True)
 class PieceState:
-    request_id: str
     seq: Sequence
     piece: AudioPiece
     detokenizer: Detokenizer
@@ -85,7 +84,7 @@ class OutputProcessor:
         self.piece_of_job: dict[int, tuple[RequestState, PieceState]] = {}
         # the one piece of each request that has one, once its first token is in and until it finishes: its deltas
         # go straight out, into its own text; the request's text is brought level when it leaves (_stop_streaming)
-        self.streaming: dict[int, PieceState] = {}
+        self.streaming: dict[int, tuple[RequestState, PieceState]] = {}
         self.new_jobs: list[tuple[AlignmentJob, np.ndarray]] = []
         # unfinished requests that have been scheduled (a preempted one still counts); the rest are queued. A plain
         # int that the metrics read from another thread while the engine runs
@@ -96,7 +95,7 @@ class OutputProcessor:
         return len(self.requests) - self.num_running_requests
 
     def add(self, request: ProcessedRequest) -> None:
-        pieces = [PieceState(request.request_id, seq, piece, self.new_detokenizer(), TranscriptStream(request.language))
+        pieces = [PieceState(seq, piece, self.new_detokenizer(), TranscriptStream(request.language))
                   for seq, piece in zip(request.sequences, request.pieces)]
         metrics = RequestMetrics(arrival_time=request.arrival_time,
                                  num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
@@ -135,11 +134,12 @@ class OutputProcessor:
         results = []
         streaming = self.streaming
         for seq_id, token in outputs.sampled.items():
-            piece_state = streaming.get(seq_id)
-            if piece_state is not None:  # the common case, kept short
+            streams = streaming.get(seq_id)
+            if streams is not None:  # the common case, kept short: PieceState.take without holding the delta
+                state, piece_state = streams
                 if delta := piece_state.stream.push(piece_state.detokenizer.push(token)):
                     piece_state.text += delta
-                    results.append(RequestOutput(piece_state.request_id, delta, finished=False))
+                    results.append(RequestOutput(state.request_id, delta, finished=False))
                 continue
             state, piece_state = self.piece_of_seq[seq_id]
             if state.metrics.first_token_time is None:
@@ -161,7 +161,7 @@ class OutputProcessor:
                 if delta := self._stream_in_order(state):
                     results.append(RequestOutput(state.request_id, delta, finished=False))
                 if len(state.pieces) == 1:
-                    self.streaming[state.pieces[0].seq.seq_id] = state.pieces[0]
+                    self.streaming[state.pieces[0].seq.seq_id] = state, state.pieces[0]
             elif state.word_timestamps and state.alignment_started is None and self._start_alignment(state):
                 if delta := self._stream_in_order(state):  # the whole text is out; its words come later
                     results.append(RequestOutput(state.request_id, delta, finished=False))
@@ -171,9 +171,9 @@ class OutputProcessor:
 
     def _stop_streaming(self, seq_id: int) -> None:
         """The piece's deltas go through _stream_in_order again, from the text it has released on its own."""
-        piece_state = self.streaming.pop(seq_id, None)
-        if piece_state is not None:
-            state, _ = self.piece_of_seq[seq_id]
+        streams = self.streaming.pop(seq_id, None)
+        if streams is not None:
+            state, piece_state = streams
             state.text = piece_state.text  # the request's only piece: all it released, no separator before it
             piece_state.is_first_delta = not piece_state.text
 

@@ -6,7 +6,6 @@ released pieces add up to the text the whole would give."""
 REPEATS = 20
 MAX_PATTERN = 20
 CUT_AT = [(REPEATS - 1) * size for size in range(1, MAX_PATTERN + 1)]  # a run of period s holds REPEATS copies
-NO_RUNS = (0,) * MAX_PATTERN
 
 
 class RepetitionFilter:
@@ -22,7 +21,7 @@ class RepetitionFilter:
         # runs[s - 1]: how many of the latest characters equal the character s places before them; those are the
         # second and later copies of a pattern of s characters, which a longer run would drop
         self.runs = [0] * MAX_PATTERN
-        self.headroom = REPEATS - 1  # characters that can come before any run reaches REPEATS copies
+        self.headroom = REPEATS - 1  # a push shorter than this cannot bring any run to REPEATS copies
         self.held = ""  # seen, not yet released
 
     def push(self, text: str) -> str:
@@ -56,7 +55,7 @@ class RepetitionFilter:
         j = window.rfind(last, lowest, n - 1)
         self.recent = window[-MAX_PATTERN:]
         if j < 0:  # the last character is new to the window: every run ends, nothing is held
-            self.runs, self.headroom = NO_RUNS, REPEATS - 1
+            self.runs, self.headroom = [0] * MAX_PATTERN, REPEATS - 1
             held, self.held = self.held + text, ""
             return held
         runs = [0] * MAX_PATTERN

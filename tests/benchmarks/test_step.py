@@ -4,9 +4,13 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from qasr.benchmarks import step as bench
 from qasr.benchmarks.heldout import read_manifest
-from qasr.engine.demo import demo_model_path
+from qasr.benchmarks.random_checkpoint import write_random_checkpoint
+from qasr.engine.config import EngineConfig
+from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.prompt import parse_transcript
 from qasr.engine.tokenizer import load_tokenizer
 
@@ -30,12 +34,21 @@ def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: 
 
 
 def test_the_host_reads_back_real_transcripts(tmp_path: Path) -> None:
-    """The tokens the output processor sees are the held-out transcripts', so the text path runs on real text."""
-    tokenizer = load_tokenizer(demo_model_path())
+    """The tokens the scheduler and the output processor see are the held-out transcripts', each sequence at its
+    own place in them, so the text path runs on real text whatever the random model samples."""
+    checkpoint = write_random_checkpoint(tmp_path / "tiny", "tiny", torch.float32, device="cpu")
+    engine = LLMEngine(EngineConfig(model=str(checkpoint), device="cpu", max_num_seqs=2))
+    tokenizer = load_tokenizer(checkpoint)
     transcripts = bench.TranscriptTokens(tokenizer)
-    ids = [transcripts.next(7) for _ in range(400)]
-    assert ids == [transcripts.ids[(101 * 7 + i) % len(transcripts.ids)] for i in range(400)]
-    assert transcripts.next(8) != transcripts.next(7)  # each sequence at its own place
-    text = parse_transcript(tokenizer.decode(ids), "English")[1]
+    transcripts.feed(engine.core.runner)
+    for seed in range(2):
+        engine.add_request(bench.new_request(seed))
+    for _ in range(12):
+        engine.step()
     words = set(" ".join(row["text"] for row in read_manifest()).split())
-    assert len(text.split()) > 50 and sum(word in words for word in text.split()[1:-1]) == len(text.split()) - 2
+    for seq in engine.core.scheduler.running:
+        tokens = seq.output_token_ids
+        assert len(tokens) >= 8
+        assert tokens == [transcripts.ids[(101 * seq.seq_id + i) % len(transcripts.ids)] for i in range(len(tokens))]
+        text = parse_transcript(tokenizer.decode(tokens), "English")[1].split()
+        assert all(word in words for word in text[1:-1])  # whole words inside; the ends may be cut

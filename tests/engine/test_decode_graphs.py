@@ -69,4 +69,8 @@ def test_cuda_graphs_on_and_off_give_the_same_tokens_in_bf16(checkpoint: Path, c
     memory = graphed.engine.core.graph_memory
     assert memory.profiled_bytes > 0 and eager.engine.core.graph_memory.profiled_bytes == 0
     assert memory.captured_bytes <= memory.profiled_bytes * 1.1 + (64 << 20), memory
+    rotary = graphed.engine.core.runner.model.model.rotary
+    tables = rotary.cos.data_ptr(), rotary.sin.data_ptr()
+    assert rotary.cos.shape[0] >= graphed.engine.max_model_len  # all there before the capture
     assert transcribe(graphed, clips) == transcribe(eager, clips)
+    assert (rotary.cos.data_ptr(), rotary.sin.data_ptr()) == tables  # what the graphs read never moved

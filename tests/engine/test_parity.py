@@ -106,7 +106,7 @@ def test_the_conv_stem_in_slices_gives_the_encoder_output_of_one_pass(checkpoint
     outputs = {}
     with torch.inference_mode():
         for name, limit in (("one pass", 1 << 40), ("a chunk at a time", 1)):
-            monkeypatch.setattr(audio_encoder, "CONV_SLICE_BYTES", (limit, limit))
+            monkeypatch.setattr(audio_encoder, "CPU_CONV_SLICE_BYTES", limit)
             slice_chunks = runner.model.audio_tower.conv_slice_chunks(torch.zeros(33, 1, 128, 100))
             assert slice_chunks >= 33 if limit > 1 else slice_chunks == 1
             outputs[name] = runner.model.encode_audio(mels, runner.ops)

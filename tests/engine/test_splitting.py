@@ -149,3 +149,14 @@ def test_the_engine_refuses_pieces_too_short_or_too_long(seconds: float) -> None
 
     with pytest.raises(ValueError, match=r"max_piece_seconds must be in \[2, 1200\]"):
         EngineConfig(max_piece_seconds=seconds)
+
+
+def test_content_hash_tells_audios_apart_and_reads_any_layout() -> None:
+    from qasr.engine.input_processor import content_hash
+
+    samples = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    assert content_hash(samples) == content_hash(samples.copy()) and len(content_hash(samples)) == 16
+    assert content_hash(samples[::2]) == content_hash(np.ascontiguousarray(samples[::2]))  # a strided view
+    nudged = samples.copy()
+    nudged[8000] = np.nextafter(nudged[8000], np.float32(1))  # one sample, one ulp
+    assert content_hash(nudged) != content_hash(samples) != content_hash(samples[:-1])
