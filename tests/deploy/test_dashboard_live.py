@@ -307,11 +307,13 @@ def check_panels(prometheus: Prometheus, load: Load, at: float, window: int, sta
     first, last = HEATMAP_STEP_S * math.floor(started / HEATMAP_STEP_S), HEATMAP_STEP_S * math.ceil(at / HEATMAP_STEP_S)
     cells = prometheus.query_range(grafana(heatmap["expr"], filled), first, last, HEATMAP_STEP_S)
     counted = sum(float(v) for series in cells if series["metric"]["le"] == "+Inf" for _, v in series["values"])
-    # overlapping windows counted each request several times (12x in the run that found it): never above the load;
-    # each step's count is extrapolated from its own samples, so a step whose scrapes came late reads low
+    # overlapping windows counted each request several times (12x in the run that found it). Each step's count is
+    # extrapolated from its own samples to the step's edges (by up to half a scrape interval each side), so on a busy
+    # machine, whose scrapes come late and sparse, a step reads low or high: 46.4 for 40 requests with 7 scrapes in
+    # the window. The bounds leave that room and still catch a request counted twice
     observed = load.statuses["success"] + load.tasks
     scrapes = values(prometheus.query(f'count_over_time(up{{job="qasr"}}[{window}s])', at))
-    assert 0.5 * observed <= counted <= 1.15 * observed, \
+    assert 0.5 * observed <= counted <= 1.5 * observed, \
         f"the audio duration heatmap counts {counted:.1f} requests, the load sent {observed} ({scrapes} scrapes)"
 
 
