@@ -267,13 +267,16 @@ class ModelRunner:
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
         )
-        if len(pending_rows) == len(self.last_sampled) == offset and pending_sources == self.row_numbers[:offset]:
-            token_ids_device = self.last_sampled  # each row's input is what the same row sampled last step
+        # pending rows 0..k-1 reading the last step's rows 0..k-1 (the decodes ahead of the prefills, in the same
+        # order): a slice instead of index tensors, or the last step's tokens themselves when every row is one
+        num_pending = len(pending_rows)
+        in_order = num_pending > 0 and pending_rows == pending_sources == self.row_numbers[:num_pending]
+        if in_order and num_pending == offset == len(self.last_sampled):
+            token_ids_device = self.last_sampled
         else:
             token_ids_device = self.to_device(np.asarray(token_ids, dtype=np.int64))
-            num_pending = len(pending_rows)
-            if num_pending and pending_rows == pending_sources == self.row_numbers[:num_pending]:
-                token_ids_device[:num_pending] = self.last_sampled[:num_pending]  # the decodes ahead of the prefills
+            if in_order:
+                token_ids_device[:num_pending] = self.last_sampled[:num_pending]
             elif num_pending:
                 token_ids_device[self.to_device(np.asarray(pending_rows, dtype=np.int64))] = \
                     self.last_sampled[self.to_device(np.asarray(pending_sources, dtype=np.int64))]

@@ -110,8 +110,8 @@ class RepetitionFilter:
         self.recent = self.recent[1 - MAX_PATTERN:] + char
         self.held += char
         if longest >= REPEATS - 1:  # the fewest a run can have at REPEATS copies (of one character)
-            for size, copies in enumerate(self.runs, start=1):
-                if copies == (REPEATS - 1) * size:  # REPEATS copies in a row: keep the first, drop the rest
+            for size, (copies, cut_at) in enumerate(zip(self.runs, CUT_AT), start=1):
+                if copies == cut_at:  # REPEATS copies in a row: keep the first, drop the rest
                     out.append(self.held[:len(self.held) - copies])
                     self.pattern = self.recent[-size:]  # the run is whole copies: the last is the first
                     self._restart()
