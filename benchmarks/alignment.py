@@ -45,7 +45,7 @@ def run_engine(engine: LLMEngine, clips: list[np.ndarray], max_tokens: int,
             # sampled, seeded: a random model's greedy output is one token repeated, which leaves one word
             params = SamplingParams(temperature=1.0, seed=seed, max_tokens=max_tokens, ignore_eos=True)
             engine.add_request(TranscriptionRequest(clip, language="en", sampling_params=params,
-                                                    word_timestamps=words))
+                                                    word_timestamps=words, stream=False))
         timed = 0
         while engine.has_unfinished:
             for output in engine.step():

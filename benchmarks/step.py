@@ -2,10 +2,13 @@
 
     qasr bench step                                  # tiny preset on the CPU: 64, 256 and 512 running sequences
     qasr bench step --preset 0.6b --running 256 512  # real shapes on a GPU
+    qasr bench step --text final                     # only requests that wait for their whole transcript
 
 For each `--running` count, an engine holds that many sequences decoding (1 s clips, outputs longer than the run) and
 runs `--steps` steps, pure decode, then as many steps that each also take in a new request's prefill (the oldest
-request is aborted, so the count stays). Each phase's median time per step, in milliseconds: `schedule`
+request is aborted, so the count stays); the requests either stream text deltas (`--text deltas`, each token's text
+made as it comes) or wait for the whole transcript (`final`, TranscriptionRequest.stream False: the text made once,
+as a request ends). Each phase's median time per step, in milliseconds: `schedule`
 (Scheduler.schedule), `prepare` (the runner turning the step into input tensors), `update` (Scheduler.update with
 the sampled tokens), `detokenize` (OutputProcessor.process: tokens to text deltas), their sum `host`, and `model`
 (the launch less its preparation: the forward and sampling, on a GPU only their enqueueing). On a GPU the host's
@@ -117,18 +120,23 @@ class TranscriptResult:
         return {seq_id: self.transcripts.next(seq_id) for seq_id in self.pending.result()}
 
 
-def new_request(seed: int) -> TranscriptionRequest:
+TEXT_KINDS = {"deltas": True, "final": False}  # --text: TranscriptionRequest.stream
+
+
+def new_request(seed: int, stream: bool) -> TranscriptionRequest:
     params = SamplingParams(max_tokens=400, ignore_eos=True)  # longer than a run of steps; within the KV pool
     # the language is forced: its header is in the prompt, so every token's text goes through the transcript's
     # stream and repetition filter as a real transcript's does (a random model never writes the header itself)
-    return TranscriptionRequest(synthetic_clip(CLIP_SECONDS, seed), language="English", sampling_params=params)
+    return TranscriptionRequest(synthetic_clip(CLIP_SECONDS, seed), language="English", sampling_params=params,
+                                stream=stream)
 
 
-def measure(config: EngineConfig, running: int, steps: int) -> list[dict]:
-    """The pure-decode row and the mixed row for `running` sequences."""
+def measure(config: EngineConfig, running: int, steps: int, text: str) -> list[dict]:
+    """The pure-decode row and the mixed row for `running` sequences whose requests want `text`."""
+    stream = TEXT_KINDS[text]
     engine = LLMEngine(replace(config, max_num_seqs=running, max_num_batched_tokens=max(8192, 2 * running)))
     TranscriptTokens(load_tokenizer(engine.model_path)).feed(engine.core.runner)
-    ids = [engine.add_request(new_request(seed)) for seed in range(running)]
+    ids = [engine.add_request(new_request(seed, stream)) for seed in range(running)]
     scheduler = engine.core.scheduler
     while scheduler.num_waiting or any(seq.num_output_tokens == 0 for seq in scheduler.running):
         engine.step()
@@ -141,11 +149,11 @@ def measure(config: EngineConfig, running: int, steps: int) -> list[dict]:
         for i in range(steps):
             if mixed:
                 engine.abort(ids.pop(0))
-                ids.append(engine.add_request(new_request(running + steps + i)))
+                ids.append(engine.add_request(new_request(running + steps + i, stream)))
             engine.step()
             times.end_step()
         restore()
-        rows.append({"running": running, "step": "decode + 1 prefill" if mixed else "decode",
+        rows.append({"running": running, "text": text, "step": "decode + 1 prefill" if mixed else "decode",
                      "decoding": scheduler.num_running, **times.medians_ms()})
     return rows
 
@@ -154,6 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["tiny", "0.6b", "1.7b"], default="tiny")
     parser.add_argument("--running", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--steps", type=int, default=30, help="steps measured per row")
+    parser.add_argument("--text", choices=list(TEXT_KINDS), nargs="+", default=list(TEXT_KINDS),
+                        help="what the requests want: text deltas as tokens come, or the final transcript")
     parser.add_argument("--work-dir", default="/tmp/qasr-bench", help="where the random checkpoint is written")
     EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs", "max_num_batched_tokens"))
     add_output_arguments(parser)
@@ -166,9 +176,10 @@ def main(args: argparse.Namespace) -> int:
     checkpoint = write_random_checkpoint(Path(args.work_dir) / f"{args.preset}-original", args.preset, dtype,
                                          device="cuda" if device.type == "cuda" else "cpu")
     config = replace(config, model=str(checkpoint), device=str(device), dtype=dtype)
-    rows = [row for running in args.running for row in measure(config, running, args.steps)]
+    rows = [row for running in args.running for text in args.text for row in measure(config, running, args.steps, text)]
     print_table(rows)
-    settings = {"preset": args.preset, "running": args.running, "steps": args.steps, "clip_s": CLIP_SECONDS,
+    settings = {"preset": args.preset, "running": args.running, "steps": args.steps, "text": args.text,
+                "clip_s": CLIP_SECONDS,
                 "dtype": str(dtype), "threads": torch.get_num_threads()}
     print(f"results: {write_results('step', device, settings, rows, args.out_dir)}")
     return 0

@@ -51,8 +51,8 @@ def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[fl
     sync(engine.core.device)
     start = time.perf_counter()
     for samples, max_tokens in items:
-        engine.add_request(TranscriptionRequest(samples, sampling_params=SamplingParams(max_tokens=max_tokens,
-                                                                                         ignore_eos=True)))
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        engine.add_request(TranscriptionRequest(samples, sampling_params=params, stream=False))
     first_token = None
     while engine.has_unfinished:
         outputs = engine.step()

@@ -33,7 +33,7 @@ class ASR:
         contexts = _per_item(context, len(audios), "context")
         params = sampling_params or SamplingParams()
         requests = [TranscriptionRequest(load_audio(item), language=lang, context=ctx or "", sampling_params=params,
-                                         word_timestamps=word_timestamps)
+                                         word_timestamps=word_timestamps, stream=False)
                     for item, lang, ctx in zip(audios, languages, contexts)]
         request_ids: list[str] = []
         try:

@@ -18,6 +18,10 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 class Detokenizer(Protocol):
     def push(self, token_id: int) -> str: ...
 
+    def push_many(self, token_ids: list[int]) -> str:
+        """What pushing each id in turn would give, at once."""
+        ...
+
     def finish(self) -> str:
         """The rest of the text, an unfinished character included, once no more ids will come."""
         ...
@@ -31,6 +35,10 @@ class ByteLevelDetokenizer:
     def push(self, token_id: int) -> str:
         token_bytes = self.token_bytes
         return self.decoder.decode(token_bytes[token_id] if token_id < len(token_bytes) else b"")
+
+    def push_many(self, token_ids: list[int]) -> str:
+        token_bytes, size = self.token_bytes, len(self.token_bytes)
+        return self.decoder.decode(b"".join([token_bytes[i] if i < size else b"" for i in token_ids]))
 
     def finish(self) -> str:
         return self.decoder.decode(b"", final=True)
@@ -51,6 +59,9 @@ class StreamDetokenizer:
         chunk = self.stream.step(self.backend, token_id) or ""
         self.emitted += len(chunk)
         return chunk
+
+    def push_many(self, token_ids: list[int]) -> str:
+        return "".join(map(self.push, token_ids))
 
     def finish(self) -> str:
         full = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

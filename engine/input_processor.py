@@ -37,6 +37,7 @@ class ProcessedRequest:
     pieces: list[AudioPiece]
     sequences: list[Sequence]  # one per piece, in order
     word_timestamps: bool = False
+    stream: bool = True  # text deltas as the tokens come (TranscriptionRequest.stream)
 
 
 class InputProcessor:
@@ -82,4 +83,4 @@ class InputProcessor:
             fitting = params if params.max_tokens <= room else replace(params, max_tokens=room)
             sequences.append(Sequence(prompt, audio, fitting, stop_ids, request_id=request_id, arrival_time=arrival))
         return ProcessedRequest(request_id, request.language, len(request.audio) / self.features.sample_rate,
-                                arrival, pieces, sequences, request.word_timestamps)
+                                arrival, pieces, sequences, request.word_timestamps, request.stream)

@@ -40,6 +40,7 @@ class PieceState:
     held_deltas: list[str] = field(default_factory=list)  # of those, the ones not yet released to the client
     is_first_delta: bool = True
     closed: bool = False  # no more tokens: the stream gave its last delta
+    quiet: bool = False  # its text is made once, when it closes, from all its sequence's tokens
 
     def take(self, raw: str) -> None:
         delta = self.stream.push(raw)
@@ -50,6 +51,8 @@ class PieceState:
     def close(self) -> None:
         """The piece's last text: the detokenizer's held bytes and what the stream held back."""
         if not self.closed:
+            if self.quiet:
+                self.take(self.detokenizer.push_many(self.seq.output_token_ids))
             self.take(self.detokenizer.finish())
             tail = self.stream.finish()
             if tail:
@@ -66,6 +69,7 @@ class RequestState:
     duration: float  # seconds of audio
     metrics: RequestMetrics
     word_timestamps: bool = False
+    quiet: bool = False  # no deltas: the whole text once, when it finishes (TranscriptionRequest.stream False)
     next_piece_to_stream: int = 0
     text: str = ""  # everything released to the client so far, separators between pieces included
     alignment_started: float | None = None  # when its pieces' words went to the aligner
@@ -95,12 +99,13 @@ class OutputProcessor:
         return len(self.requests) - self.num_running_requests
 
     def add(self, request: ProcessedRequest) -> None:
-        pieces = [PieceState(seq, piece, self.new_detokenizer(), TranscriptStream(request.language))
+        pieces = [PieceState(seq, piece, self.new_detokenizer(), TranscriptStream(request.language),
+                             quiet=not request.stream)
                   for seq, piece in zip(request.sequences, request.pieces)]
         metrics = RequestMetrics(arrival_time=request.arrival_time,
                                  num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
         state = RequestState(request.request_id, pieces, request.language, request.duration, metrics,
-                             request.word_timestamps)
+                             request.word_timestamps, quiet=not request.stream)
         self.requests[request.request_id] = state
         for piece_state in pieces:
             self.piece_of_seq[piece_state.seq.seq_id] = (state, piece_state)
@@ -144,6 +149,8 @@ class OutputProcessor:
             state, piece_state = self.piece_of_seq[seq_id]
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
+            if piece_state.quiet:
+                continue
             piece_state.take(piece_state.detokenizer.push(token))
             touched[state.request_id] = state
         for seq in outputs.finished:
@@ -158,12 +165,15 @@ class OutputProcessor:
             touched[state.request_id] = state
         for state in touched.values():
             if not all(p.seq.is_finished for p in state.pieces):
+                if state.quiet:
+                    continue
                 if delta := self._stream_in_order(state):
                     results.append(RequestOutput(state.request_id, delta, finished=False))
                 if len(state.pieces) == 1:
                     self.streaming[state.pieces[0].seq.seq_id] = state, state.pieces[0]
             elif state.word_timestamps and state.alignment_started is None and self._start_alignment(state):
-                if delta := self._stream_in_order(state):  # the whole text is out; its words come later
+                # the whole text is out; its words come later
+                if not state.quiet and (delta := self._stream_in_order(state)):
                     results.append(RequestOutput(state.request_id, delta, finished=False))
             elif not any(p.alignment for p in state.pieces):
                 results.append(self.finish(state.request_id))

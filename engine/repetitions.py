@@ -25,16 +25,25 @@ class RepetitionFilter:
         self.held = ""  # seen, not yet released
 
     def push(self, text: str) -> str:
-        if not text:
-            return ""
         if not self.pattern and len(text) < self.headroom:
             # the common case: no run can reach REPEATS copies in `text` (a loop still building included)
-            return self._take_short_of_a_loop(text)
-        if self.pattern and self._drops_whole(text):
-            return ""
+            return self._take_short_of_a_loop(text) if text else ""
         out: list[str] = []
-        for char in text:
-            self._take(char, out)
+        while text:  # a long text (a whole transcript at once): in stretches, each on the fastest path it allows
+            if self.pattern:
+                if self._drops_whole(text):
+                    break
+                taken = 0  # one at a time, up to the character that leaves the cut run's copies
+                while self.pattern and taken < len(text):
+                    self._take(text[taken], out)
+                    taken += 1
+            elif self.headroom > 1:
+                taken = self.headroom - 1
+                out.append(self._take_short_of_a_loop(text[:taken]))
+            else:
+                taken = 1
+                self._take(text[0], out)
+            text = text[taken:]
         return "".join(out)
 
     def _drops_whole(self, text: str) -> bool:

@@ -36,6 +36,9 @@ class TranscriptionRequest:
     context: str = ""  # text for the system prompt: hotwords, names, background
     sampling_params: SamplingParams = field(default_factory=SamplingParams)
     word_timestamps: bool = False  # time each word with the forced aligner (EngineConfig.aligner_model)
+    # text deltas as the tokens come; False: the text once, with the result, and no text work per token meanwhile
+    # (as vLLM's FINAL_ONLY outputs: what a caller that waits for the whole transcript wants)
+    stream: bool = True
     request_id: str | None = None  # None: the engine names it
     arrival_time: float | None = None  # time.monotonic() of arrival; None: when the engine takes it
 

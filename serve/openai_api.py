@@ -113,7 +113,7 @@ async def _answer(request: web.Request, state: ServerState, params: Transcriptio
     headers = {"X-Request-Id": request_id}
     stream = state.engine.stream(TranscriptionRequest(samples, language=params.language, context=params.prompt,
                                                       sampling_params=sampling, request_id=request_id,
-                                                      word_timestamps=params.align))
+                                                      word_timestamps=params.align, stream=params.stream))
     async with contextlib.aclosing(stream) as outputs:  # leaving early, however, aborts the engine request
         try:
             output = await anext(outputs)  # before any byte is sent, so a failure still gets its HTTP status

@@ -189,7 +189,7 @@ class TaskWorker:
         align = request.enable_words or (self.engine.has_aligner and
                                          (request.language is None or can_align(request.language)))
         result = await self.engine.transcribe(TranscriptionRequest(samples, language=request.language,
-                                                                   word_timestamps=align))
+                                                                   word_timestamps=align, stream=False))
         self.metrics.observe_transcription(result)  # each channel once, as it finishes
         return result
 

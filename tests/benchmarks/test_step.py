@@ -25,8 +25,9 @@ def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: 
     document = json.loads(path.read_text())
     assert document["benchmark"] == "step" and document["config"]["running"] == [3, 5]
     rows = document["results"]
-    assert [(row["running"], row["step"]) for row in rows] == [
-        (3, "decode"), (3, "decode + 1 prefill"), (5, "decode"), (5, "decode + 1 prefill")]
+    assert [(row["running"], row["text"], row["step"]) for row in rows] == [
+        (running, text, step) for running in (3, 5) for text in ("deltas", "final")
+        for step in ("decode", "decode + 1 prefill")]
     for row in rows:
         assert row["decoding"] == row["running"]
         phases = [row[f"{phase}_ms"] for phase in bench.PHASES]
@@ -42,7 +43,7 @@ def test_the_host_reads_back_real_transcripts(tmp_path: Path) -> None:
     transcripts = bench.TranscriptTokens(tokenizer)
     transcripts.feed(engine.core.runner)
     for seed in range(2):
-        engine.add_request(bench.new_request(seed))
+        engine.add_request(bench.new_request(seed, stream=True))
     for _ in range(12):
         engine.step()
     words = set(" ".join(row["text"] for row in read_manifest()).split())

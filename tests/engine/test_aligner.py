@@ -120,7 +120,8 @@ def asr_checkpoint(shapes, checkpoint_root: Path, write_checkpoint) -> Path:
 def test_engine_times_words_beside_transcription_traffic(asr_checkpoint: Path, aligners: dict[str, Path],
                                                          reference: Reference, speech_like) -> None:
     """Requests with and without words, one split into pieces, in the same steps: each piece's words are the
-    reference's for that piece's transcript and audio, shifted by the piece's start."""
+    reference's for that piece's transcript and audio, shifted by the piece's start. A quiet one (stream=False)
+    says nothing until its words are in."""
     asr = ASR(str(asr_checkpoint), aligner_model=str(aligners["original"]), max_piece_seconds=2.0,
               max_cue_seconds=1.0)
     engine = asr.engine
@@ -128,9 +129,9 @@ def test_engine_times_words_beside_transcription_traffic(asr_checkpoint: Path, a
     clips = [speech_like(seconds, seed=10 + i) for i, seconds in enumerate([5.5, 1.5, 3.0, 2.5])]
     wants_words = [True, False, True, True]
     ids = [engine.add_request(TranscriptionRequest(clip, language="en", sampling_params=params,
-                                                   word_timestamps=words))
-           for clip, words in zip(clips, wants_words)]
-    results = {}
+                                                   word_timestamps=words, stream=k != 2))
+           for k, (clip, words) in enumerate(zip(clips, wants_words))]
+    results, num_outputs = {}, dict.fromkeys(ids, 0)
     aligned_batches = []
     original_align = engine.core.aligner.align
 
@@ -141,9 +142,11 @@ def test_engine_times_words_beside_transcription_traffic(asr_checkpoint: Path, a
     engine.core.aligner.align = record
     while engine.has_unfinished:
         for output in engine.step():
+            num_outputs[output.request_id] += 1
             if output.finished:
                 results[output.request_id] = output.result
     assert max(aligned_batches) > 1, "the aligner never batched two pieces"
+    assert num_outputs[ids[2]] == 1 and num_outputs[ids[3]] > 1
     checked = 0
     for request_id, clip, words in zip(ids, clips, wants_words):
         result = results[request_id]

@@ -167,21 +167,25 @@ def test_long_contexts_are_tokenized_without_filling_the_prompt_cache(checkpoint
 def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, clips) -> None:
     engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
 
-    async def run() -> list[tuple[str, str]]:
-        async def one(clip: np.ndarray) -> tuple[str, str]:
+    async def run() -> list[tuple[list[str], str]]:
+        async def one(clip: np.ndarray, stream: bool) -> tuple[list[str], str]:
             deltas, final = [], None
-            request = TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+            request = TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=MAX_TOKENS), stream=stream)
             async for output in engine.stream(request):
                 deltas.append(output.delta)
                 if output.finished:
                     final = output.result
-            return "".join(deltas), final.text
+            return deltas, final.text
 
-        return await asyncio.gather(*(one(c) for c in clips[:6]))
+        return await asyncio.gather(*(one(c, stream) for stream in (True, False) for c in clips[:6]))
 
     try:
-        for streamed, text in asyncio.run(run()):
-            assert streamed == text
+        answers = asyncio.run(run())
+        for deltas, text in answers:
+            assert "".join(deltas) == text
+        streamed, quiet = answers[:6], answers[6:]
+        assert [text for _, text in quiet] == [text for _, text in streamed]
+        assert all(deltas == ["", text] for deltas, text in quiet)  # accepted, then the whole text
     finally:
         engine.shutdown()
 
@@ -316,3 +320,47 @@ def test_deltas_add_up_to_the_text_of_a_finished_or_aborted_request(checkpoint: 
         assert results[request_id].text == parse_transcript(raw, "English")[1]
     assert all(results[i].text for i in ids) and {results[i].finish_reason for i in ids} == {"length", "abort"}
     assert not engine.output_processor.streaming
+
+
+def test_a_quiet_request_says_nothing_until_it_ends_as_its_streamed_twin_ends(checkpoint: Path, clips) -> None:
+    """stream=False: no deltas and no text work per token; the one output, at the end, holds what the same request
+    streamed ends with: finished or aborted, one piece or several (finishing steps apart), first token timed."""
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+
+    def run(stream: bool) -> tuple[list[list], list[set[str]]]:
+        # a small token budget admits the pieces of long audio steps apart, so they finish steps apart
+        engine = ASR(str(checkpoint), max_piece_seconds=4.0, max_num_batched_tokens=96).engine
+        ids = [engine.add_request(TranscriptionRequest(clips[i], language="English", sampling_params=params,
+                                                       stream=stream)) for i in (2, 12, 5, 16)]
+        outputs: dict[str, list] = {request_id: [] for request_id in ids}
+        finishing: list[set[str]] = []  # each step: the requests a piece of which finished
+        core_step = engine.core.step
+
+        def step():
+            core_outputs = core_step()
+            finishing.append({seq.request_id for seq in core_outputs.finished})
+            return core_outputs
+        engine.core.step = step
+
+        def take(step_outputs) -> None:
+            for output in step_outputs:
+                outputs[output.request_id].append(output)
+
+        for _ in range(20):
+            take(engine.step())
+        assert stream or not any(outputs.values())
+        take([engine.abort(ids[2]), engine.abort(ids[3])])
+        while engine.has_unfinished:
+            take(engine.step())
+        return [outputs[request_id] for request_id in ids], finishing
+
+    streamed, _ = run(stream=True)
+    quiet, finishing = run(stream=False)
+    assert sum(any(step) for step in finishing) > 2  # a long audio's pieces did finish apart
+    for twin_outputs, [last] in zip(streamed, quiet):
+        twin = twin_outputs[-1].result
+        assert last.finished and last.delta == last.result.text == twin.text != ""
+        assert (last.result.token_ids, last.result.segments, last.result.finish_reason) == (
+            twin.token_ids, twin.segments, twin.finish_reason)
+        assert last.result.metrics.first_token_time is not None
+    assert [output[-1].result.finish_reason for output in quiet] == ["length", "length", "abort", "abort"]
