@@ -9,6 +9,10 @@ batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of
 traffic: transformers takes them in arrival order, `batch_size` at a time, each batch generating as long as its
 longest clip needs (a batch ends together); qasr's continuous batching gives each clip its own output length and
 takes the next clip as soon as one ends. Both get the same audio.
+
+`--heldout` adds a row of real work: the bundled demo model over the committed held-out set (speech, several
+sentences, silence and noise), greedy to each transcript's end in both, transformers `batch_size` clips at a time in
+the set's order; `same_text` counts the clips whose transcripts agree.
 """
 
 import argparse
@@ -31,6 +35,7 @@ from qasr.engine.splitting import split_audio
 from qasr.scheduler import SamplingParams
 
 SAMPLE_RATE = 16000
+HELDOUT_MAX_TOKENS = 256  # past the longest held-out transcript; both stop at the end of each
 
 
 def synthetic_clip(seconds: float, seed: int) -> np.ndarray:
@@ -91,6 +96,39 @@ def run_transformers(model, processor, clips: list[np.ndarray], max_tokens: int,
     return time.perf_counter() - start
 
 
+def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """The demo model over the held-out set, qasr against transformers, each transcript as long as it is."""
+    from qasr.benchmarks.baseline_server import Baseline
+    from qasr.benchmarks.heldout import HELDOUT, read_manifest
+    from qasr.engine.audio import load_audio
+
+    clips = [load_audio(str(HELDOUT / row["file"])) for row in read_manifest()]
+    audio_seconds = sum(len(c) for c in clips) / SAMPLE_RATE
+    engine = LLMEngine(replace(engine_options, model=None, device=str(device), dtype=dtype,
+                               max_num_seqs=max(batch_size, 1)))
+    params = SamplingParams(max_tokens=HELDOUT_MAX_TOKENS)
+    baseline = Baseline(None, batch_size, HELDOUT_MAX_TOKENS)
+    run_qasr(engine, [(clips[0], 4)])  # warm, as the baseline below
+    baseline.generate(clips[:1], [None])
+    sync(device)
+    start = time.perf_counter()
+    hf_texts = [text for i in range(0, len(clips), batch_size)
+                for text in baseline.generate(clips[i:i + batch_size], [None] * len(clips[i:i + batch_size]))]
+    sync(device)
+    hf_wall = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = [engine.add_request(TranscriptionRequest(c, sampling_params=params, stream=False)) for c in clips]
+    texts: dict[str, str] = {}
+    while engine.has_unfinished:
+        texts.update((o.request_id, o.result.text) for o in engine.step() if o.finished and o.result is not None)
+    sync(device)
+    qasr_wall = time.perf_counter() - start
+    same = sum(texts[request_id] == hf_text for request_id, hf_text in zip(ids, hf_texts))
+    return {"clip_s": "held-out set (demo model)", "clips": len(clips), "audio_s": audio_seconds,
+            "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
+            "speedup_single_pass": hf_wall / qasr_wall, "same_text": f"{same}/{len(clips)}"}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -98,7 +136,7 @@ def sync(device: torch.device) -> None:
 
 def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
         batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path,
-        mixed_seconds: tuple[float, float] | None = None) -> tuple[list[dict], Path]:
+        mixed_seconds: tuple[float, float] | None = None, heldout: bool = False) -> tuple[list[dict], Path]:
     """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`."""
     from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
@@ -150,8 +188,11 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
             row["qasr_split_rtfx"] = audio_seconds / split_wall
             row["speedup_split"] = hf_wall / split_wall
         rows.append(row)
+    if heldout:
+        rows.append(heldout_row(batch_size, engine_options, device, dtype))
     config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
-              "mixed_seconds": mixed_seconds, "num_clips": num_clips, "tokens_per_second": tokens_per_second,
+              "mixed_seconds": mixed_seconds, "heldout": heldout, "num_clips": num_clips,
+              "tokens_per_second": tokens_per_second,
               "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
               "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
     return rows, write_results("throughput", device, config, rows, out_dir)
@@ -170,6 +211,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-clips", type=int, default=8, help="clips per row")
     parser.add_argument("--mixed-seconds", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="add a row of clips with lengths drawn from LOW-HIGH seconds")
+    parser.add_argument("--heldout", action="store_true",
+                        help="add a row of the bundled demo model over the held-out set, each transcript to its end")
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
     parser.add_argument("--piece-seconds", type=float, default=30.0, help="piece length of the split runs")
     parser.add_argument("--batch-size", type=int, default=8, help="transformers batch and qasr max_num_seqs")
@@ -183,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
     engine_options = EngineConfig.from_cli_args(args, max_num_seqs=max(args.batch_size, 1))
     rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
                      args.batch_size, engine_options, Path(args.work_dir), args.out_dir,
-                     tuple(args.mixed_seconds) if args.mixed_seconds else None)
+                     tuple(args.mixed_seconds) if args.mixed_seconds else None, args.heldout)
     print_table(rows)
     print(f"results: {path}")
     return 0

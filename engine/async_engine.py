@@ -3,6 +3,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -12,6 +13,10 @@ from qasr.engine.host_memory import release_freed_memory
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.outputs import RequestOutput, Transcription
 from qasr.engine.request import TranscriptionRequest
+
+# while busy, freed heap pages go back to the OS at most this often (when work stops, at once): a trim costs a few
+# milliseconds and the pages it returns fault back in as they are reused, so not every step
+BUSY_TRIM_INTERVAL_S = 1.0
 
 
 @dataclass(slots=True)
@@ -135,11 +140,13 @@ class AsyncEngine:
             self._fail_all(error)
 
     def _loop(self) -> None:
-        busy = False
+        busy, trimmed = False, time.monotonic()
         while True:
             block = not self.engine.has_unfinished
-            if block and busy:  # the work just ran out: what its peak took goes back before the wait
+            if (block and busy) or (not block and time.monotonic() - trimmed > BUSY_TRIM_INTERVAL_S):
+                # the work just ran out (what its peak took goes back before the wait), or a busy second passed
                 release_freed_memory()
+                trimmed = time.monotonic()
             busy = not block
             mail = Mail()
             try:

@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +365,25 @@ def test_a_quiet_request_says_nothing_until_it_ends_as_its_streamed_twin_ends(ch
             twin.token_ids, twin.segments, twin.finish_reason)
         assert last.result.metrics.first_token_time is not None
     assert [output[-1].result.finish_reason for output in quiet] == ["length", "length", "abort", "abort"]
+
+
+def test_a_server_engine_trims_its_heap_while_busy_and_when_work_stops(checkpoint: Path, clips,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freed heap pages go back to the OS at most every BUSY_TRIM_INTERVAL_S while the engine works, and at once when
+    the work runs out (the server's resident memory then follows what it holds, not its busiest moment)."""
+    from qasr.engine import async_engine
+
+    trims: list[bool] = []  # each trim: was there work in flight
+    monkeypatch.setattr(async_engine, "release_freed_memory", lambda: trims.append(engine.engine.has_unfinished))
+    monkeypatch.setattr(async_engine, "BUSY_TRIM_INTERVAL_S", 0.0)
+    engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
+    try:
+        request = TranscriptionRequest(clips[3], sampling_params=SamplingParams(max_tokens=12, ignore_eos=True))
+        asyncio.run(engine.transcribe(request))
+        for _ in range(500):
+            if trims and not trims[-1]:
+                break
+            time.sleep(0.01)
+        assert trims.count(True) >= 2 and trims[-1] is False
+    finally:
+        engine.shutdown()
