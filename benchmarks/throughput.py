@@ -3,7 +3,8 @@
 Output lengths are fixed (ignore_eos, about 4 tokens per second of audio) so both do the same work.
 Long clips run twice in qasr: single pass, and split into pieces of at most `piece_seconds` decoded as
 parallel sequences (what the engine does by default). `qasr_first_token_s` is the first token of the whole
-batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of 3).
+batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of 3 new clips). Each row runs
+`--repeats` times, transformers and qasr alternating on new clips each time, and reports the median walls.
 
 `--mixed-seconds LOW HIGH` adds a row of clips whose lengths are drawn from LOW-HIGH seconds, the shape of real
 traffic: transformers takes them in arrival order, `batch_size` at a time, each batch generating as long as its
@@ -17,6 +18,7 @@ the set's order; `same_text` counts the clips whose transcripts agree.
 
 import argparse
 import math
+import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -35,6 +37,7 @@ from qasr.engine.splitting import split_audio
 from qasr.scheduler import SamplingParams
 
 SAMPLE_RATE = 16000
+CLIPS_PER_REPEAT = 100_000  # seed offset of each repeat's clips
 HELDOUT_MAX_TOKENS = 256  # past the longest held-out transcript; both stop at the end of each
 
 
@@ -67,11 +70,11 @@ def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[fl
     return time.perf_counter() - start, first_token
 
 
-def first_token_alone(engine: LLMEngine, clip: np.ndarray, repeats: int = 3) -> float:
+def first_token_alone(engine: LLMEngine, clips: list[np.ndarray]) -> float:
     """Median time from submitting one clip to an idle engine until its first generated token is on the host:
-    time to first token at concurrency 1."""
+    time to first token at concurrency 1. Clips the engine has not seen (a cached prompt would skip the prefill)."""
     times = []
-    for _ in range(repeats):
+    for clip in clips:
         sync(engine.core.device)
         start = time.perf_counter()
         request_id = engine.add_request(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=2,
@@ -96,33 +99,38 @@ def run_transformers(model, processor, clips: list[np.ndarray], max_tokens: int,
     return time.perf_counter() - start
 
 
-def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.device, dtype: torch.dtype) -> dict:
-    """The demo model over the held-out set, qasr against transformers, each transcript as long as it is."""
+def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.device, dtype: torch.dtype,
+                repeats: int, limit: int | None = None) -> dict:
+    """The demo model over the held-out set (its first `limit` clips), qasr against transformers, each transcript
+    as long as it is. The same clips each time: qasr's prefix cache is off, as transformers has none."""
     from qasr.benchmarks.baseline_server import Baseline
     from qasr.benchmarks.heldout import HELDOUT, read_manifest
     from qasr.engine.audio import load_audio
 
-    clips = [load_audio(str(HELDOUT / row["file"])) for row in read_manifest()]
+    clips = [load_audio(str(HELDOUT / row["file"])) for row in read_manifest()[:limit]]
     audio_seconds = sum(len(c) for c in clips) / SAMPLE_RATE
     engine = LLMEngine(replace(engine_options, model=None, device=str(device), dtype=dtype,
-                               max_num_seqs=max(batch_size, 1)))
+                               max_num_seqs=max(batch_size, 1), enable_prefix_caching=False))
     params = SamplingParams(max_tokens=HELDOUT_MAX_TOKENS)
     baseline = Baseline(None, batch_size, HELDOUT_MAX_TOKENS)
     run_qasr(engine, [(clips[0], 4)])  # warm, as the baseline below
     baseline.generate(clips[:1], [None])
-    sync(device)
-    start = time.perf_counter()
-    hf_texts = [text for i in range(0, len(clips), batch_size)
-                for text in baseline.generate(clips[i:i + batch_size], [None] * len(clips[i:i + batch_size]))]
-    sync(device)
-    hf_wall = time.perf_counter() - start
-    start = time.perf_counter()
-    ids = [engine.add_request(TranscriptionRequest(c, sampling_params=params, stream=False)) for c in clips]
-    texts: dict[str, str] = {}
-    while engine.has_unfinished:
-        texts.update((o.request_id, o.result.text) for o in engine.step() if o.finished and o.result is not None)
-    sync(device)
-    qasr_wall = time.perf_counter() - start
+    hf_walls, qasr_walls = [], []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        hf_texts = [text for i in range(0, len(clips), batch_size)
+                    for text in baseline.generate(clips[i:i + batch_size], [None] * len(clips[i:i + batch_size]))]
+        sync(device)
+        hf_walls.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ids = [engine.add_request(TranscriptionRequest(c, sampling_params=params, stream=False)) for c in clips]
+        texts: dict[str, str] = {}
+        while engine.has_unfinished:
+            texts.update((o.request_id, o.result.text) for o in engine.step() if o.finished and o.result is not None)
+        sync(device)
+        qasr_walls.append(time.perf_counter() - start)
+    hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
     same = sum(texts[request_id] == hf_text for request_id, hf_text in zip(ids, hf_texts))
     return {"clip_s": "held-out set (demo model)", "clips": len(clips), "audio_s": audio_seconds,
             "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
@@ -136,8 +144,11 @@ def sync(device: torch.device) -> None:
 
 def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
         batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path,
-        mixed_seconds: tuple[float, float] | None = None, heldout: bool = False) -> tuple[list[dict], Path]:
-    """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`."""
+        mixed_seconds: tuple[float, float] | None = None, heldout: int | None = None,
+        repeats: int = 1) -> tuple[list[dict], Path]:
+    """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`. Each
+    row is timed `repeats` times, the two alternating; its walls are the medians. `heldout`: the held-out row's
+    number of clips (-1: all)."""
     from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
     device = torch.device(engine_options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -157,41 +168,50 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     run_qasr(single, warm)
     run_transformers(model, processor, [warm[0][0]], 4, 1, device)
 
-    clip_sets = [(seconds, [synthetic_clip(seconds, seed) for seed in range(num_clips)]) for seconds in clip_seconds]
+    lengths_of_rows = [(seconds, [seconds] * num_clips) for seconds in clip_seconds]
     if mixed_seconds is not None:
-        lengths = np.random.default_rng(0).uniform(*mixed_seconds, size=num_clips)
-        clip_sets.append((f"{mixed_seconds[0]:g}-{mixed_seconds[1]:g} mixed",
-                          [synthetic_clip(float(length), seed) for seed, length in enumerate(lengths)]))
+        lengths_of_rows.append((f"{mixed_seconds[0]:g}-{mixed_seconds[1]:g} mixed",
+                                list(np.random.default_rng(0).uniform(*mixed_seconds, size=num_clips))))
     rows = []
-    for label, clips in clip_sets:
-        lengths = [len(c) / SAMPLE_RATE for c in clips]
+    for label, lengths in lengths_of_rows:
         audio_seconds, longest = sum(lengths), max(lengths)
         tokens = [output_tokens(length, tokens_per_second) for length in lengths]
-        hf_wall = 0.0
-        for i in range(0, len(clips), batch_size):
-            hf_wall += run_transformers(model, processor, clips[i:i + batch_size], max(tokens[i:i + batch_size]),
-                                        batch_size, device)
-        qasr_wall, ttft = run_qasr(single, list(zip(clips, tokens)))
+        hf_walls, qasr_walls, first_tokens, split_walls = [], [], [], []
+        for repeat in range(repeats):
+            # new clips each time, the same for both: qasr's prefix cache never sees a clip again
+            clips = [synthetic_clip(float(length), seed + CLIPS_PER_REPEAT * repeat)
+                     for seed, length in enumerate(lengths)]
+            hf_walls.append(sum(run_transformers(model, processor, clips[i:i + batch_size],
+                                                 max(tokens[i:i + batch_size]), batch_size, device)
+                                for i in range(0, len(clips), batch_size)))
+            wall, first_token = run_qasr(single, list(zip(clips, tokens)))
+            qasr_walls.append(wall)
+            first_tokens.append(first_token)
+            if longest > piece_seconds:
+                pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
+                          for c in clips for p in split_audio(c, piece_seconds)]
+                # the same number of audios in flight as single pass, each as several parallel sequences
+                single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
+                split_walls.append(run_qasr(single, pieces)[0])
+                single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
+        hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
         row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
                "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,
                "qasr_output_tokens": sum(tokens),
                "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
                "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
-               "qasr_first_token_s": ttft, "qasr_ttft_concurrency1_s": first_token_alone(single, clips[0])}
-        if longest > piece_seconds:
-            pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
-                      for c in clips for p in split_audio(c, piece_seconds)]
-            # the same number of audios in flight as single pass, each as several parallel sequences
-            single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
-            split_wall, _ = run_qasr(single, pieces)
-            single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
+               "qasr_first_token_s": statistics.median(first_tokens),
+               "qasr_ttft_concurrency1_s": first_token_alone(single, [
+                   synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)])}
+        if split_walls:
+            split_wall = statistics.median(split_walls)
             row["qasr_split_rtfx"] = audio_seconds / split_wall
             row["speedup_split"] = hf_wall / split_wall
         rows.append(row)
-    if heldout:
-        rows.append(heldout_row(batch_size, engine_options, device, dtype))
+    if heldout is not None:
+        rows.append(heldout_row(batch_size, engine_options, device, dtype, repeats, None if heldout < 0 else heldout))
     config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
-              "mixed_seconds": mixed_seconds, "heldout": heldout, "num_clips": num_clips,
+              "mixed_seconds": mixed_seconds, "heldout": heldout, "repeats": repeats, "num_clips": num_clips,
               "tokens_per_second": tokens_per_second,
               "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
               "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
@@ -211,8 +231,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-clips", type=int, default=8, help="clips per row")
     parser.add_argument("--mixed-seconds", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="add a row of clips with lengths drawn from LOW-HIGH seconds")
-    parser.add_argument("--heldout", action="store_true",
-                        help="add a row of the bundled demo model over the held-out set, each transcript to its end")
+    parser.add_argument("--heldout", type=int, nargs="?", const=-1, default=None, metavar="CLIPS",
+                        help="add a row of the bundled demo model over the held-out set (its first CLIPS clips; all "
+                             "by default), each transcript to its end")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="times each row is timed, the two alternating, new clips each time; medians reported")
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
     parser.add_argument("--piece-seconds", type=float, default=30.0, help="piece length of the split runs")
     parser.add_argument("--batch-size", type=int, default=8, help="transformers batch and qasr max_num_seqs")
@@ -226,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
     engine_options = EngineConfig.from_cli_args(args, max_num_seqs=max(args.batch_size, 1))
     rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
                      args.batch_size, engine_options, Path(args.work_dir), args.out_dir,
-                     tuple(args.mixed_seconds) if args.mixed_seconds else None, args.heldout)
+                     tuple(args.mixed_seconds) if args.mixed_seconds else None, args.heldout, args.repeats)
     print_table(rows)
     print(f"results: {path}")
     return 0

@@ -17,13 +17,15 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     bench.add_arguments(parser)
     args = parser.parse_args(["--preset", "tiny", "--clip-seconds", "3", "7", "--num-clips", "2", "--piece-seconds",
                               "5", "--batch-size", "2", "--device", "cpu", "--work-dir", str(tmp_path / "work"),
-                              "--out-dir", str(tmp_path / "out"), "--mixed-seconds", "1", "8"])
+                              "--out-dir", str(tmp_path / "out"), "--mixed-seconds", "1", "8", "--repeats", "2",
+                              "--heldout", "3"])
     assert bench.main(args) == 0
     [path] = (tmp_path / "out").glob("throughput-cpu-*.json")
     document = json.loads(path.read_text())
     assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "throughput"
     assert document["config"]["model_shape"]["decoder_layers"] == 2
-    short, long, mixed = document["results"]
+    short, long, mixed, heldout = document["results"]
+    assert document["config"]["repeats"] == 2
     for row in (short, long, mixed):
         assert row["transformers_rtfx"] > 0 and row["qasr_single_pass_rtfx"] > 0 and row["speedup_single_pass"] > 0
         assert row["qasr_first_token_s"] > 0 and row["qasr_ttft_concurrency1_s"] > 0
@@ -34,3 +36,5 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert mixed["clip_s"] == "1-8 mixed" and mixed["audio_s"] == pytest.approx(lengths.sum(), abs=1e-3)
     assert mixed["output_tokens_per_clip"] is None
     assert mixed["qasr_output_tokens"] == sum(bench.output_tokens(length, 4.0) for length in lengths)
+    assert heldout["clips"] == 3 and heldout["transformers_rtfx"] > 0 and heldout["speedup_single_pass"] > 0
+    assert heldout["same_text"] == "3/3"  # the demo model's greedy transcripts, token for token
