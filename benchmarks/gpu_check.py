@@ -53,7 +53,8 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
     ]
     second = [
         (f"bench throughput {preset}", [*qasr, "bench", "throughput", "--preset", preset, "--clip-seconds", "10", "30",
-                                        "120", "--num-clips", "128", "--batch-size", "128", *results], limit)
+                                        "120", "--num-clips", "128", "--batch-size", "128", "--repeats", "1",
+                                        *results], limit)
         for preset, limit in (("0.6b", 230), ("1.7b", 200))
     ]
     return {"1": first, "2": second, "all": first + second}[part]

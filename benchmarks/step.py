@@ -18,6 +18,7 @@ phases overlap the device's work of the step before; the host is the bound once 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections import defaultdict
@@ -131,30 +132,35 @@ def new_request(seed: int, stream: bool) -> TranscriptionRequest:
                                 stream=stream)
 
 
-def measure(config: EngineConfig, running: int, steps: int, text: str) -> list[dict]:
-    """The pure-decode row and the mixed row for `running` sequences whose requests want `text`."""
-    stream = TEXT_KINDS[text]
+def measure(config: EngineConfig, running: int, steps: int, texts: list[str]) -> list[dict]:
+    """One engine for `running` sequences: the pure-decode row and the mixed row for each kind of request in
+    `texts`, one kind after the other (on a GPU an engine costs its graph captures)."""
     engine = LLMEngine(replace(config, max_num_seqs=running, max_num_batched_tokens=max(8192, 2 * running)))
     TranscriptTokens(load_tokenizer(engine.model_path)).feed(engine.core.runner)
-    ids = [engine.add_request(new_request(seed, stream)) for seed in range(running)]
     scheduler = engine.core.scheduler
-    while scheduler.num_waiting or any(seq.num_output_tokens == 0 for seq in scheduler.running):
-        engine.step()
-    for _ in range(3):  # the overlapped step is in its steady state
-        engine.step()
+    seeds = itertools.count()  # a new clip for every request: none is in the prefix cache
     rows = []
-    for mixed in (False, True):
-        times = PhaseTimes()
-        restore = instrument(engine, times)
-        for i in range(steps):
-            if mixed:
-                engine.abort(ids.pop(0))
-                ids.append(engine.add_request(new_request(running + steps + i, stream)))
+    for text in texts:
+        stream = TEXT_KINDS[text]
+        ids = [engine.add_request(new_request(next(seeds), stream)) for _ in range(running)]
+        while scheduler.num_waiting or any(seq.num_output_tokens == 0 for seq in scheduler.running):
             engine.step()
-            times.end_step()
-        restore()
-        rows.append({"running": running, "text": text, "step": "decode + 1 prefill" if mixed else "decode",
-                     "decoding": scheduler.num_running, **times.medians_ms()})
+        for _ in range(3):  # the overlapped step is in its steady state
+            engine.step()
+        for mixed in (False, True):
+            times = PhaseTimes()
+            restore = instrument(engine, times)
+            for _ in range(steps):
+                if mixed:
+                    engine.abort(ids.pop(0))
+                    ids.append(engine.add_request(new_request(next(seeds), stream)))
+                engine.step()
+                times.end_step()
+            restore()
+            rows.append({"running": running, "text": text, "step": "decode + 1 prefill" if mixed else "decode",
+                         "decoding": scheduler.num_running, **times.medians_ms()})
+        for request_id in ids:
+            engine.abort(request_id)
     return rows
 
 
@@ -176,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
     checkpoint = write_random_checkpoint(Path(args.work_dir) / f"{args.preset}-original", args.preset, dtype,
                                          device="cuda" if device.type == "cuda" else "cpu")
     config = replace(config, model=str(checkpoint), device=str(device), dtype=dtype)
-    rows = [row for running in args.running for text in args.text for row in measure(config, running, args.steps, text)]
+    rows = [row for running in args.running for row in measure(config, running, args.steps, args.text)]
     print_table(rows)
     settings = {"preset": args.preset, "running": args.running, "steps": args.steps, "text": args.text,
                 "clip_s": CLIP_SECONDS,
