@@ -71,7 +71,9 @@ class RepetitionFilter:
         longest, headroom = 0, REPEATS - 1  # the period-1 run's headroom, if it is 0; other zero runs have more
         while j >= 0:
             size = n - 1 - j
-            if seen >= size and window[n - length:] == window[n - length - size:n - size]:
+            # the first character tells most pushes apart before two slices are made and compared
+            if (seen >= size and window[n - length] == window[n - length - size]
+                    and window[n - length:] == window[n - length - size:n - size]):
                 run = self.runs[size - 1] + length  # the whole of `text` continues the run
             else:
                 run = 1
