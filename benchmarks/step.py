@@ -4,15 +4,17 @@
     qasr bench step --preset 0.6b --running 256 512  # real shapes on a GPU
     qasr bench step --text final                     # only requests that wait for their whole transcript
 
-For each `--running` count, an engine holds that many sequences decoding (1 s clips, outputs longer than the run) and
-runs `--steps` steps, pure decode, then as many steps that each also take in a new request's prefill (the oldest
-request is aborted, so the count stays); the requests either stream text deltas (`--text deltas`, each token's text
-made as it comes) or wait for the whole transcript (`final`, TranscriptionRequest.stream False: the text made once,
-as a request ends). Each phase's median time per step, in milliseconds: `schedule`
-(Scheduler.schedule), `prepare` (the runner turning the step into input tensors), `update` (Scheduler.update with
-the sampled tokens), `detokenize` (OutputProcessor.process: tokens to text deltas), their sum `host`, and `model`
-(the launch less its preparation: the forward and sampling, on a GPU only their enqueueing). On a GPU the host's
-phases overlap the device's work of the step before; the host is the bound once `host` exceeds the device's step.
+For each `--running` count, one engine holds that many sequences decoding (1 s clips, outputs longer than the run)
+and runs `--steps` steps, pure decode, then as many steps that each also end the oldest request (aborted, with the
+400 or so tokens it has) and take in a new request's prefill, so the count stays; the requests either stream text
+deltas (`--text deltas`, each token's text made as it comes) or wait for the whole transcript (`final`,
+TranscriptionRequest.stream False: the text made once, as a request ends), one kind after the other on the same
+engine. Each phase's median time per step, in milliseconds: `schedule` (Scheduler.schedule), `prepare` (the runner
+turning the step into input tensors), `update` (Scheduler.update with the sampled tokens), `detokenize`
+(OutputProcessor.process: tokens to text deltas), `abort` (LLMEngine.abort of the request ended in a mixed step:
+the scheduler's share and the request's last text, all of it for a `final` one), their sum `host`, and `model` (the
+launch less its preparation: the forward and sampling, on a GPU only their enqueueing). On a GPU the host's phases
+overlap the device's work of the step before; the host is the bound once `host` exceeds the device's step.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from qasr.engine.request import TranscriptionRequest
 from qasr.engine.tokenizer import load_tokenizer
 from qasr.scheduler import SamplingParams
 
-PHASES = ("schedule", "prepare", "update", "detokenize")
+PHASES = ("schedule", "prepare", "update", "detokenize", "abort")
 CLIP_SECONDS = 1.0
 
 
@@ -152,7 +154,7 @@ def measure(config: EngineConfig, running: int, steps: int, texts: list[str]) ->
             restore = instrument(engine, times)
             for _ in range(steps):
                 if mixed:
-                    engine.abort(ids.pop(0))
+                    times.wrap("abort", engine.abort)(ids.pop(0))
                     ids.append(engine.add_request(new_request(next(seeds), stream)))
                 engine.step()
                 times.end_step()

@@ -159,8 +159,11 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     hf = work_dir / f"{preset}-hf"
     if not (hf / "config.json").exists():
         convert_to_hf(original, hf)
+    # no prefix cache: the split runs take the single pass's clips again (a clip shorter than a piece unchanged), and
+    # transformers has no such cache
     single = LLMEngine(replace(engine_options, model=str(original), device=str(device), dtype=dtype,
-                               max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0))
+                               max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0,
+                               enable_prefix_caching=False))
     processor = Qwen3ASRProcessor.from_pretrained(hf)
     model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=dtype).to(device).eval()
 
@@ -178,7 +181,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
         tokens = [output_tokens(length, tokens_per_second) for length in lengths]
         hf_walls, qasr_walls, first_tokens, split_walls = [], [], [], []
         for repeat in range(repeats):
-            # new clips each time, the same for both: qasr's prefix cache never sees a clip again
+            # new clips each time, the same for both
             clips = [synthetic_clip(float(length), seed + CLIPS_PER_REPEAT * repeat)
                      for seed, length in enumerate(lengths)]
             hf_walls.append(sum(run_transformers(model, processor, clips[i:i + batch_size],

@@ -143,6 +143,8 @@ class AsyncEngine:
         busy, trimmed = False, time.monotonic()
         while True:
             block = not self.engine.has_unfinished
+            if not block and not busy:  # work again after a wait: its first busy second starts now
+                trimmed = time.monotonic()
             if (block and busy) or (not block and time.monotonic() - trimmed > BUSY_TRIM_INTERVAL_S):
                 # the work just ran out (what its peak took goes back before the wait), or a busy second passed
                 release_freed_memory()

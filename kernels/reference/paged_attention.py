@@ -66,6 +66,6 @@ def _decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     # a KV head's query heads (h // group) as that head's queries: no copy of K and V per query head, as
     # enable_gqa makes (the same arithmetic, a quarter to a half less time on the CPU)
     kv_heads, head_dim = k.shape[1], query.shape[-1]
-    grouped = query.view(num_seqs, kv_heads, -1, head_dim)
+    grouped = query.reshape(num_seqs, kv_heads, -1, head_dim)
     out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)
-    return out.view(query.shape)
+    return out.reshape(query.shape)  # a fused CUDA kernel may return a transposed layout: reshape, not view
