@@ -102,7 +102,7 @@ def run_transformers(model, processor, clips: list[np.ndarray], max_tokens: int,
 def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.device, dtype: torch.dtype,
                 repeats: int, limit: int | None = None) -> dict:
     """The demo model over the held-out set (its first `limit` clips), qasr against transformers, each transcript
-    as long as it is. The same clips each time: qasr's prefix cache is off, as transformers has none."""
+    as long as it is."""
     from qasr.benchmarks.baseline_server import Baseline
     from qasr.benchmarks.heldout import HELDOUT, read_manifest
     from qasr.engine.audio import load_audio
@@ -110,7 +110,7 @@ def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.dev
     clips = [load_audio(str(HELDOUT / row["file"])) for row in read_manifest()[:limit]]
     audio_seconds = sum(len(c) for c in clips) / SAMPLE_RATE
     engine = LLMEngine(replace(engine_options, model=None, device=str(device), dtype=dtype,
-                               max_num_seqs=max(batch_size, 1), enable_prefix_caching=False))
+                               max_num_seqs=max(batch_size, 1)))
     params = SamplingParams(max_tokens=HELDOUT_MAX_TOKENS)
     baseline = Baseline(None, batch_size, HELDOUT_MAX_TOKENS)
     run_qasr(engine, [(clips[0], 4)])  # warm, as the baseline below
@@ -149,6 +149,9 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`. Each
     row is timed `repeats` times, the two alternating; its walls are the medians. `heldout`: the held-out row's
     number of clips (-1: all)."""
+    # no prefix cache: the split runs take the single pass's clips again (a clip shorter than a piece unchanged), the
+    # held-out row takes the same clips each time, and transformers has no such cache
+    engine_options = replace(engine_options, enable_prefix_caching=False)
     from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
     device = torch.device(engine_options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -159,11 +162,8 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     hf = work_dir / f"{preset}-hf"
     if not (hf / "config.json").exists():
         convert_to_hf(original, hf)
-    # no prefix cache: the split runs take the single pass's clips again (a clip shorter than a piece unchanged), and
-    # transformers has no such cache
     single = LLMEngine(replace(engine_options, model=str(original), device=str(device), dtype=dtype,
-                               max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0,
-                               enable_prefix_caching=False))
+                               max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0))
     processor = Qwen3ASRProcessor.from_pretrained(hf)
     model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=dtype).to(device).eval()
 
