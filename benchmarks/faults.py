@@ -5,8 +5,10 @@
 
 The replicas (`qasr serve` processes sharing a PostgreSQL task store and an API key file) sit behind Debian's nginx
 serving the repository's deploy/nginx/qasr.conf. Clients send transcriptions and submit DashScope tasks through
-nginx, with keys, the way the SDKs do (a submit is retried with its Idempotency-Key after a 502/503; a request
-turned away by a draining replica, 503 with Retry-After, is sent again).
+nginx, with keys, the way the SDKs do: a 502 or 503 is sent again (the OpenAI SDK retries both), a submit with its
+Idempotency-Key. A draining replica turns requests away with a 503 and Retry-After; and as it exits it closes the
+kept-alive connections nginx holds to it, so a POST nginx writes to one at that moment is reset, which nginx answers
+502 (it never sends a POST again: deploy/nginx/qasr.conf has no `non_idempotent`).
 
   check  a wrong key is a 401 in each API's shape; a key added to the key file works once the replicas get SIGHUP
   kill   SIGKILL of a replica while it transcribes: requests in flight on it end 502/503, none hangs; every
@@ -158,7 +160,7 @@ class Run:
             call.tries += 1
             if call.tries == 1:
                 call.first, call.first_code = status, error_code(status, body)
-            if status != 503 or call.tries == MAX_TRIES:  # 503: a draining replica
+            if status not in (502, 503) or call.tries == MAX_TRIES:  # a draining replica, or its last moment
                 break
             await asyncio.sleep(RETRY_AFTER_S)
         call.final, call.ended = status, time.monotonic()
