@@ -30,6 +30,7 @@ import io
 import json
 import re
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -121,9 +122,13 @@ class Run:
         self.nginx = Nginx([f"127.0.0.1:{port}" for port in self.ports], self.root / "nginx", self.args.nginx_config)
 
     def stop_fleet(self) -> None:
+        """Every replica stopped (killed after a minute) and nginx, whatever happened before."""
         for server in self.servers:
             if server is not None and server.process.poll() is None:
-                server.stop(signal.SIGTERM)
+                try:
+                    server.stop(signal.SIGTERM)
+                except subprocess.TimeoutExpired:  # killed by stop(); the phase that waited on it says why
+                    pass
         if self.nginx is not None:
             self.nginx.stop()
 
@@ -289,12 +294,19 @@ class Run:
         server.process.send_signal(signal.SIGTERM)
         self.faults["SIGTERM"] += 1
         health = asyncio.create_task(self.watch_health(1))
-        exit_code = await asyncio.to_thread(server.process.wait, self.args.drain_timeout_s + 30)
+        exit_limit_s = self.args.drain_timeout_s + 30
+        try:
+            exit_code: int | None = await asyncio.to_thread(server.process.wait, exit_limit_s)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+            await asyncio.to_thread(server.kill)  # so that its /health stops answering and the watch ends
         seen = await health
         await asyncio.sleep(self.args.phase_s)  # the survivor takes everything
         stop.set()
         await loading
-        if exit_code != 0:
+        if exit_code is None:
+            self.violations.append(f"drain: the replica had not exited {exit_limit_s:g} s after SIGTERM (killed)")
+        elif exit_code != 0:
             self.violations.append(f"drain: the replica exited with {exit_code}, not 0")
         if "503" not in seen:
             self.violations.append(f"drain: /health never answered 503 before the replica exited (saw {seen})")
