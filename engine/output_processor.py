@@ -69,10 +69,14 @@ class RequestState:
     duration: float  # seconds of audio
     metrics: RequestMetrics
     word_timestamps: bool = False
-    quiet: bool = False  # no deltas: the whole text once, when it finishes (TranscriptionRequest.stream False)
     next_piece_to_stream: int = 0
     text: str = ""  # everything released to the client so far, separators between pieces included
     alignment_started: float | None = None  # when its pieces' words went to the aligner
+
+    @property
+    def quiet(self) -> bool:
+        """No deltas: the whole text once, when it finishes (TranscriptionRequest.stream False)."""
+        return self.pieces[0].quiet
 
 
 class OutputProcessor:
@@ -105,7 +109,7 @@ class OutputProcessor:
         metrics = RequestMetrics(arrival_time=request.arrival_time,
                                  num_prompt_tokens=sum(seq.num_prompt_tokens for seq in request.sequences))
         state = RequestState(request.request_id, pieces, request.language, request.duration, metrics,
-                             request.word_timestamps, quiet=not request.stream)
+                             request.word_timestamps)
         self.requests[request.request_id] = state
         for piece_state in pieces:
             self.piece_of_seq[piece_state.seq.seq_id] = (state, piece_state)
