@@ -1,11 +1,11 @@
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import torch
 
+from qasr.engine.block_tables import BlockTables
 from qasr.engine.decode_graphs import DecodeGraphs
 from qasr.engine.features import LogMelExtractor
 from qasr.engine.model import Qwen3ASRModel
@@ -69,6 +69,7 @@ class ModelRunner:
         self.last_sampled = torch.empty(0, dtype=torch.long, device=self.device)
         self.last_sampled_row: dict[int, int] = {}
         self.row_numbers = list(range(1024))  # 0, 1, 2, ...: grown as batches grow
+        self.block_tables = BlockTables()
 
     def kv_block_bytes(self) -> int:
         text = self.model.config.text
@@ -191,6 +192,7 @@ class ModelRunner:
     def forget(self, seq_id: int) -> None:
         self.encoder_cache.pop(seq_id, None)
         self.generators.pop(seq_id, None)
+        self.block_tables.release(seq_id)
 
     def generator(self, seq: Sequence) -> torch.Generator | None:
         params = seq.sampling_params
@@ -203,31 +205,29 @@ class ModelRunner:
         return self.generators[seq.seq_id]
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
-        # plain Python ints per token: most chunks are one-token decodes, where numpy calls cost more than they save
+        # per sequence only what numpy cannot take at once (most chunks are one-token decodes); positions, slots
+        # and lengths are then whole-array operations, and the block tables are rows kept between steps
         bs = self.block_size
+        block_row = self.block_tables.row
         token_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        tables: list[list[int]] = []
+        rows: list[int] = []
+        starts: list[int] = []
         audio_rows: list[np.ndarray] = []
         audio_embeds: list[torch.Tensor] = []
-        query_lens, seq_lens, sample_rows = [], [], []
+        query_lens, sample_rows = [], []
         pending_rows, pending_sources = [], []  # rows whose input token the previous launch sampled
         offset = 0
         for chunk in chunks:
             seq, start, end = chunk.seq, chunk.start, chunk.end
-            table = seq.block_ids
-            tables.append(table)
+            rows.append(block_row(seq))
+            starts.append(start)
             if end - start == 1 and start >= seq.audio.end:  # a decode's one token: the common case, kept short
                 token = seq.token_id_at(start)
                 if token == PENDING_TOKEN:
                     pending_rows.append(offset)
                     pending_sources.append(self.last_sampled_row[seq.seq_id])
                 token_ids.append(token)
-                positions.append(start)
-                slots.append(table[start // bs] * bs + start % bs)
                 query_lens.append(1)
-                seq_lens.append(end)
                 if chunk.samples:
                     sample_rows.append(offset)
                 offset += 1
@@ -236,33 +236,40 @@ class ModelRunner:
             if token_ids[-1] == PENDING_TOKEN:  # only ever the one token of a decode
                 pending_rows.append(offset + end - start - 1)
                 pending_sources.append(self.last_sampled_row[seq.seq_id])
-            positions += range(start, end)
-            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             lo, hi = max(start, seq.audio.start), min(end, seq.audio.end)
             if lo < hi:
                 audio_rows.append(np.arange(lo, hi) - start + offset)
                 audio_embeds.append(self.encoder_cache[seq.seq_id][lo - seq.audio.start:hi - seq.audio.start])
             query_lens.append(end - start)
-            seq_lens.append(end)
             offset += end - start
             if chunk.samples:
                 sample_rows.append(offset - 1)
-        table_lens = np.fromiter(map(len, tables), dtype=np.int64, count=len(tables))
-        block_tables = np.zeros((len(tables), table_lens.max()), dtype=np.int32)
-        block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
-            chain.from_iterable(tables), dtype=np.int32, count=int(table_lens.sum()))
         num_chunks = len(chunks)
+        one_token_each = offset == num_chunks
+        starts_array = np.asarray(starts, dtype=np.int64)
+        if one_token_each:
+            positions, lens = starts_array, 1
+            token_chunks = np.arange(num_chunks)
+        else:
+            lens = np.asarray(query_lens, dtype=np.int64)
+            token_chunks = np.repeat(np.arange(num_chunks), lens)
+            # a token's position: its row, less its chunk's first row, plus its chunk's start
+            positions = np.arange(offset) + np.repeat(starts_array - (np.cumsum(lens) - lens), lens)
+        seq_lens_array = starts_array + lens
+        seq_lens = seq_lens_array.tolist()
+        max_seq_len = max(seq_lens)
+        block_tables = self.block_tables.rows(rows, -(-max_seq_len // bs))
+        slots = block_tables[token_chunks, positions // bs].astype(np.int64) * bs + positions % bs
         if len(self.row_numbers) <= offset:
             self.row_numbers = list(range(2 * offset))
-        one_token_each = offset == num_chunks
         meta = AttentionMetadata(
-            slot_mapping=self.to_device(np.asarray(slots, dtype=np.int64)),
+            slot_mapping=self.to_device(slots),
             query_start_loc=self.to_device(np.arange(num_chunks + 1, dtype=np.int32) if one_token_each
                                            else np.cumsum([0] + query_lens, dtype=np.int32)),
-            seq_lens=self.to_device(np.asarray(seq_lens, dtype=np.int32)),
+            seq_lens=self.to_device(seq_lens_array.astype(np.int32)),
             block_tables=self.to_device(block_tables),
             max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
+            max_seq_len=max_seq_len,
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
@@ -282,7 +289,7 @@ class ModelRunner:
                     self.last_sampled[self.to_device(np.asarray(pending_sources, dtype=np.int64))]
         return StepInputs(
             token_ids=token_ids_device,
-            positions=self.to_device(np.asarray(positions, dtype=np.int64)),
+            positions=self.to_device(positions),
             audio_rows=self.to_device(np.concatenate(audio_rows) if audio_rows else np.zeros(0, dtype=np.int64)),
             audio_embeds=torch.cat(audio_embeds) if audio_embeds else torch.empty(0, device=self.device),
             meta=meta,
