@@ -34,7 +34,8 @@ class LLMEngine:
         tokenizer = load_tokenizer(self.model_path)
         features = FeatureConfig.from_checkpoint(self.model_path)
         self.input_processor = InputProcessor(tokenizer, special_tokens(tokenizer, self.model_config), features,
-                                              config.max_piece_seconds, self.max_model_len)
+                                              config.max_piece_seconds, self.max_model_len,
+                                              hash_audio=config.enable_prefix_caching)
         aligner, self.alignment_processor = None, None
         self.aligner_path = aligner_path = aligner_model_path(config)
         if aligner_path is not None:

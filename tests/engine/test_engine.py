@@ -64,6 +64,16 @@ def test_batch_equals_one_at_a_time(checkpoint: Path, clips, alone) -> None:
     assert asr.engine.core.scheduler.block_manager.num_free_blocks == asr.engine.core.scheduler.block_manager.num_blocks
 
 
+def test_without_the_prefix_cache_audio_is_not_hashed_and_tokens_are_the_same(checkpoint: Path, clips,
+                                                                               alone) -> None:
+    asr = ASR(str(checkpoint), enable_prefix_caching=False)
+    processed = asr.engine.input_processor.process(TranscriptionRequest(clips[0]))
+    assert [seq.audio.content_hash for seq in processed.sequences] == [b""]  # only the prefix cache reads it
+    hashed = ASR(str(checkpoint)).engine.input_processor.process(TranscriptionRequest(clips[0]))
+    assert len(hashed.sequences[0].audio.content_hash) == 16
+    assert transcribe_all(asr, clips) == alone
+
+
 def test_preemption_under_a_small_kv_pool(checkpoint: Path, clips, alone) -> None:
     asr = ASR(str(checkpoint), num_kv_blocks=24, block_size=16)  # 384 slots: about two long clips at once
     results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
