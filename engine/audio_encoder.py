@@ -122,13 +122,22 @@ class AudioEncoder(nn.Module):
         return x + self.positions[:time].to(x.dtype)
 
     def conv_slice_chunks(self, x: torch.Tensor) -> int:
-        """How many chunks go through the conv stem at once: its first layer's output, the largest activation of an
-        encoder pass, stays under the device's slice bytes (the chunks are independent: slicing changes nothing but
-        float rounding, where a convolution picks another algorithm for another batch size)."""
+        """The most chunks that go through the conv stem at once, a power of two: its first layer's output, the
+        largest activation of an encoder pass, stays under the device's slice bytes (the chunks are independent:
+        slicing changes nothing but float rounding, where a convolution picks another algorithm for another batch
+        size)."""
         _, _, mel, frames = x.shape
         first_layer_bytes = self.conv2d1.out_channels * -(-mel // 2) * -(-frames // 2) * x.element_size()
         limit = GPU_CONV_SLICE_BYTES if x.device.type == "cuda" else CPU_CONV_SLICE_BYTES
-        return max(1, limit // first_layer_bytes)
+        return 1 << (max(1, limit // first_layer_bytes).bit_length() - 1)
+
+    def conv_slices(self, x: torch.Tensor) -> list[int]:
+        """Slice sizes for `x`'s chunks: whole slices of conv_slice_chunks, then the rest's binary digits (13 ->
+        8, 4, 1). The CPU's oneDNN keeps a primitive, with its scratch memory, for every input shape it has run:
+        with any count of chunks a server held some 50 MB of them; powers of two are a few shapes."""
+        most = self.conv_slice_chunks(x)
+        whole, rest = divmod(x.shape[0], most)
+        return [most] * whole + [1 << bit for bit in reversed(range(most.bit_length())) if rest >> bit & 1]
 
     def forward(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
         """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""
@@ -145,7 +154,7 @@ class AudioEncoder(nn.Module):
             if tokens % self.window_tokens:
                 window_lens.append(tokens % self.window_tokens)
         x = torch.cat(chunks).unsqueeze(1).to(self.conv_out.weight.dtype)  # [chunks, 1, mel, 100]
-        x = torch.cat([self.conv_stem(part) for part in x.split(self.conv_slice_chunks(x))])
+        x = torch.cat([self.conv_stem(part) for part in x.split(self.conv_slices(x))])
         time = x.shape[1]
         keep = np.concatenate([chunk * time + np.arange(n) for chunk, n in enumerate(valid_per_chunk)])
         keep_index = torch.from_numpy(keep)

@@ -110,6 +110,16 @@ def test_the_conv_stem_in_slices_gives_the_encoder_output_of_one_pass(checkpoint
             slice_chunks = runner.model.audio_tower.conv_slice_chunks(torch.zeros(33, 1, 128, 100))
             assert slice_chunks >= 33 if limit > 1 else slice_chunks == 1
             outputs[name] = runner.model.encode_audio(mels, runner.ops)
+        monkeypatch.setattr(audio_encoder, "CPU_CONV_SLICE_BYTES", 20 * (1 << 20))
+        tower = runner.model.audio_tower
+        most = tower.conv_slice_chunks(torch.zeros(1, 1, 128, 100))
+        assert most & (most - 1) == 0 and 2 * most * tower.conv2d1.out_channels * 64 * 50 * 4 > 20 * (1 << 20)
+        shapes = set()
+        for num_chunks in range(1, 3 * most):
+            slices = tower.conv_slices(torch.zeros(num_chunks, 1, 128, 100))
+            assert sum(slices) == num_chunks and len(slices) <= num_chunks // most + most.bit_length()
+            shapes.update(slices)
+        assert shapes == {1 << bit for bit in range(most.bit_length())}  # a few shapes for any count of chunks
     torch.testing.assert_close(outputs["a chunk at a time"], outputs["one pass"], rtol=1e-5, atol=1e-5)
 
 
