@@ -14,9 +14,13 @@ from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.outputs import RequestOutput, Transcription
 from qasr.engine.request import TranscriptionRequest
 
-# while busy, freed heap pages go back to the OS at most this often (when work stops, at once): a trim costs a few
-# milliseconds and the pages it returns fault back in as they are reused, so not every step
+# while busy, freed heap pages go back to the OS at most this often: a trim costs a few milliseconds and the pages it
+# returns fault back in as they are reused (dear on some machines: a CPU encoder pass on fresh pages took twice as
+# long), so not every step
 BUSY_TRIM_INTERVAL_S = 1.0
+# when the work runs out they go back once it has stayed out this long: a client sending one request after another
+# leaves gaps of milliseconds, and a trim in each made its next request fault its working memory back in
+IDLE_TRIM_DELAY_S = 0.5
 
 
 @dataclass(slots=True)
@@ -146,21 +150,24 @@ class AsyncEngine:
             block = not self.engine.has_unfinished
             if not block and not busy:  # work again after a wait: its first busy second starts now
                 trimmed = time.monotonic()
-            if (block and busy) or (not block and time.monotonic() - trimmed > BUSY_TRIM_INTERVAL_S):
-                # the work just ran out (what its peak took goes back before the wait), or a busy second passed
+            if not block and time.monotonic() - trimmed > BUSY_TRIM_INTERVAL_S:
                 release_freed_memory()
                 trimmed = time.monotonic()
+            # the work just ran out: what its peak took goes back unless more comes within IDLE_TRIM_DELAY_S
+            trim_when_idle = block and busy
             busy = not block
             mail = Mail()
             try:
                 while True:
-                    command = self.commands.get(block=block)
-                    block = False
+                    command = self.commands.get(block=block, timeout=IDLE_TRIM_DELAY_S if trim_when_idle else None)
+                    block = trim_when_idle = False
                     if command is None:
                         return
                     self._apply(command, mail)
             except queue.Empty:
-                pass
+                if trim_when_idle:
+                    release_freed_memory()
+                    continue  # and wait on, for as long as it takes
             mail.send()
             if not self.engine.has_unfinished:
                 continue

@@ -383,13 +383,14 @@ def test_a_quiet_request_says_nothing_until_it_ends_as_its_streamed_twin_ends(ch
 
 def test_a_server_engine_trims_its_heap_while_busy_and_when_work_stops(checkpoint: Path, clips,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Freed heap pages go back to the OS at most every BUSY_TRIM_INTERVAL_S while the engine works, and at once when
-    the work runs out (the server's resident memory then follows what it holds, not its busiest moment)."""
+    """Freed heap pages go back to the OS at most every BUSY_TRIM_INTERVAL_S while the engine works, and when the work
+    has run out (the server's resident memory then follows what it holds, not its busiest moment)."""
     from qasr.engine import async_engine
 
     trims: list[bool] = []  # each trim: was there work in flight
     monkeypatch.setattr(async_engine, "release_freed_memory", lambda: trims.append(engine.engine.has_unfinished))
     monkeypatch.setattr(async_engine, "BUSY_TRIM_INTERVAL_S", 0.0)
+    monkeypatch.setattr(async_engine, "IDLE_TRIM_DELAY_S", 0.05)
     engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
     try:
         request = TranscriptionRequest(clips[3], sampling_params=SamplingParams(max_tokens=12, ignore_eos=True))
@@ -399,5 +400,34 @@ def test_a_server_engine_trims_its_heap_while_busy_and_when_work_stops(checkpoin
                 break
             time.sleep(0.01)
         assert trims.count(True) >= 2 and trims[-1] is False
+    finally:
+        engine.shutdown()
+
+
+def test_requests_one_after_another_keep_the_heap_between_them(checkpoint: Path, clips,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends its next request as the last one finishes leaves the engine idle for milliseconds: no
+    trim there (its pages would fault back in), one once the work has stayed out IDLE_TRIM_DELAY_S."""
+    from qasr.engine import async_engine
+
+    trims: list[float] = []
+    monkeypatch.setattr(async_engine, "release_freed_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(async_engine, "BUSY_TRIM_INTERVAL_S", 1e9)
+    monkeypatch.setattr(async_engine, "IDLE_TRIM_DELAY_S", 1.0)
+    engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
+
+    async def one_after_another() -> None:
+        for clip in clips[:4]:
+            await engine.transcribe(TranscriptionRequest(clip, sampling_params=SamplingParams(max_tokens=6)))
+
+    try:
+        asyncio.run(one_after_another())
+        done = time.monotonic()
+        assert trims == []
+        for _ in range(500):
+            if trims:
+                break
+            time.sleep(0.01)
+        assert len(trims) == 1 and trims[0] - done > 0.5
     finally:
         engine.shutdown()
