@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from qasr.engine.config import EngineConfig
-from qasr.engine.host_memory import limit_onednn_primitive_cache, release_freed_memory
+from qasr.engine.host_memory import release_freed_memory
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.outputs import RequestOutput, Transcription
 from qasr.engine.request import TranscriptionRequest
@@ -47,7 +47,6 @@ class AsyncEngine:
     """
 
     def __init__(self, config: EngineConfig):
-        limit_onednn_primitive_cache()  # a server meets new shapes all day
         if config.cpu_threads is None:  # on the CPU, a core of its own for the event loop and audio decoding
             config = replace(config, cpu_threads=max(1, available_cores() - 1))
         self.commands: queue.Queue[_Submit | _Abort | None] = queue.Queue()

@@ -10,10 +10,25 @@ from torch import nn
 from qasr.engine.model_config import AudioEncoderConfig
 from qasr.kernels import ModelOps
 
+
+def gelu_in_row_blocks(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU of x [rows, width]; on the CPU in place, over power-of-two blocks of rows. oneDNN (which runs the
+    CPU's GELU) compiles and keeps a primitive for every shape it meets, and the encoder's row count, the tokens of
+    a batch, is new nearly every batch: blocks make a few shapes of it. Elementwise: F.gelu's result to the bit."""
+    if x.device.type != "cpu" or x.dim() != 2:
+        return F.gelu(x)
+    start, rows = 0, x.shape[0]
+    for bit in reversed(range(rows.bit_length())):
+        if rows >> bit & 1:
+            torch.ops.aten.gelu_(x[start:start + (1 << bit)])
+            start += 1 << bit
+    return x
+
+
 # the encoder layers' and the projector's activation_function, as transformers' ACT2FN computes each (the
 # convolution stem is always exact GELU)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
+    "gelu": gelu_in_row_blocks,
     "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,

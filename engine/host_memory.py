@@ -7,7 +7,6 @@ malloc_trim hands the free pages back; it costs a few milliseconds, so it runs w
 
 import ctypes
 import ctypes.util
-import os
 import sys
 from functools import cache
 
@@ -26,14 +25,3 @@ def release_freed_memory() -> bool:
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
-
-# oneDNN (the CPU's convolutions and GELUs) keeps a compiled primitive, with its scratch memory, for every input
-# shape it meets, up to 1024 of them; a server's batches bring new shapes all day (the encoder's token counts), and
-# the demo server held some 30-50 MB of them. Recompiling one costs 0.1-0.6 ms, so a small cache costs next to nothing
-ONEDNN_PRIMITIVE_CACHE_CAPACITY = 16
-
-
-def limit_onednn_primitive_cache() -> None:
-    """Caps oneDNN's primitive cache, unless the environment already sets it. oneDNN reads the setting once, when
-    it builds its first primitive: this takes effect only in a process that has not run one yet."""
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))

@@ -123,6 +123,15 @@ def test_the_conv_stem_in_slices_gives_the_encoder_output_of_one_pass(checkpoint
     torch.testing.assert_close(outputs["a chunk at a time"], outputs["one pass"], rtol=1e-5, atol=1e-5)
 
 
+def test_the_encoder_gelu_in_row_blocks_is_f_gelu_to_the_bit() -> None:
+    from qasr.engine.audio_encoder import gelu_in_row_blocks
+
+    generator = torch.Generator().manual_seed(0)
+    for rows in (1, 2, 3, 7, 64, 100, 257, 1000):
+        x = torch.randn(rows, 96, generator=generator) * 4
+        assert torch.equal(gelu_in_row_blocks(x.clone()), torch.nn.functional.gelu(x)), rows
+
+
 # --- the audio encoder's activation_function ------------------------------------------------------------
 
 
