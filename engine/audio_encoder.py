@@ -11,17 +11,20 @@ from qasr.engine.model_config import AudioEncoderConfig
 from qasr.kernels import ModelOps
 
 
+def powers_of_two(n: int) -> list[int]:
+    """n's binary digits as sizes, largest first (13 -> 8, 4, 1): parts of a batch in a few shapes. oneDNN, which
+    runs the CPU's convolutions and GELUs, compiles and keeps a primitive, with its scratch memory, for every input
+    shape it meets (up to 1024), and a server's batches bring new sizes all day."""
+    return [1 << bit for bit in reversed(range(n.bit_length())) if n >> bit & 1]
+
+
 def gelu_in_row_blocks(x: torch.Tensor) -> torch.Tensor:
-    """Exact GELU of x [rows, width]; on the CPU in place, over power-of-two blocks of rows. oneDNN (which runs the
-    CPU's GELU) compiles and keeps a primitive for every shape it meets, and the encoder's row count, the tokens of
-    a batch, is new nearly every batch: blocks make a few shapes of it. Elementwise: F.gelu's result to the bit."""
+    """Exact GELU of x [rows, width]; on the CPU in place, over power-of-two blocks of rows (the encoder's row count,
+    the tokens of a batch, is new nearly every batch). Elementwise: F.gelu's result to the bit."""
     if x.device.type != "cpu" or x.dim() != 2:
         return F.gelu(x)
-    start, rows = 0, x.shape[0]
-    for bit in reversed(range(rows.bit_length())):
-        if rows >> bit & 1:
-            torch.ops.aten.gelu_(x[start:start + (1 << bit)])
-            start += 1 << bit
+    for block in x.split(powers_of_two(x.shape[0])):
+        torch.ops.aten.gelu_(block)
     return x
 
 
@@ -147,12 +150,11 @@ class AudioEncoder(nn.Module):
         return 1 << (max(1, limit // first_layer_bytes).bit_length() - 1)
 
     def conv_slices(self, x: torch.Tensor) -> list[int]:
-        """Slice sizes for `x`'s chunks: whole slices of conv_slice_chunks, then the rest's binary digits (13 ->
-        8, 4, 1). The CPU's oneDNN keeps a primitive, with its scratch memory, for every input shape it has run:
-        with any count of chunks a server held some 50 MB of them; powers of two are a few shapes."""
+        """Slice sizes for `x`'s chunks: whole slices of conv_slice_chunks, then the rest in powers of two (a few
+        shapes for oneDNN to compile, see powers_of_two)."""
         most = self.conv_slice_chunks(x)
         whole, rest = divmod(x.shape[0], most)
-        return [most] * whole + [1 << bit for bit in reversed(range(most.bit_length())) if rest >> bit & 1]
+        return [most] * whole + powers_of_two(rest)
 
     def forward(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
         """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""

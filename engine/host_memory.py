@@ -24,4 +24,3 @@ def release_freed_memory() -> bool:
     """Returns the heap's free pages to the OS (glibc's malloc_trim); False where there is no such call."""
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
-
