@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 from qasr.benchmarks.heldout import read_manifest
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
-from qasr.benchmarks.throughput import synthetic_clip
+from qasr.benchmarks.workload import synthetic_clip
 from qasr.engine.config import EngineConfig
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.model_loader import resolve_dtype

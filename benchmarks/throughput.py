@@ -14,6 +14,9 @@ takes the next clip as soon as one ends. Both get the same audio.
 `--heldout` adds a row of real work: the bundled demo model over the committed held-out set (speech, several
 sentences, silence and noise), greedy to each transcript's end in both, transformers `batch_size` clips at a time in
 the set's order; `same_text` counts the clips whose transcripts agree.
+
+On the CPU transformers runs in a process of its own, as users run it: a qasr CPU engine sets process-wide state
+(glibc's heap thresholds) that transformers would otherwise run under too (benchmarks/transformers_side.py).
 """
 
 import argparse
@@ -28,6 +31,13 @@ import torch
 
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.benchmarks.transformers_side import (
+    HELDOUT_MAX_TOKENS,
+    TransformersProcess,
+    TransformersSide,
+    transformers_side,
+)
+from qasr.benchmarks.workload import SAMPLE_RATE, output_tokens, sync, synthetic_clip
 from qasr.engine.config import EngineConfig
 from qasr.engine.hf_conversion import convert_to_hf
 from qasr.engine.llm_engine import LLMEngine
@@ -36,22 +46,7 @@ from qasr.engine.request import TranscriptionRequest
 from qasr.engine.splitting import split_audio
 from qasr.scheduler import SamplingParams
 
-SAMPLE_RATE = 16000
 CLIPS_PER_REPEAT = 100_000  # seed offset of each repeat's clips
-HELDOUT_MAX_TOKENS = 256  # past the longest held-out transcript; both stop at the end of each
-
-
-def synthetic_clip(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like noise: a syllable-rate envelope over a voiced tone and noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 6) * t)
-    voiced = np.sin(2 * np.pi * np.cumsum(np.full_like(t, rng.uniform(90, 220))) / SAMPLE_RATE)
-    return (0.3 * envelope * (voiced + 0.5 * rng.standard_normal(len(t)))).astype(np.float32)
-
-
-def output_tokens(seconds: float, tokens_per_second: float) -> int:
-    return max(1, round(seconds * tokens_per_second))
 
 
 def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[float, float | None]:
@@ -86,24 +81,10 @@ def first_token_alone(engine: LLMEngine, clips: list[np.ndarray]) -> float:
     return float(np.median(times))
 
 
-def run_transformers(model, processor, clips: list[np.ndarray], max_tokens: int, batch_size: int,
-                     device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for i in range(0, len(clips), batch_size):
-        inputs = processor.apply_transcription_request(clips[i:i + batch_size]).to(device)
-        inputs["input_features"] = inputs["input_features"].to(model.dtype)
-        with torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
-    sync(device)
-    return time.perf_counter() - start
-
-
-def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.device, dtype: torch.dtype,
-                repeats: int, limit: int | None = None) -> dict:
+def heldout_row(side: TransformersSide | TransformersProcess, batch_size: int, engine_options: EngineConfig,
+                device: torch.device, dtype: torch.dtype, repeats: int, limit: int | None = None) -> dict:
     """The demo model over the held-out set (its first `limit` clips), qasr against transformers, each transcript
     as long as it is."""
-    from qasr.benchmarks.baseline_server import Baseline
     from qasr.benchmarks.heldout import HELDOUT, read_manifest
     from qasr.engine.audio import load_audio
 
@@ -112,17 +93,11 @@ def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.dev
     engine = LLMEngine(replace(engine_options, model=None, device=str(device), dtype=dtype,
                                max_num_seqs=max(batch_size, 1)))
     params = SamplingParams(max_tokens=HELDOUT_MAX_TOKENS)
-    baseline = Baseline(None, batch_size, HELDOUT_MAX_TOKENS)
-    run_qasr(engine, [(clips[0], 4)])  # warm, as the baseline below
-    baseline.generate(clips[:1], [None])
+    run_qasr(engine, [(clips[0], 4)])  # warm, as the baseline is on its first call
     hf_walls, qasr_walls = [], []
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        hf_texts = [text for i in range(0, len(clips), batch_size)
-                    for text in baseline.generate(clips[i:i + batch_size], [None] * len(clips[i:i + batch_size]))]
-        sync(device)
-        hf_walls.append(time.perf_counter() - start)
+        hf_wall, hf_texts = side.heldout(batch_size, limit)
+        hf_walls.append(hf_wall)
         start = time.perf_counter()
         ids = [engine.add_request(TranscriptionRequest(c, sampling_params=params, stream=False)) for c in clips]
         texts: dict[str, str] = {}
@@ -137,11 +112,6 @@ def heldout_row(batch_size: int, engine_options: EngineConfig, device: torch.dev
             "speedup_single_pass": hf_wall / qasr_wall, "same_text": f"{same}/{len(clips)}"}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
         batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path,
         mixed_seconds: tuple[float, float] | None = None, heldout: int | None = None,
@@ -152,8 +122,6 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     # no prefix cache: the split runs take the single pass's clips again (a clip shorter than a piece unchanged), the
     # held-out row takes the same clips each time, and transformers has no such cache
     engine_options = replace(engine_options, enable_prefix_caching=False)
-    from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
-
     device = torch.device(engine_options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(engine_options.dtype, device)
 
@@ -164,12 +132,29 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
         convert_to_hf(original, hf)
     single = LLMEngine(replace(engine_options, model=str(original), device=str(device), dtype=dtype,
                                max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0))
-    processor = Qwen3ASRProcessor.from_pretrained(hf)
-    model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=dtype).to(device).eval()
+    side = transformers_side(str(hf), dtype, device)
+    try:
+        rows = _rows(single, side, clip_seconds, num_clips, tokens_per_second, piece_seconds, batch_size,
+                     mixed_seconds, repeats)
+        if heldout is not None:
+            rows.append(heldout_row(side, batch_size, engine_options, device, dtype, repeats,
+                                    None if heldout < 0 else heldout))
+    finally:
+        side.close()
+    config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
+              "mixed_seconds": mixed_seconds, "heldout": heldout, "repeats": repeats, "num_clips": num_clips,
+              "tokens_per_second": tokens_per_second,
+              "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
+              "transformers_process": "own" if isinstance(side, TransformersProcess) else "this",
+              "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
+    return rows, write_results("throughput", device, config, rows, out_dir)
 
-    warm = [(synthetic_clip(2.0, 999), 4)]
-    run_qasr(single, warm)
-    run_transformers(model, processor, [warm[0][0]], 4, 1, device)
+
+def _rows(single: LLMEngine, side: TransformersSide | TransformersProcess, clip_seconds: list[float], num_clips: int,
+          tokens_per_second: float, piece_seconds: float, batch_size: int,
+          mixed_seconds: tuple[float, float] | None, repeats: int) -> list[dict]:
+    run_qasr(single, [(synthetic_clip(2.0, 999), 4)])  # warm both
+    side.generate([(2.0, 999)], 4, 1)
 
     lengths_of_rows = [(seconds, [seconds] * num_clips) for seconds in clip_seconds]
     if mixed_seconds is not None:
@@ -182,10 +167,9 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
         hf_walls, qasr_walls, first_tokens, split_walls = [], [], [], []
         for repeat in range(repeats):
             # new clips each time, the same for both
-            clips = [synthetic_clip(float(length), seed + CLIPS_PER_REPEAT * repeat)
-                     for seed, length in enumerate(lengths)]
-            hf_walls.append(sum(run_transformers(model, processor, clips[i:i + batch_size],
-                                                 max(tokens[i:i + batch_size]), batch_size, device)
+            named = [(float(length), seed + CLIPS_PER_REPEAT * repeat) for seed, length in enumerate(lengths)]
+            clips = [synthetic_clip(*name) for name in named]
+            hf_walls.append(sum(side.generate(named[i:i + batch_size], max(tokens[i:i + batch_size]), batch_size)
                                 for i in range(0, len(clips), batch_size)))
             wall, first_token = run_qasr(single, list(zip(clips, tokens)))
             qasr_walls.append(wall)
@@ -211,14 +195,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
             row["qasr_split_rtfx"] = audio_seconds / split_wall
             row["speedup_split"] = hf_wall / split_wall
         rows.append(row)
-    if heldout is not None:
-        rows.append(heldout_row(batch_size, engine_options, device, dtype, repeats, None if heldout < 0 else heldout))
-    config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
-              "mixed_seconds": mixed_seconds, "heldout": heldout, "repeats": repeats, "num_clips": num_clips,
-              "tokens_per_second": tokens_per_second,
-              "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
-              "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
-    return rows, write_results("throughput", device, config, rows, out_dir)
+    return rows
 
 
 def _shape(engine: LLMEngine) -> dict:
