@@ -15,8 +15,8 @@ takes the next clip as soon as one ends. Both get the same audio.
 sentences, silence and noise), greedy to each transcript's end in both, transformers `batch_size` clips at a time in
 the set's order; `same_text` counts the clips whose transcripts agree.
 
-On the CPU transformers runs in a process of its own, as users run it: a qasr CPU engine sets process-wide state
-(glibc's heap thresholds) that transformers would otherwise run under too (benchmarks/transformers_side.py).
+On the CPU transformers runs in a process of its own, as users run it, so that neither runs on the heap the other
+left (benchmarks/transformers_side.py).
 """
 
 import argparse

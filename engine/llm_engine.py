@@ -8,7 +8,6 @@ from qasr.engine.config import EngineConfig
 from qasr.engine.demo import demo_aligner_path, demo_model_path
 from qasr.engine.engine_core import AlignerCheckpoint, EngineCore
 from qasr.engine.features import FeatureConfig
-from qasr.engine.host_memory import keep_freed_memory_for_reuse
 from qasr.engine.input_processor import InputProcessor
 from qasr.engine.model_config import load_model_config
 from qasr.engine.output_processor import CueLimits, OutputProcessor
@@ -48,11 +47,8 @@ class LLMEngine:
                                self.input_processor.longest_prompt_tokens(), aligner)
         self.output_processor = OutputProcessor(tokenizer, self.alignment_processor,
                                                 CueLimits(config.max_cue_seconds, config.max_cue_chars))
-        if self.core.device.type == "cpu":
-            if config.cpu_threads is not None:
-                torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
-            if config.cpu_heap_reuse:
-                keep_freed_memory_for_reuse()
+        if self.core.device.type == "cpu" and config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
         self.num_threads = torch.get_num_threads()
 
     @property

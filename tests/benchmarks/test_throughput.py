@@ -27,7 +27,7 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     short, long, mixed, heldout = document["results"]
     assert document["config"]["repeats"] == 2
     assert document["config"]["engine_options"]["enable_prefix_caching"] is False  # repeats and splits reuse clips
-    assert document["config"]["transformers_process"] == "own"  # on the CPU: none of qasr's process-wide settings
+    assert document["config"]["transformers_process"] == "own"  # on the CPU: neither runs on the other's heap
     for row in (short, long, mixed):
         assert row["transformers_rtfx"] > 0 and row["qasr_single_pass_rtfx"] > 0 and row["speedup_single_pass"] > 0
         assert row["qasr_first_token_s"] > 0 and row["qasr_ttft_concurrency1_s"] > 0
