@@ -86,16 +86,18 @@ class TransformersProcess:
         return self._call("heldout", batch_size, limit)
 
     def close(self) -> None:
-        self.connection.send(None)
-        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.connection.send(None)
+            self.process.join(timeout=30)
 
     def _call(self, method: str, *args: object):
         self.connection.send((method, args))
         return self._answer()
 
     def _answer(self):
-        if not self.connection.poll(3600):
-            raise RuntimeError("the transformers process did not answer within an hour")
+        while not self.connection.poll(1.0):
+            if not self.process.is_alive():  # killed (out of memory, say) before it could answer
+                raise RuntimeError(f"the transformers process died (exit code {self.process.exitcode})")
         ok, value = self.connection.recv()
         if not ok:
             raise RuntimeError(f"the transformers process failed:\n{value}")

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qasr.benchmarks import throughput as bench
+from qasr.benchmarks.transformers_side import TransformersProcess
 
 TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
 
@@ -40,3 +42,9 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert mixed["qasr_output_tokens"] == sum(bench.output_tokens(length, 4.0) for length in lengths)
     assert heldout["clips"] == 3 and heldout["transformers_rtfx"] > 0 and heldout["speedup_single_pass"] > 0
     assert heldout["same_text"] == "3/3"  # the demo model's greedy transcripts, token for token
+
+
+def test_a_transformers_process_that_fails_says_why(tmp_path: Path) -> None:
+    """On the CPU transformers runs in a child process: its error comes back with the child's traceback."""
+    with pytest.raises(RuntimeError, match="(?s)the transformers process failed.*missing"):
+        TransformersProcess(str(tmp_path / "missing"), torch.float32, "cpu")
