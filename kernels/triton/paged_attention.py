@@ -16,10 +16,10 @@ import triton.language as tl
 from qasr.kernels.attention_metadata import AttentionMetadata, padded_head_dim, split_kv_max_seqs
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles, find_seq_idx
 from qasr.kernels.triton.split_kv_attention import split_kv_decode_attention
+from qasr.kernels.triton.tuning import current_tuning
 from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, upcast_tiles
 
 DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
-DECODE_TILE_N, PREFILL_TILE_N = 16, 32
 
 
 # num_seqs and the block-table width change every step; specialised (1, multiple of 16) they would each
@@ -101,7 +101,8 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         block_m = DECODE_BLOCK_M if meta.max_query_len * queries_per_kv <= DECODE_BLOCK_M else PREFILL_BLOCK_M
     block_m = max(block_m, triton.next_power_of_2(queries_per_kv))
     block_q = block_m // queries_per_kv
-    tile_n = DECODE_TILE_N if meta.is_pure_decode else PREFILL_TILE_N
+    tuning = current_tuning()
+    tile_n = tuning.decode_tile_n if meta.is_pure_decode else tuning.prefill_tile_n
     upcast = upcast_tiles(query.dtype)
     grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
     _unified_attention_kernel[grid](
@@ -112,6 +113,6 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
         BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
-        DOT_PRECISION=dot_precision(query.dtype, upcast),
+        DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=tuning.num_warps, num_stages=tuning.num_stages,
     )
     return out

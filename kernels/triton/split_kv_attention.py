@@ -14,9 +14,9 @@ import triton.language as tl
 
 from qasr.kernels.attention_metadata import AttentionMetadata, SplitKVWorkspace, padded_head_dim
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles
+from qasr.kernels.triton.tuning import current_tuning
 from qasr.kernels.triton.utils import dot_precision, upcast_tiles
 
-TILE_N = 16
 MIN_BLOCK_M = 16  # tl.dot needs 16 rows even when a KV head serves fewer query heads
 
 
@@ -105,6 +105,7 @@ def split_kv_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cach
     if num_tokens == 0:
         return out
     upcast = upcast_tiles(query.dtype)
+    tuning = current_tuning()
     _segment_kernel[(meta.num_seqs, num_kv_heads, workspace.segments)](
         q_ptr=query, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=meta.block_tables,
         seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc, segment_out_ptr=workspace.out,
@@ -112,13 +113,15 @@ def split_kv_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cach
         stride_qt=query.stride(0), stride_qh=query.stride(1), stride_table=meta.block_tables.stride(0),
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, QUERIES_PER_KV=queries_per_kv,
-        BLOCK_M=max(MIN_BLOCK_M, triton.next_power_of_2(queries_per_kv)), SEGMENTS=workspace.segments, TILE_N=TILE_N,
-        BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, DOT_PRECISION=dot_precision(query.dtype, upcast),
+        BLOCK_M=max(MIN_BLOCK_M, triton.next_power_of_2(queries_per_kv)), SEGMENTS=workspace.segments,
+        TILE_N=tuning.split_tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
+        DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=tuning.split_num_warps,
+        num_stages=tuning.split_num_stages,
     )
     _reduce_segments_kernel[(meta.num_seqs, num_heads)](
         out_ptr=out, seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc,
         segment_out_ptr=workspace.out, segment_max_ptr=workspace.max, segment_expsum_ptr=workspace.expsum,
         stride_ot=out.stride(0), stride_oh=out.stride(1), NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        SEGMENTS=workspace.segments, TILE_N=TILE_N,
+        SEGMENTS=workspace.segments, TILE_N=tuning.split_tile_n,  # the segment kernel's, to find its segments
     )
     return out

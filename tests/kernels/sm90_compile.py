@@ -21,11 +21,13 @@ from triton.compiler import ASTSource
 from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS
 from qasr.kernels.triton import activation, kv_store, norms, split_kv_attention, windowed_attention
 from qasr.kernels.triton import paged_attention as unified
+from qasr.kernels.triton.tuning import AttentionTuning
 
 H100 = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 FLOAT_ARGS = {"qk_scale", "eps"}
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 16, 8, 128, 16
+TUNING = AttentionTuning()  # the defaults; QASR_ATTENTION_TUNING is not read here
 
 
 def source(kernel: triton.JITFunction, pointers: dict[str, str], constexprs: dict[str, object],
@@ -71,7 +73,8 @@ def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16
                   "DOT_PRECISION": precision}
     pointers = {"k_cache_ptr": cache or dtype, "v_cache_ptr": cache or dtype, "block_tables_ptr": "*i32",
                 "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
-    return compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype))
+    return compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype),
+                          num_warps=TUNING.num_warps, num_stages=TUNING.num_stages)
 
 
 def split_kv(label: str, cache: str = "*bf16") -> list[dict]:
@@ -80,27 +83,28 @@ def split_kv(label: str, cache: str = "*bf16") -> list[dict]:
                 "segment_expsum_ptr": "*fp32"}
     segment = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": HEADS // KV_HEADS,
                "BLOCK_M": split_kv_attention.MIN_BLOCK_M, "SEGMENTS": SPLIT_KV_SEGMENTS,
-               "TILE_N": split_kv_attention.TILE_N, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
+               "TILE_N": TUNING.split_tile_n, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
                "DOT_PRECISION": "tf32"}
     reduce = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "SEGMENTS": SPLIT_KV_SEGMENTS,
-              "TILE_N": split_kv_attention.TILE_N}
-    return [compile_report(f"split-KV segments {label}", source(split_kv_attention._segment_kernel, pointers, segment)),
+              "TILE_N": TUNING.split_tile_n}
+    return [compile_report(f"split-KV segments {label}", source(split_kv_attention._segment_kernel, pointers, segment),
+                           num_warps=TUNING.split_num_warps, num_stages=TUNING.split_num_stages),
             compile_report(f"split-KV reduce {label}",
                            source(split_kv_attention._reduce_segments_kernel, pointers, reduce))]
 
 
 def main() -> None:
     reports = [
-        unified_attention("unified decode bf16", unified.DECODE_BLOCK_M, unified.DECODE_TILE_N),
-        unified_attention("unified short mixed bf16", unified.DECODE_BLOCK_M, unified.PREFILL_TILE_N),
-        unified_attention("unified prefill bf16", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N),
-        unified_attention("unified decode fp16", unified.DECODE_BLOCK_M, unified.DECODE_TILE_N, "*fp16"),
-        unified_attention("unified prefill fp16", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N, "*fp16"),
-        unified_attention("unified decode bf16 + fp8 cache", unified.DECODE_BLOCK_M, unified.DECODE_TILE_N,
+        unified_attention("unified decode bf16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n),
+        unified_attention("unified short mixed bf16", unified.DECODE_BLOCK_M, TUNING.prefill_tile_n),
+        unified_attention("unified prefill bf16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n),
+        unified_attention("unified decode fp16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n, "*fp16"),
+        unified_attention("unified prefill fp16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n, "*fp16"),
+        unified_attention("unified decode bf16 + fp8 cache", unified.DECODE_BLOCK_M, TUNING.decode_tile_n,
                           cache="*fp8e4nv"),
-        unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N,
+        unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n,
                           cache="*fp8e4nv"),
-        unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, unified.PREFILL_TILE_N, "*fp32",
+        unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n, "*fp32",
                           precision="ieee"),
         *split_kv("bf16"),
         *split_kv("fp8 cache", cache="*fp8e4nv"),

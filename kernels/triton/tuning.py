@@ -1,0 +1,78 @@
+"""Launch parameters of the decoder's paged attention kernels: one set per process.
+
+The defaults are reasoned, not measured (no GPU has run them yet); `qasr bench tune-attention` times the choices
+on a GPU and prints the line that sets the best ones:
+
+    QASR_ATTENTION_TUNING="decode_tile_n=32,num_warps=8" qasr serve ...
+
+Each tile width must be a power of two of at least 16 (tl.dot's smallest side). The split-KV path's segment count
+is not here: it sizes the workspace the decode graphs hold (attention_metadata.SPLIT_KV_SEGMENTS).
+"""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+ENV_VAR = "QASR_ATTENTION_TUNING"
+WARP_COUNTS = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionTuning:
+    decode_tile_n: int = 16  # keys per tile when the 2D kernel runs a pure-decode batch
+    prefill_tile_n: int = 32  # ... a batch with prefill chunks
+    num_warps: int = 4  # of the 2D kernel (Triton's default)
+    num_stages: int = 3  # software pipelining depth of the 2D kernel's key loop (Triton's default)
+    split_tile_n: int = 16  # keys per tile in the split-KV segment kernel
+    split_num_warps: int = 4
+    split_num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("decode_tile_n", "prefill_tile_n", "split_tile_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two of at least 16, got {value}")
+        for name in ("num_warps", "split_num_warps"):
+            if getattr(self, name) not in WARP_COUNTS:
+                raise ValueError(f"{name} must be one of {WARP_COUNTS}, got {getattr(self, name)}")
+        for name in ("num_stages", "split_num_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def parse(cls, text: str) -> "AttentionTuning":
+        """From `name=value,name=value` (what `describe` gives); empty: the defaults."""
+        known = {field.name for field in fields(cls)}
+        values: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            name = name.strip()
+            if name not in known or not value.strip().isdigit():
+                raise ValueError(f"{ENV_VAR}: {item!r} is not name=number for a name of {', '.join(sorted(known))}")
+            values[name] = int(value)
+        return cls(**values)
+
+    def describe(self) -> str:
+        """The settings that differ from the defaults, as `parse` reads them ("" for the defaults)."""
+        default = AttentionTuning()
+        return ",".join(f"{field.name}={getattr(self, field.name)}" for field in fields(self)
+                        if getattr(self, field.name) != getattr(default, field.name))
+
+
+_current = AttentionTuning.parse(os.environ.get(ENV_VAR, ""))
+
+
+def current_tuning() -> AttentionTuning:
+    return _current
+
+
+@contextmanager
+def attention_tuning(tuning: AttentionTuning) -> Iterator[None]:
+    """Launches in the block use `tuning` (the tuner tries each in turn); the previous set comes back after."""
+    global _current
+    previous, _current = _current, tuning
+    try:
+        yield
+    finally:
+        _current = previous

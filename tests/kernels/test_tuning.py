@@ -1,0 +1,87 @@
+"""The attention kernels' launch parameters: read from QASR_ATTENTION_TUNING, checked, and every setting the tuner
+tries gives the reference's result (the interpreter on CPU: tile widths change the arithmetic's order, warps and
+stages only the compiled code)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qasr.kernels.reference import paged_attention as reference
+from qasr.kernels.triton import paged_attention, split_kv_attention
+from qasr.kernels.triton.paged_attention import unified_attention
+from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tuning, current_tuning
+
+
+def test_settings_round_trip_and_bad_ones_name_the_variable() -> None:
+    tuning = AttentionTuning.parse(" decode_tile_n=32, num_warps=8 ,")
+    assert tuning == AttentionTuning(decode_tile_n=32, num_warps=8)
+    assert AttentionTuning.parse(tuning.describe()) == tuning
+    assert AttentionTuning.parse("") == AttentionTuning() and AttentionTuning().describe() == ""
+    for bad in ("decode_tile_n=24", "decode_tile_n=8", "num_warps=3", "num_stages=0", "tile=32", "num_warps=four"):
+        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|" + ENV_VAR):
+            AttentionTuning.parse(bad)
+
+
+def test_the_environment_sets_the_process_tuning() -> None:
+    code = "from qasr.kernels.triton.tuning import current_tuning; print(current_tuning().describe())"
+    env = {**os.environ, ENV_VAR: "split_tile_n=64,num_stages=2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "num_stages=2,split_tile_n=64"
+
+
+@pytest.mark.parametrize("tuning", [AttentionTuning(decode_tile_n=32, prefill_tile_n=64, split_tile_n=32),
+                                    AttentionTuning(decode_tile_n=64, prefill_tile_n=16, split_tile_n=64,
+                                                    num_warps=8, num_stages=2, split_num_warps=2)],
+                         ids=lambda t: t.describe())
+@pytest.mark.parametrize("split_kv", [False, True])
+def test_every_tuning_gives_the_references_result(tuning: AttentionTuning, split_kv: bool, paged_batch,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    query_lens, context_lens = ([1, 1, 1], [5, 70, 130]) if split_kv else ([1, 13, 22, 1], [30, 19, 0, 90])
+    batch = paged_batch(query_lens, context_lens, 4, 2, 16, torch.float32, seed=5)
+    launches = {}
+    for module, name in ((paged_attention, "_unified_attention_kernel"), (split_kv_attention, "_segment_kernel"),
+                         (split_kv_attention, "_reduce_segments_kernel")):
+        monkeypatch.setattr(module, name, LaunchSpy(getattr(module, name), name, launches))
+    before = current_tuning()
+    with attention_tuning(tuning):
+        assert current_tuning() == tuning
+        out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=split_kv)
+    assert current_tuning() == before
+    expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert (out - expected).abs().max().item() <= 2e-5
+    if split_kv:  # the reduce must count tiles as the segment kernel did
+        segment, reduce = launches["_segment_kernel"], launches["_reduce_segments_kernel"]
+        assert segment["TILE_N"] == reduce["TILE_N"] == tuning.split_tile_n
+        assert (segment["num_warps"], segment["num_stages"]) == (tuning.split_num_warps, tuning.split_num_stages)
+    else:  # a mixed batch: the prefill tiles
+        launch = launches["_unified_attention_kernel"]
+        assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"]) == (
+            tuning.prefill_tile_n, tuning.num_warps, tuning.num_stages)
+
+
+class LaunchSpy:
+    """Stands in for a Triton kernel: records each launch's keyword arguments and launches the kernel."""
+
+    def __init__(self, kernel, name: str, launches: dict) -> None:
+        self.kernel, self.name, self.launches = kernel, name, launches
+
+    def __getitem__(self, grid):
+        def launch(**kwargs):
+            self.launches[self.name] = kwargs
+            return self.kernel[grid](**kwargs)
+        return launch
+
+
+def test_a_pure_decode_batch_takes_the_decode_tiles(paged_batch, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = paged_batch([1, 1, 1, 1], [3, 40, 17, 66], 4, 2, 16, torch.float32, seed=6)
+    launches = {}
+    monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
+                        LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
+    with attention_tuning(AttentionTuning(decode_tile_n=64)):
+        out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=False)
+    assert launches["unified"]["TILE_N"] == 64
+    expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert (out - expected).abs().max().item() <= 2e-5
