@@ -102,7 +102,10 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     block_m = max(block_m, triton.next_power_of_2(queries_per_kv))
     block_q = block_m // queries_per_kv
     tuning = current_tuning()
-    tile_n = tuning.decode_tile_n if meta.is_pure_decode else tuning.prefill_tile_n
+    if meta.is_pure_decode:
+        tile_n, num_warps, num_stages = tuning.decode_tile_n, tuning.decode_num_warps, tuning.decode_num_stages
+    else:
+        tile_n, num_warps, num_stages = tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages
     upcast = upcast_tiles(query.dtype)
     grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
     _unified_attention_kernel[grid](
@@ -113,6 +116,6 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
         BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
-        DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=tuning.num_warps, num_stages=tuning.num_stages,
+        DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -3,7 +3,7 @@
 The defaults are reasoned, not measured (no GPU has run them yet); `qasr bench tune-attention` times the choices
 on a GPU and prints the line that sets the best ones:
 
-    QASR_ATTENTION_TUNING="decode_tile_n=32,num_warps=8" qasr serve ...
+    QASR_ATTENTION_TUNING="decode_tile_n=32,decode_num_warps=8" qasr serve ...
 
 Each tile width must be a power of two of at least 16 (tl.dot's smallest side). The split-KV path's segment count
 is not here: it sizes the workspace the decode graphs hold (attention_metadata.SPLIT_KV_SEGMENTS).
@@ -20,11 +20,17 @@ WARP_COUNTS = (1, 2, 4, 8, 16)
 
 @dataclass(frozen=True, slots=True)
 class AttentionTuning:
-    decode_tile_n: int = 16  # keys per tile when the 2D kernel runs a pure-decode batch
-    prefill_tile_n: int = 32  # ... a batch with prefill chunks
-    num_warps: int = 4  # of the 2D kernel (Triton's default)
-    num_stages: int = 3  # software pipelining depth of the 2D kernel's key loop (Triton's default)
-    split_tile_n: int = 16  # keys per tile in the split-KV segment kernel
+    # the 2D kernel on a pure-decode batch: keys per tile, warps, software pipelining depth of the key loop (the
+    # warps and stages are Triton's defaults)
+    decode_tile_n: int = 16
+    decode_num_warps: int = 4
+    decode_num_stages: int = 3
+    # the 2D kernel on a batch with prefill chunks
+    prefill_tile_n: int = 32
+    prefill_num_warps: int = 4
+    prefill_num_stages: int = 3
+    # the split-KV segment kernel (small pure-decode batches)
+    split_tile_n: int = 16
     split_num_warps: int = 4
     split_num_stages: int = 3
 
@@ -33,10 +39,10 @@ class AttentionTuning:
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two of at least 16, got {value}")
-        for name in ("num_warps", "split_num_warps"):
+        for name in ("decode_num_warps", "prefill_num_warps", "split_num_warps"):
             if getattr(self, name) not in WARP_COUNTS:
                 raise ValueError(f"{name} must be one of {WARP_COUNTS}, got {getattr(self, name)}")
-        for name in ("num_stages", "split_num_stages"):
+        for name in ("decode_num_stages", "prefill_num_stages", "split_num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 

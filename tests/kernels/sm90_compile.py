@@ -73,8 +73,11 @@ def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16
                   "DOT_PRECISION": precision}
     pointers = {"k_cache_ptr": cache or dtype, "v_cache_ptr": cache or dtype, "block_tables_ptr": "*i32",
                 "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
+    decode = tile_n == TUNING.decode_tile_n and block_m == unified.DECODE_BLOCK_M
+    warps, stages = ((TUNING.decode_num_warps, TUNING.decode_num_stages) if decode
+                     else (TUNING.prefill_num_warps, TUNING.prefill_num_stages))
     return compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype),
-                          num_warps=TUNING.num_warps, num_stages=TUNING.num_stages)
+                          num_warps=warps, num_stages=stages)
 
 
 def split_kv(label: str, cache: str = "*bf16") -> list[dict]:

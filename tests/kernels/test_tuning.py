@@ -16,25 +16,26 @@ from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tunin
 
 
 def test_settings_round_trip_and_bad_ones_name_the_variable() -> None:
-    tuning = AttentionTuning.parse(" decode_tile_n=32, num_warps=8 ,")
-    assert tuning == AttentionTuning(decode_tile_n=32, num_warps=8)
+    tuning = AttentionTuning.parse(" decode_tile_n=32, decode_num_warps=8 ,")
+    assert tuning == AttentionTuning(decode_tile_n=32, decode_num_warps=8)
     assert AttentionTuning.parse(tuning.describe()) == tuning
     assert AttentionTuning.parse("") == AttentionTuning() and AttentionTuning().describe() == ""
-    for bad in ("decode_tile_n=24", "decode_tile_n=8", "num_warps=3", "num_stages=0", "tile=32", "num_warps=four"):
+    for bad in ("decode_tile_n=24", "decode_tile_n=8", "prefill_num_warps=3", "split_num_stages=0", "tile=32",
+                "decode_num_warps=four"):
         with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|" + ENV_VAR):
             AttentionTuning.parse(bad)
 
 
 def test_the_environment_sets_the_process_tuning() -> None:
     code = "from qasr.kernels.triton.tuning import current_tuning; print(current_tuning().describe())"
-    env = {**os.environ, ENV_VAR: "split_tile_n=64,num_stages=2"}
+    env = {**os.environ, ENV_VAR: "split_tile_n=64,prefill_num_stages=2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
-    assert out.strip() == "num_stages=2,split_tile_n=64"
+    assert out.strip() == "prefill_num_stages=2,split_tile_n=64"
 
 
 @pytest.mark.parametrize("tuning", [AttentionTuning(decode_tile_n=32, prefill_tile_n=64, split_tile_n=32),
                                     AttentionTuning(decode_tile_n=64, prefill_tile_n=16, split_tile_n=64,
-                                                    num_warps=8, num_stages=2, split_num_warps=2)],
+                                                    prefill_num_warps=8, prefill_num_stages=2, split_num_warps=2)],
                          ids=lambda t: t.describe())
 @pytest.mark.parametrize("split_kv", [False, True])
 def test_every_tuning_gives_the_references_result(tuning: AttentionTuning, split_kv: bool, paged_batch,
@@ -59,7 +60,7 @@ def test_every_tuning_gives_the_references_result(tuning: AttentionTuning, split
     else:  # a mixed batch: the prefill tiles
         launch = launches["_unified_attention_kernel"]
         assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"]) == (
-            tuning.prefill_tile_n, tuning.num_warps, tuning.num_stages)
+            tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages)
 
 
 class LaunchSpy:
@@ -80,8 +81,9 @@ def test_a_pure_decode_batch_takes_the_decode_tiles(paged_batch, monkeypatch: py
     launches = {}
     monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
                         LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
-    with attention_tuning(AttentionTuning(decode_tile_n=64)):
+    with attention_tuning(AttentionTuning(decode_tile_n=64, decode_num_warps=8, decode_num_stages=2)):
         out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=False)
-    assert launches["unified"]["TILE_N"] == 64
+    launch = launches["unified"]
+    assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"]) == (64, 8, 2)
     expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     assert (out - expected).abs().max().item() <= 2e-5
