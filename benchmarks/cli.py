@@ -13,6 +13,9 @@ BENCHMARKS = {
                                      "detokenization) at 64, 256 and 512 running sequences"),
     "kernels": ("qasr.benchmarks.kernels", "attention kernels against SDPA flash and FlexAttention, and bandwidth "
                                            "against the measured copy bandwidth"),
+    "tune-attention": ("qasr.benchmarks.tune_attention", "the decoder attention's launch parameters (tile widths, "
+                                                         "warps, stages, split-KV segments) timed on this GPU; "
+                                                         "prints the QASR_ATTENTION_TUNING line"),
     "serve": ("qasr.benchmarks.serving", "online serving: many clients at once against an OpenAI-compatible "
                                          "transcription server (qasr, vLLM, sglang-omni)"),
     "abuse": ("qasr.benchmarks.abuse", "fuzz, bursts, hang-ups, slow connections and cheap expensive inputs "

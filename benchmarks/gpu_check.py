@@ -4,6 +4,7 @@
                                # `python benchmarks/gpu_check.py wheels`
     make gpu-check PART=1      # there: the compiled kernels' tests, `bench kernels`, `bench step`
     make gpu-check PART=2      # there: `bench throughput` for the 0.6B and 1.7B shapes against transformers
+    make gpu-check PART=3      # there, with 4 minutes left: `bench tune-attention` (tile widths, warps, stages)
 
 Written for a machine without network whose CUDA image has python 3.12, torch with CUDA, triton, an older
 transformers, numpy, aiohttp, prometheus-client, safetensors and tokenizers, and no qasr install: it runs with the
@@ -57,7 +58,9 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
                                         *results], limit)
         for preset, limit in (("0.6b", 230), ("1.7b", 200))
     ]
-    return {"1": first, "2": second, "all": first + second}[part]
+    # what is left of the 15 minutes after parts 1 and 2, if anything: the attention's launch parameters
+    tune = [("bench tune-attention", [*qasr, "bench", "tune-attention", *results], 200)]
+    return {"1": first, "2": second, "3": tune, "all": first + second + tune}[part]
 
 
 def download_wheels() -> None:
@@ -124,8 +127,8 @@ def main(argv: list[str]) -> int:
     if part == "wheels":
         download_wheels()
         return 0
-    if part not in ("1", "2", "all"):
-        raise SystemExit("usage: python3 benchmarks/gpu_check.py [1|2|all|wheels]")
+    if part not in ("1", "2", "3", "all"):
+        raise SystemExit("usage: python3 benchmarks/gpu_check.py [1|2|3|all|wheels]")
     require_cuda()
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks-results" / "gpu-check")
     out.mkdir(parents=True, exist_ok=True)

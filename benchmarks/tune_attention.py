@@ -1,0 +1,243 @@
+"""`qasr bench tune-attention`: the decoder attention's launch parameters (kernels/triton/tuning.py) timed on this
+device at Qwen3-ASR's shapes; prints the setting to use and the QASR_ATTENTION_TUNING line that sets it.
+
+    qasr bench tune-attention                                        # on an H100/H200: about two minutes
+    qasr bench tune-attention --batch-sizes 1 4 --contexts 40 --heads 4 --kv-heads 2 --head-dim 16 --iters 2
+                                                                     # the interpreter on the CPU: a check only
+
+Two paths, each over its grid of settings and the shapes it serves, every setting checked against the torch
+reference before it is timed (a setting that fails to compile or to match is reported, not timed):
+
+    decode  the 2D kernel on pure-decode batches: decode_tile_n x decode_num_warps x decode_num_stages
+    split   the split-KV kernels on small decode batches: split_tile_n x split_num_warps x split_num_stages, and
+            the workspace's segment count (attention_metadata.SPLIT_KV_SEGMENTS, not a launch parameter)
+
+For each path the recommended setting is the one whose worst slowdown against the best setting of each shape is
+least (one setting serves every shape), and `split_wins_up_to` is, for each context, the largest batch at which the
+best split setting beats the best 2D one: what use_split_kv's threshold should follow. Times as in `bench kernels`
+(CUDA events, L2 flushed before each call); GB/s and copy_fraction against the copy bandwidth measured in the run.
+"""
+
+import argparse
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from qasr.benchmarks.kernels import Geometry, copy_bandwidth_gb_s, make_case, paged_kv, time_ms, traffic
+from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.kernels import SplitKVWorkspace
+from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS, padded_head_dim
+from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype
+from qasr.kernels.reference import paged_attention as reference
+
+RELATIVE_TOLERANCE = 2e-2  # max |out - reference| over max |reference|: bf16 rounding, not a wrong result
+
+
+@dataclass(frozen=True)
+class Setting:
+    path: str  # "decode" | "split"
+    tile_n: int
+    num_warps: int
+    num_stages: int
+    segments: int | None = None  # split only
+
+    def tuning_fields(self) -> dict[str, int]:
+        prefix = "decode" if self.path == "decode" else "split"
+        return {f"{prefix}_tile_n": self.tile_n, f"{prefix}_num_warps": self.num_warps,
+                f"{prefix}_num_stages": self.num_stages}
+
+    @property
+    def label(self) -> str:
+        label = f"tile {self.tile_n} warps {self.num_warps} stages {self.num_stages}"
+        return label if self.segments is None else f"{label} segments {self.segments}"
+
+
+def settings(args: argparse.Namespace) -> list[Setting]:
+    """The grid; a value the kernels cannot take (a tile of 24, 3 warps) is refused here, before any timing."""
+    from qasr.kernels.triton.tuning import AttentionTuning
+
+    grid = [Setting("decode", *values) for values in itertools.product(args.decode_tile_n, args.num_warps,
+                                                                      args.num_stages)]
+    grid += [Setting("split", tile, warps, stages, segments) for tile, warps, stages, segments in itertools.product(
+        args.split_tile_n, args.split_num_warps, args.split_num_stages, args.segments)]
+    for setting in grid:
+        AttentionTuning(**setting.tuning_fields())
+        if setting.segments is not None and (setting.segments < 1 or setting.segments & (setting.segments - 1)):
+            raise ValueError(f"split-KV segments must be a power of two, got {setting.segments}")
+    return grid
+
+
+def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((out.float() - expected).abs().max() / expected.abs().max().clamp_min(1e-6)).item()
+
+
+def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, grid: list[Setting], g: Geometry,
+                  device: torch.device, args: argparse.Namespace, copy_gb_s: float) -> list[dict]:
+    """Every setting of `path` on one shape: checked against the reference, then timed."""
+    from qasr.kernels.triton.paged_attention import unified_attention
+    from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
+
+    case = make_case("decode", batch, context, g, device)
+    k_cache, v_cache, meta = paged_kv(case, g, kv_dtype, device)
+    scale = g.head_dim**-0.5
+    expected = reference.paged_attention(case.query.float(), k_cache.float(), v_cache.float(), meta, scale)
+    moved, _ = traffic(case, g, kv_dtype.itemsize)
+    rows, default_ms = [], None
+    for setting in (s for s in grid if s.path == path):
+        if setting.segments is not None:
+            meta.split_kv_workspace = SplitKVWorkspace.allocate(batch, g.heads, padded_head_dim(g.head_dim), device,
+                                                                segments=setting.segments)
+        tuning = AttentionTuning(**setting.tuning_fields())
+
+        def call(tuning: AttentionTuning = tuning) -> torch.Tensor:
+            with attention_tuning(tuning):
+                return unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=path == "split")
+
+        row = {"path": path, "kv_dtype": str(kv_dtype).removeprefix("torch."), "batch": batch, "context": context,
+               "setting": setting.label, "ms": None, "gb_s": None, "copy_fraction": None, "vs_default": None,
+               "error": None}
+        try:
+            error = relative_error(call(), expected)
+            if error > RELATIVE_TOLERANCE:
+                row["error"] = f"relative error {error:.3g}"
+            else:
+                ms = time_ms(call, device, args.iters, args.warmup)
+                row.update(ms=ms, gb_s=moved / ms / 1e6, copy_fraction=moved / ms / 1e6 / copy_gb_s)
+                if is_default(setting):
+                    default_ms = ms
+        except Exception as failure:  # noqa: BLE001 -- a setting that does not compile is a result, not the end
+            row["error"] = f"{type(failure).__name__}: {str(failure)[:200]}"
+        rows.append(row)
+    for row in rows:
+        if default_ms and row["ms"]:
+            row["vs_default"] = default_ms / row["ms"]
+    return rows
+
+
+def is_default(setting: Setting) -> bool:
+    from qasr.kernels.triton.tuning import AttentionTuning
+
+    default = AttentionTuning()
+    chosen = setting.tuning_fields()
+    return all(getattr(default, name) == value for name, value in chosen.items()) and (
+        setting.segments in (None, SPLIT_KV_SEGMENTS))
+
+
+def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
+    """Per path the setting with the least worst slowdown against each shape's best (the 2D kernel's over the
+    `decode_batches` it serves), and the split crossover."""
+    shapes: dict[str, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        if row["ms"] is not None:
+            shapes[row["path"]][(row["kv_dtype"], row["batch"], row["context"])][row["setting"]] = row["ms"]
+    result: dict = {}
+    for path, all_shapes in shapes.items():
+        by_shape = {shape: times for shape, times in all_shapes.items()
+                    if path == "split" or shape[1] in decode_batches}
+        if not by_shape:
+            continue
+        candidates = set.intersection(*(set(times) for times in by_shape.values()))
+        if not candidates:
+            continue
+        worst = {s: max(times[s] / min(times.values()) for times in by_shape.values()) for s in candidates}
+        best = min(worst, key=worst.__getitem__)
+        result[path] = {"setting": best, "worst_slowdown": worst[best]}
+    crossover: dict[str, int | None] = {}
+    for (kv_dtype, batch, context), split_times in sorted(shapes.get("split", {}).items()):
+        decode_times = shapes.get("decode", {}).get((kv_dtype, batch, context))
+        key = f"{kv_dtype} context {context}"
+        if decode_times and min(split_times.values()) < min(decode_times.values()):
+            crossover[key] = max(batch, crossover.get(key) or 0)
+        else:
+            crossover.setdefault(key, None)
+    result["split_wins_up_to"] = crossover
+    return result
+
+
+def env_line(recommendation: dict, grid: list[Setting]) -> str:
+    from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning
+
+    chosen: dict[str, int] = {}
+    for path in ("decode", "split"):
+        label = recommendation.get(path, {}).get("setting")
+        setting = next((s for s in grid if s.path == path and s.label == label), None)
+        if setting is not None:
+            chosen.update(setting.tuning_fields())
+    described = AttentionTuning(**chosen).describe()
+    return f'{ENV_VAR}="{described}"' if described else f"{ENV_VAR} unset: the defaults are best"
+
+
+def run(args: argparse.Namespace, device: torch.device, g: Geometry) -> tuple[list[dict], float, list[Setting]]:
+    grid = settings(args)
+    copy_gb_s = copy_bandwidth_gb_s(device, args.iters)
+    kv_dtypes = [resolve_kv_cache_dtype(name, g.dtype) for name in args.kv_cache_dtype]
+    rows: list[dict] = []
+    for kv_dtype, context in itertools.product(kv_dtypes, args.contexts):
+        # the 2D kernel also at the split batches: the crossover compares the two there
+        for batch in sorted(set(args.batch_sizes) | set(args.split_batch_sizes)):
+            paths = ["decode", "split"] if batch in args.split_batch_sizes else ["decode"]
+            for path in paths:
+                rows += measure_shape(path, batch, context, kv_dtype, grid, g, device, args, copy_gb_s)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows, copy_gb_s, grid
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16, 32, 64, 128, 256],
+                        help="decode batches the 2D kernel is timed on")
+    parser.add_argument("--split-batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64],
+                        help="decode batches split-KV is timed on (the 2D kernel too, for the crossover)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 4096])
+    parser.add_argument("--kv-cache-dtype", nargs="+", choices=["auto", "fp8"], default=None,
+                        help="default: auto and fp8 on cuda, auto elsewhere")
+    parser.add_argument("--decode-tile-n", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--num-warps", type=int, nargs="+", default=[4, 8], help="of the 2D kernel on decodes")
+    parser.add_argument("--num-stages", type=int, nargs="+", default=[2, 3], help="of the 2D kernel on decodes")
+    parser.add_argument("--split-tile-n", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--split-num-warps", type=int, nargs="+", default=[4])
+    parser.add_argument("--split-num-stages", type=int, nargs="+", default=[3])
+    parser.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32], help="split-KV segments (powers of 2)")
+    parser.add_argument("--heads", type=int, default=16, help="query heads (Qwen3-ASR: 16)")
+    parser.add_argument("--kv-heads", type=int, default=8, help="KV heads (Qwen3-ASR: 8)")
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--dtype", default=None, help="query dtype; default bfloat16 on cuda, else float32")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    add_output_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings(args)
+    except ValueError as error:
+        raise SystemExit(f"tune-attention: {error}") from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.kv_cache_dtype is None:
+        args.kv_cache_dtype = ["auto", "fp8"] if device.type == "cuda" else ["auto"]
+    g = Geometry(args.heads, args.kv_heads, args.head_dim, args.block_size, dtype)
+    rows, copy_gb_s, grid = run(args, device, g)
+    recommendation = recommend(rows, args.batch_sizes)
+    line = env_line(recommendation, grid)
+    config = {name: getattr(args, name) for name in (
+        "batch_sizes", "split_batch_sizes", "contexts", "kv_cache_dtype", "decode_tile_n", "num_warps", "num_stages",
+        "split_tile_n", "split_num_warps", "split_num_stages", "segments", "iters", "warmup")}
+    config.update(heads=g.heads, kv_heads=g.kv_heads, head_dim=g.head_dim, block_size=g.block_size,
+                  dtype=str(dtype), copy_gb_s=copy_gb_s, recommendation=recommendation, env=line)
+    print_table(rows)
+    for path in ("decode", "split"):
+        if path in recommendation:
+            chosen = recommendation[path]
+            print(f"{path}: {chosen['setting']} (at worst {chosen['worst_slowdown']:.2f}x the best of a shape)")
+    print(f"split-KV beats the 2D kernel up to batch: {recommendation['split_wins_up_to']}")
+    print(line)
+    segments = next((s.segments for s in grid if s.label == recommendation.get("split", {}).get("setting")), None)
+    if segments not in (None, SPLIT_KV_SEGMENTS):
+        print(f"and SPLIT_KV_SEGMENTS = {segments} in kernels/attention_metadata.py (the workspace's size)")
+    print(f"results: {write_results('tune-attention', device, config, rows, args.out_dir)}")
+    return 0

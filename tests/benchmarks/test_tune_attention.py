@@ -1,0 +1,72 @@
+"""The attention tuner end to end on the CPU at tiny shapes (Triton interpreted, as conftest sets it up), and how it
+picks: the setting with the least worst slowdown, and the largest batch where split-KV wins."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from qasr.benchmarks import tune_attention as tune
+from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning
+
+TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    tune.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Path, capsys) -> None:
+    args = parse("--device", "cpu", "--batch-sizes", "3", "--split-batch-sizes", "1", "--contexts", "40", "--heads",
+                 "4", "--kv-heads", "2", "--head-dim", "16", "--decode-tile-n", "16", "32", "--num-warps", "4",
+                 "--num-stages", "3", "--split-tile-n", "16", "--segments", "4", "16", "--iters", "2", "--warmup",
+                 "1", "--out-dir", str(tmp_path))
+    assert tune.main(args) == 0
+    [path] = tmp_path.glob("tune-attention-cpu-*.json")
+    document = json.loads(path.read_text())
+    assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "tune-attention"
+    rows = document["results"]
+    # the 2D kernel at both batches (1 for the crossover), split-KV at batch 1 only
+    assert sorted((r["path"], r["batch"], r["setting"]) for r in rows) == sorted(
+        [("decode", b, f"tile {t} warps 4 stages 3") for b in (1, 3) for t in (16, 32)]
+        + [("split", 1, f"tile 16 warps 4 stages 3 segments {n}") for n in (4, 16)])
+    for row in rows:
+        assert row["error"] is None and row["ms"] > 0 and row["gb_s"] > 0 and row["vs_default"] > 0
+    defaults = [r for r in rows if r["setting"] in ("tile 16 warps 4 stages 3", "tile 16 warps 4 stages 3 segments 16")]
+    assert all(r["vs_default"] == 1.0 for r in defaults)
+    recommendation = document["config"]["recommendation"]
+    assert set(recommendation) == {"decode", "split", "split_wins_up_to"}
+    env = document["config"]["env"]
+    assert env in capsys.readouterr().out
+    if "=" in env:  # the line sets what it names
+        AttentionTuning.parse(env.removeprefix(f"{ENV_VAR}=").strip('"'))
+
+
+def test_a_setting_the_kernels_cannot_take_is_refused_before_any_timing(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="decode_tile_n must be a power of two"):
+        tune.main(parse("--device", "cpu", "--decode-tile-n", "24", "--out-dir", str(tmp_path)))
+    with pytest.raises(SystemExit, match="segments must be a power of two"):
+        tune.main(parse("--device", "cpu", "--segments", "12", "--out-dir", str(tmp_path)))
+
+
+def row(path: str, batch: int, setting: str, ms: float | None, context: int = 512) -> dict:
+    return {"path": path, "kv_dtype": "bfloat16", "batch": batch, "context": context, "setting": setting, "ms": ms}
+
+
+def test_the_recommendation_is_the_least_worst_setting_and_the_crossover_the_largest_winning_batch() -> None:
+    rows = [row("decode", 64, "a", 1.0), row("decode", 64, "b", 1.1),    # a best here, b 10% behind
+            row("decode", 256, "a", 3.0), row("decode", 256, "b", 2.0),  # b best here, a 50% behind
+            row("decode", 256, "c", None),                               # c failed: never chosen
+            row("decode", 4, "a", 9.0), row("decode", 4, "b", 0.1),      # a split-only batch: not the 2D kernel's
+            row("decode", 16, "a", 0.5),
+            row("split", 4, "s", 0.2), row("split", 16, "s", 0.4), row("split", 16, "t", 0.6)]
+    chosen = tune.recommend(rows, decode_batches=[64, 256])
+    assert chosen["decode"] == {"setting": "b", "worst_slowdown": pytest.approx(1.1)}
+    assert chosen["split"]["setting"] == "s"
+    assert chosen["split_wins_up_to"] == {"bfloat16 context 512": 16}
+    rows.append(row("split", 32, "s", 5.0))
+    rows.append(row("decode", 32, "a", 1.0))
+    assert tune.recommend(rows, decode_batches=[64, 256])["split_wins_up_to"] == {"bfloat16 context 512": 16}
