@@ -259,3 +259,21 @@ def test_fresh_sentences_were_never_trained_on_nor_held_out() -> None:
     assert not set(sentences) & (training_sentences(spec) | heldout)
     voices = [clip.utterance for clip in plan(sentences, seed=1000)]
     assert sum(u.seen_voice for u in voices) == 27 and {u.voice for u in voices if not u.seen_voice} == {"m4"}
+
+
+def test_the_third_phase_reads_training_sentences_in_long_clips_and_fresh_sentences_avoid_them(tmp_path: Path) -> None:
+    from training import long_multi
+    from training.corpus import heldout_sentences, synthesize_split
+    from training.fresh_eval import fresh_sentences
+
+    candidates = long_multi.long_multi_candidates(count=20)
+    assert candidates == long_multi.long_multi_candidates(count=20)  # deterministic from the seed
+    assert all(len(clip) == long_multi.CANDIDATES for clip in candidates)
+    read = {text for clip in candidates for text in clip}
+    assert not read & heldout_sentences(SPECS["v2"])
+    assert not read & set(fresh_sentences(200, seed=1000))
+    # read until the held-out length (15-28 s), by one training voice
+    [clip] = long_multi.plan(1, long_multi.SEED)
+    assert clip.utterance.kind == "multi" and clip.utterance.voice in speech.TRAIN_VARIANTS
+    long = synthesize_split([clip], tmp_path, "flac", 1, "train_long", heldout=True)
+    assert 15 <= long[0].seconds <= 30 and long[0].text.startswith(clip.texts[0])

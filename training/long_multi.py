@@ -1,0 +1,91 @@
+"""The third training phase's data: clips of several sentences as long as the held-out ones, and the phase's mix.
+
+The second phase's clips of several sentences hold 2-6 sentences (median 13.6 s, a tenth past 21 s), while the
+held-out ones are read until 15-28 s (median 24 s): the model had barely heard its place kept that far into a clip.
+This phase adds clips read the held-out way (up to 12 candidates, until 15-28 s), from training sentences only,
+and trains on them with the second phase's clips of several sentences, a sample of its single sentences and of its
+clips without speech, so that neither is forgotten:
+
+    python -m training.long_multi                  # into the v2 corpus: train_long/ and phase3.jsonl (2 min)
+    python -m training.train --init DIR_OF_PHASE_2 --train-manifest ~/.cache/qasr/demo-corpus-v2/phase3.jsonl \\
+        --work /tmp/demo-work-v3 --steps 2700 --lr 3e-4 --warmup 100 --eval-every 100000 \\
+        --log training/logs/demo-model-v3.jsonl --out engine/assets/demo-model     # 25 min
+
+Deterministic from the seed (and the v2 corpus, which it reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+
+from training.corpus import (
+    SPECS,
+    PlannedClip,
+    Utterance,
+    _utterance_seed,
+    heldout_sentences,
+    read_manifest,
+    sample_sentences,
+    synthesize_split,
+    write_manifest,
+)
+from training.speech import TRAIN_VARIANTS, random_voice
+
+CORPUS = Path.home() / ".cache" / "qasr" / "demo-corpus-v2"
+SPLIT = "train_long"
+CANDIDATES = 12  # sentences a clip may read, in order, until it is long enough (as a held-out clip's)
+SEED = 77
+COUNT = 1800
+SINGLES, NOISE = 5000, 800  # sampled from the v2 corpus's training splits; its clips of several sentences all go in
+
+
+def long_multi_candidates(count: int = COUNT, seed: int = SEED) -> list[list[str]]:
+    """Each clip's candidate sentences: training sentences (never a held-out one), drawn as the corpus draws."""
+    pool = sample_sentences(count * CANDIDATES, random.Random(seed), exclude=heldout_sentences(SPECS["v2"]))
+    return [pool[i * CANDIDATES:(i + 1) * CANDIDATES] for i in range(count)]
+
+
+def plan(count: int, seed: int) -> list[PlannedClip]:
+    rng = np.random.default_rng(seed)
+    planned = []
+    for i, texts in enumerate(long_multi_candidates(count, seed)):
+        voice = random_voice(rng, TRAIN_VARIANTS)
+        utterance = Utterance(file=f"{SPLIT}/{i:06d}", text=" ".join(texts), voice=voice.variant, speed=voice.speed,
+                              pitch=voice.pitch, seen_voice=True, kind="multi")
+        planned.append(PlannedClip(utterance, _utterance_seed(seed, SPLIT, i), texts))
+    return planned
+
+
+def build(corpus: Path, count: int, seed: int, workers: int) -> list[Utterance]:
+    """Renders the clips into corpus/train_long/ and writes corpus/phase3.jsonl, the phase's shuffled mix."""
+    # heldout=True: a clip is read until 15-28 s (corpus.HELDOUT_MULTI_SECONDS), as a held-out clip is
+    long = synthesize_split(plan(count, seed), corpus, "flac", workers, SPLIT, heldout=True)
+    write_manifest(corpus / f"{SPLIT}.jsonl", long)
+    rng = random.Random(seed + 1)
+    mix = (long + read_manifest(corpus / "train_multi.jsonl")
+           + rng.sample(read_manifest(corpus / "train.jsonl"), SINGLES)
+           + rng.sample(read_manifest(corpus / "train_noise.jsonl"), NOISE))
+    rng.shuffle(mix)
+    write_manifest(corpus / "phase3.jsonl", mix)
+    return long
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="the v2 corpus (python -m training.corpus "
+                                                                    "--spec v2 --out ...)")
+    parser.add_argument("--count", type=int, default=COUNT)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    long = build(args.corpus, args.count, args.seed, args.workers)
+    seconds = np.array([u.seconds for u in long])
+    print(f"{len(long)} clips, seconds at 10/50/90%: {np.percentile(seconds, [10, 50, 90]).round(1)}")
+
+
+if __name__ == "__main__":
+    main()
