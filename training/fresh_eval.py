@@ -29,7 +29,7 @@ from training.corpus import (
     write_manifest,
 )
 from training.domain import sentence
-from training.long_multi import long_multi_candidates
+from training.long_multi import PHASE4_COUNT, long_multi_candidates
 from training.speech import TRAIN_VARIANTS, UNSEEN_VARIANTS, random_voice
 
 SPLIT = "fresh"
@@ -39,7 +39,8 @@ def fresh_sentences(count: int, seed: int) -> list[str]:
     """`count` unique domain sentences never trained on and not in the held-out or validation splits."""
     spec = SPECS[HELDOUT_SPEC]
     known = training_sentences(spec) | heldout_sentences(spec)
-    known.update(text for clip in long_multi_candidates() for text in clip)  # the third phase's (all it could read)
+    # the third and fourth phases' (all they could read; the fourth's first clips are the third's)
+    known.update(text for clip in long_multi_candidates(PHASE4_COUNT) for text in clip)
     rng, chosen = random.Random(seed), []
     while len(chosen) < count:
         text = sentence(rng)

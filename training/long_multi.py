@@ -1,4 +1,4 @@
-"""The third training phase's data: clips of several sentences as long as the held-out ones, and the phase's mix.
+"""The third and fourth training phases' data: clips of several sentences as long as the held-out ones, and mixes.
 
 The second phase's clips of several sentences hold 2-6 sentences (median 13.6 s, a tenth past 21 s), while the
 held-out ones are read until 15-28 s (median 24 s): the model had barely heard its place kept that far into a clip.
@@ -9,7 +9,11 @@ clips without speech, so that neither is forgotten:
     python -m training.long_multi                  # into the v2 corpus: train_long/ and phase3.jsonl (2 min)
     python -m training.train --init DIR_OF_PHASE_2 --train-manifest ~/.cache/qasr/demo-corpus-v2/phase3.jsonl \\
         --work /tmp/demo-work-v3 --steps 2700 --lr 3e-4 --warmup 100 --eval-every 100000 \\
-        --log training/logs/demo-model-v3.jsonl --out engine/assets/demo-model     # 25 min
+        --log training/logs/demo-model-v3.jsonl --out /tmp/demo-v3                 # 25 min
+    python -m training.long_multi --count 3600 --mix-name phase4   # phase 4: the same 1800 clips and 1800 more
+    python -m training.train --init /tmp/demo-v3 --train-manifest ~/.cache/qasr/demo-corpus-v2/phase4.jsonl \
+        --work /tmp/demo-work-v4 --steps 2700 --lr 2e-4 --warmup 50 --eval-every 100000 \
+        --log training/logs/demo-model-v4.jsonl --out engine/assets/demo-model     # 21 min
 
 Deterministic from the seed (and the v2 corpus, which it reads).
 """
@@ -40,6 +44,7 @@ SPLIT = "train_long"
 CANDIDATES = 12  # sentences a clip may read, in order, until it is long enough (as a held-out clip's)
 SEED = 77
 COUNT = 1800
+PHASE4_COUNT = 3600  # the fourth phase: the same first 1800 clips, then as many more
 SINGLES, NOISE = 5000, 800  # sampled from the v2 corpus's training splits; its clips of several sentences all go in
 
 
@@ -60,8 +65,9 @@ def plan(count: int, seed: int) -> list[PlannedClip]:
     return planned
 
 
-def build(corpus: Path, count: int, seed: int, workers: int) -> list[Utterance]:
-    """Renders the clips into corpus/train_long/ and writes corpus/phase3.jsonl, the phase's shuffled mix."""
+def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "phase3") -> list[Utterance]:
+    """Renders the clips into corpus/train_long/ and writes corpus/{mix_name}.jsonl, the phase's shuffled mix (a
+    larger count renders the same first clips, then more)."""
     # heldout=True: a clip is read until 15-28 s (corpus.HELDOUT_MULTI_SECONDS), as a held-out clip is
     long = synthesize_split(plan(count, seed), corpus, "flac", workers, SPLIT, heldout=True)
     write_manifest(corpus / f"{SPLIT}.jsonl", long)
@@ -70,7 +76,7 @@ def build(corpus: Path, count: int, seed: int, workers: int) -> list[Utterance]:
            + rng.sample(read_manifest(corpus / "train.jsonl"), SINGLES)
            + rng.sample(read_manifest(corpus / "train_noise.jsonl"), NOISE))
     rng.shuffle(mix)
-    write_manifest(corpus / "phase3.jsonl", mix)
+    write_manifest(corpus / f"{mix_name}.jsonl", mix)
     return long
 
 
@@ -81,8 +87,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=COUNT)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mix-name", default="phase3", help="the mix's manifest: corpus/NAME.jsonl")
     args = parser.parse_args()
-    long = build(args.corpus, args.count, args.seed, args.workers)
+    long = build(args.corpus, args.count, args.seed, args.workers, args.mix_name)
     seconds = np.array([u.seconds for u in long])
     print(f"{len(long)} clips, seconds at 10/50/90%: {np.percentile(seconds, [10, 50, 90]).round(1)}")
 

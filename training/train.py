@@ -1,14 +1,14 @@
 """Train the bundled demo model: synthesize the corpus, fit a small Qwen3-ASR, export it in the original layout.
 
-The shipped checkpoint is three phases on 2 CPU cores: the first model from scratch on the `v1` corpus (one
+The shipped checkpoint is four phases on 2 CPU cores: the first model from scratch on the `v1` corpus (one
 sentence per clip), then a second phase from it on the `v2` corpus (clips of several sentences up to 30 s,
 clips of silence and noise that must stay empty, held-out sentences that are rare grammar derivations), then a
-third on clips of several sentences as long as the held-out ones (training.long_multi):
+third and a fourth on clips of several sentences as long as the held-out ones (training.long_multi):
 
     python -m training.train --corpus-spec v1 --steps 5000 --lr 1.5e-3 --warmup 300 --batch-frames 0 \
         --spec-augment 0 --eval-every 1000 --out /tmp/demo-v1 --log training/logs/demo-model.jsonl
     python -m training.train --init /tmp/demo-v1 --out /tmp/demo-v2                # phase 2 (the defaults)
-    python -m training.long_multi && python -m training.train --init /tmp/demo-v2 ...  # phase 3: see its docstring
+    python -m training.long_multi && python -m training.train --init /tmp/demo-v2 ...  # phases 3, 4: its docstring
     python -m training.train --steps 50 --model tiny --out /tmp/demo               # a quick look
 
 Deterministic from `--seed` on a given machine and thread count. Writes a JSON-lines log of loss and

@@ -272,6 +272,8 @@ def test_the_third_phase_reads_training_sentences_in_long_clips_and_fresh_senten
     read = {text for clip in candidates for text in clip}
     assert not read & heldout_sentences(SPECS["v2"])
     assert not read & set(fresh_sentences(200, seed=1000))
+    fourth = {text for clip in long_multi.long_multi_candidates(long_multi.PHASE4_COUNT) for text in clip}
+    assert not fourth & set(fresh_sentences(200, seed=1000))
     # read until the held-out length (15-28 s), by one training voice
     [clip] = long_multi.plan(1, long_multi.SEED)
     assert clip.utterance.kind == "multi" and clip.utterance.voice in speech.TRAIN_VARIANTS
