@@ -174,12 +174,17 @@ def test_a_stream_waiting_for_its_first_token_sends_keep_alives(server, engine: 
     assert parsed[-1].type == "transcript.text.done" and parsed[-1].text == clips[1]["engine_text"]
 
 
-def test_language_prompt_and_temperature_are_accepted(server, clips: list[dict]) -> None:
+def test_language_prompt_and_temperature_are_accepted(server, engine: AsyncEngine, heldout, clips: list[dict]) -> None:
+    """The prompt reaches the model as its context: the server's text is the engine's with that context (the demo
+    model never heard a context in training, and with one it may read worse: see README "Demo model")."""
     client, clip = server.client(), clips[2]
+    prompt = "timers, alarms and reminders"
+    with_context = server.call(engine.transcribe(TranscriptionRequest(
+        load_audio(heldout / clip["file"]), language="English", context=prompt))).text
     for language in ("en", "English"):
         result = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", language=language,
-                                                    prompt="timers, alarms and reminders")
-        assert jiwer.wer(clip["text"].lower(), result.text.lower()) < 0.5
+                                                    prompt=prompt)
+        assert result.text == with_context
     sampled = client.audio.transcriptions.create(file=upload(clip), model="qasr-demo", temperature=0.7,
                                                  extra_body={"max_completion_tokens": "4"})
     assert isinstance(sampled.text, str)
