@@ -31,6 +31,8 @@ from qasr.kernels import SplitKVWorkspace
 from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS, padded_head_dim
 from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype
 from qasr.kernels.reference import paged_attention as reference
+from qasr.kernels.triton.paged_attention import unified_attention
+from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tuning
 
 RELATIVE_TOLERANCE = 2e-2  # max |out - reference| over max |reference|: bf16 rounding, not a wrong result
 
@@ -43,10 +45,16 @@ class Setting:
     num_stages: int
     segments: int | None = None  # split only
 
-    def tuning_fields(self) -> dict[str, int]:
+    @property
+    def tuning(self) -> AttentionTuning:
+        """The defaults with this setting's path changed (a value the kernels cannot take raises ValueError)."""
         prefix = "decode" if self.path == "decode" else "split"
-        return {f"{prefix}_tile_n": self.tile_n, f"{prefix}_num_warps": self.num_warps,
-                f"{prefix}_num_stages": self.num_stages}
+        return AttentionTuning(**{f"{prefix}_tile_n": self.tile_n, f"{prefix}_num_warps": self.num_warps,
+                                  f"{prefix}_num_stages": self.num_stages})
+
+    @property
+    def is_default(self) -> bool:
+        return not self.tuning.describe() and self.segments in (None, SPLIT_KV_SEGMENTS)
 
     @property
     def label(self) -> str:
@@ -56,14 +64,12 @@ class Setting:
 
 def settings(args: argparse.Namespace) -> list[Setting]:
     """The grid; a value the kernels cannot take (a tile of 24, 3 warps) is refused here, before any timing."""
-    from qasr.kernels.triton.tuning import AttentionTuning
-
     grid = [Setting("decode", *values) for values in itertools.product(args.decode_tile_n, args.num_warps,
                                                                       args.num_stages)]
     grid += [Setting("split", tile, warps, stages, segments) for tile, warps, stages, segments in itertools.product(
         args.split_tile_n, args.split_num_warps, args.split_num_stages, args.segments)]
     for setting in grid:
-        AttentionTuning(**setting.tuning_fields())
+        setting.tuning  # noqa: B018 -- validates
         if setting.segments is not None and (setting.segments < 1 or setting.segments & (setting.segments - 1)):
             raise ValueError(f"split-KV segments must be a power of two, got {setting.segments}")
     return grid
@@ -76,9 +82,6 @@ def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
 def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, grid: list[Setting], g: Geometry,
                   device: torch.device, args: argparse.Namespace, copy_gb_s: float) -> list[dict]:
     """Every setting of `path` on one shape: checked against the reference, then timed."""
-    from qasr.kernels.triton.paged_attention import unified_attention
-    from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
-
     case = make_case("decode", batch, context, g, device)
     k_cache, v_cache, meta = paged_kv(case, g, kv_dtype, device)
     scale = g.head_dim**-0.5
@@ -89,9 +92,7 @@ def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, gr
         if setting.segments is not None:
             meta.split_kv_workspace = SplitKVWorkspace.allocate(batch, g.heads, padded_head_dim(g.head_dim), device,
                                                                 segments=setting.segments)
-        tuning = AttentionTuning(**setting.tuning_fields())
-
-        def call(tuning: AttentionTuning = tuning) -> torch.Tensor:
+        def call(tuning: AttentionTuning = setting.tuning) -> torch.Tensor:
             with attention_tuning(tuning):
                 return unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=path == "split")
 
@@ -105,7 +106,7 @@ def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, gr
             else:
                 ms = time_ms(call, device, args.iters, args.warmup)
                 row.update(ms=ms, gb_s=moved / ms / 1e6, copy_fraction=moved / ms / 1e6 / copy_gb_s)
-                if is_default(setting):
+                if setting.is_default:
                     default_ms = ms
         except Exception as failure:  # noqa: BLE001 -- a setting that does not compile is a result, not the end
             row["error"] = f"{type(failure).__name__}: {str(failure)[:200]}"
@@ -114,15 +115,6 @@ def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, gr
         if default_ms and row["ms"]:
             row["vs_default"] = default_ms / row["ms"]
     return rows
-
-
-def is_default(setting: Setting) -> bool:
-    from qasr.kernels.triton.tuning import AttentionTuning
-
-    default = AttentionTuning()
-    chosen = setting.tuning_fields()
-    return all(getattr(default, name) == value for name, value in chosen.items()) and (
-        setting.segments in (None, SPLIT_KV_SEGMENTS))
 
 
 def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
@@ -157,20 +149,17 @@ def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
 
 
 def env_line(recommendation: dict, grid: list[Setting]) -> str:
-    from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning
-
-    chosen: dict[str, int] = {}
+    parts = []
     for path in ("decode", "split"):
         label = recommendation.get(path, {}).get("setting")
         setting = next((s for s in grid if s.path == path and s.label == label), None)
-        if setting is not None:
-            chosen.update(setting.tuning_fields())
-    described = AttentionTuning(**chosen).describe()
+        if setting is not None and setting.tuning.describe():
+            parts.append(setting.tuning.describe())
+    described = ",".join(parts)
     return f'{ENV_VAR}="{described}"' if described else f"{ENV_VAR} unset: the defaults are best"
 
 
-def run(args: argparse.Namespace, device: torch.device, g: Geometry) -> tuple[list[dict], float, list[Setting]]:
-    grid = settings(args)
+def run(args: argparse.Namespace, grid: list[Setting], device: torch.device, g: Geometry) -> tuple[list[dict], float]:
     copy_gb_s = copy_bandwidth_gb_s(device, args.iters)
     kv_dtypes = [resolve_kv_cache_dtype(name, g.dtype) for name in args.kv_cache_dtype]
     rows: list[dict] = []
@@ -182,7 +171,7 @@ def run(args: argparse.Namespace, device: torch.device, g: Geometry) -> tuple[li
                 rows += measure_shape(path, batch, context, kv_dtype, grid, g, device, args, copy_gb_s)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    return rows, copy_gb_s, grid
+    return rows, copy_gb_s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        settings(args)
+        grid = settings(args)
     except ValueError as error:
         raise SystemExit(f"tune-attention: {error}") from None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -221,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
     if args.kv_cache_dtype is None:
         args.kv_cache_dtype = ["auto", "fp8"] if device.type == "cuda" else ["auto"]
     g = Geometry(args.heads, args.kv_heads, args.head_dim, args.block_size, dtype)
-    rows, copy_gb_s, grid = run(args, device, g)
+    rows, copy_gb_s = run(args, grid, device, g)
     recommendation = recommend(rows, args.batch_sizes)
     line = env_line(recommendation, grid)
     config = {name: getattr(args, name) for name in (

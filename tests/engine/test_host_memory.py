@@ -33,7 +33,6 @@ def test_a_cpu_engine_never_imports_triton() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
 
 
-
 def test_encoder_gelus_of_any_row_count_leave_few_compiled_primitives() -> None:
     """oneDNN, which runs the CPU's GELU, keeps a compiled primitive for each input shape it meets (up to 1024): the
     encoder's GELUs run in power-of-two blocks of rows, so a server's ever-new token counts do not pile them up."""
