@@ -2,6 +2,7 @@
 
     python -m benchmarks.heldout                  # the bundled demo model (qasr's default --model)
     python -m benchmarks.heldout --model DIR      # any checkpoint
+    python -m benchmarks.heldout --context "timers, alarms and reminders"   # with a context in the system turn
 
 The set (benchmarks/data/heldout) holds sentences never trained on, in voices seen in training and in
 one voice variant never trained on, clips of several such sentences (15-30 s), and clips of silence or noise
@@ -49,11 +50,14 @@ def transcribe_files(files: list[Path], model: str | None = None, extra_args: tu
         return [json.loads((Path(out) / f"{Path(f).stem}.json").read_text())["text"] for f in files]
 
 
-def heldout_scores(model: str | None = None, manifest: Path = MANIFEST) -> tuple[list[Score], list[dict]]:
+def heldout_scores(model: str | None = None, manifest: Path = MANIFEST,
+                   context: str = "") -> tuple[list[Score], list[dict]]:
     """Scores for single sentences in seen voices and in the unseen voice, clips of several sentences, all
-    speech, and clips without speech; and the rows with their hypotheses."""
+    speech, and clips without speech; and the rows with their hypotheses. `context`: every clip's context (the
+    OpenAI `prompt`)."""
     rows = read_manifest(manifest)
-    hypotheses = transcribe_files([manifest.parent / row["file"] for row in rows], model)
+    hypotheses = transcribe_files([manifest.parent / row["file"] for row in rows], model,
+                                  ("--context", context) if context else ())
     # a manifest written before clips had kinds holds single sentences
     rows = [{"kind": "sentence"} | row | {"hypothesis": hypothesis} for row, hypothesis in zip(rows, hypotheses)]
     sentences = [r for r in rows if r["kind"] == "sentence"]
@@ -86,8 +90,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the demo model)")
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
     parser.add_argument("--errors", action="store_true", help="also print every utterance with an error")
+    parser.add_argument("--context", default="", help="context text (hotwords, the OpenAI prompt) for every clip")
     args = parser.parse_args()
-    scores, rows = heldout_scores(args.model, args.manifest)
+    scores, rows = heldout_scores(args.model, args.manifest, args.context)
     if args.errors:
         for row in rows:
             if normalize_english(row["text"]) != normalize_english(row["hypothesis"]):
