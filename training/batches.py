@@ -9,6 +9,7 @@ only. CTC targets are the text's own token ids.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,8 @@ class ExampleBuilder:
         target = self.tokenizer.encode(header + text, add_special_tokens=False)
         return Example(target + [self.im_end], self.tokenizer.encode(text, add_special_tokens=False))
 
-    def prompt(self, frames: int) -> list[int]:
-        ids, _ = self.prompts.build(num_audio_tokens(frames))
+    def prompt(self, frames: int, context: str = "") -> list[int]:
+        ids, _ = self.prompts.build(num_audio_tokens(frames), context)
         return ids
 
 
@@ -114,14 +115,16 @@ def padded_features(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def collate(indices: np.ndarray, store: FeatureStore, examples: list[Example], builder: ExampleBuilder,
-            augment: tuple[SpecAugment, np.random.Generator] | None = None) -> dict[str, torch.Tensor]:
+            augment: tuple[SpecAugment, np.random.Generator] | None = None,
+            context: Callable[[], str] | None = None) -> dict[str, torch.Tensor]:
+    """`context`: each example's system turn (training.contexts), empty without one."""
     mels = [store[int(i)] for i in indices]
     if augment is not None:
         mels = [augment[0](mel, augment[1]) for mel in mels]
     features, features_mask = padded_features(mels)
     sequences, labels = [], []
     for i, mel in zip(indices, mels):
-        prompt, target = builder.prompt(mel.shape[1]), examples[int(i)].target
+        prompt, target = builder.prompt(mel.shape[1], context() if context else ""), examples[int(i)].target
         sequences.append(prompt + target)
         labels.append([-100] * len(prompt) + target)
     length = max(map(len, sequences))

@@ -29,7 +29,7 @@ from training.corpus import (
     write_manifest,
 )
 from training.domain import sentence
-from training.long_multi import PHASE4_COUNT, long_multi_candidates
+from training.long_multi import PHASE4_COUNT, long_multi_candidates, plain_sentences
 from training.speech import TRAIN_VARIANTS, UNSEEN_VARIANTS, random_voice
 
 SPLIT = "fresh"
@@ -39,8 +39,10 @@ def fresh_sentences(count: int, seed: int) -> list[str]:
     """`count` unique domain sentences never trained on and not in the held-out or validation splits."""
     spec = SPECS[HELDOUT_SPEC]
     known = training_sentences(spec) | heldout_sentences(spec)
-    # the third and fourth phases' (all they could read; the fourth's first clips are the third's)
+    # the third and fourth phases' (all they could read; the fourth's first clips are the third's), and the plain
+    # single sentences training.recipe adds to them
     known.update(text for clip in long_multi_candidates(PHASE4_COUNT) for text in clip)
+    known.update(plain_sentences())
     rng, chosen = random.Random(seed), []
     while len(chosen) < count:
         text = sentence(rng)

@@ -37,6 +37,7 @@ from training.corpus import (
     synthesize_split,
     write_manifest,
 )
+from training.domain import sentence
 from training.speech import TRAIN_VARIANTS, random_voice
 
 CORPUS = Path.home() / ".cache" / "qasr" / "demo-corpus-v2"
@@ -46,12 +47,36 @@ SEED = 77
 COUNT = 1800
 PHASE4_COUNT = 3600  # the fourth phase: the same first 1800 clips, then as many more
 SINGLES, NOISE = 5000, 800  # sampled from the v2 corpus's training splits; its clips of several sentences all go in
+# single sentences drawn as the grammar draws them (training.recipe's phases; 0 in the float32 model's): the corpora
+# keep the candidate with the rarest words, so the commonest short phrases were the ones least trained on
+PLAIN_SPLIT, PLAIN = "train_plain", 4000
 
 
 def long_multi_candidates(count: int = COUNT, seed: int = SEED) -> list[list[str]]:
     """Each clip's candidate sentences: training sentences (never a held-out one), drawn as the corpus draws."""
     pool = sample_sentences(count * CANDIDATES, random.Random(seed), exclude=heldout_sentences(SPECS["v2"]))
     return [pool[i * CANDIDATES:(i + 1) * CANDIDATES] for i in range(count)]
+
+
+def plain_sentences(count: int = PLAIN, seed: int = SEED) -> list[str]:
+    """Sentences as the grammar draws them (a common one may come twice), never a held-out one."""
+    rng, heldout, chosen = random.Random(seed + 3), heldout_sentences(SPECS["v2"]), []
+    while len(chosen) < count:
+        text = sentence(rng)
+        if text not in heldout:
+            chosen.append(text)
+    return chosen
+
+
+def plan_plain(count: int, seed: int) -> list[PlannedClip]:
+    rng = np.random.default_rng(seed + 3)
+    planned = []
+    for i, text in enumerate(plain_sentences(count, seed)):
+        voice = random_voice(rng, TRAIN_VARIANTS)
+        utterance = Utterance(file=f"{PLAIN_SPLIT}/{i:06d}", text=text, voice=voice.variant, speed=voice.speed,
+                              pitch=voice.pitch, seen_voice=True)
+        planned.append(PlannedClip(utterance, _utterance_seed(seed, PLAIN_SPLIT, i), [text]))
+    return planned
 
 
 def plan(count: int, seed: int) -> list[PlannedClip]:
@@ -65,9 +90,11 @@ def plan(count: int, seed: int) -> list[PlannedClip]:
     return planned
 
 
-def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "phase3") -> list[Utterance]:
+def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "phase3",
+          plain: int = 0) -> list[Utterance]:
     """Renders the clips into corpus/train_long/ and writes corpus/{mix_name}.jsonl, the phase's shuffled mix (a
-    larger count renders the same first clips, then more)."""
+    larger count renders the same first clips, then more); `plain` single sentences drawn as the grammar draws
+    them (corpus/train_plain/) join the mix."""
     # heldout=True: a clip is read until 15-28 s (corpus.HELDOUT_MULTI_SECONDS), as a held-out clip is
     long = synthesize_split(plan(count, seed), corpus, "flac", workers, SPLIT, heldout=True)
     write_manifest(corpus / f"{SPLIT}.jsonl", long)
@@ -75,6 +102,8 @@ def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "ph
     mix = (long + read_manifest(corpus / "train_multi.jsonl")
            + rng.sample(read_manifest(corpus / "train.jsonl"), SINGLES)
            + rng.sample(read_manifest(corpus / "train_noise.jsonl"), NOISE))
+    if plain:
+        mix += synthesize_split(plan_plain(plain, seed), corpus, "flac", workers, PLAIN_SPLIT)
     rng.shuffle(mix)
     write_manifest(corpus / f"{mix_name}.jsonl", mix)
     return long
@@ -88,8 +117,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mix-name", default="phase3", help="the mix's manifest: corpus/NAME.jsonl")
+    parser.add_argument("--plain", type=int, default=0, help="single sentences drawn as the grammar draws them")
     args = parser.parse_args()
-    long = build(args.corpus, args.count, args.seed, args.workers, args.mix_name)
+    long = build(args.corpus, args.count, args.seed, args.workers, args.mix_name, args.plain)
     seconds = np.array([u.seconds for u in long])
     print(f"{len(long)} clips, seconds at 10/50/90%: {np.percentile(seconds, [10, 50, 90]).round(1)}")
 

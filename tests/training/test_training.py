@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from qasr.benchmarks.heldout import MANIFEST
 from qasr.engine.audio import load_audio
 from qasr.engine.checkpoint import load_weights
+from qasr.engine.demo import DEMO_MODEL_DIR
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import load_model_config
 from training import domain, grammar, noise, speech
-from training.batches import ExampleBuilder, SpecAugment, frame_budget_batches
+from training.batches import ExampleBuilder, SpecAugment, collate, frame_budget_batches
+from training.contexts import ContextSampler
 from training.corpus import (
     HELDOUT_MULTI_CANDIDATES,
     HELDOUT_SPEC,
@@ -190,6 +193,35 @@ def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) ->
     assert [r["step"] for r in records if "loss" in r] == list(range(10, 61, 10))
 
 
+def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:16]
+    manifest = tmp_path / "tiny.jsonl"
+    manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
+    seen: dict[str, set] = {"outputs": set(), "weights": set()}
+    forward = torch.nn.Linear.forward
+
+    def spy(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        out = forward(self, x)
+        if torch.is_grad_enabled():  # training steps, not the export's
+            seen["outputs"].add(out.dtype)
+            seen["weights"].add(self.weight.dtype)
+        return out
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    out = tmp_path / "model"
+    result = train(TrainConfig(out=out, work=tmp_path / "work", log=None, train_manifest=manifest, model="tiny",
+                               steps=40, batch_size=8, batch_frames=0, lr=3e-3, warmup=5, bpe_vocab=400,
+                               eval_every=0, precision="bfloat16"))
+    assert seen == {"outputs": {torch.bfloat16}, "weights": {torch.float32}}
+    assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5])
+    stored = {tensor.dtype for file in out.glob("*.safetensors") for tensor in load_file(file).values()}
+    assert stored == {torch.float32}  # the export's dtype (export_dtype), whatever the training precision
+
+    with pytest.raises(ValueError, match="precision 'float16'"):
+        train(TrainConfig(out=tmp_path / "never", work=tmp_path / "never-work", log=None,
+                          train_manifest=tmp_path / "missing.jsonl", precision="float16"))
+
+
 def test_a_second_phase_starts_from_a_checkpoint_and_learns_empty_transcripts(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:16]
     rng = np.random.default_rng(0)
@@ -227,6 +259,32 @@ def test_a_second_phase_starts_from_a_checkpoint_and_learns_empty_transcripts(tm
     record = validate(model, builder, {"val_noise": (quiet, ["", ""]), "val_seen": (spoken, [rows[0]["text"]])})
     assert record["empty_val_noise"] in (0.0, 0.5, 1.0) and record["wer_val_seen"] >= 0.0
     assert set(record) == {"empty_val_noise", "example_val_noise", "wer_val_seen", "example_val_seen"}
+
+
+def test_a_share_of_examples_get_a_context_of_domain_words_or_a_sentence_in_the_system_turn() -> None:
+    sentences = ["Set a timer for ten minutes.", "What is the weather like today?"]
+    first, again = ContextSampler(0.3, sentences, seed=5), ContextSampler(0.3, sentences, seed=5)
+    draws = [first() for _ in range(2000)]
+    assert draws == [again() for _ in range(2000)]
+    given = [d for d in draws if d]
+    assert 0.25 < len(given) / len(draws) < 0.35
+    words = set(domain.word_list())
+    as_sentences = [d for d in given if d in sentences]
+    as_words = [d for d in given if d not in sentences]
+    assert as_sentences and all(set(d.replace(",", "").split()) <= words for d in as_words)
+    assert any(", " in d for d in as_words) and any(" " in d and "," not in d for d in as_words)
+
+    builder = ExampleBuilder(AutoTokenizer.from_pretrained(str(DEMO_MODEL_DIR)))
+    example = builder.example(sentences[0])
+    store = [torch.zeros(128, 300)]
+    plain = collate(np.array([0]), store, [example], builder)
+    hinted = collate(np.array([0]), store, [example], builder, context=lambda: "alarm, timer")
+    text = builder.tokenizer.decode(hinted["input_ids"][0])
+    assert "<|im_start|>system\nalarm, timer<|im_end|>" in text
+    assert "<|im_start|>system\n<|im_end|>" in builder.tokenizer.decode(plain["input_ids"][0])
+    targets = [ids[labels != -100].tolist() for ids, labels in ((b["input_ids"][0], b["labels"][0])
+                                                                  for b in (plain, hinted))]
+    assert targets[0] == targets[1] == example.target
 
 
 def test_frame_budget_batches_cover_every_clip_once_within_the_budget() -> None:
@@ -274,6 +332,13 @@ def test_the_third_phase_reads_training_sentences_in_long_clips_and_fresh_senten
     assert not read & set(fresh_sentences(200, seed=1000))
     fourth = {text for clip in long_multi.long_multi_candidates(long_multi.PHASE4_COUNT) for text in clip}
     assert not fourth & set(fresh_sentences(200, seed=1000))
+    # training.recipe's plain sentences: drawn as the grammar draws them, common ones more than once
+    plain = long_multi.plain_sentences()
+    assert plain == long_multi.plain_sentences() and len(plain) == long_multi.PLAIN > len(set(plain))
+    assert not set(plain) & (heldout_sentences(SPECS["v2"]) | set(fresh_sentences(200, seed=1000)))
+    singles = long_multi.plan_plain(30, long_multi.SEED)
+    assert [c.texts for c in singles] == [[text] for text in plain[:30]]
+    assert {c.utterance.voice for c in singles} <= set(speech.TRAIN_VARIANTS)
     # read until the held-out length (15-28 s), by one training voice
     [clip] = long_multi.plan(1, long_multi.SEED)
     assert clip.utterance.kind == "multi" and clip.utterance.voice in speech.TRAIN_VARIANTS
