@@ -3,6 +3,7 @@ bfloat16 autocast (twice the steps per second of float32 on a CPU with AVX512-BF
 
     python -m training.recipe --out engine/assets/demo-model           # renders the corpora, trains, exports
     python -m training.recipe --work /tmp/recipe --from-phase 3 ...     # again from a phase (earlier ones kept)
+    python -m training.recipe --last-phase 3                           # the shipped (fifth) demo model
 
 1. from scratch on corpus v1 (single sentences): 5000 steps, lr 1.5e-3;
 2. from 1 on corpus v2 (clips of several sentences, clips without speech): 4500 steps, lr 5e-4 (the defaults);
@@ -59,15 +60,17 @@ def render(number: int) -> None:
                      plain=long_multi.PLAIN)
 
 
-def run(work: Path, out: Path, from_phase: int = 1, log: Callable[[str], None] = print) -> Path:
+def run(work: Path, out: Path, from_phase: int = 1, last_phase: int = 4,
+        log: Callable[[str], None] = print) -> Path:
+    """Phases from_phase..last_phase; the last one's checkpoint goes to `out`."""
     started = time.monotonic()
     previous = work / f"phase{from_phase - 1}" if from_phase > 1 else None
-    for number in range(from_phase, 5):
+    for number in range(from_phase, last_phase + 1):
         phase_started = time.monotonic()
         if number >= 3:
             render(number)
         config = phase_config(number, work, previous)
-        if number == 4:
+        if number == last_phase:
             config = replace(config, out=out)
         train(config)
         previous = config.out
@@ -82,8 +85,10 @@ def main() -> None:
                         help="each phase's checkpoint and the long clips' features")
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR, help="the last phase's checkpoint")
     parser.add_argument("--from-phase", type=int, choices=[1, 2, 3, 4], default=1)
+    parser.add_argument("--last-phase", type=int, choices=[1, 2, 3, 4], default=4)
     args = parser.parse_args()
-    run(args.work, args.out, args.from_phase, log=lambda line: print(line, file=sys.stderr, flush=True))
+    run(args.work, args.out, args.from_phase, args.last_phase,
+        log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 if __name__ == "__main__":

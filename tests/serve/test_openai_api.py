@@ -175,8 +175,8 @@ def test_a_stream_waiting_for_its_first_token_sends_keep_alives(server, engine: 
 
 
 def test_language_prompt_and_temperature_are_accepted(server, engine: AsyncEngine, heldout, clips: list[dict]) -> None:
-    """The prompt reaches the model as its context: the server's text is the engine's with that context (the demo
-    model never heard a context in training, and with one it may read worse: see README "Demo model")."""
+    """The prompt reaches the model as its context: the server's text is the engine's with that context (how well
+    the demo model reads with one: tests/engine/test_demo_model.py)."""
     client, clip = server.client(), clips[2]
     prompt = "timers, alarms and reminders"
     with_context = server.call(engine.transcribe(TranscriptionRequest(

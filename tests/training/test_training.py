@@ -344,3 +344,21 @@ def test_the_third_phase_reads_training_sentences_in_long_clips_and_fresh_senten
     assert clip.utterance.kind == "multi" and clip.utterance.voice in speech.TRAIN_VARIANTS
     long = synthesize_split([clip], tmp_path, "flac", 1, "train_long", heldout=True)
     assert 15 <= long[0].seconds <= 30 and long[0].text.startswith(clip.texts[0])
+
+
+def test_the_recipe_chains_its_phases_in_bfloat16_and_exports_the_last_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import recipe
+
+    trained, rendered = [], []
+    monkeypatch.setattr(recipe, "train", trained.append)
+    monkeypatch.setattr(recipe, "render", rendered.append)
+    out = recipe.run(tmp_path, tmp_path / "model", from_phase=2, last_phase=3, log=lambda line: None)
+    assert out == tmp_path / "model" and rendered == [3]
+    second, third = trained
+    assert (second.init, second.out, second.corpus_spec, second.context_rate) == (
+        tmp_path / "phase1", tmp_path / "phase2", "v2", 0.0)
+    assert (third.init, third.out, third.context_rate) == (tmp_path / "phase2", tmp_path / "model",
+                                                           recipe.CONTEXT_RATE)
+    assert third.train_manifest.name == "phase3.jsonl" and {c.precision for c in trained} == {"bfloat16"}
+    assert recipe.phase_config(1, tmp_path, None).corpus_spec == "v1"
