@@ -1,5 +1,6 @@
 """The demo model's whole recipe in one command: the four phases of training.train and training.long_multi, in
-bfloat16 autocast (twice the steps per second of float32 on a CPU with AVX512-BF16), within 2 hours on 2 cores:
+bfloat16 autocast (a model step in half float32's time on a CPU with AVX512-BF16), meant to fit 2 hours on 2 cores
+(phases 1-3 took 2 h 9 min on one, see README "Demo model"):
 
     python -m training.recipe --out engine/assets/demo-model           # renders the corpora, trains, exports
     python -m training.recipe --work /tmp/recipe --from-phase 3 ...     # again from a phase (earlier ones kept)
