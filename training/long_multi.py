@@ -90,20 +90,41 @@ def plan(count: int, seed: int) -> list[PlannedClip]:
     return planned
 
 
+def render_missing(planned: list[PlannedClip], corpus: Path, split: str, workers: int, heldout: bool = False
+                   ) -> list[Utterance]:
+    """The planned clips of corpus/{split}/, with their manifest corpus/{split}.jsonl: a clip that manifest already
+    holds as planned (same file, voice and sentences; an earlier build of the same seed) is kept, not rendered again,
+    so phase 4 renders only the clips phase 3 did not."""
+    manifest = corpus / f"{split}.jsonl"
+    done = {u.file: u for u in read_manifest(manifest)} if manifest.exists() else {}
+
+    def rendered(clip: PlannedClip) -> Utterance | None:
+        u, old = clip.utterance, done.get(clip.utterance.file + ".flac")
+        if old is None or (old.voice, old.speed, old.pitch) != (u.voice, u.speed, u.pitch):
+            return None
+        return old if " ".join(clip.texts).startswith(old.text) and (corpus / old.file).exists() else None
+
+    kept = [rendered(clip) for clip in planned]
+    missing = [clip for clip, old in zip(planned, kept) if old is None]
+    fresh = iter(synthesize_split(missing, corpus, "flac", workers, split, heldout) if missing else [])
+    utterances = [old or next(fresh) for old in kept]
+    write_manifest(manifest, utterances)
+    return utterances
+
+
 def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "phase3",
           plain: int = 0) -> list[Utterance]:
     """Renders the clips into corpus/train_long/ and writes corpus/{mix_name}.jsonl, the phase's shuffled mix (a
     larger count renders the same first clips, then more); `plain` single sentences drawn as the grammar draws
     them (corpus/train_plain/) join the mix."""
     # heldout=True: a clip is read until 15-28 s (corpus.HELDOUT_MULTI_SECONDS), as a held-out clip is
-    long = synthesize_split(plan(count, seed), corpus, "flac", workers, SPLIT, heldout=True)
-    write_manifest(corpus / f"{SPLIT}.jsonl", long)
+    long = render_missing(plan(count, seed), corpus, SPLIT, workers, heldout=True)
     rng = random.Random(seed + 1)
     mix = (long + read_manifest(corpus / "train_multi.jsonl")
            + rng.sample(read_manifest(corpus / "train.jsonl"), SINGLES)
            + rng.sample(read_manifest(corpus / "train_noise.jsonl"), NOISE))
     if plain:
-        mix += synthesize_split(plan_plain(plain, seed), corpus, "flac", workers, PLAIN_SPLIT)
+        mix += render_missing(plan_plain(plain, seed), corpus, PLAIN_SPLIT, workers)
     rng.shuffle(mix)
     write_manifest(corpus / f"{mix_name}.jsonl", mix)
     return long

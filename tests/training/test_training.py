@@ -29,6 +29,7 @@ from training.corpus import (
     CorpusSpec,
     plan_split,
     rare_sentences,
+    read_manifest,
     split_sentences,
     training_sentences,
 )
@@ -198,8 +199,8 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:16]
     manifest = tmp_path / "tiny.jsonl"
     manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
-    seen: dict[str, set] = {"outputs": set(), "weights": set()}
-    forward = torch.nn.Linear.forward
+    seen: dict[str, set] = {"outputs": set(), "weights": set(), "sdpa": set()}
+    forward, sdpa = torch.nn.Linear.forward, torch.nn.functional.scaled_dot_product_attention
 
     def spy(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         out = forward(self, x)
@@ -207,12 +208,17 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
             seen["outputs"].add(out.dtype)
             seen["weights"].add(self.weight.dtype)
         return out
+    def sdpa_spy(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen["sdpa"].add(args[0].dtype)
+        return sdpa(*args, **kwargs)
     monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_spy)
     out = tmp_path / "model"
     result = train(TrainConfig(out=out, work=tmp_path / "work", log=None, train_manifest=manifest, model="tiny",
                                steps=40, batch_size=8, batch_frames=0, lr=3e-3, warmup=5, bpe_vocab=400,
                                eval_every=0, precision="bfloat16"))
-    assert seen == {"outputs": {torch.bfloat16}, "weights": {torch.float32}}
+    # attention as matmuls (training.train.ATTENTION): CPU sdpa is slower in bfloat16 than in float32
+    assert seen == {"outputs": {torch.bfloat16}, "weights": {torch.float32}, "sdpa": set()}
     assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5])
     stored = {tensor.dtype for file in out.glob("*.safetensors") for tensor in load_file(file).values()}
     assert stored == {torch.float32}  # the export's dtype (export_dtype), whatever the training precision
@@ -344,6 +350,29 @@ def test_the_third_phase_reads_training_sentences_in_long_clips_and_fresh_senten
     assert clip.utterance.kind == "multi" and clip.utterance.voice in speech.TRAIN_VARIANTS
     long = synthesize_split([clip], tmp_path, "flac", 1, "train_long", heldout=True)
     assert 15 <= long[0].seconds <= 30 and long[0].text.startswith(clip.texts[0])
+
+
+def test_a_larger_build_renders_only_the_clips_an_earlier_one_did_not(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import long_multi
+
+    rendered: list[str] = []
+    synthesize = long_multi.synthesize_split
+
+    def spy(planned: list, *args: object, **kwargs: object) -> list:
+        rendered.extend(clip.utterance.file for clip in planned)
+        return synthesize(planned, *args, **kwargs)
+    monkeypatch.setattr(long_multi, "synthesize_split", spy)
+    first = long_multi.render_missing(long_multi.plan_plain(2, long_multi.SEED), tmp_path, "plain", workers=1)
+    assert rendered == ["train_plain/000000", "train_plain/000001"]
+    manifest = tmp_path / "plain.jsonl"
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([rows[0], rows[1].replace(f'"voice": "{first[1].voice}"', '"voice": "other"')]))
+    rendered.clear()
+    larger = long_multi.render_missing(long_multi.plan_plain(3, long_multi.SEED), tmp_path, "plain", workers=1)
+    # the first kept; the second's manifest entry names another voice, so it is rendered again, as is the new third
+    assert rendered == ["train_plain/000001", "train_plain/000002"]
+    assert larger[:2] == first and read_manifest(manifest) == larger
 
 
 def test_the_recipe_chains_its_phases_in_bfloat16_and_exports_the_last_one(tmp_path: Path,
