@@ -1,10 +1,10 @@
 """The demo model's whole recipe in one command: the four phases of training.train and training.long_multi, in
 bfloat16 autocast (a model step in half float32's time on a CPU with AVX512-BF16), meant to fit 2 hours on 2 cores
-(phases 1-3 took 2 h 9 min on one, see README "Demo model"):
+(the four phases of the shipped model took 2 h 34 min with 22 min of renders, see README "Demo model"):
 
     python -m training.recipe --out engine/assets/demo-model           # renders the corpora, trains, exports
     python -m training.recipe --work /tmp/recipe --from-phase 3 ...     # again from a phase (earlier ones kept)
-    python -m training.recipe --last-phase 3                           # the shipped (fifth) demo model
+    python -m training.recipe --last-phase 3                           # the fifth demo model
 
 1. from scratch on corpus v1 (single sentences): 5000 steps, lr 1.5e-3;
 2. from 1 on corpus v2 (clips of several sentences, clips without speech): 4500 steps, lr 5e-4 (the defaults);
