@@ -49,6 +49,14 @@ class FeatureStore:
     def frames(self, index: int) -> int:
         return int(self.offsets[index + 1] - self.offsets[index])
 
+    def read_ahead(self, block_bytes: int = 64 << 20) -> None:
+        """Reads the cached file once, in order, so that the page cache holds it: a first epoch then takes its
+        features from memory, not page by page from disk (which cost a step of long clips 60-70 ms here)."""
+        buffer = bytearray(block_bytes)
+        with open(self.data.filename, "rb", buffering=0) as file:
+            while file.readinto(buffer):
+                pass
+
     def __getitem__(self, index: int) -> torch.Tensor:
         rows = self.data[self.offsets[index]:self.offsets[index + 1]]
         return torch.from_numpy(np.ascontiguousarray(rows.T, dtype=np.float32))

@@ -200,6 +200,7 @@ def train(config: TrainConfig) -> TrainResult:
     stores = {split: FeatureStore.build([root / u.file for u in utterances], work / "features" / split,
                                         desc=f"features {split}")
               for split, (root, utterances) in splits.items()}
+    stores["train"].read_ahead()
     examples = [builder.example(u.text) for u in train_utterances]
     frames = np.array([stores["train"].frames(i) for i in range(len(examples))])
     validation = {split: ([stores[split][i] for i in range(min(config.eval_clips, len(stores[split])))],
