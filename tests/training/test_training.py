@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from qasr.benchmarks.heldout import MANIFEST
@@ -226,6 +227,27 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     with pytest.raises(ValueError, match="precision 'float16'"):
         train(TrainConfig(out=tmp_path / "never", work=tmp_path / "never-work", log=None,
                           train_manifest=tmp_path / "missing.jsonl", precision="float16"))
+
+
+def test_a_channels_last_conv_stem_computes_the_same_and_exports_the_same_weights(tmp_path: Path) -> None:
+    from training.export import export_checkpoint
+    from training.model import DIMS, build_model
+    from training.tokenizer import token_ids
+    from training.train import channels_last_conv_stem
+
+    ids = token_ids(Tokenizer.from_file(str(DEMO_MODEL_DIR / "tokenizer.json")))
+    model = build_model(DIMS["tiny"], 1536, ids, seed=0).eval()
+    features, mask = torch.randn(2, 128, 300), torch.ones(2, 300, dtype=torch.long)
+    mask[1, 170:] = 0
+    with torch.inference_mode():
+        before = model.model.audio_tower(features, mask).last_hidden_state
+        channels_last_conv_stem(model)
+        after = model.model.audio_tower(features, mask).last_hidden_state
+    assert model.model.audio_tower.conv2d2.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    out = export_checkpoint(model, ids, DEMO_MODEL_DIR, tmp_path / "model")
+    stored = load_file(out / "model.safetensors")
+    assert torch.equal(stored["thinker.audio_tower.conv2d2.weight"], model.model.audio_tower.conv2d2.weight)
 
 
 def test_a_second_phase_starts_from_a_checkpoint_and_learns_empty_transcripts(tmp_path: Path) -> None:
