@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from transformers import AutoTokenizer, Qwen3ASRForConditionalGeneration
 
@@ -79,6 +80,8 @@ class TrainConfig:
     # step takes half the time where the CPU has AVX512-BF16, as this one does. Validation stays float32
     precision: str = "float32"
     context_rate: float = 0.0  # the share of examples whose system turn holds a context (training.contexts)
+    # the exported weights: an exponential moving average of the model's with this decay per step (0: the last step's)
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -236,6 +239,7 @@ def train(config: TrainConfig) -> TrainResult:
     augment = (SpecAugment(), np.random.default_rng(config.seed + 1)) if config.spec_augment else None
     context = (ContextSampler(config.context_rate, [u.text for u in train_utterances], config.seed + 2)
                if config.context_rate else None)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
     batches: list[np.ndarray] = []
     epoch, window, started = 0, [], time.monotonic()
     eval_seconds = 0.0
@@ -253,6 +257,8 @@ def train(config: TrainConfig) -> TrainResult:
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), config.clip_norm)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         result.losses.append(float(losses.total.detach()))
         window.append((result.losses[-1], losses.ce, losses.ctc))
         bar.update(1)
@@ -281,6 +287,8 @@ def train(config: TrainConfig) -> TrainResult:
     result.train_seconds = time.monotonic() - started - eval_seconds
 
     model.eval()
+    if ema is not None:  # validation above read the last step's weights
+        model.load_state_dict(ema.module.state_dict())
     export_checkpoint(model, ids, tokenizer_dir, config.out, getattr(torch, config.export_dtype))
     size = sum(f.stat().st_size for f in config.out.iterdir())
     log.write({"exported": str(config.out), "bytes": size, "train_minutes": round(result.train_seconds / 60, 2)})

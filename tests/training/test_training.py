@@ -229,6 +229,26 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
                           train_manifest=tmp_path / "missing.jsonl", precision="float16"))
 
 
+def test_the_export_can_be_a_moving_average_of_the_weights(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:8]
+    manifest = tmp_path / "tiny.jsonl"
+    manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
+
+    def exported(steps: int, ema_decay: float) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"model-{steps}-{ema_decay}"
+        train(TrainConfig(out=out, work=tmp_path / "work", log=None, train_manifest=manifest, model="tiny",
+                          steps=steps, batch_size=4, batch_frames=0, lr=3e-3, warmup=10, bpe_vocab=400,
+                          eval_every=0, ema_decay=ema_decay))
+        return load_file(out / "model.safetensors")
+
+    first, last = exported(1, 0.0), exported(4, 0.0)
+    # an average that barely moves keeps the first step's weights (the average starts from them), not the last's
+    slow = exported(4, 1 - 1e-9)
+    name = "thinker.model.layers.0.mlp.down_proj.weight"
+    assert not torch.allclose(last[name], first[name], atol=1e-4)
+    assert all(torch.allclose(slow[key], first[key], atol=1e-6) for key in first)
+
+
 def test_a_channels_last_conv_stem_computes_the_same_and_exports_the_same_weights(tmp_path: Path) -> None:
     from training.export import export_checkpoint
     from training.model import DIMS, build_model
