@@ -43,7 +43,7 @@ def phase_config(number: int, work: Path, previous: Path | None) -> TrainConfig:
                          log=LOGS / f"demo-model-bf16-phase{number}.jsonl")
     if number == 1:
         return replace(common, corpus_spec="v1", steps=5000, lr=1.5e-3, warmup=300, batch_frames=0, spec_augment=0,
-                       eval_every=2500)  # validation takes minutes
+                       eval_every=2500)  # two validation passes, not five
     if number == 2:
         return replace(common, eval_every=common.steps)  # validated once, at its end: each pass takes minutes
     # the long clips' phases also give a share of their examples a context, as the OpenAI `prompt` does

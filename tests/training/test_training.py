@@ -176,11 +176,16 @@ def test_synthesis_is_deterministic_16khz_speech() -> None:
     assert 0.01 < np.abs(first).max() <= 0.99
 
 
-def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) -> None:
-    # the committed held-out clips as the tiny corpus: no espeak-ng needed
-    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:24]
+def tiny_manifest(tmp_path: Path, count: int) -> Path:
+    """The first `count` committed held-out clips as a tiny training corpus: no espeak-ng needed."""
+    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:count]
     manifest = tmp_path / "tiny.jsonl"
     manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
+    return manifest
+
+
+def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) -> None:
+    manifest = tiny_manifest(tmp_path, 24)
     out = tmp_path / "model"
     result = train(TrainConfig(out=out, work=tmp_path / "work", log=tmp_path / "log.jsonl", train_manifest=manifest,
                                model="tiny", steps=60, batch_size=8, batch_frames=0, lr=3e-3, warmup=5,
@@ -197,9 +202,7 @@ def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) ->
 
 def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weights(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:16]
-    manifest = tmp_path / "tiny.jsonl"
-    manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
+    manifest = tiny_manifest(tmp_path, 16)
     seen: dict[str, set] = {"outputs": set(), "weights": set(), "sdpa": set()}
     forward, sdpa = torch.nn.Linear.forward, torch.nn.functional.scaled_dot_product_attention
 
@@ -230,9 +233,7 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
 
 
 def test_the_export_can_be_a_moving_average_of_the_weights(tmp_path: Path) -> None:
-    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()][:8]
-    manifest = tmp_path / "tiny.jsonl"
-    manifest.write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n" for r in rows))
+    manifest = tiny_manifest(tmp_path, 8)
 
     def exported(steps: int, ema_decay: float) -> dict[str, torch.Tensor]:
         out = tmp_path / f"model-{steps}-{ema_decay}"
