@@ -1,6 +1,8 @@
 """The demo model's whole recipe in one command: the four phases of training.train and training.long_multi, in
-bfloat16 autocast (a model step in half float32's time on a CPU with AVX512-BF16), meant to fit 2 hours on 2 cores
-(the four phases of the shipped model took 2 h 34 min with 22 min of renders, see README "Demo model"):
+bfloat16 autocast where the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX: a model step in half float32's time),
+else in float32 (a bfloat16 step there takes ten times a float32 one). Meant to fit 2 hours on 2 cores with
+AVX512-BF16 (the four phases of the shipped model took 2 h 34 min with 22 min of renders, see README "Demo model"); on
+a 2-core AVX2 CPU a float32 step of phase 1 took 0.95 s, and the recipe would take an estimated 4-5 hours:
 
     python -m training.recipe --out engine/assets/demo-model           # renders the corpora, trains, exports
     python -m training.recipe --work /tmp/recipe --from-phase 3 ...     # again from a phase (earlier ones kept)
@@ -15,7 +17,7 @@ bfloat16 autocast (a model step in half float32's time on a CPU with AVX512-BF16
 The phases, steps and learning rates are those the float32 model was trained with (training.train's and
 training.long_multi's docstrings), with two additions to phases 3 and 4 that no float32 phase had: 4,000 single
 sentences drawn as the grammar draws them (long_multi.PLAIN), and a context in the system turn for 30% of the
-examples (training.contexts). Each phase's log is training/logs/demo-model-bf16-phase{N}.jsonl.
+examples (training.contexts). Each phase's log is training/logs/demo-model-{bf16,fp32}-phase{N}.jsonl.
 Deterministic from the seeds on a given machine and thread count.
 """
 
@@ -30,17 +32,18 @@ from pathlib import Path
 
 from qasr.engine.demo import DEMO_MODEL_DIR
 from training import long_multi
-from training.train import TrainConfig, train
+from training.train import TrainConfig, cpu_computes_bfloat16, train
 
 LOGS = Path(__file__).parent / "logs"
-PRECISION = "bfloat16"
+LOG_TAG = {"bfloat16": "bf16", "float32": "fp32"}
 CONTEXT_RATE = 0.3
 
 
 def phase_config(number: int, work: Path, previous: Path | None) -> TrainConfig:
     """Phase `number`'s training, its checkpoint in work/phase{number}."""
-    common = TrainConfig(out=work / f"phase{number}", init=previous, precision=PRECISION,
-                         log=LOGS / f"demo-model-bf16-phase{number}.jsonl")
+    precision = "bfloat16" if cpu_computes_bfloat16() else "float32"
+    common = TrainConfig(out=work / f"phase{number}", init=previous, precision=precision,
+                         log=LOGS / f"demo-model-{LOG_TAG[precision]}-phase{number}.jsonl")
     if number == 1:
         return replace(common, corpus_spec="v1", steps=5000, lr=1.5e-3, warmup=300, batch_frames=0, spec_augment=0,
                        eval_every=2500)  # two validation passes, not five

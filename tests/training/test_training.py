@@ -201,7 +201,10 @@ def test_a_few_training_steps_on_a_tiny_corpus_lower_the_loss(tmp_path: Path) ->
 
 
 def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weights(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import training.train
+
+    monkeypatch.setattr(training.train, "cpu_computes_bfloat16", lambda: False)
     manifest = tiny_manifest(tmp_path, 16)
     seen: dict[str, set] = {"outputs": set(), "weights": set(), "sdpa": set()}
     forward, sdpa = torch.nn.Linear.forward, torch.nn.functional.scaled_dot_product_attention
@@ -226,6 +229,7 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5])
     stored = {tensor.dtype for file in out.glob("*.safetensors") for tensor in load_file(file).values()}
     assert stored == {torch.float32}  # the export's dtype (export_dtype), whatever the training precision
+    assert "this CPU has no bfloat16 arithmetic" in capsys.readouterr().err
 
     with pytest.raises(ValueError, match="precision 'float16'"):
         train(TrainConfig(out=tmp_path / "never", work=tmp_path / "never-work", log=None,
@@ -418,13 +422,15 @@ def test_a_larger_build_renders_only_the_clips_an_earlier_one_did_not(tmp_path: 
     assert larger[:2] == first and read_manifest(manifest) == larger
 
 
-def test_the_recipe_chains_its_phases_in_bfloat16_and_exports_the_last_one(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("has_bfloat16", [True, False])
+def test_the_recipe_chains_its_phases_and_exports_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               has_bfloat16: bool) -> None:
     from training import recipe
 
     trained, rendered = [], []
     monkeypatch.setattr(recipe, "train", trained.append)
     monkeypatch.setattr(recipe, "render", rendered.append)
+    monkeypatch.setattr(recipe, "cpu_computes_bfloat16", lambda: has_bfloat16)
     out = recipe.run(tmp_path, tmp_path / "model", from_phase=2, last_phase=3, log=lambda line: None)
     assert out == tmp_path / "model" and rendered == [3]
     second, third = trained
@@ -432,5 +438,19 @@ def test_the_recipe_chains_its_phases_in_bfloat16_and_exports_the_last_one(tmp_p
         tmp_path / "phase1", tmp_path / "phase2", "v2", 0.0)
     assert (third.init, third.out, third.context_rate) == (tmp_path / "phase2", tmp_path / "model",
                                                            recipe.CONTEXT_RATE)
-    assert third.train_manifest.name == "phase3.jsonl" and {c.precision for c in trained} == {"bfloat16"}
+    # bfloat16 only where the CPU computes it: elsewhere a bfloat16 step takes ten times a float32 one
+    precision, tag = ("bfloat16", "bf16") if has_bfloat16 else ("float32", "fp32")
+    assert third.train_manifest.name == "phase3.jsonl" and {c.precision for c in trained} == {precision}
+    assert [c.log.name for c in trained] == [f"demo-model-{tag}-phase2.jsonl", f"demo-model-{tag}-phase3.jsonl"]
     assert recipe.phase_config(1, tmp_path, None).corpus_spec == "v1"
+
+
+def test_bfloat16_arithmetic_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    from training.train import cpu_computes_bfloat16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    flags = "flags\t\t: fpu sse avx avx2 avx512f avx512bw avx512_vnni"
+    for extra, expected in [("", False), (" avx512_bf16", True), (" amx_bf16 amx_tile", True)]:
+        cpuinfo.write_text(f"processor\t: 0\n{flags}{extra}\n")
+        assert cpu_computes_bfloat16(cpuinfo) is expected
+    assert cpu_computes_bfloat16(tmp_path / "missing") is False
