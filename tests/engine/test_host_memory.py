@@ -53,5 +53,5 @@ def test_encoder_gelus_of_any_row_count_leave_few_compiled_primitives() -> None:
     growth = {kind: int(subprocess.run([sys.executable, "-c", code, kind], check=True, env=env, timeout=120,
                                        capture_output=True, text=True).stdout)
               for kind in ("blocks", "whole")}
-    assert growth["whole"] > 4 * 2**20  # 172 shapes more: some 7 MB of primitives
+    assert growth["whole"] > 2 * 2**20  # 172 shapes more: some 7 MB of primitives (4 MB of AVX2 code)
     assert growth["blocks"] < 1 * 2**20, growth
