@@ -51,10 +51,15 @@ class EngineConfig(CliArgs):
     cpu_threads: int | None = option(None, "torch threads of a model on the CPU; none: every core, except in servers "
                                            "(qasr serve, AsyncEngine), which leave one to HTTP and audio decoding")
     seed: int = option(0, "seed of sampling for requests without a seed of their own")
+    stream_interval: int = option(1, "streamed requests get their text every this many tokens (after the first "
+                                     "text, which goes out at once): 1 is every token; more sends fewer, longer "
+                                     "deltas for less host work per step")
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
             raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
+        if self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be positive, got {self.stream_interval}")
         if self.max_cue_seconds <= 0 or self.max_cue_chars < 1:
             raise ValueError("max_cue_seconds and max_cue_chars must be positive")
         if self.cpu_threads is not None and self.cpu_threads < 1:

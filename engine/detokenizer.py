@@ -45,6 +45,11 @@ class ByteLevelDetokenizer:
         return self._decode(token_bytes[token_id] if token_id < len(token_bytes) else b"")
 
     def push_many(self, token_ids: list[int]) -> str:
+        if not self.holding:  # tokens of whole characters each, as a rule: their texts joined
+            try:
+                return "".join(map(self.token_texts.__getitem__, token_ids))  # type: ignore[arg-type]
+            except (TypeError, IndexError):  # a token of part of a character (None), or an id past the table
+                pass
         token_bytes, size = self.token_bytes, len(self.token_bytes)
         return self._decode(b"".join([token_bytes[i] if i < size else b"" for i in token_ids]))
 

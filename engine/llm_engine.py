@@ -46,7 +46,8 @@ class LLMEngine:
         self.core = EngineCore(config, self.model_path, self.model_config, features, self.max_model_len,
                                self.input_processor.longest_prompt_tokens(), aligner)
         self.output_processor = OutputProcessor(tokenizer, self.alignment_processor,
-                                                CueLimits(config.max_cue_seconds, config.max_cue_chars))
+                                                CueLimits(config.max_cue_seconds, config.max_cue_chars),
+                                                config.stream_interval)
         if self.core.device.type == "cpu" and config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
         self.num_threads = torch.get_num_threads()

@@ -24,6 +24,7 @@ def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: 
     [path] = (tmp_path / "out").glob("step-cpu-*.json")
     document = json.loads(path.read_text())
     assert document["benchmark"] == "step" and document["config"]["running"] == [3, 5]
+    assert document["config"]["stream_interval"] == 1
     rows = document["results"]
     assert [(row["running"], row["text"], row["step"]) for row in rows] == [
         (running, text, step) for running in (3, 5) for text in ("deltas", "final")
@@ -33,6 +34,7 @@ def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: 
         ended = row["step"] != "decode"  # a mixed step ends a request: its abort is timed
         phases = [row[f"{phase}_ms"] for phase in bench.PHASES if ended or phase != "abort"]
         assert all(ms > 0 for ms in phases) and row["host_ms"] > 0 and row["model_ms"] > 0
+        assert row["mean_host_ms"] > 0
         assert ended or row["abort_ms"] == 0
 
 

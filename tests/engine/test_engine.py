@@ -333,6 +333,52 @@ def test_deltas_add_up_to_the_text_of_a_finished_or_aborted_request(checkpoint: 
     assert not engine.output_processor.streaming
 
 
+def test_a_stream_interval_sends_fewer_longer_deltas_of_the_same_text(checkpoint: Path, clips) -> None:
+    """stream_interval=4: a streamed request's text comes every fourth token, its first text at once; one piece or
+    several, finished or aborted with tokens not yet turned into text, it ends with the text, tokens and segments
+    that it gets at interval 1, and its deltas add up to that text."""
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+
+    def run(stream_interval: int) -> tuple[list[list[tuple[int, str]]], list]:
+        engine = ASR(str(checkpoint), max_piece_seconds=4.0, stream_interval=stream_interval).engine
+        ids = [engine.add_request(TranscriptionRequest(clips[i], language="English", sampling_params=params))
+               for i in (2, 12, 5, 16)]
+        deltas: dict[str, list[tuple[int, str]]] = {request_id: [] for request_id in ids}  # (step, delta)
+        results = {}
+
+        def take(step: int, outputs) -> None:
+            for output in outputs:
+                if output.delta:
+                    deltas[output.request_id].append((step, output.delta))
+                if output.finished:
+                    results[output.request_id] = output.result
+
+        for step in range(13):
+            take(step, engine.step())
+        take(13, [engine.abort(ids[2]), engine.abort(ids[3])])
+        step = 14
+        while engine.has_unfinished:
+            take(step, engine.step())
+            step += 1
+        return [deltas[i] for i in ids], [results[i] for i in ids]
+
+    every_token, every_token_results = run(1)
+    every_fourth, every_fourth_results = run(4)
+    for fine, coarse, fine_result, coarse_result in zip(every_token, every_fourth, every_token_results,
+                                                        every_fourth_results):
+        assert (coarse_result.text, coarse_result.token_ids, coarse_result.segments, coarse_result.finish_reason) \
+            == (fine_result.text, fine_result.token_ids, fine_result.segments, fine_result.finish_reason)
+        assert "".join(delta for _, delta in coarse) == coarse_result.text != ""
+        assert coarse[0][0] == fine[0][0]  # the first text as soon as at interval 1
+    assert [r.finish_reason for r in every_fourth_results] == ["length", "length", "abort", "abort"]
+    one_piece = every_token[0], every_fourth[0]
+    assert len(one_piece[0]) > 12 and len(one_piece[1]) <= 2 + 24 // 4  # the first, every fourth token, the last
+    between = [step for step, _ in one_piece[1][1:-1]]  # one token a step; the repetition filter may hold some back
+    assert between and all(later - earlier >= 4 for earlier, later in zip(between, between[1:]))
+    with pytest.raises(ValueError, match="stream_interval must be positive"):
+        EngineConfig(stream_interval=0)
+
+
 def test_a_quiet_request_says_nothing_until_it_ends_as_its_streamed_twin_ends(checkpoint: Path, clips) -> None:
     """stream=False: no deltas and no text work per token; the one output, at the end, holds what the same request
     streamed ends with: finished or aborted, one piece or several (finishing steps apart), first token timed."""

@@ -165,11 +165,13 @@ def byte_level_detokenizer(tokenizer):
 @settings(max_examples=60, deadline=None)
 @given(ids=st.lists(st.integers(0, 610), max_size=40))  # ids past the vocabulary (607) decode to nothing
 def test_incremental_detokenizer_adds_up_to_the_full_decode(tokenizer, make, ids: list[int]) -> None:
-    detokenizer, at_once = make(tokenizer), make(tokenizer)
+    detokenizer, at_once, in_threes = make(tokenizer), make(tokenizer), make(tokenizer)
     text = "".join(detokenizer.push(i) for i in ids) + detokenizer.finish()
     assert text == tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     half = len(ids) // 2
     assert at_once.push_many(ids[:half]) + at_once.push_many(ids[half:]) + at_once.finish() == text
+    # as a stream_interval of 3 takes them, a character's bytes split across calls included
+    assert "".join(in_threes.push_many(ids[i:i + 3]) for i in range(0, len(ids), 3)) + in_threes.finish() == text
 
 
 def test_byte_table_holds_each_tokens_decode_and_only_for_byte_level_bpe(tokenizer) -> None:
