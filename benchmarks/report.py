@@ -31,7 +31,8 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu} ({os.cpu_count()} cores)"
+    # machines of one model name differ in vector units (AVX2 only, or AVX512), and so in speed: the widest torch uses
+    return f"{cpu} ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()})"
 
 
 def git_commit() -> str:

@@ -25,6 +25,8 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     [path] = (tmp_path / "out").glob("throughput-cpu-*.json")
     document = json.loads(path.read_text())
     assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "throughput"
+    # the CPU named with its vector units: machines of one model name differ in them
+    assert document["device"].endswith(f"cores, {torch.backends.cpu.get_cpu_capability()})")
     assert document["config"]["model_shape"]["decoder_layers"] == 2
     short, long, mixed, heldout = document["results"]
     assert document["config"]["repeats"] == 2
