@@ -16,7 +16,8 @@ sentences, silence and noise), greedy to each transcript's end in both, transfor
 the set's order; `same_text` counts the clips whose transcripts agree.
 
 On the CPU transformers runs in a process of its own, as users run it, so that neither runs on the heap the other
-left (benchmarks/transformers_side.py).
+left nor under the other's process-wide settings (a qasr CPU engine sets glibc's heap thresholds,
+engine.host_memory; benchmarks/transformers_side.py).
 """
 
 import argparse

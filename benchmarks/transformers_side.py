@@ -1,11 +1,11 @@
 """transformers' side of `qasr bench throughput`: its model and processor, and the timed runs the rows compare with.
 
-On the CPU it runs in a process of its own, as a user runs it: in one process each ran on the heap the other left
-(glibc sizes its thresholds by what was freed before; page faults are dear on a virtual machine), which measurably
-changed both (transformers' 5 s row took 190 ms beside qasr and 150-175 ms alone, one morning). On a GPU it runs in
-the benchmark's process: the device's memory is the allocator's, and a second process would hold a second CUDA
-context. Clips are named by (seconds, seed), made on each side by
-synthetic_clip, so the two get the same audio without sending it across.
+On the CPU it runs in a process of its own, as a user runs it: a qasr CPU engine sets glibc's heap thresholds for its
+process (engine.host_memory), and in one process each ran on the heap the other left (glibc sizes its thresholds by
+what was freed before; page faults are dear on a virtual machine), which measurably changed both (transformers' 5 s
+row took 190 ms beside qasr and 150-175 ms alone, one morning). On a GPU it runs in the benchmark's process: the
+device's memory is the allocator's, and a second process would hold a second CUDA context. Clips are named by
+(seconds, seed), made on each side by synthetic_clip, so the two get the same audio without sending it across.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ class EngineConfig(CliArgs):
     enforce_eager: bool = option(False, "no CUDA graphs")
     cpu_threads: int | None = option(None, "torch threads of a model on the CPU; none: every core, except in servers "
                                            "(qasr serve, AsyncEngine), which leave one to HTTP and audio decoding")
+    cpu_heap_reuse: bool = option(True, "on the CPU, freed tensors' memory stays on the heap for the next step "
+                                        "instead of fresh pages faulting in (glibc thresholds 32/64 MiB, "
+                                        "process-wide); servers still hand it back when idle")
     seed: int = option(0, "seed of sampling for requests without a seed of their own")
     stream_interval: int = option(1, "streamed requests get their text every this many tokens (after the first "
                                      "text, which goes out at once): 1 is every token; more sends fewer, longer "

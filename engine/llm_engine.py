@@ -8,6 +8,7 @@ from qasr.engine.config import EngineConfig
 from qasr.engine.demo import demo_aligner_path, demo_model_path
 from qasr.engine.engine_core import AlignerCheckpoint, EngineCore
 from qasr.engine.features import FeatureConfig
+from qasr.engine.host_memory import keep_freed_memory_for_reuse
 from qasr.engine.input_processor import InputProcessor
 from qasr.engine.model_config import load_model_config
 from qasr.engine.output_processor import CueLimits, OutputProcessor
@@ -48,8 +49,11 @@ class LLMEngine:
         self.output_processor = OutputProcessor(tokenizer, self.alignment_processor,
                                                 CueLimits(config.max_cue_seconds, config.max_cue_chars),
                                                 config.stream_interval)
-        if self.core.device.type == "cpu" and config.cpu_threads is not None:
-            torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
+        if self.core.device.type == "cpu":
+            if config.cpu_threads is not None:
+                torch.set_num_threads(config.cpu_threads)  # for the thread building the engine, which runs it
+            if config.cpu_heap_reuse:
+                keep_freed_memory_for_reuse()
         self.num_threads = torch.get_num_threads()
 
     @property
