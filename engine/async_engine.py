@@ -79,8 +79,7 @@ class AsyncEngine:
         """Yields text deltas; the last output has finished=True and the result. Cancelling aborts.
 
         The first output (an empty delta) says the engine accepted the request; a request it refuses (too long
-        for max_model_len, a special token in the context) raises instead, before anything else is yielded. Deltas
-        that queued up while the caller was busy come as one output: a loaded server writes one event for them."""
+        for max_model_len, a special token in the context) raises instead, before anything else is yielded."""
         if request.request_id is None:
             request = replace(request, request_id=next(self.request_ids))
         request_id = request.request_id
@@ -90,23 +89,14 @@ class AsyncEngine:
             if self.error is not None:
                 raise RuntimeError("the engine has stopped") from self.error
             self.commands.put(submit)
-        finished = accepted = False
-        behind: RequestOutput | BaseException | None = None  # taken from the sink after the outputs merged before it
+        finished = False
         try:
             while True:
-                item = behind if behind is not None else await sink.get()
-                behind = None
-                while accepted and isinstance(item, RequestOutput) and not item.finished and not sink.empty():
-                    following = sink.get_nowait()
-                    if isinstance(following, BaseException):
-                        behind = following
-                        break
-                    item = RequestOutput(request_id, item.delta + following.delta, following.finished,
-                                         following.result)
+                item = await sink.get()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
-                finished, accepted = item.finished, True
+                finished = item.finished
                 yield item
                 if finished:
                     return

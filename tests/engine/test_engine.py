@@ -201,31 +201,6 @@ def test_async_engine_streams_deltas_that_add_up_to_the_text(checkpoint: Path, c
         engine.shutdown()
 
 
-def test_a_busy_caller_gets_the_deltas_that_queued_up_as_one(checkpoint: Path, clips) -> None:
-    """A caller that reads late finds several outputs waiting: they come as one, whose delta is theirs joined, and
-    the text still adds up; the first output (accepted) stays on its own."""
-    engine = AsyncEngine(EngineConfig(model=str(checkpoint)))
-    params = SamplingParams(max_tokens=24, ignore_eos=True)
-
-    async def run(late: bool) -> list[str]:
-        deltas = []
-        async for output in engine.stream(TranscriptionRequest(clips[2], language="English", sampling_params=params)):
-            deltas.append(output.delta)
-            if len(deltas) == 2 and late:
-                while engine.sinks:  # until the engine is done with it: every output is waiting
-                    await asyncio.sleep(0.01)
-            if output.finished:
-                assert output.result.text == "".join(deltas)
-        return deltas
-
-    try:
-        prompt, late = asyncio.run(run(late=False)), asyncio.run(run(late=True))
-        assert prompt[0] == late[0] == "" and "".join(late) == "".join(prompt)
-        assert len(late) <= 3 < len(prompt)  # accepted, the first delta, all the rest
-    finally:
-        engine.shutdown()
-
-
 def test_a_server_engine_leaves_a_core_to_the_server(checkpoint: Path) -> None:
     """On the CPU an AsyncEngine runs the model on every core but one (the event loop and the audio decoding have
     the other), on the thread that built it; `cpu_threads` says otherwise."""
