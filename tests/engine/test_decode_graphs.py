@@ -42,7 +42,8 @@ def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Pa
     if backend == "triton" and torch.cuda.is_available():
         pytest.skip("covered by the CUDA-graph test on a GPU")
     count = 11 if backend == "torch" else 3
-    expected = transcribe(ASR(str(checkpoint), attention_backend=backend), clips[:count])
+    # the torch ops unpadded: the Triton kernels give their tokens (test_model_ops), so one slow interpreted run will do
+    expected = transcribe(ASR(str(checkpoint), attention_backend="torch"), clips[:count])
     asr = ASR(str(checkpoint), attention_backend=backend)
     runner = asr.engine.core.runner
     graphs = DecodeGraphs(runner.model, runner.ops, max_batch_size=16, max_blocks_per_seq=64, block_size=16)
