@@ -80,7 +80,7 @@ class AlignerRunner:
         finally:
             self._attach_scratch_cache(0)
         is_timestamp = token_ids == self.timestamp_token_id
-        logits = self.model.compute_logits(hidden[self.to_device(np.flatnonzero(is_timestamp))])
+        logits = self.model.compute_logits(hidden[self.to_device(np.flatnonzero(is_timestamp))]).float()
         return list(logits.split([int(is_timestamp[starts[i]:starts[i + 1]].sum()) for i in range(len(jobs))]))
 
     @torch.inference_mode()

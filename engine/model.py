@@ -43,7 +43,9 @@ class Qwen3ASRModel(nn.Module):
         return self.model(embeds, positions, meta, ops)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        """In the model's dtype: a greedy argmax needs no float32 copy of [rows, vocab] (the upcast is exact and keeps
+        every order and tie); sampling upcasts the rows it draws from."""
+        return self.lm_head(hidden)
 
     @torch.no_grad()
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
