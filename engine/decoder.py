@@ -26,12 +26,11 @@ class DecoderAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 ops: ModelOps) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = ops.qk_norm_rope(q.view(-1, self.num_heads, self.head_dim),
-                                    k.view(-1, self.num_kv_heads, self.head_dim), positions,
-                                    self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
-                                    *self.rotary.tables(meta.max_seq_len))
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        q = ops.qk_norm_rope_store(q.view(-1, self.num_heads, self.head_dim),
+                                   k.view(-1, self.num_kv_heads, self.head_dim),
+                                   v.view(-1, self.num_kv_heads, self.head_dim), positions, self.q_norm.weight,
+                                   self.k_norm.weight, self.q_norm.eps, *self.rotary.tables(meta.max_seq_len),
+                                   self.k_cache, self.v_cache, meta.slot_mapping)
         out = ops.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.flatten(1))
 

@@ -20,6 +20,7 @@ class ModelOps:
     add_rms_norm: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, float],
                            tuple[torch.Tensor, torch.Tensor]]
     qk_norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    qk_norm_rope_store: Callable[..., torch.Tensor]  # qk_norm_rope, then store_kv of k and v; returns q
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -6,6 +6,8 @@ They reproduce transformers' Qwen3 step by step, including where it rounds to th
 
 import torch
 
+from qasr.kernels.reference.kv_store import store_kv
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
@@ -43,3 +45,14 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, q_we
     cos = cos_cache[positions].to(q.dtype).unsqueeze(1)
     sin = sin_cache[positions].to(q.dtype).unsqueeze(1)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                       q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, cos_cache: torch.Tensor,
+                       sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor) -> torch.Tensor:
+    """qk_norm_rope, then store_kv of the normed k and of v: returns q (the Triton backend does both in one
+    launch)."""
+    q, k = qk_norm_rope(q, k, positions, q_weight, k_weight, eps, cos_cache, sin_cache)
+    store_kv(k, v, k_cache, v_cache, slot_mapping)
+    return q

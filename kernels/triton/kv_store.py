@@ -30,6 +30,19 @@ def round_to_e4m3(x):
 
 
 @triton.jit
+def store_heads(src_ptr, dst_ptr, stride_src_head, stride_dst_head, num_heads, HEAD_DIM: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr):
+    """One token's rows of every head from src into a cache slot at dst (rounded to e4m3 first for an FP8 cache)."""
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, BLOCK_D)[None, :]
+    mask = (heads < num_heads) & (dims < HEAD_DIM)
+    rows = tl.load(src_ptr + heads * stride_src_head + dims, mask=mask)
+    if FP8:
+        rows = round_to_e4m3(rows.to(tl.float32))
+    tl.store(dst_ptr + heads * stride_dst_head + dims, rows.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
                      stride_kt, stride_kh, stride_vt, stride_vh, stride_cache_block, stride_cache_slot,
                      stride_cache_head, num_kv_heads, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -38,18 +51,11 @@ def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_
     slot = tl.load(slot_mapping_ptr + token)
     if slot < 0:  # padding: nothing to store
         return
-    heads = tl.arange(0, BLOCK_H)[:, None]
-    dims = tl.arange(0, BLOCK_D)[None, :]
-    mask = (heads < num_kv_heads) & (dims < HEAD_DIM)
-    dst = (slot // BLOCK_SIZE) * stride_cache_block + (slot % BLOCK_SIZE) * stride_cache_slot \
-        + heads * stride_cache_head + dims
-    key = tl.load(key_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
-    value = tl.load(value_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
-    if FP8:
-        key = round_to_e4m3(key.to(tl.float32))
-        value = round_to_e4m3(value.to(tl.float32))
-    tl.store(k_cache_ptr + dst, key.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_cache_ptr + dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    dst = (slot // BLOCK_SIZE) * stride_cache_block + (slot % BLOCK_SIZE) * stride_cache_slot
+    store_heads(key_ptr + token * stride_kt, k_cache_ptr + dst, stride_kh, stride_cache_head, num_kv_heads, HEAD_DIM,
+                BLOCK_H, BLOCK_D, FP8)
+    store_heads(value_ptr + token * stride_vt, v_cache_ptr + dst, stride_vh, stride_cache_head, num_kv_heads,
+                HEAD_DIM, BLOCK_H, BLOCK_D, FP8)
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

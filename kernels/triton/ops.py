@@ -12,6 +12,7 @@ TRITON_OPS = ModelOps(
     windowed_attention=windowed_attention.windowed_attention,
     add_rms_norm=norms.add_rms_norm,
     qk_norm_rope=norms.qk_norm_rope,
+    qk_norm_rope_store=norms.qk_norm_rope_store,
     silu_and_mul=activation.silu_and_mul,
 )
 

@@ -127,6 +127,12 @@ def main() -> None:
         norms._qk_norm_rope_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
         {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_HQ": HEADS,
          "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM})))
+    for label, cache, fp8 in (("bf16", "*bf16", False), ("fp8", "*fp8e4nv", True)):
+        reports.append(compile_report(f"q/k RMSNorm + RoPE + KV store {label}", source(
+            norms._qk_norm_rope_store_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+                                               "k_cache_ptr": cache, "v_cache_ptr": cache, "slot_mapping_ptr": "*i64"},
+            {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_SIZE": BLOCK_SIZE,
+             "BLOCK_HQ": HEADS, "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM, "FP8": fp8})))
     reports.append(compile_report("SiLU and mul 6144", source(
         activation._silu_and_mul_kernel, {}, {"INTERMEDIATE": 6144, "BLOCK": 1024})))
     for report in reports:

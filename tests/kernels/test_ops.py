@@ -89,6 +89,43 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype, seed_of) 
     assert_close(k_out, k_expected)
 
 
+def fused_against_two_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: tuple, cache_shape: tuple,
+                              cache_dtype: torch.dtype, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """qk_norm_rope_store against qk_norm_rope + store_kv, both Triton: the same arithmetic, so the same bits (an
+    FP8 cache included: e4m3 rounding would magnify any difference). Returns the fused q and K cache."""
+    caches = [torch.zeros(cache_shape, dtype=torch.float32, device=q.device).to(cache_dtype) for _ in range(4)]
+    q_fused = norms.qk_norm_rope_store(q, k, v, *args, caches[0], caches[1], slots)
+    q_apart, k_apart = norms.qk_norm_rope(q, k, *args)
+    kv_store.store_kv(k_apart, v, caches[2], caches[3], slots)
+    assert torch.equal(q_fused, q_apart)
+    for fused, apart in zip(caches[:2], caches[2:]):
+        assert torch.equal(fused.view(torch.uint8), apart.view(torch.uint8))
+    return q_fused, caches[0]
+
+
+@pytest.mark.parametrize("cache_dtype", ["auto", torch.float8_e4m3fn], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_qk_norm_rope_store_is_the_two_ops_in_one_launch(dtype: torch.dtype, cache_dtype, seed_of) -> None:
+    num_heads, num_kv_heads, head_dim, block_size, num_tokens = 4, 2, 16, 8, 7
+    generator = torch.Generator().manual_seed(seed_of(dtype, cache_dtype))
+    rotary = RotaryEmbedding(head_dim, 1e6, 4096)
+    qkv = randn(generator, num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, std=2.0)
+    q, k, v = (part.view(num_tokens, -1, head_dim) for part in qkv.split(
+        [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))  # strided views
+    args = (torch.randint(0, 4096, (num_tokens,), generator=generator),
+            randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3),
+            randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3), 1e-6, *rotary.tables(4096))
+    slots = torch.randperm(4 * block_size, generator=generator)[:num_tokens]
+    slots[[2, 5]] = -1  # padding tokens: not stored
+    shape = (4, block_size, num_kv_heads, head_dim)
+    q_out, k_cache = fused_against_two_kernels(q, k, v, args, shape, dtype if cache_dtype == "auto" else cache_dtype,
+                                               slots)
+    if cache_dtype == "auto":  # and against the torch reference of both, within the kernels' rounding
+        k_expected, v_expected = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+        assert_close(q_out, reference_norms.qk_norm_rope_store(q, k, v, *args, k_expected, v_expected, slots))
+        assert_close(k_cache, k_expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("intermediate", [40, 1500])  # 1500: several column programs per row
 def test_silu_and_mul(intermediate: int, dtype: torch.dtype, seed_of) -> None:
@@ -126,6 +163,10 @@ def test_qwen_shapes_bf16_on_gpu() -> None:
             randn(generator, 128, dtype=dtype, mean=3.0, std=0.3, device="cuda"), 1e-6, *rotary.tables(65536))
     for ours, theirs in zip(norms.qk_norm_rope(q, k, *args), reference_norms.qk_norm_rope(q, k, *args)):
         assert_close(ours, theirs)
+    value = qkv[:, 3072:].view(tokens, 8, 128)
+    slots = torch.randperm(64 * 16, generator=generator)[:tokens].cuda()
+    for cache_dtype in (dtype, torch.float8_e4m3fn):
+        fused_against_two_kernels(q, k, value, args, (64, 16, 8, 128), cache_dtype, slots)
     gate_up = randn(generator, tokens, 2 * 6144, dtype=dtype, device="cuda")
     assert_close(activation.silu_and_mul(gate_up), reference_activation.silu_and_mul(gate_up))
     key, value = (randn(generator, tokens, 8, 128, dtype=dtype, device="cuda") for _ in range(2))
