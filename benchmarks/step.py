@@ -70,6 +70,7 @@ class PhaseTimes:
         self.current.clear()
 
     def medians_ms(self) -> dict[str, float]:
+        """Each phase's median ms a step, `host` (their sum) as a median and a mean, and `model`."""
         row = {phase: 1000 * statistics.median(step.get(phase, 0.0) for step in self.steps) for phase in PHASES}
         host = [sum(step.get(p, 0.0) for p in PHASES) for step in self.steps]
         row["host_ms"] = 1000 * statistics.median(host)

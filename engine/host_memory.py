@@ -46,7 +46,8 @@ def keep_freed_memory_for_reuse() -> bool:
     step reuses them instead of faulting fresh pages in (process-wide, once). A trim still hands them back. False
     where there is no glibc, or where the environment sets glibc's thresholds itself (those settings stand)."""
     libc = _libc()
-    if libc is None or any(name in os.environ for name in ENVIRONMENT_SETTINGS):
+    if libc is None or any(name in os.environ for name in ENVIRONMENT_SETTINGS) \
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))

@@ -14,6 +14,8 @@ class ModelOps:
     """Signatures are those of the torch versions in kernels/reference/."""
 
     name: str  # the attention_backend option that picks this set: "torch" or "triton"
+    # store_kv and qk_norm_rope: the model runs them as one op, qk_norm_rope_store; they stay for the tests and
+    # benchmarks that take them apart
     store_kv: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
     paged_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor]
     windowed_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]

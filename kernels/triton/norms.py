@@ -1,4 +1,5 @@
-"""Triton fused RMSNorm kernels: residual add + RMSNorm, and per-head q/k RMSNorm + NeoX RoPE.
+"""Triton fused RMSNorm kernels: residual add + RMSNorm, and per-head q/k RMSNorm + NeoX RoPE (alone, or with the
+normed k and v stored into the KV cache in the same launch).
 
 Arithmetic is fp32, rounded to the activation dtype wherever the torch reference (kernels/reference/norms.py) rounds,
 so both backends agree to fp rounding.

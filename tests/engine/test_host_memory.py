@@ -53,12 +53,24 @@ def test_a_cpu_engine_reuses_freed_memory_instead_of_faulting_in_fresh_pages(che
     every batch (thousands of page faults, dear on a virtual machine); with the engine's (cpu_heap_reuse) none do
     once the first batches have grown the heap."""
     model = write_checkpoint(checkpoint_root / "heap-gqa2", shapes[0], layout="original", seed=1)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
     faults = {mode: int(subprocess.run([sys.executable, "-c", STEADY_FAULTS, str(model), mode], check=True, env=env,
                                        timeout=300, capture_output=True, text=True).stdout)
               for mode in ("reuse", "glibc")}
     assert faults["glibc"] > 3000, faults  # the case being fixed is there to see (5,000-20,000 measured)
     assert faults["reuse"] < 1000, faults  # 0-400 measured
+
+
+def test_thresholds_the_environment_sets_stand() -> None:
+    """Set from the environment (MALLOC_*_ or GLIBC_TUNABLES' glibc.malloc.*), glibc's thresholds are left as set."""
+    code = "from qasr.engine.host_memory import keep_freed_memory_for_reuse; print(keep_freed_memory_for_reuse())"
+    plain = {key: value for key, value in os.environ.items()
+             if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
+    settings = [{}, {"MALLOC_TRIM_THRESHOLD_": "1048576"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+                {"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"}]  # not a malloc tunable: set anyway
+    answers = [subprocess.run([sys.executable, "-c", code], env={**plain, **extra}, check=True, capture_output=True,
+                              text=True, timeout=60).stdout.strip() for extra in settings]
+    assert answers == ["True", "False", "False", "True"]
 
 
 def test_a_cpu_engine_never_imports_triton() -> None:
