@@ -117,13 +117,15 @@ def asr_checkpoint(shapes, checkpoint_root: Path, write_checkpoint) -> Path:
     return write_checkpoint(checkpoint_root / "aligner-asr", shapes[0], "hf", seed=5)
 
 
-def test_engine_times_words_beside_transcription_traffic(asr_checkpoint: Path, aligners: dict[str, Path],
-                                                         reference: Reference, speech_like) -> None:
+@pytest.mark.parametrize("stream_interval", [1, 3])
+def test_engine_times_words_beside_transcription_traffic(stream_interval: int, asr_checkpoint: Path,
+                                                         aligners: dict[str, Path], reference: Reference,
+                                                         speech_like) -> None:
     """Requests with and without words, one split into pieces, in the same steps: each piece's words are the
     reference's for that piece's transcript and audio, shifted by the piece's start. A quiet one (stream=False)
-    says nothing until its words are in."""
+    says nothing until its words are in. Text made every third token times the same words."""
     asr = ASR(str(asr_checkpoint), aligner_model=str(aligners["original"]), max_piece_seconds=2.0,
-              max_cue_seconds=1.0)
+              max_cue_seconds=1.0, stream_interval=stream_interval)
     engine = asr.engine
     params = SamplingParams(max_tokens=12)
     clips = [speech_like(seconds, seed=10 + i) for i, seconds in enumerate([5.5, 1.5, 3.0, 2.5])]
