@@ -4,7 +4,8 @@
                                # `python benchmarks/gpu_check.py wheels`
     make gpu-check PART=1      # there: the compiled kernels' tests, `bench kernels`, `bench step`
     make gpu-check PART=2      # there: `bench throughput` for the 0.6B and 1.7B shapes against transformers
-    make gpu-check PART=3      # there, with 4 minutes left: `bench tune-attention` (tile widths, warps, stages)
+    make gpu-check PART=3      # there, with 4 minutes left: `bench tune-attention` (tile widths, warps, stages,
+                               # and where a mixed step's decodes get a launch of their own)
 
 Written for a machine without network whose CUDA image has python 3.12, torch with CUDA, triton, an older
 transformers, numpy, aiohttp, prometheus-client, safetensors and tokenizers, and no qasr install: it runs with the

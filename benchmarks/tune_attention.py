@@ -11,15 +11,21 @@ reference before it is timed (a setting that fails to compile or to match is rep
     decode  the 2D kernel on pure-decode batches: decode_tile_n x decode_num_warps x decode_num_stages
     split   the split-KV kernels on small decode batches: split_tile_n x split_num_warps x split_num_stages, and
             the workspace's segment count (attention_metadata.SPLIT_KV_SEGMENTS, not a launch parameter)
+    mixed   a step of decodes and one prefill chunk (`--mixed-chunk` tokens): the decodes in the chunk's launch, or
+            in a launch of their own with the decode settings (decode_launch_min_seqs)
 
 For each path the recommended setting is the one whose worst slowdown against the best setting of each shape is
 least (one setting serves every shape), and `split_wins_up_to` is, for each context, the largest batch at which the
-best split setting beats the best 2D one: what use_split_kv's threshold should follow. Times as in `bench kernels`
+best split setting beats the best 2D one: what use_split_kv's threshold should follow. `decode_launch_from` is, for
+each context, the fewest decodes from which their own launch is faster at every larger batch timed; the largest of
+these is the decode_launch_min_seqs to set (device time only: each launch more also costs the host some 10-20 us a
+layer, which a small step may not have to spare). Times as in `bench kernels`
 (CUDA events, L2 flushed before each call); GB/s and copy_fraction against the copy bandwidth measured in the run.
 """
 
 import argparse
 import itertools
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -27,9 +33,9 @@ import torch
 
 from qasr.benchmarks.kernels import Geometry, copy_bandwidth_gb_s, make_case, paged_kv, time_ms, traffic
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
-from qasr.kernels import SplitKVWorkspace
+from qasr.kernels import AttentionMetadata, SplitKVWorkspace
 from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS, padded_head_dim
-from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype
+from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton.paged_attention import unified_attention
 from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tuning
@@ -117,12 +123,89 @@ def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, gr
     return rows
 
 
+MIXED_SETTINGS = {"decodes with the chunk": AttentionTuning(decode_launch_min_seqs=0),
+                  "decodes apart": AttentionTuning(decode_launch_min_seqs=1)}
+
+
+def mixed_step(batch: int, context: int, chunk: int, g: Geometry, kv_dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, int]:
+    """`batch` decodes over `context` cached tokens each, then one fresh prefill chunk of `chunk` tokens, over a
+    cache whose blocks are scattered; returns (query, k_cache, v_cache, meta, bytes moved at least once)."""
+    seq_lens = [context] * batch + [chunk]
+    blocks = [math.ceil(length / g.block_size) for length in seq_lens]
+    num_blocks = sum(blocks)
+    shape = (num_blocks, g.block_size, g.kv_heads, g.head_dim)
+    k_cache = to_cache_dtype(torch.randn(shape, dtype=g.dtype, device=device), kv_dtype)
+    v_cache = to_cache_dtype(torch.randn(shape, dtype=g.dtype, device=device), kv_dtype)
+    physical = torch.randperm(num_blocks, device=device).to(torch.int32)
+    tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=device)
+    for i, start in enumerate(itertools.accumulate(blocks, initial=0)):
+        if i < len(blocks):
+            tables[i, :blocks[i]] = physical[start:start + blocks[i]]
+    query_lens = [1] * batch + [chunk]
+    meta = AttentionMetadata(
+        slot_mapping=torch.full((batch + chunk,), -1, dtype=torch.long, device=device),
+        query_start_loc=torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device), block_tables=tables,
+        max_query_len=chunk, max_seq_len=max(seq_lens), query_lens_host=query_lens, seq_lens_host=seq_lens,
+        num_decodes=batch)
+    query = torch.randn(batch + chunk, g.heads, g.head_dim, dtype=g.dtype, device=device)
+    moved = 2 * sum(seq_lens) * g.kv_heads * g.head_dim * kv_dtype.itemsize + 2 * query.numel() * g.dtype.itemsize
+    return query, k_cache, v_cache, meta, moved
+
+
+def measure_mixed(batch: int, context: int, kv_dtype: torch.dtype, g: Geometry, device: torch.device,
+                  args: argparse.Namespace, copy_gb_s: float) -> list[dict]:
+    """One mixed step, its decodes with the chunk and apart, each checked against the reference, then timed."""
+    query, k_cache, v_cache, meta, moved = mixed_step(batch, context, args.mixed_chunk, g, kv_dtype, device)
+    scale = g.head_dim**-0.5
+    expected = reference.paged_attention(query.float(), k_cache.float(), v_cache.float(), meta, scale)
+    rows = []
+    for label, tuning in MIXED_SETTINGS.items():
+        def call(tuning: AttentionTuning = tuning) -> torch.Tensor:
+            with attention_tuning(tuning):
+                return unified_attention(query, k_cache, v_cache, meta, scale)
+
+        row = {"path": "mixed", "kv_dtype": str(kv_dtype).removeprefix("torch."), "batch": batch, "context": context,
+               "setting": label, "ms": None, "gb_s": None, "copy_fraction": None, "vs_default": None, "error": None}
+        error = relative_error(call(), expected)
+        if error > RELATIVE_TOLERANCE:
+            row["error"] = f"relative error {error:.3g}"
+        else:
+            ms = time_ms(call, device, args.iters, args.warmup)
+            row.update(ms=ms, gb_s=moved / ms / 1e6, copy_fraction=moved / ms / 1e6 / copy_gb_s)
+        rows.append(row)
+    together = rows[0]["ms"]
+    for row in rows:
+        if together and row["ms"]:
+            row["vs_default"] = together / row["ms"]
+    return rows
+
+
+def decode_launch_from(rows: list[dict]) -> dict[str, int | None]:
+    """Per kv dtype and context, the fewest decodes from which their own launch beats the chunk's launch at every
+    larger batch timed (None: it never does at the largest)."""
+    times: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        if row["path"] == "mixed" and row["ms"] is not None:
+            times[f"{row['kv_dtype']} context {row['context']}"][row["batch"]][row["setting"]] = row["ms"]
+    result: dict[str, int | None] = {}
+    for key, by_batch in times.items():
+        result[key] = None
+        for batch in sorted(by_batch, reverse=True):
+            pair = by_batch[batch]
+            if len(pair) < 2 or pair["decodes apart"] >= pair["decodes with the chunk"]:
+                break
+            result[key] = batch
+    return result
+
+
 def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
     """Per path the setting with the least worst slowdown against each shape's best (the 2D kernel's over the
     `decode_batches` it serves), and the split crossover."""
     shapes: dict[str, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
-        if row["ms"] is not None:
+        if row["ms"] is not None and row["path"] != "mixed":
             shapes[row["path"]][(row["kv_dtype"], row["batch"], row["context"])][row["setting"]] = row["ms"]
     result: dict = {}
     for path, all_shapes in shapes.items():
@@ -145,6 +228,12 @@ def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
         else:
             crossover.setdefault(key, None)
     result["split_wins_up_to"] = crossover
+    from_batch = decode_launch_from(rows)
+    if from_batch:
+        # where a context's decodes never gain from their own launch, none of them is given one
+        result["decode_launch_from"] = from_batch
+        result["decode_launch_min_seqs"] = (0 if None in from_batch.values()
+                                            else max(b for b in from_batch.values() if b is not None))
     return result
 
 
@@ -155,6 +244,9 @@ def env_line(recommendation: dict, grid: list[Setting]) -> str:
         setting = next((s for s in grid if s.path == path and s.label == label), None)
         if setting is not None and setting.tuning.describe():
             parts.append(setting.tuning.describe())
+    min_seqs = recommendation.get("decode_launch_min_seqs")
+    if min_seqs is not None and min_seqs != AttentionTuning().decode_launch_min_seqs:
+        parts.append(f"decode_launch_min_seqs={min_seqs}")
     described = ",".join(parts)
     return f'{ENV_VAR}="{described}"' if described else f"{ENV_VAR} unset: the defaults are best"
 
@@ -171,6 +263,8 @@ def run(args: argparse.Namespace, grid: list[Setting], device: torch.device, g: 
                 rows += measure_shape(path, batch, context, kv_dtype, grid, g, device, args, copy_gb_s)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        for batch in args.mixed_batch_sizes:
+            rows += measure_mixed(batch, context, kv_dtype, g, device, args, copy_gb_s)
     return rows, copy_gb_s
 
 
@@ -190,6 +284,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-num-warps", type=int, nargs="+", default=[4])
     parser.add_argument("--split-num-stages", type=int, nargs="+", default=[3])
     parser.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32], help="split-KV segments (powers of 2)")
+    parser.add_argument("--mixed-batch-sizes", type=int, nargs="*", default=[32, 128, 256],
+                        help="decodes in the mixed steps timed (none: no mixed steps)")
+    parser.add_argument("--mixed-chunk", type=int, default=512, help="prefill chunk tokens of a mixed step")
     parser.add_argument("--heads", type=int, default=16, help="query heads (Qwen3-ASR: 16)")
     parser.add_argument("--kv-heads", type=int, default=8, help="KV heads (Qwen3-ASR: 8)")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -215,7 +312,8 @@ def main(args: argparse.Namespace) -> int:
     line = env_line(recommendation, grid)
     config = {name: getattr(args, name) for name in (
         "batch_sizes", "split_batch_sizes", "contexts", "kv_cache_dtype", "decode_tile_n", "num_warps", "num_stages",
-        "split_tile_n", "split_num_warps", "split_num_stages", "segments", "iters", "warmup")}
+        "split_tile_n", "split_num_warps", "split_num_stages", "segments", "mixed_batch_sizes", "mixed_chunk",
+        "iters", "warmup")}
     config.update(heads=g.heads, kv_heads=g.kv_heads, head_dim=g.head_dim, block_size=g.block_size,
                   dtype=str(dtype), copy_gb_s=copy_gb_s, recommendation=recommendation, env=line)
     print_table(rows)
@@ -224,6 +322,8 @@ def main(args: argparse.Namespace) -> int:
             chosen = recommendation[path]
             print(f"{path}: {chosen['setting']} (at worst {chosen['worst_slowdown']:.2f}x the best of a shape)")
     print(f"split-KV beats the 2D kernel up to batch: {recommendation['split_wins_up_to']}")
+    if "decode_launch_from" in recommendation:
+        print(f"a mixed step's decodes gain from a launch of their own from: {recommendation['decode_launch_from']}")
     print(line)
     segments = next((s.segments for s in grid if s.label == recommendation.get("split", {}).get("setting")), None)
     if segments not in (None, SPLIT_KV_SEGMENTS):

@@ -250,8 +250,10 @@ class ModelRunner:
         if one_token_each:
             positions, lens = starts_array, 1
             token_chunks = np.arange(num_chunks)
+            num_decodes = num_chunks
         else:
             lens = np.asarray(query_lens, dtype=np.int64)
+            num_decodes = int(np.argmax(lens != 1))  # the scheduler puts decodes first
             token_chunks = np.repeat(np.arange(num_chunks), lens)
             # a token's position: its row, less its chunk's first row, plus its chunk's start
             positions = np.arange(offset) + np.repeat(starts_array - (np.cumsum(lens) - lens), lens)
@@ -273,6 +275,7 @@ class ModelRunner:
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
+            num_decodes=num_decodes,
         )
         # pending rows 0..k-1 reading the last step's rows 0..k-1 (the decodes ahead of the prefills, in the same
         # order): a slice instead of index tensors, or the last step's tokens themselves when every row is one

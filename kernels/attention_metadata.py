@@ -65,6 +65,9 @@ class AttentionMetadata:
     query_lens_host: list[int]
     seq_lens_host: list[int]
     split_kv_workspace: SplitKVWorkspace | None = None  # None: the Triton backend allocates per call
+    # the first num_decodes sequences have one query token each (the scheduler puts decodes first), which a
+    # backend may attend apart from the rest; 0: not counted
+    num_decodes: int = 0
 
     @property
     def num_seqs(self) -> int:

@@ -4,10 +4,13 @@ Grid (q-blocks, kv_heads). A q-block is BLOCK_Q consecutive query tokens of one 
 QUERIES_PER_KV query heads sharing one KV head, packed into BLOCK_M rows, so every K/V tile is read once
 per KV head (GQA packing). The number of q-blocks is bounded by num_tokens // BLOCK_Q + num_seqs without
 looking at the query lengths on the host; a program finds its sequence by binary search and exits if its
-block lies past the sequence's queries. Small pure-decode batches go to the split-KV kernels instead.
+block lies past the sequence's queries. Small pure-decode batches go to the split-KV kernels instead. A step that
+mixes many decodes with prefill chunks attends its leading decodes in a launch of their own, with the decode
+settings (a decode in the prefill launch fills 2 of a 64-row block), and the chunks in a second launch.
 """
 
 import math
+from functools import partial
 
 import torch
 import triton
@@ -24,15 +27,15 @@ DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
 
 # num_seqs and the block-table width change every step; specialised (1, multiple of 16) they would each
 # trigger a compile mid-serving
-@triton.jit(do_not_specialize=["num_seqs", "stride_table"])
+@triton.jit(do_not_specialize=["num_seqs", "q_block_offset", "stride_table"])
 def _unified_attention_kernel(
         q_ptr, out_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-        num_seqs, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
+        num_seqs, q_block_offset, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
         stride_cache_block, stride_cache_slot, stride_cache_head,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr,
         DOT_PRECISION: tl.constexpr):
-    q_block = tl.program_id(0)
+    q_block = tl.program_id(0) + q_block_offset
     kv_head = tl.program_id(1)
     seq = find_seq_idx(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
@@ -96,21 +99,47 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     out = torch.empty_like(query)
     if num_tokens == 0:
         return out
+    tuning = current_tuning()
     queries_per_kv = num_heads // num_kv_heads
-    if block_m is None:
-        block_m = DECODE_BLOCK_M if meta.max_query_len * queries_per_kv <= DECODE_BLOCK_M else PREFILL_BLOCK_M
+    launch = partial(_launch_2d, query, out, k_cache, v_cache, meta, scale)
+    decode_settings = (tuning.decode_tile_n, tuning.decode_num_warps, tuning.decode_num_stages)
+    if meta.is_pure_decode:
+        launch(0, meta.num_seqs, num_tokens, block_m or default_block_m(1, queries_per_kv), *decode_settings)
+        return out
+    decodes = meta.num_decodes if block_m is None and 0 < tuning.decode_launch_min_seqs <= meta.num_decodes else 0
+    if decodes:
+        launch(0, decodes, decodes, default_block_m(1, queries_per_kv), *decode_settings)
+    launch(decodes, meta.num_seqs, num_tokens, block_m or default_block_m(meta.max_query_len, queries_per_kv),
+           tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages)
+    return out
+
+
+def default_block_m(max_query_len: int, queries_per_kv: int) -> int:
+    return DECODE_BLOCK_M if max_query_len * queries_per_kv <= DECODE_BLOCK_M else PREFILL_BLOCK_M
+
+
+def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               meta: AttentionMetadata, scale: float, first_seq: int, end_seq: int, end_token: int, block_m: int,
+               tile_n: int, num_warps: int, num_stages: int) -> None:
+    """The 2D kernel over sequences [first_seq, end_seq) of the step, whose tokens end at end_token: it writes
+    their rows of `out`. The sequences before first_seq are decodes, one token each, so first_seq is also the
+    first token."""
+    num_heads, head_dim = query.shape[1:]
+    num_kv_heads = k_cache.shape[2]
+    queries_per_kv = num_heads // num_kv_heads
     block_m = max(block_m, triton.next_power_of_2(queries_per_kv))
     block_q = block_m // queries_per_kv
-    tuning = current_tuning()
-    if meta.is_pure_decode:
-        tile_n, num_warps, num_stages = tuning.decode_tile_n, tuning.decode_num_warps, tuning.decode_num_stages
-    else:
-        tile_n, num_warps, num_stages = tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages
+    num_seqs = end_seq - first_seq
+    # the sequences' tables from first_seq on are views (no copy) that keep the step's token numbering: sequence
+    # first_seq + i owns the q-blocks from query_start_loc[first_seq + i] // block_q + i on, so the programs start
+    # at first_seq's and run up to the last sequence's end
+    q_block_offset = first_seq // block_q
     upcast = upcast_tiles(query.dtype)
-    grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
+    grid = (end_token // block_q + num_seqs - q_block_offset, num_kv_heads)
     _unified_attention_kernel[grid](
-        q_ptr=query, out_ptr=out, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=meta.block_tables,
-        seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc, num_seqs=meta.num_seqs,
+        q_ptr=query, out_ptr=out, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
+        block_tables_ptr=meta.block_tables[first_seq:], seq_lens_ptr=meta.seq_lens[first_seq:],
+        query_start_loc_ptr=meta.query_start_loc[first_seq:], num_seqs=num_seqs, q_block_offset=q_block_offset,
         qk_scale=scale * math.log2(math.e), stride_qt=query.stride(0), stride_qh=query.stride(1),
         stride_ot=out.stride(0), stride_oh=out.stride(1), stride_table=meta.block_tables.stride(0),
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
@@ -118,4 +147,3 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
         DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=num_warps, num_stages=num_stages,
     )
-    return out

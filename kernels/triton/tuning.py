@@ -33,6 +33,10 @@ class AttentionTuning:
     split_tile_n: int = 16
     split_num_warps: int = 4
     split_num_stages: int = 3
+    # a step mixing decodes with prefill chunks attends its leading decodes in a launch of their own, with the
+    # decode settings, from this many on (fewer ride in the prefill launch: a launch more per layer costs host time
+    # that small steps cannot spare); 0: never
+    decode_launch_min_seqs: int = 64
 
     def __post_init__(self) -> None:
         for name in ("decode_tile_n", "prefill_tile_n", "split_tile_n"):
@@ -45,6 +49,8 @@ class AttentionTuning:
         for name in ("decode_num_stages", "prefill_num_stages", "split_num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.decode_launch_min_seqs < 0:
+            raise ValueError(f"decode_launch_min_seqs must be 0 (never) or more, got {self.decode_launch_min_seqs}")
 
     @classmethod
     def parse(cls, text: str) -> "AttentionTuning":

@@ -23,22 +23,25 @@ def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Pa
     args = parse("--device", "cpu", "--batch-sizes", "3", "--split-batch-sizes", "1", "--contexts", "40", "--heads",
                  "4", "--kv-heads", "2", "--head-dim", "16", "--decode-tile-n", "16", "32", "--num-warps", "4",
                  "--num-stages", "3", "--split-tile-n", "16", "--segments", "4", "16", "--iters", "2", "--warmup",
-                 "1", "--out-dir", str(tmp_path))
+                 "1", "--mixed-batch-sizes", "2", "--mixed-chunk", "5", "--out-dir", str(tmp_path))
     assert tune.main(args) == 0
     [path] = tmp_path.glob("tune-attention-cpu-*.json")
     document = json.loads(path.read_text())
     assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "tune-attention"
     rows = document["results"]
-    # the 2D kernel at both batches (1 for the crossover), split-KV at batch 1 only
+    # the 2D kernel at both batches (1 for the crossover), split-KV at batch 1 only, a mixed step both ways
     assert sorted((r["path"], r["batch"], r["setting"]) for r in rows) == sorted(
         [("decode", b, f"tile {t} warps 4 stages 3") for b in (1, 3) for t in (16, 32)]
-        + [("split", 1, f"tile 16 warps 4 stages 3 segments {n}") for n in (4, 16)])
+        + [("split", 1, f"tile 16 warps 4 stages 3 segments {n}") for n in (4, 16)]
+        + [("mixed", 2, "decodes with the chunk"), ("mixed", 2, "decodes apart")])
     for row in rows:
         assert row["error"] is None and row["ms"] > 0 and row["gb_s"] > 0 and row["vs_default"] > 0
-    defaults = [r for r in rows if r["setting"] in ("tile 16 warps 4 stages 3", "tile 16 warps 4 stages 3 segments 16")]
-    assert all(r["vs_default"] == 1.0 for r in defaults)
+    defaults = [r for r in rows if r["setting"] in ("tile 16 warps 4 stages 3", "tile 16 warps 4 stages 3 segments 16",
+                                                    "decodes with the chunk")]
+    assert len(defaults) == 4 and all(r["vs_default"] == 1.0 for r in defaults)
     recommendation = document["config"]["recommendation"]
-    assert set(recommendation) == {"decode", "split", "split_wins_up_to"}
+    assert set(recommendation) == {"decode", "split", "split_wins_up_to", "decode_launch_from",
+                                   "decode_launch_min_seqs"}
     env = document["config"]["env"]
     assert env in capsys.readouterr().out
     if "=" in env:  # the line sets what it names
@@ -70,3 +73,22 @@ def test_the_recommendation_is_the_least_worst_setting_and_the_crossover_the_lar
     rows.append(row("split", 32, "s", 5.0))
     rows.append(row("decode", 32, "a", 1.0))
     assert tune.recommend(rows, decode_batches=[64, 256])["split_wins_up_to"] == {"bfloat16 context 512": 16}
+
+
+def mixed(batch: int, apart_ms: float, together_ms: float, context: int = 512) -> list[dict]:
+    return [row("mixed", batch, "decodes apart", apart_ms, context), row("mixed", batch, "decodes with the chunk",
+                                                                        together_ms, context)]
+
+
+def test_the_decodes_own_launch_starts_where_it_wins_at_every_larger_batch() -> None:
+    rows = (mixed(16, 1.2, 1.0) + mixed(64, 0.9, 1.0) + mixed(128, 1.1, 1.0) + mixed(256, 2.0, 3.0)
+            + mixed(16, 0.5, 1.0, context=4096) + mixed(256, 0.5, 1.0, context=4096))
+    chosen = tune.recommend(rows, decode_batches=[64])
+    # at 512 it loses at 128, so only 256 counts; at 4096 it wins from 16 on: the larger start serves both
+    assert chosen["decode_launch_from"] == {"bfloat16 context 512": 256, "bfloat16 context 4096": 16}
+    assert chosen["decode_launch_min_seqs"] == 256
+    assert "decode_launch_min_seqs=256" in tune.env_line(chosen, [])
+    never = tune.recommend(mixed(64, 2.0, 1.0) + mixed(256, 2.0, 1.0, context=4096), decode_batches=[64])
+    assert never["decode_launch_from"] == {"bfloat16 context 512": None, "bfloat16 context 4096": None}
+    assert never["decode_launch_min_seqs"] == 0 and "decode_launch_min_seqs=0" in tune.env_line(never, [])
+    assert "decode_launch_from" not in tune.recommend([row("decode", 64, "a", 1.0)], decode_batches=[64])

@@ -54,6 +54,7 @@ def paged_batch(query_lens: list[int], context_lens: list[int], num_heads: int, 
         max_seq_len=max(seq_lens),
         query_lens_host=list(query_lens),
         seq_lens_host=seq_lens,
+        num_decodes=next((i for i, q_len in enumerate(query_lens) if q_len != 1), len(query_lens)),
     )
     return PagedBatch(query=randn(sum(query_lens), num_heads, head_dim),
                       k_cache=randn(num_blocks, block_size, num_kv_heads, head_dim),

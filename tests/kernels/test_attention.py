@@ -1,5 +1,7 @@
 """Triton paged attention (unified 2D and split-KV) against the torch reference, under the interpreter on CPU."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from qasr.kernels import SplitKVWorkspace
 from qasr.kernels.attention_metadata import padded_head_dim
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
 
 DTYPES = [torch.float32, torch.float16]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
@@ -54,6 +57,34 @@ def test_unified_attention_tile_shapes(block_m: int, block_size: int, paged_batc
                                      split_kv=False, block_m=block_m), batch)
 
 
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 2, 24)], ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
+def test_a_mixed_steps_decodes_apart_give_the_rows_of_each_part_alone(heads: tuple[int, int, int], block_size: int,
+                                                                       paged_batch, seed_of) -> None:
+    """Leading decodes in a launch of their own: their rows are those of the decodes alone as a pure-decode batch,
+    and the chunks' rows those of the one launch over the whole step, to the bit (the same programs, numbered
+    from an offset: 11 decodes span q-blocks of 8 and 5 tokens, so the chunks start mid-block)."""
+    num_heads, num_kv_heads, head_dim = heads
+    query_lens, context_lens = [1] * 11 + [13, 40, 1, 9], [30, 5, 0, 17, 63, 1, 44, 2, 9, 16, 70, 19, 0, 5, 16]
+    batch = paged_batch(query_lens, context_lens, num_heads, num_kv_heads, head_dim, torch.float32,
+                        seed=seed_of(heads, block_size), block_size=block_size)
+    assert batch.meta.num_decodes == 11
+    args = (batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=11)):
+        apart = unified_attention(*args)
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=12)):  # 11 decodes are too few: one launch
+        together = unified_attention(*args)
+    assert_matches(apart, batch)
+    assert torch.equal(apart[11:], together[11:])
+    meta = batch.meta
+    decodes = replace(meta, slot_mapping=meta.slot_mapping[:11], query_start_loc=meta.query_start_loc[:12],
+                      seq_lens=meta.seq_lens[:11], block_tables=meta.block_tables[:11], max_query_len=1,
+                      max_seq_len=max(meta.seq_lens_host[:11]), query_lens_host=meta.query_lens_host[:11],
+                      seq_lens_host=meta.seq_lens_host[:11])
+    alone = unified_attention(batch.query[:11], batch.k_cache, batch.v_cache, decodes, batch.scale, split_kv=False)
+    assert torch.equal(apart[:11], alone)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
 def test_split_kv_decode(heads: tuple[int, int, int], dtype: torch.dtype, paged_batch, seed_of) -> None:
@@ -99,11 +130,16 @@ def test_split_kv_refuses_prefill(paged_batch) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("kind", "split_kv"), [("decode", False), ("decode", True), ("mixed", None)])
+@pytest.mark.parametrize(("kind", "split_kv"), [("decode", False), ("decode", True), ("mixed", None),
+                                               ("many decodes and a chunk", None)])
 def test_qwen_shapes_bf16_on_gpu(kind: str, split_kv: bool | None, paged_batch) -> None:
-    """Qwen3-ASR decoder geometry: 16 query heads over 8 KV heads of 128, contexts up to 8k, bf16."""
+    """Qwen3-ASR decoder geometry: 16 query heads over 8 KV heads of 128, contexts up to 8k, bf16; the last kind
+    has enough decodes for a launch of their own (decode_launch_min_seqs)."""
     if kind == "decode":
         query_lens, context_lens = [1] * 12, [1, 15, 16, 17, 100, 511, 512, 1000, 2047, 4096, 6000, 8191]
+    elif kind == "many decodes and a chunk":
+        decodes = AttentionTuning().decode_launch_min_seqs + 5
+        query_lens, context_lens = [1] * decodes + [333], [(97 * i) % 3000 + 1 for i in range(decodes)] + [1200]
     else:
         query_lens, context_lens = [1, 1, 410, 300, 1, 77], [8000, 35, 0, 2000, 700, 4096]
     batch = paged_batch(query_lens, context_lens, 16, 8, 128, torch.bfloat16, seed=5, device="cuda")

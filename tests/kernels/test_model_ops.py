@@ -10,6 +10,7 @@ import torch
 from qasr.engine import ASR, SamplingParams
 from qasr.kernels import AttentionMetadata, ModelOps, get_model_ops
 from qasr.kernels.triton.paged_attention import use_split_kv
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning, current_tuning
 
 CLIP_SECONDS = [0.6, 2.3, 1.2]
 MAX_TOKENS = 8
@@ -69,27 +70,38 @@ def record_attention_kinds(asr: ASR) -> set[str]:
     def spy(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:
         contexts = [s - q for q, s in zip(meta.query_lens_host, meta.seq_lens_host)]
+        leading = next((i for i, q in enumerate(meta.query_lens_host) if q != 1), meta.num_seqs)
+        assert meta.num_decodes == leading  # the runner counts the one-token queries the scheduler puts first
         if use_split_kv(meta, k_cache.shape[2]):
             kinds.add("split-kv decode")
         if any(q == 1 for q in meta.query_lens_host) and meta.max_query_len > 1:
             kinds.add("decode mixed with prefill")
         if any(q > 1 and c > 0 for q, c in zip(meta.query_lens_host, contexts)):
             kinds.add("chunked prefill")
+        if not meta.is_pure_decode and 0 < current_tuning().decode_launch_min_seqs <= meta.num_decodes:
+            kinds.add("decodes in a launch of their own")
         return attend(query, k_cache, v_cache, meta, scale)
 
     runner.ops = replace(runner.ops, paged_attention=spy)
     return kinds
 
 
-@pytest.mark.parametrize(("options", "kinds"), [
-    ({}, {"split-kv decode"}),
-    ({"max_num_batched_tokens": 40}, {"split-kv decode", "decode mixed with prefill", "chunked prefill"}),
-], ids=["prefill-then-decode", "chunked-mixed"])
+MIXED_KINDS = {"split-kv decode", "decode mixed with prefill", "chunked prefill"}
+
+
+@pytest.mark.parametrize(("options", "tuning", "kinds"), [
+    ({}, AttentionTuning(), {"split-kv decode"}),
+    ({"max_num_batched_tokens": 40}, AttentionTuning(), MIXED_KINDS),
+    # every mixed step's decodes in a launch of their own
+    ({"max_num_batched_tokens": 40}, AttentionTuning(decode_launch_min_seqs=1),
+     MIXED_KINDS | {"decodes in a launch of their own"}),
+], ids=["prefill-then-decode", "chunked-mixed", "chunked-mixed-decodes-apart"])
 def test_engine_on_triton_matches_torch(checkpoint: Path, clips: list[np.ndarray], expected: list[list[int]],
-                                        options: dict, kinds: set[str]) -> None:
+                                        options: dict, tuning: AttentionTuning, kinds: set[str]) -> None:
     asr = ASR(str(checkpoint), device="cpu", attention_backend="triton", **options)
     seen = record_attention_kinds(asr)
-    assert transcribe(asr, clips) == expected
+    with attention_tuning(tuning):
+        assert transcribe(asr, clips) == expected
     assert seen == kinds
 
 

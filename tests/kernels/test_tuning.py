@@ -21,8 +21,8 @@ def test_settings_round_trip_and_bad_ones_name_the_variable() -> None:
     assert AttentionTuning.parse(tuning.describe()) == tuning
     assert AttentionTuning.parse("") == AttentionTuning() and AttentionTuning().describe() == ""
     for bad in ("decode_tile_n=24", "decode_tile_n=8", "prefill_num_warps=3", "split_num_stages=0", "tile=32",
-                "decode_num_warps=four"):
-        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|" + ENV_VAR):
+                "decode_num_warps=four", "decode_launch_min_seqs=-1"):
+        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|min_seqs|" + ENV_VAR):
             AttentionTuning.parse(bad)
 
 
@@ -64,7 +64,8 @@ def test_every_tuning_gives_the_references_result(tuning: AttentionTuning, split
 
 
 class LaunchSpy:
-    """Stands in for a Triton kernel: records each launch's keyword arguments and launches the kernel."""
+    """Stands in for a Triton kernel: records the keyword arguments of its last launch under its name, and every
+    launch's (name, grid, keyword arguments) under "all", and launches the kernel."""
 
     def __init__(self, kernel, name: str, launches: dict) -> None:
         self.kernel, self.name, self.launches = kernel, name, launches
@@ -72,6 +73,7 @@ class LaunchSpy:
     def __getitem__(self, grid):
         def launch(**kwargs):
             self.launches[self.name] = kwargs
+            self.launches.setdefault("all", []).append((self.name, grid, kwargs))
             return self.kernel[grid](**kwargs)
         return launch
 
@@ -85,5 +87,30 @@ def test_a_pure_decode_batch_takes_the_decode_tiles(paged_batch, monkeypatch: py
         out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=False)
     launch = launches["unified"]
     assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"]) == (64, 8, 2)
+    expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert (out - expected).abs().max().item() <= 2e-5
+
+
+@pytest.mark.parametrize("min_seqs", [0, 3, 4])
+def test_a_mixed_steps_leading_decodes_get_a_launch_with_the_decode_tiles(min_seqs: int, paged_batch,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three decodes, then prefill chunks: from decode_launch_min_seqs decodes on (0: never) the decodes go first in
+    a launch of their own with the decode settings, the chunks in the prefill launch; fewer ride with the chunks."""
+    batch = paged_batch([1, 1, 1, 13, 22, 1], [3, 40, 17, 19, 0, 66], 4, 2, 16, torch.float32, seed=7)
+    assert batch.meta.num_decodes == 3
+    launches: dict = {}
+    monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
+                        LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
+    tuning = AttentionTuning(decode_tile_n=64, decode_num_warps=8, decode_num_stages=2, prefill_tile_n=16,
+                             decode_launch_min_seqs=min_seqs)
+    with attention_tuning(tuning):
+        out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    settings = [(kwargs["num_seqs"], kwargs["TILE_N"], kwargs["num_warps"], kwargs["num_stages"])
+                for _, _, kwargs in launches["all"]]
+    prefill = (tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages)
+    if 0 < min_seqs <= 3:
+        assert settings == [(3, 64, 8, 2), (3, *prefill)]
+    else:
+        assert settings == [(6, *prefill)]
     expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     assert (out - expected).abs().max().item() <= 2e-5
