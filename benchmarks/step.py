@@ -132,15 +132,16 @@ class TranscriptResult:
 TEXT_KINDS = {"deltas": True, "final": False}  # --text: TranscriptionRequest.stream
 
 
-def new_request(seed: int, stream: bool) -> TranscriptionRequest:
-    params = SamplingParams(max_tokens=400, ignore_eos=True)  # longer than a run of steps; within the KV pool
+def new_request(seed: int, stream: bool, temperature: float = 0.0) -> TranscriptionRequest:
+    # longer than a run of steps; within the KV pool
+    params = SamplingParams(max_tokens=400, ignore_eos=True, temperature=temperature)
     # the language is forced: its header is in the prompt, so every token's text goes through the transcript's
     # stream and repetition filter as a real transcript's does (a random model never writes the header itself)
     return TranscriptionRequest(synthetic_clip(CLIP_SECONDS, seed), language="English", sampling_params=params,
                                 stream=stream)
 
 
-def measure(config: EngineConfig, running: int, steps: int, texts: list[str]) -> list[dict]:
+def measure(config: EngineConfig, running: int, steps: int, texts: list[str], temperature: float = 0.0) -> list[dict]:
     """One engine for `running` sequences: the pure-decode row and the mixed row for each kind of request in
     `texts`, one kind after the other (on a GPU an engine costs its graph captures)."""
     engine = LLMEngine(replace(config, max_num_seqs=running, max_num_batched_tokens=max(8192, 2 * running)))
@@ -150,7 +151,7 @@ def measure(config: EngineConfig, running: int, steps: int, texts: list[str]) ->
     rows = []
     for text in texts:
         stream = TEXT_KINDS[text]
-        ids = [engine.add_request(new_request(next(seeds), stream)) for _ in range(running)]
+        ids = [engine.add_request(new_request(next(seeds), stream, temperature)) for _ in range(running)]
         while scheduler.num_waiting or any(seq.num_output_tokens == 0 for seq in scheduler.running):
             engine.step()
         for _ in range(3):  # the overlapped step is in its steady state
@@ -161,7 +162,7 @@ def measure(config: EngineConfig, running: int, steps: int, texts: list[str]) ->
             for _ in range(steps):
                 if mixed:
                     times.wrap("abort", engine.abort)(ids.pop(0))
-                    ids.append(engine.add_request(new_request(next(seeds), stream)))
+                    ids.append(engine.add_request(new_request(next(seeds), stream, temperature)))
                 engine.step()
                 times.end_step()
             restore()
@@ -178,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps measured per row")
     parser.add_argument("--text", choices=list(TEXT_KINDS), nargs="+", default=list(TEXT_KINDS),
                         help="what the requests want: text deltas as tokens come, or the final transcript")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="the requests' sampling temperature (0: greedy; above: drawn, timed in `model`)")
     parser.add_argument("--work-dir", default="/tmp/qasr-bench", help="where the random checkpoint is written")
     EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs", "max_num_batched_tokens"))
     add_output_arguments(parser)
@@ -190,10 +193,11 @@ def main(args: argparse.Namespace) -> int:
     checkpoint = write_random_checkpoint(Path(args.work_dir) / f"{args.preset}-original", args.preset, dtype,
                                          device="cuda" if device.type == "cuda" else "cpu")
     config = replace(config, model=str(checkpoint), device=str(device), dtype=dtype)
-    rows = [row for running in args.running for row in measure(config, running, args.steps, args.text)]
+    rows = [row for running in args.running
+            for row in measure(config, running, args.steps, args.text, args.temperature)]
     print_table(rows)
     settings = {"preset": args.preset, "running": args.running, "steps": args.steps, "text": args.text,
-                "clip_s": CLIP_SECONDS, "stream_interval": config.stream_interval,
+                "clip_s": CLIP_SECONDS, "stream_interval": config.stream_interval, "temperature": args.temperature,
                 "dtype": str(dtype), "threads": torch.get_num_threads()}
     print(f"results: {write_results('step', device, settings, rows, args.out_dir)}")
     return 0

@@ -1,3 +1,7 @@
+"""Tokens from a step's logits: argmax for greedy rows; for the others temperature, top-k and top-p over all of them
+at once, then one draw per row from that row's own generator (so a row's token depends on its logits and its
+sequence's seed alone, whatever else is in the batch)."""
+
 import torch
 
 from qasr.scheduler import SamplingParams
@@ -7,20 +11,59 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None]) -> torch.Tensor:
     """One token per row of logits [num_rows, vocab]: argmax for greedy rows, seeded sampling otherwise."""
     tokens = logits.argmax(dim=-1)
-    for row, (p, generator) in enumerate(zip(params, generators)):
-        if not p.greedy:
-            tokens[row] = _sample_row(logits[row], p, generator)
+    drawn = [row for row, p in enumerate(params) if not p.greedy]
+    if not drawn:
+        return tokens
+    if len(drawn) == len(params):
+        tokens = draw(logits, params, generators)
+    else:
+        rows = torch.tensor(drawn, device=logits.device)
+        tokens[rows] = draw(logits[rows], [params[row] for row in drawn], [generators[row] for row in drawn])
     return tokens
 
 
-def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    logits = logits.float() / p.temperature
-    if p.top_k > 0:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1])).values[-1]
+def draw(logits: torch.Tensor, params: list[SamplingParams],
+         generators: list[torch.Generator | None]) -> torch.Tensor:
+    """A token drawn from each row's tempered, top-k and top-p filtered distribution by inverse transform: the first
+    token whose cumulative probability exceeds a uniform number, which is all a row takes from its generator (one
+    call a row, where multinomial is a chain of launches a row and an exponential race a random number a token)."""
+    cumulative = filtered_logits(logits, params).softmax(dim=-1).cumsum(dim=-1)
+    total = cumulative[:, -1:]
+    uniform = torch.empty_like(total)
+    for row, generator in enumerate(generators):
+        uniform[row].uniform_(generator=generator)
+    # below the total, so some token's cumulative probability exceeds it: the first such token has a probability
+    # above 0 (a filtered token adds nothing to the sum before it)
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, target, right=True).squeeze(1)
+
+
+def filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """float32 logits / temperature, with the tokens outside each row's top_k (the k largest, ties with the k-th
+    kept) and then outside its top_p (the fewest most likely tokens whose probability reaches top_p) at -inf."""
+    device = logits.device
+    logits = logits.float() / torch.tensor([p.temperature for p in params], device=device)[:, None]
+    top_k = [p.top_k for p in params]
+    top_p = [p.top_p for p in params]
+    uses_top_p = any(p < 1.0 for p in top_p)
+    if not uses_top_p and not any(top_k):
+        return logits
+    vocab = logits.shape[-1]
+    if uses_top_p:
+        ordered, order = logits.sort(dim=-1, descending=True)
+    else:
+        ordered = logits.topk(min(max(top_k), vocab), dim=-1).values
+    if any(top_k):
+        k = torch.tensor([min(k, vocab) if k else 1 for k in top_k], device=device)
+        kth = ordered.gather(1, (k - 1)[:, None])
+        kth.masked_fill_(torch.tensor([not k for k in top_k], device=device)[:, None], float("-inf"))
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_logits, order = logits.sort(descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[0]
+        if uses_top_p:
+            ordered = ordered.masked_fill(ordered < kth, float("-inf"))  # masking keeps the order
+    if uses_top_p:
+        probs = ordered.softmax(dim=-1)
+        # a token goes once the more likely ones already reach top_p; rows without top_p keep every token
+        limit = torch.tensor(top_p, device=device)[:, None]
+        drop = (probs.cumsum(dim=-1) - probs >= limit) & (limit < 1.0)
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter_(1, order, drop), float("-inf"))
+    return logits

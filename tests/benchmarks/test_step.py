@@ -18,13 +18,14 @@ from qasr.engine.tokenizer import load_tokenizer
 def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    args = parser.parse_args(["--running", "3", "5", "--steps", "4", "--device", "cpu", "--work-dir",
-                              str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")])
+    args = parser.parse_args(["--running", "3", "5", "--steps", "4", "--device", "cpu", "--temperature", "0.8",
+                              "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")])
     assert bench.main(args) == 0
     [path] = (tmp_path / "out").glob("step-cpu-*.json")
     document = json.loads(path.read_text())
     assert document["benchmark"] == "step" and document["config"]["running"] == [3, 5]
-    assert document["config"]["stream_interval"] == 1
+    assert document["config"]["stream_interval"] == 1 and document["config"]["temperature"] == 0.8
+    assert bench.new_request(0, stream=False, temperature=0.8).sampling_params.temperature == 0.8
     rows = document["results"]
     assert [(row["running"], row["text"], row["step"]) for row in rows] == [
         (running, text, step) for running in (3, 5) for text in ("deltas", "final")
