@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from qasr.engine.audio_encoder import num_audio_tokens
+from qasr.engine.device_copy import to_device
 from qasr.engine.features import LogMelExtractor
 from qasr.engine.model import Qwen3ASRModel
-from qasr.engine.model_runner import to_device
 from qasr.kernels import AttentionMetadata, ModelOps
 from qasr.scheduler import AlignmentJob, AudioSpan
 

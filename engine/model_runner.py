@@ -7,6 +7,7 @@ import torch
 
 from qasr.engine.block_tables import BlockTables
 from qasr.engine.decode_graphs import DecodeGraphs
+from qasr.engine.device_copy import to_device
 from qasr.engine.features import LogMelExtractor
 from qasr.engine.model import Qwen3ASRModel
 from qasr.engine.sampler import sample
@@ -303,14 +304,6 @@ class ModelRunner:
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on `device`: through pinned memory and without waiting on CUDA, as is on the CPU."""
-    tensor = torch.from_numpy(array)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
 
 
 def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

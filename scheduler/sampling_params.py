@@ -1,5 +1,8 @@
 from dataclasses import dataclass
 
+# temperatures below this are greedy (vLLM's threshold): logits divided by less would overflow float32
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -23,4 +26,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE

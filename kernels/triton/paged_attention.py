@@ -27,14 +27,19 @@ DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
 
 # num_seqs and the block-table width change every step; specialised (1, multiple of 16) they would each
 # trigger a compile mid-serving
-@triton.jit(do_not_specialize=["num_seqs", "q_block_offset", "stride_table"])
+@triton.jit(do_not_specialize=["first_seq", "num_seqs", "q_block_offset", "stride_table"])
 def _unified_attention_kernel(
         q_ptr, out_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-        num_seqs, q_block_offset, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
+        first_seq, num_seqs, q_block_offset, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
         stride_cache_block, stride_cache_slot, stride_cache_head,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr,
         DOT_PRECISION: tl.constexpr):
+    # the sequences from first_seq on (offset here: a sliced tensor's pointer could lose the 16-byte alignment the
+    # kernel was compiled for, and a new compile would stall the step)
+    query_start_loc_ptr += first_seq
+    seq_lens_ptr += first_seq
+    block_tables_ptr += first_seq.to(tl.int64) * stride_table
     q_block = tl.program_id(0) + q_block_offset
     kv_head = tl.program_id(1)
     seq = find_seq_idx(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
@@ -130,16 +135,16 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
     block_m = max(block_m, triton.next_power_of_2(queries_per_kv))
     block_q = block_m // queries_per_kv
     num_seqs = end_seq - first_seq
-    # the sequences' tables from first_seq on are views (no copy) that keep the step's token numbering: sequence
-    # first_seq + i owns the q-blocks from query_start_loc[first_seq + i] // block_q + i on, so the programs start
-    # at first_seq's and run up to the last sequence's end
+    # the kernel numbers the sequences from first_seq, and query_start_loc keeps the step's token numbering:
+    # sequence first_seq + i owns the q-blocks from query_start_loc[first_seq + i] // block_q + i on, so the
+    # programs start at first_seq's and run up to the last sequence's end
     q_block_offset = first_seq // block_q
     upcast = upcast_tiles(query.dtype)
     grid = (end_token // block_q + num_seqs - q_block_offset, num_kv_heads)
     _unified_attention_kernel[grid](
         q_ptr=query, out_ptr=out, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
-        block_tables_ptr=meta.block_tables[first_seq:], seq_lens_ptr=meta.seq_lens[first_seq:],
-        query_start_loc_ptr=meta.query_start_loc[first_seq:], num_seqs=num_seqs, q_block_offset=q_block_offset,
+        block_tables_ptr=meta.block_tables, seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc,
+        first_seq=first_seq, num_seqs=num_seqs, q_block_offset=q_block_offset,
         qk_scale=scale * math.log2(math.e), stride_qt=query.stride(0), stride_qh=query.stride(1),
         stride_ot=out.stride(0), stride_oh=out.stride(1), stride_table=meta.block_tables.stride(0),
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),

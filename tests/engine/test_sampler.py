@@ -87,3 +87,15 @@ def test_a_rows_draw_depends_on_its_generator_alone() -> None:
     whole = tokens([0, 1, 2, 3, 4])
     assert [tokens([row])[0] for row in range(5)] == whole
     assert tokens([4, 2]) == [whole[4], whole[2]]
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy_and_a_broken_row_stays_in_the_vocabulary() -> None:
+    generator = torch.Generator().manual_seed(9)
+    logits = 30 * torch.randn(3, 50, generator=generator)
+    tiny = SamplingParams(temperature=1e-38)  # logits / 1e-38 overflow to inf: NaN probabilities if it were drawn
+    assert tiny.greedy and not SamplingParams(temperature=1e-5).greedy
+    assert sample(logits, [tiny] * 3, [None] * 3).tolist() == logits.argmax(-1).tolist()
+    logits[1, 7] = float("nan")  # a model that broke: no distribution to draw from, but never an id past the end
+    drawn = SamplingParams(temperature=0.8)
+    tokens = sample(logits, [drawn] * 3, [torch.Generator().manual_seed(row) for row in range(3)])
+    assert all(0 <= token < 50 for token in tokens.tolist())

@@ -57,32 +57,37 @@ def test_unified_attention_tile_shapes(block_m: int, block_size: int, paged_batc
                                      split_kv=False, block_m=block_m), batch)
 
 
-@pytest.mark.parametrize("block_size", [8, 16])
-@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 2, 24)], ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
+@pytest.mark.parametrize(("heads", "block_size"), [((4, 2, 16), 16), ((6, 2, 24), 8)],
+                         ids=["4q2kv16d-16", "6q2kv24d-8"])
 def test_a_mixed_steps_decodes_apart_give_the_rows_of_each_part_alone(heads: tuple[int, int, int], block_size: int,
                                                                        paged_batch, seed_of) -> None:
     """Leading decodes in a launch of their own: their rows are those of the decodes alone as a pure-decode batch,
     and the chunks' rows those of the one launch over the whole step, to the bit (the same programs, numbered
-    from an offset: 11 decodes span q-blocks of 8 and 5 tokens, so the chunks start mid-block)."""
+    from an offset: 35 decodes fill one q-block of the chunks' launch and part of the next, 32 or 21 tokens)."""
     num_heads, num_kv_heads, head_dim = heads
-    query_lens, context_lens = [1] * 11 + [13, 40, 1, 9], [30, 5, 0, 17, 63, 1, 44, 2, 9, 16, 70, 19, 0, 5, 16]
+    generator = torch.Generator().manual_seed(seed_of(heads, block_size))
+    decodes = 35
+    context_lens = torch.randint(0, 90, (decodes,), generator=generator).tolist() + [19, 0, 5, 16]
+    query_lens = [1] * decodes + [13, 40, 1, 9]
     batch = paged_batch(query_lens, context_lens, num_heads, num_kv_heads, head_dim, torch.float32,
                         seed=seed_of(heads, block_size), block_size=block_size)
-    assert batch.meta.num_decodes == 11
+    assert batch.meta.num_decodes == decodes
     args = (batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
-    with attention_tuning(AttentionTuning(decode_launch_min_seqs=11)):
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=decodes)):
         apart = unified_attention(*args)
-    with attention_tuning(AttentionTuning(decode_launch_min_seqs=12)):  # 11 decodes are too few: one launch
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=decodes + 1)):  # too few decodes: one launch
         together = unified_attention(*args)
     assert_matches(apart, batch)
-    assert torch.equal(apart[11:], together[11:])
+    assert torch.equal(apart[decodes:], together[decodes:])
     meta = batch.meta
-    decodes = replace(meta, slot_mapping=meta.slot_mapping[:11], query_start_loc=meta.query_start_loc[:12],
-                      seq_lens=meta.seq_lens[:11], block_tables=meta.block_tables[:11], max_query_len=1,
-                      max_seq_len=max(meta.seq_lens_host[:11]), query_lens_host=meta.query_lens_host[:11],
-                      seq_lens_host=meta.seq_lens_host[:11])
-    alone = unified_attention(batch.query[:11], batch.k_cache, batch.v_cache, decodes, batch.scale, split_kv=False)
-    assert torch.equal(apart[:11], alone)
+    alone_meta = replace(meta, slot_mapping=meta.slot_mapping[:decodes],
+                         query_start_loc=meta.query_start_loc[:decodes + 1], seq_lens=meta.seq_lens[:decodes],
+                         block_tables=meta.block_tables[:decodes], max_query_len=1,
+                         max_seq_len=max(meta.seq_lens_host[:decodes]), query_lens_host=meta.query_lens_host[:decodes],
+                         seq_lens_host=meta.seq_lens_host[:decodes], num_decodes=decodes)
+    alone = unified_attention(batch.query[:decodes], batch.k_cache, batch.v_cache, alone_meta, batch.scale,
+                              split_kv=False)
+    assert torch.equal(apart[:decodes], alone)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
