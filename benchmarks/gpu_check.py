@@ -34,7 +34,8 @@ PACKAGES = ("engine", "scheduler", "kernels", "serve", "benchmarks")  # pyprojec
 WHEEL_SPECS = ("transformers==5.24.0", "tokenizers==0.23.3", "huggingface_hub>=1.31,<2", "regex>=2025.10.22",
                "safetensors>=0.8", "pytest==9.2.0", "pluggy", "iniconfig", "pygments")
 GPU_TESTS = ("tests/kernels/test_attention.py", "tests/kernels/test_ops.py", "tests/kernels/test_windowed_attention.py",
-             "tests/kernels/test_fp8.py", "tests/engine/test_decode_graphs.py", "tests/engine/test_aligner.py")
+             "tests/kernels/test_fp8.py", "tests/engine/test_decode_graphs.py", "tests/engine/test_aligner.py",
+             "tests/engine/test_sampler.py")
 
 
 def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:

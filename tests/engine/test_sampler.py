@@ -1,5 +1,6 @@
 """The sampler takes logits in the model's dtype: its tokens are those of the float32 upcast, ties included."""
 
+import pytest
 import torch
 
 from qasr.engine.sampler import filtered_logits, sample
@@ -99,3 +100,24 @@ def test_a_temperature_too_small_to_divide_by_is_greedy_and_a_broken_row_stays_i
     drawn = SamplingParams(temperature=0.8)
     tokens = sample(logits, [drawn] * 3, [torch.Generator().manual_seed(row) for row in range(3)])
     assert all(0 <= token < 50 for token in tokens.tolist())
+
+
+@pytest.mark.gpu
+def test_sampling_on_the_gpu_keeps_each_rows_filter_and_seed() -> None:
+    """On CUDA at the real vocabulary, generators there too: the kept tokens are the CPU filter's (top-p may differ by a
+    token at an ulp), every draw is a kept token, and a row draws the same alone as in the batch."""
+    generator = torch.Generator().manual_seed(12)
+    logits = 4 * torch.randn(64, 151936, generator=generator)
+    settings = [(0.7, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (0.5, 40, 0.95)]
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p) for t, k, p in settings] * 16
+    kept_cpu = torch.isfinite(filtered_logits(logits, params))
+    kept_gpu = torch.isfinite(filtered_logits(logits.cuda(), params)).cpu()
+    assert ((kept_cpu != kept_gpu).sum(dim=-1) <= 1).all()
+
+    def draws(rows: list[int]) -> torch.Tensor:
+        generators = [torch.Generator(device="cuda").manual_seed(row) for row in rows]
+        return sample(logits[rows].cuda(), [params[row] for row in rows], generators).cpu()
+
+    tokens = draws(list(range(64)))
+    assert kept_gpu[torch.arange(64), tokens].all()
+    assert [draws([row]).item() for row in (0, 17, 63)] == tokens[[0, 17, 63]].tolist()
