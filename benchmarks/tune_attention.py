@@ -27,6 +27,7 @@ import argparse
 import itertools
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,25 @@ def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
     return ((out.float() - expected).abs().max() / expected.abs().max().clamp_min(1e-6)).item()
 
 
+def checked_and_timed(call: Callable[[], torch.Tensor], expected: torch.Tensor, moved: int, device: torch.device,
+                      args: argparse.Namespace, copy_gb_s: float, *, path: str, kv_dtype: torch.dtype, batch: int,
+                      context: int, setting: str) -> dict:
+    """One setting's row: `call` checked against the reference, then timed; a call that strays from it or does not
+    compile is a result (its error), not the end of the run."""
+    row = {"path": path, "kv_dtype": str(kv_dtype).removeprefix("torch."), "batch": batch, "context": context,
+           "setting": setting, "ms": None, "gb_s": None, "copy_fraction": None, "vs_default": None, "error": None}
+    try:
+        error = relative_error(call(), expected)
+        if error > RELATIVE_TOLERANCE:
+            row["error"] = f"relative error {error:.3g}"
+        else:
+            ms = time_ms(call, device, args.iters, args.warmup)
+            row.update(ms=ms, gb_s=moved / ms / 1e6, copy_fraction=moved / ms / 1e6 / copy_gb_s)
+    except Exception as failure:  # noqa: BLE001
+        row["error"] = f"{type(failure).__name__}: {str(failure)[:200]}"
+    return row
+
+
 def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, grid: list[Setting], g: Geometry,
                   device: torch.device, args: argparse.Namespace, copy_gb_s: float) -> list[dict]:
     """Every setting of `path` on one shape: checked against the reference, then timed."""
@@ -102,20 +122,10 @@ def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, gr
             with attention_tuning(tuning):
                 return unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=path == "split")
 
-        row = {"path": path, "kv_dtype": str(kv_dtype).removeprefix("torch."), "batch": batch, "context": context,
-               "setting": setting.label, "ms": None, "gb_s": None, "copy_fraction": None, "vs_default": None,
-               "error": None}
-        try:
-            error = relative_error(call(), expected)
-            if error > RELATIVE_TOLERANCE:
-                row["error"] = f"relative error {error:.3g}"
-            else:
-                ms = time_ms(call, device, args.iters, args.warmup)
-                row.update(ms=ms, gb_s=moved / ms / 1e6, copy_fraction=moved / ms / 1e6 / copy_gb_s)
-                if setting.is_default:
-                    default_ms = ms
-        except Exception as failure:  # noqa: BLE001 -- a setting that does not compile is a result, not the end
-            row["error"] = f"{type(failure).__name__}: {str(failure)[:200]}"
+        row = checked_and_timed(call, expected, moved, device, args, copy_gb_s, path=path, kv_dtype=kv_dtype,
+                                batch=batch, context=context, setting=setting.label)
+        if setting.is_default and row["ms"]:
+            default_ms = row["ms"]
         rows.append(row)
     for row in rows:
         if default_ms and row["ms"]:
@@ -166,15 +176,8 @@ def measure_mixed(batch: int, context: int, kv_dtype: torch.dtype, g: Geometry, 
             with attention_tuning(tuning):
                 return unified_attention(query, k_cache, v_cache, meta, scale)
 
-        row = {"path": "mixed", "kv_dtype": str(kv_dtype).removeprefix("torch."), "batch": batch, "context": context,
-               "setting": label, "ms": None, "gb_s": None, "copy_fraction": None, "vs_default": None, "error": None}
-        error = relative_error(call(), expected)
-        if error > RELATIVE_TOLERANCE:
-            row["error"] = f"relative error {error:.3g}"
-        else:
-            ms = time_ms(call, device, args.iters, args.warmup)
-            row.update(ms=ms, gb_s=moved / ms / 1e6, copy_fraction=moved / ms / 1e6 / copy_gb_s)
-        rows.append(row)
+        rows.append(checked_and_timed(call, expected, moved, device, args, copy_gb_s, path="mixed", kv_dtype=kv_dtype,
+                                      batch=batch, context=context, setting=label))
     together = rows[0]["ms"]
     for row in rows:
         if together and row["ms"]:

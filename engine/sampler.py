@@ -12,12 +12,12 @@ from qasr.scheduler import SamplingParams
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None]) -> torch.Tensor:
     """One token per row of logits [num_rows, vocab]: argmax for greedy rows, seeded sampling otherwise."""
-    tokens = logits.argmax(dim=-1)
     drawn = [row for row, p in enumerate(params) if not p.greedy]
-    if not drawn:
-        return tokens
     if len(drawn) == len(params):
         return draw(logits, params, generators)
+    tokens = logits.argmax(dim=-1)
+    if not drawn:
+        return tokens
     rows = on_device(drawn, np.int64, logits.device)
     tokens[rows] = draw(logits[rows], [params[row] for row in drawn], [generators[row] for row in drawn])
     return tokens
