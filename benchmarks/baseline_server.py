@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import queue
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +47,11 @@ class Baseline:
     def __init__(self, model: str | None, max_batch_size: int, max_new_tokens: int):
         from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
-        self.path = hf_layout(model)
-        self.processor = Qwen3ASRProcessor.from_pretrained(self.path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.model = Qwen3ASRForConditionalGeneration.from_pretrained(self.path, dtype=dtype).to(device).eval()
+        with hf_layout(model) as path:
+            self.processor = Qwen3ASRProcessor.from_pretrained(path)
+            self.model = Qwen3ASRForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
         self.max_batch_size = max_batch_size
         self.max_new_tokens = max_new_tokens
         self.jobs: queue.Queue[Job] = queue.Queue()
@@ -79,19 +81,21 @@ class Baseline:
         return [text.split(ASR_TEXT, 1)[-1].strip() for text in texts]
 
 
-def hf_layout(model: str | None) -> str:
-    """A checkpoint transformers loads: the bundled demo model (or any original-layout folder) converted once into
-    a temporary folder; a Hugging Face id or an -hf folder as it is."""
+@contextlib.contextmanager
+def hf_layout(model: str | None) -> Iterator[str]:
+    """A checkpoint transformers loads: the bundled demo model (or any original-layout folder) converted into a
+    temporary folder that is removed once loaded; a Hugging Face id or an -hf folder as it is."""
     from qasr.engine.demo import demo_model_path
     from qasr.engine.hf_conversion import convert_to_hf
     from qasr.engine.model_config import load_model_config
 
     folder = Path(model) if model is not None else demo_model_path()
     if not folder.is_dir() or load_model_config(folder).layout != "original":
-        return str(model)
-    converted = Path(tempfile.mkdtemp(prefix="qasr-baseline-hf-"))
-    convert_to_hf(folder, converted)
-    return str(converted)
+        yield str(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="qasr-baseline-hf-") as converted:
+        convert_to_hf(folder, Path(converted))
+        yield converted
 
 
 def create_app(baseline: Baseline, model_name: str) -> web.Application:

@@ -3,6 +3,7 @@ gates that pass and fail; qasr against the transformers baseline server in one r
 the figure."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -43,16 +44,20 @@ def test_serving_benchmark_launches_a_server_and_writes_the_standard_json(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def baseline_url():
+def baseline_url(tmp_path_factory: pytest.TempPathFactory):
     """`qasr bench baseline-server` on a free port: the demo model in plain transformers."""
+    temporary = tmp_path_factory.mktemp("baseline-tmp")
     process = subprocess.Popen([sys.executable, "-m", "qasr", "bench", "baseline-server", "--port", "0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(temporary)})
     deadline, log = time.monotonic() + 180, []
     while not (found := re.search(r"on (http://\S+)", log[-1] if log else "")):
         line = process.stderr.readline()
         assert line or process.poll() is None, "the baseline server stopped:\n" + "".join(log)
         assert time.monotonic() < deadline, "the baseline server did not start:\n" + "".join(log)
         log.append(line)
+    # the demo model's transformers-layout copy is gone once loaded: a server per test run used to leave 15 MB
+    assert not list(temporary.glob("qasr-baseline-hf-*"))
     yield found.group(1)
     process.terminate()
     process.wait(timeout=30)
