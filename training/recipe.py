@@ -1,8 +1,8 @@
 """The demo model's whole recipe in one command: the four phases of training.train and training.long_multi, in
 bfloat16 autocast where the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX: a model step in half float32's time),
-else in float32 (a bfloat16 step there takes ten times a float32 one). Meant to fit 2 hours on 2 cores with
-AVX512-BF16 (the four phases of the shipped model took 2 h 34 min with 22 min of renders, see README "Demo model"); on
-a 2-core AVX2 CPU a float32 step of phase 1 took 0.95 s, and the recipe would take an estimated 4-5 hours:
+else in float32 (a bfloat16 step there takes ten times a float32 one). Meant to fit 2 hours on 2 cores (the four
+phases of the shipped model took 2 h 34 min with 22 min of renders on AVX512-BF16, see README "Demo model"); a 2-core
+AVX2 CPU trains in float32 at the same pace (phase 1 at 1.55-1.65 steps/s), so about 2.5 hours there too:
 
     python -m training.recipe --out engine/assets/demo-model           # renders the corpora, trains, exports
     python -m training.recipe --work /tmp/recipe --from-phase 3 ...     # again from a phase (earlier ones kept)
