@@ -57,6 +57,10 @@ def _task_id(request: web.Request, caller: str | None) -> str:
         return str(uuid.uuid4())
     if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise invalid(f"Idempotency-Key is {len(key)} characters long; at most {MAX_IDEMPOTENCY_KEY_CHARS}.")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # aiohttp keeps a header's bytes that are not UTF-8 as lone surrogates
+        raise invalid("Idempotency-Key must be UTF-8 text.") from None
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key if caller is None else f"{caller}\0{key}"))
 
 

@@ -169,8 +169,9 @@ class Fetcher:
         self.budget = budget
         connector = (aiohttp.TCPConnector(limit=64) if allow_private else
                      PublicConnector(limit=64, allowed_hosts=self.allowed_hosts))
-        # trust_env=False: the environment's proxy settings must not route around the address checks
-        self.session = aiohttp.ClientSession(connector=connector, trust_env=False,
+        # trust_env=False: the environment's proxy settings must not route around the address checks; no timeout of
+        # aiohttp's own (its default ends any request at 300 s): download() sets the one deadline
+        self.session = aiohttp.ClientSession(connector=connector, trust_env=False, timeout=aiohttp.ClientTimeout(),
                                              headers={"User-Agent": "qasr-filetrans"})
 
     async def close(self) -> None:
@@ -189,15 +190,24 @@ class Fetcher:
             yield data
 
     async def _fetch(self, url: str) -> bytes:
-        for _ in range(MAX_REDIRECTS + 1):
-            host = check_url(url).raw_host or ""
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                host = check_url(url).raw_host or ""
+            except FetchError as error:
+                if hop == 0:
+                    raise
+                raise FetchError(f"Fetching the file failed: a redirect led to a URL that cannot be fetched. "
+                                 f"{error.message}") from error
             address = numeric_address(host)
             if (not self.allow_private and address is not None and host not in self.allowed_hosts
                     and (reason := refusal(address))):
                 raise FetchError(f"Refused to fetch {url}: {reason} {PRIVATE_HINT}.")  # early, with a plain message
             try:
                 async with self.session.get(url, allow_redirects=False) as response:
-                    if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                    if response.status in (301, 302, 303, 307, 308):
+                        if "Location" not in response.headers:
+                            raise FetchError(f"Fetching {url} failed: HTTP {response.status} {response.reason} "
+                                             "without a Location to follow.")
                         url = str(response.url.join(URL(response.headers["Location"])))
                         continue
                     if response.status >= 400:

@@ -2,6 +2,7 @@
 the rest; audio files come from a second local aiohttp server."""
 
 import asyncio
+import http.client as http_client
 import io
 import json
 import math
@@ -10,6 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dashscope
 import numpy as np
@@ -587,6 +589,17 @@ def test_a_retried_submit_with_an_idempotency_key_finds_the_first_task(server, f
     status, conflict = post(clips[1]["file"], "retry-me")  # the same key for another request
     assert status == 409 and conflict["code"] == "IdempotencyKeyReused"
     assert post(clips[0]["file"], "k" * 256)[0] == 400
+    # a key whose bytes are not UTF-8 is the client's mistake, not a 500
+    connection = http_client.HTTPConnection(*urlsplit(server.url).netloc.split(":"), timeout=30)
+    connection.putrequest("POST", submit_path)
+    for name, value in {**async_headers, "Content-Type": "application/json", "Idempotency-Key": b"ab\xffcd"}.items():
+        connection.putheader(name, value)
+    body = json.dumps({"model": "qasr-demo", "input": {"file_url": f"{files.url}/audio/{clips[0]['file']}"}})
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body.encode())
+    answer = connection.getresponse()
+    assert answer.status == 400 and json.loads(answer.read())["code"] == "InvalidParameter"
+    connection.close()
     assert post(clips[0]["file"], None)[1]["output"]["task_id"] != post(clips[0]["file"], None)[1]["output"]["task_id"]
     assert sqlite3.connect(server.db).execute("SELECT COUNT(*) FROM tasks WHERE task_id = ?",
                                               (task_id,)).fetchone()[0] == 1

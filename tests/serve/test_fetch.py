@@ -1,6 +1,7 @@
 """The address guard of file_url downloads (SSRF): every special-purpose block refused whole, and an IPv6 address
 judged by the IPv4 address it carries; the hosts --allow-url-host names."""
 
+import asyncio
 import ipaddress
 import random
 
@@ -45,3 +46,47 @@ def test_allowed_hosts_match_any_spelling_of_the_named_host_only() -> None:
     for host in ("internal", "store.internal.example.com", "xstore.internal", "10.0.0.6", "fd00::2", ""):
         assert host not in allowed, host
     assert not AllowedHosts()
+
+
+def test_a_download_fails_plainly_where_a_redirect_cannot_be_followed_and_has_no_300_s_cap() -> None:
+    """A redirect to a scheme that cannot be fetched, or a 3xx without a Location, is a failed download
+    (FILE_DOWNLOAD_FAILED), not a rejected URL nor a body read as the file; aiohttp's own 300 s default limit
+    does not cut a download short of --fetch-timeout-s."""
+    from aiohttp import web
+
+    from qasr.serve.budget import ByteBudget
+    from qasr.serve.fetch import Fetcher, FetchError
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": request.query["to"]} if "to" in request.query else {},
+                            text="not the file")
+
+    async def run() -> list[FetchError | bytes]:
+        app = web.Application()
+        app.router.add_get("/redirect", redirect)
+        app.router.add_get("/file", lambda request: web.Response(body=b"RIFF-audio"))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        fetcher = Fetcher(1 << 20, 600.0, allow_private=True, budget=ByteBudget(1 << 30))
+        assert fetcher.session.timeout.total is None  # download() holds the one deadline, of 600 s here
+        results: list[FetchError | bytes] = []
+        try:
+            for url in (f"{base}/redirect?to=file:///etc/passwd", f"{base}/redirect", f"{base}/redirect?to=/file"):
+                try:
+                    async with fetcher.download(url) as data:
+                        results.append(data)
+                except FetchError as error:
+                    results.append(error)
+        finally:
+            await fetcher.close()
+            await runner.cleanup()
+        return results
+
+    to_file, no_location, followed = asyncio.run(run())
+    assert isinstance(to_file, FetchError) and to_file.code == "FILE_DOWNLOAD_FAILED"
+    assert "redirect" in to_file.message and "file:///etc/passwd" in to_file.message
+    assert isinstance(no_location, FetchError) and no_location.code == "FILE_DOWNLOAD_FAILED"
+    assert "HTTP 302" in no_location.message and "Location" in no_location.message
+    assert followed == b"RIFF-audio"
