@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.engine.model_loader import resolve_device
 from qasr.kernels import AttentionMetadata, SplitKVWorkspace
 from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
 from qasr.kernels.reference import paged_attention
@@ -266,7 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     g = Geometry(args.heads, args.kv_heads, args.head_dim, args.block_size, dtype)
     rows, copy_gb_s = run(args, device, g)

@@ -39,7 +39,7 @@ from qasr.benchmarks.report import add_output_arguments, print_table, write_resu
 from qasr.benchmarks.workload import synthetic_clip
 from qasr.engine.config import EngineConfig
 from qasr.engine.llm_engine import LLMEngine
-from qasr.engine.model_loader import resolve_dtype
+from qasr.engine.model_loader import resolve_device, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import TranscriptionRequest
 from qasr.engine.tokenizer import load_tokenizer
@@ -188,7 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config = EngineConfig.from_cli_args(args, model=None, max_num_seqs=1, max_num_batched_tokens=8192)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     checkpoint = write_random_checkpoint(Path(args.work_dir) / f"{args.preset}-original", args.preset, dtype,
                                          device="cuda" if device.type == "cuda" else "cpu")

@@ -34,6 +34,7 @@ import torch
 
 from qasr.benchmarks.kernels import Geometry, copy_bandwidth_gb_s, make_case, paged_kv, time_ms, traffic
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.engine.model_loader import resolve_device
 from qasr.kernels import AttentionMetadata, SplitKVWorkspace
 from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS, padded_head_dim
 from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
@@ -305,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
         grid = settings(args)
     except ValueError as error:
         raise SystemExit(f"tune-attention: {error}") from None
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.kv_cache_dtype is None:
         args.kv_cache_dtype = ["auto", "fp8"] if device.type == "cuda" else ["auto"]

@@ -1,9 +1,12 @@
+import os
+import threading
 from collections.abc import Sequence as SequenceOf
 from dataclasses import fields
 
+import numpy as np
 from tqdm import tqdm
 
-from qasr.engine.audio import AudioInput, load_audio
+from qasr.engine.audio import AudioError, AudioInput, load_audio
 from qasr.engine.config import EngineConfig
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.outputs import Transcription
@@ -18,6 +21,7 @@ class ASR:
                  **engine_options: object):
         self.engine = LLMEngine(EngineConfig.from_options(model=model, device=device, dtype=dtype,
                                                           **engine_options))
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "ASR":
@@ -27,14 +31,19 @@ class ASR:
                    context: str | list[str] = "", sampling_params: SamplingParams | None = None,
                    use_tqdm: bool = False, word_timestamps: bool = False) -> list[Transcription]:
         """`language` and `context` apply to every audio, or give one value per audio in a list.
-        `word_timestamps` (with an `aligner_model`): each result's words timed, and its segments sentence-sized."""
+        `word_timestamps` (with an `aligner_model`): each result's words timed, and its segments sentence-sized.
+        Calls from several threads take turns (for requests that run together, use `AsyncEngine`)."""
         audios = list(audio) if isinstance(audio, list) else [audio]
         languages = _per_item(language, len(audios), "language")
         contexts = _per_item(context, len(audios), "context")
         params = sampling_params or SamplingParams()
-        requests = [TranscriptionRequest(load_audio(item), language=lang, context=ctx or "", sampling_params=params,
+        requests = [TranscriptionRequest(_load(item, index), language=lang, context=ctx or "", sampling_params=params,
                                          word_timestamps=word_timestamps, stream=False)
-                    for item, lang, ctx in zip(audios, languages, contexts)]
+                    for index, (item, lang, ctx) in enumerate(zip(audios, languages, contexts))]
+        with self._lock:  # one caller steps the engine at a time: each takes the outputs of its own requests
+            return self._run(requests, use_tqdm)
+
+    def _run(self, requests: list[TranscriptionRequest], use_tqdm: bool) -> list[Transcription]:
         request_ids: list[str] = []
         try:
             for request in requests:
@@ -44,18 +53,32 @@ class ASR:
                 self.engine.abort(request_id)
             raise
         results: dict[str, Transcription] = {}
-        with tqdm(total=len(request_ids), desc="transcribing", unit="audio", disable=not use_tqdm) as bar:
-            try:
-                while self.engine.has_unfinished:
-                    for output in self.engine.step():
-                        if output.finished and output.result is not None:
-                            results[output.request_id] = output.result
+        # no bar at all unless asked: even a disabled one may start tqdm's monitor thread
+        bar = tqdm(total=len(request_ids), desc="transcribing", unit="audio") if use_tqdm else None
+        try:
+            while self.engine.has_unfinished:
+                for output in self.engine.step():
+                    if output.finished and output.result is not None:
+                        results[output.request_id] = output.result
+                        if bar is not None:
                             bar.update(1)
-            except BaseException:
-                for request_id in request_ids:
-                    self.engine.abort(request_id)
-                raise
+        except BaseException:
+            for request_id in request_ids:
+                self.engine.abort(request_id)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
         return [results[request_id] for request_id in request_ids]
+
+
+def _load(item: AudioInput, index: int) -> np.ndarray:
+    """The audio of `item`, or an AudioError that says which of the inputs it was."""
+    try:
+        return load_audio(item)
+    except AudioError as error:
+        name = os.fspath(item) if isinstance(item, str | os.PathLike) else f"audio {index}"
+        raise AudioError(str(error) if name in str(error) else f"{name}: {error}") from error
 
 
 def _per_item(value: object, count: int, name: str) -> list:

@@ -136,6 +136,10 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
         raise AudioError(
             f"audio array must be 1-D (frames,) or 2-D (frames, channels), got shape {array.shape}"
         )
+    if array.ndim == 2 and array.shape[1] > array.shape[0] > 0:  # averaging its "channels" would leave a few samples
+        raise AudioError(f"audio array of shape {array.shape} has more channels than frames: arrays are (frames, "
+                         "channels) as soundfile reads them; one shaped (channels, frames), as torchaudio and librosa "
+                         "give them, goes in as array.T")
     if np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32, copy=False)
     if np.issubdtype(array.dtype, np.signedinteger):

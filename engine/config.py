@@ -65,8 +65,14 @@ class EngineConfig(CliArgs):
             raise ValueError(f"stream_interval must be positive, got {self.stream_interval}")
         if self.max_cue_seconds <= 0 or self.max_cue_chars < 1:
             raise ValueError("max_cue_seconds and max_cue_chars must be positive")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError(f"cpu_threads must be positive, got {self.cpu_threads}")
+        for name in ("cpu_threads", "max_num_encoder_tokens", "num_kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:  # none is the default; 0 is not a second spelling of it
+                raise ValueError(f"{name} must be positive (or none for the default), got {value}")
+        if self.cpu_kv_cache_gib <= 0:
+            raise ValueError(f"cpu_kv_cache_gib must be positive, got {self.cpu_kv_cache_gib:g}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:

@@ -16,7 +16,7 @@ from qasr.engine.aligner_runner import AlignerRunner
 from qasr.engine.config import EngineConfig
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import ModelConfig
-from qasr.engine.model_loader import load_model, resolve_dtype
+from qasr.engine.model_loader import load_model, resolve_device, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import InvalidRequest, output_token_cap
 from qasr.kernels import get_model_ops
@@ -69,7 +69,7 @@ class EngineCore:
         KV cache is sized for max_num_seqs such sequences with a default-length output. `aligner`: a forced
         aligner to load beside the model, before the KV cache takes the memory left."""
         self.config = config
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # Triton launches on the current device
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -154,6 +154,9 @@ class EngineCore:
         else:
             budget = config.cpu_kv_cache_gib * (1 << 30)
         num_blocks = min(int(budget // block_bytes), needed)
+        if num_blocks < 1 and self.device.type != "cuda":
+            raise ValueError(f"cpu_kv_cache_gib={config.cpu_kv_cache_gib:g} holds no KV cache block "
+                             f"({block_bytes} bytes); raise it")
         if num_blocks < 1:
             raise RuntimeError("no memory left for the KV cache; lower max_num_batched_tokens or raise "
                                "gpu_memory_utilization")

@@ -43,9 +43,9 @@ def get_model_ops(backend: str | None, device: torch.device) -> ModelOps:
                "set TRITON_INTERPRET=1 before the first kernels import (and expect it to be slow), "
                "or use attention_backend='torch'")
     if device.type != "cuda" and not interpreting():
-        raise RuntimeError(message)
+        raise ValueError(message)
     from qasr.kernels.triton.ops import TRITON_OPS, kernels_are_interpreted
 
     if device.type != "cuda" and not kernels_are_interpreted():
-        raise RuntimeError(message + " (the kernels were imported before TRITON_INTERPRET=1 was set)")
+        raise ValueError(message + " (the kernels were imported before TRITON_INTERPRET=1 was set)")
     return TRITON_OPS

@@ -3,6 +3,7 @@ so `qasr --help` and `qasr serve --help` answer at once."""
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -53,3 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"qasr: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("qasr: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # whoever read the output stopped (`| head`): nothing more to say, and nothing to flush into the pipe at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

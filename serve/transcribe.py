@@ -19,29 +19,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--word-timestamps", action="store_true",
-                        help="time each word with the forced aligner (--aligner-model): words in json and "
-                             "verbose_json, sentence-sized cues in srt and vtt")
+                        help="time each word with the forced aligner (--aligner-model; the demo model has "
+                             "one): words in json and verbose_json, sentence-sized cues in srt and vtt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     EngineConfig.add_cli_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    """Writes what it could transcribe: a file that cannot be decoded is named on stderr, the others still go
+    through, and the exit status is 1 (2 when none could be decoded)."""
     from qasr.engine import ASR, SamplingParams
+    from qasr.engine.audio import AudioError, load_audio
 
+    outputs = output_paths(args.files, args.output_dir, args.format)  # before the model loads: a mistake costs nothing
+    audios, decoded = [], []
+    for file in args.files:
+        try:
+            audios.append(load_audio(file))
+            decoded.append(file)
+        except AudioError as error:
+            print(f"qasr transcribe: {file}: {error}", file=sys.stderr)
+    if not decoded:
+        raise ValueError("no input could be decoded")
     asr = ASR.from_config(EngineConfig.from_cli_args(args))
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
-    if args.word_timestamps and not args.aligner_model:
-        raise SystemExit("qasr transcribe: --word-timestamps needs --aligner-model")
-    results = asr.transcribe(args.files, language=args.language, context=args.context, sampling_params=params,
+    results = asr.transcribe(audios, language=args.language, context=args.context, sampling_params=params,
                              use_tqdm=not args.quiet, word_timestamps=args.word_timestamps)
-    for file, result in zip(args.files, results):
+    for file, result in zip(decoded, results):
         text = render(result, args.format, temperature=args.temperature, words=args.word_timestamps)
-        if args.output_dir:
-            out = Path(args.output_dir) / (Path(file).stem + "." + SUFFIXES.get(args.format, args.format))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
+        if outputs:
+            outputs[file].write_text(text, encoding="utf-8")
         else:
             if len(args.files) > 1 and not args.format.endswith("json"):
                 sys.stdout.write(f"== {file}\n")
             sys.stdout.write(text)
-    return 0
+    return 0 if len(decoded) == len(args.files) else 1
+
+
+def output_paths(files: list[str], output_dir: str | None, fmt: str) -> dict[str, Path]:
+    """Each input's output file under `output_dir` ({} without one), the folder made; a ValueError where two
+    inputs would write the same file or the folder cannot be made."""
+    if output_dir is None:
+        return {}
+    folder = Path(output_dir)
+    paths = {file: folder / f"{Path(file).stem}.{SUFFIXES.get(fmt, fmt)}" for file in files}
+    writers: dict[Path, list[str]] = {}
+    for file, path in paths.items():
+        writers.setdefault(path, []).append(file)
+    for path, same in writers.items():
+        if len(same) > 1:
+            raise ValueError(f"{' and '.join(same)} would all be written to {path}: rename them, or transcribe them "
+                             "into separate --output-dir folders")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output-dir {output_dir}: {error.strerror or error}") from error
+    return paths

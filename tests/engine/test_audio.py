@@ -257,6 +257,13 @@ def test_wrong_array_dimensions(shape: tuple[int, ...]) -> None:
         load_audio(np.zeros(shape, np.float32))
 
 
+def test_an_array_shaped_channels_first_is_refused_not_averaged_into_silence() -> None:
+    stereo = stereo_440_left_1000_right(SAMPLE_RATE)
+    with pytest.raises(AudioError, match=r"shape \(2, 16000\) has more channels than frames.*array\.T"):
+        load_audio((stereo.T.copy(), SAMPLE_RATE))
+    np.testing.assert_allclose(load_audio((stereo.T.copy().T, SAMPLE_RATE)), stereo.mean(axis=1), atol=1e-7)
+
+
 def test_unsupported_inputs() -> None:
     with pytest.raises(AudioError, match=r"unsupported audio sample dtype: complex64"):
         load_audio(np.zeros(100, np.complex64))

@@ -2,14 +2,17 @@
 
 import asyncio
 import random
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qasr.engine import ASR, AsyncEngine, EngineConfig, SamplingParams, TranscriptionRequest
 from qasr.engine.async_engine import available_cores
+from qasr.engine.audio import AudioError
 from qasr.engine.languages import UnknownLanguageError
 from qasr.engine.prompt import MAX_CACHED_CONTEXT_CHARS, parse_transcript
 from qasr.engine.tokenizer import load_tokenizer
@@ -213,6 +216,65 @@ def test_a_server_engine_leaves_a_core_to_the_server(checkpoint: Path) -> None:
             engine.shutdown()
     with pytest.raises(ValueError, match="cpu_threads"):
         EngineConfig(cpu_threads=0)
+
+
+def test_calls_from_several_threads_take_turns_and_each_gets_its_own_results(checkpoint: Path, clips, alone) -> None:
+    asr = ASR(str(checkpoint))
+    params = SamplingParams(max_tokens=MAX_TOKENS)
+    results: dict[int, list[list[int]]] = {}
+
+    def transcribe(first: int) -> None:
+        mine = range(first, len(clips), 3)
+        results[first] = [r.token_ids for r in asr.transcribe([(clips[i], 16000) for i in mine],
+                                                              sampling_params=params)]
+
+    threads = [threading.Thread(target=transcribe, args=(first,)) for first in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert {first: results.get(first) for first in range(3)} == {
+        first: [alone[i] for i in range(first, len(clips), 3)] for first in range(3)}
+
+
+def test_a_bad_input_says_which_of_the_inputs_it_was(checkpoint: Path, clips, tmp_path: Path) -> None:
+    asr = ASR(str(checkpoint))
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio")
+    with pytest.raises(AudioError, match=f"^{notes}: could not decode audio"):
+        asr.transcribe([(clips[0], 16000), str(notes)])
+    with pytest.raises(AudioError, match="^audio 1: could not decode audio"):
+        asr.transcribe([(clips[0], 16000), b"not audio either"])
+    with pytest.raises(AudioError, match=f"^audio file not found: {tmp_path / 'gone.wav'}$"):  # named once
+        asr.transcribe(str(tmp_path / "gone.wav"))
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("max_num_encoder_tokens", 0), ("num_kv_blocks", 0), ("num_kv_blocks", -5), ("max_model_len", 0),
+    ("max_model_len", -5), ("cpu_kv_cache_gib", 0.0), ("cpu_kv_cache_gib", -1.0), ("seed", -1)])
+def test_engine_options_out_of_range_are_named_before_anything_loads(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        EngineConfig(**{option: value})
+
+
+def test_devices_resolve_to_an_indexed_cuda_device_or_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qasr.engine.model_loader import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'bogus' is not a torch device"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        assert resolve_device(None) == torch.device("cpu")
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            resolve_device("cuda")
+    # torch.cuda.set_device refuses a bare "cuda" (even on a GPU): the engine's device always has its index
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(None) == resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="sees 2 CUDA GPU"):
+        resolve_device("cuda:2")
 
 
 def test_async_engine_abort_and_errors(checkpoint: Path, clips) -> None:

@@ -29,6 +29,8 @@ def test_memory_caps_the_pool_and_num_kv_blocks_overrides_it(checkpoint: Path) -
     capped = ASR(str(checkpoint), max_num_seqs=64, cpu_kv_cache_gib=0.001).engine.core
     assert capped.scheduler.config.num_blocks == int(0.001 * (1 << 30) // capped.runner.kv_block_bytes())
     assert ASR(str(checkpoint), num_kv_blocks=5).engine.core.scheduler.config.num_blocks == 5
+    with pytest.raises(ValueError, match="cpu_kv_cache_gib=1e-09 holds no KV cache block"):
+        ASR(str(checkpoint), cpu_kv_cache_gib=1e-9)  # the CPU's setting is named, not the GPU's
 
 
 def resident_mib() -> float:

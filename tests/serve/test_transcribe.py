@@ -61,6 +61,56 @@ def test_bad_input_is_a_clear_error_not_a_traceback(setup, tmp_path, capsys) -> 
     assert "qasr: error:" in capsys.readouterr().err
 
 
+def test_a_file_that_cannot_be_decoded_is_named_and_the_others_still_go_through(setup, tmp_path, capsys) -> None:
+    checkpoint, files = setup
+    notes = tmp_path / "notes.wav"
+    notes.write_text("this is not audio")
+    out = tmp_path / "out"
+    code = main(["transcribe", str(files[0]), str(notes), "--model", str(checkpoint), "--quiet", "--max-tokens", "4",
+                 "--output-dir", str(out)])
+    assert code == 1  # something failed, and a script can tell
+    assert f"qasr transcribe: {notes}: could not decode audio" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["clip0.txt"]
+
+
+def test_output_mistakes_are_refused_before_the_model_loads(setup, tmp_path, capsys) -> None:
+    _, files = setup
+    twin = tmp_path / "elsewhere" / files[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(files[0].read_bytes())
+    nowhere = str(tmp_path / "no-model")  # loading it would fail: the mistakes below are found first
+    assert main(["transcribe", str(files[0]), str(twin), "--model", nowhere, "--output-dir", str(tmp_path / "o")]) == 2
+    assert f"{files[0]} and {twin} would all be written to {tmp_path / 'o' / 'clip0.txt'}" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["transcribe", str(files[0]), "--model", nowhere, "--output-dir", str(a_file)]) == 2
+    assert f"qasr: error: --output-dir {a_file}: File exists" in capsys.readouterr().err
+    assert main(["transcribe", str(tmp_path / "gone.wav"), "--model", nowhere]) == 2
+    err = capsys.readouterr().err
+    assert "gone.wav: audio file not found" in err and "no input could be decoded" in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(setup) -> None:
+    checkpoint, files = setup
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "qasr"), "transcribe", str(files[1]), str(files[0]), "--model",
+         str(checkpoint), "--format", "verbose_json", "--quiet", "--max-tokens", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # `| head -c 0`: the reader is gone before anything is written
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and b"Traceback" not in err, err.decode()
+
+
+def test_word_timestamps_use_the_demo_models_own_aligner(capsys) -> None:
+    from qasr.benchmarks.heldout import HELDOUT, read_manifest
+
+    row = next(row for row in read_manifest() if row["kind"] == "sentence")
+    assert main(["transcribe", str(HELDOUT / row["file"]), "--word-timestamps", "--format", "json", "--quiet"]) == 0
+    words = json.loads(capsys.readouterr().out)["words"]
+    assert [word["word"] for word in words] == [word.strip(".,?!") for word in row["text"].split()]
+    assert all(0 <= word["start"] <= word["end"] <= row["seconds"] + 0.5 for word in words)
+
+
 def test_subtitle_formats() -> None:
     result = Transcription(text="hello there general", language="English", token_ids=[1, 2], duration=3725.5,
                            segments=[Segment(0.0, 1.5, "hello there"), Segment(1.5, 3725.5, "general"),
