@@ -22,10 +22,14 @@ from qasr.serve.errors import Handler
 
 logger = logging.getLogger("qasr.serve")
 
+FULL_BODY = (b'{"error": {"message": "The server has no free connection; retry.", "type": "server_error", '
+             b'"param": null, "code": null}}')
 FULL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n"
-        b"Connection: close\r\nContent-Length: 116\r\n\r\n"
-        b'{"error": {"message": "The server has no free connection; retry.", "type": "server_error", "param": null, '
-        b'"code": null}}')
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(FULL_BODY), FULL_BODY))
+# A refused connection stays open this long after its 503, reading and dropping what the client sends, unless the
+# client closes first: closed at once with the client's request unread, it would be reset and the 503 lost. At most
+# MAX_LINGERING at a time, so a flood of refused connections cannot use up the open files.
+LINGER_S, MAX_LINGERING = 2.0, 32
 # Open files beside the connections: the task store, model files, thread pools and log files hold some, and asyncio
 # accepts up to a listen backlog's worth of connections per loop iteration, a couple of iterations before the guard
 # hears of the first of them (and one more before a connection it closes gives its file back).
@@ -52,6 +56,7 @@ class ConnectionGuard:
         self.keepalive_timeout_s = keepalive_timeout_s
         self.open: dict[asyncio.BaseTransport, Connection] = {}  # in the order they were opened
         self.refused = 0  # connections turned away with a 503: every other one was busy
+        self.lingering = 0  # refused connections still open (LINGER_S)
         self.sweeper: asyncio.Task | None = None
 
     def protocol_factory(self, make_protocol: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -126,25 +131,39 @@ class GuardedProtocol(asyncio.Protocol):
         self.guard = guard
         self.inner = inner
         self.transport: asyncio.Transport | None = None  # None: refused
+        self.lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         if not self.guard.admit(transport):
-            transport.write(FULL)
-            transport.close()
+            self.refuse(transport)
             return
         self.transport = transport
         self.inner.connection_made(transport)
 
+    def refuse(self, transport: asyncio.Transport) -> None:
+        transport.write(FULL)
+        if self.guard.lingering >= MAX_LINGERING:
+            transport.close()
+            return
+        self.guard.lingering += 1
+        self.lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()  # the 503 is all: the client reads it to its end
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
     def data_received(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.transport is not None:  # a refused connection's bytes are dropped
             self.guard.received(self.transport)
             self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        # None for a refused connection: the client has closed its side, so the transport closes
         return self.inner.eof_received() if self.transport is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lingering:
+            self.guard.lingering -= 1
         if self.transport is not None:
             self.guard.forget(self.transport)
             self.inner.connection_lost(exc)

@@ -1,4 +1,5 @@
-"""A flood of one warning cannot fill the disk: the same message is logged at most once per interval."""
+"""A flood of one warning cannot fill the disk: the same message (or Python warning) is logged at most once per
+interval."""
 
 import logging
 import time
@@ -18,7 +19,7 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, template(record))
         now = time.monotonic()
         last, dropped = self.seen.get(key, (None, 0))
         if last is not None and now - last < self.interval_s:
@@ -32,7 +33,17 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def template(record: logging.LogRecord) -> str:
+    """What the repeats of one message share: its template; for a Python warning (logging.captureWarnings), whose
+    text may hold what a client sent (aiohttp's warnings about a malformed form part do), where it was raised and
+    its category."""
+    if record.name == "py.warnings":  # "path:line: Category: message\n  source line\n"
+        return ": ".join(str(record.msg).split(": ", 2)[:2])
+    return str(record.msg)
+
+
 def limit_repeats(interval_s: float = 10.0) -> None:
-    """Installs a RepeatFilter on every handler of the root logger."""
+    """Sends Python warnings to the log, and installs a RepeatFilter on every handler of the root logger."""
+    logging.captureWarnings(True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RepeatFilter(interval_s))

@@ -176,6 +176,9 @@ def parse_request(form: MultiDictProxy, model_names: list[str], max_prompt_chars
 
     words = False
     for granularity in form.getall("timestamp_granularities[]", []) + form.getall("timestamp_granularities", []):
+        if not isinstance(granularity, str):
+            raise bad_request("'timestamp_granularities[]' must be a text field, not a file.",
+                              param="timestamp_granularities[]")
         if granularity not in ("segment", "word"):
             raise bad_request(f"Unknown timestamp granularity {granularity!r}; supported: segment, word.",
                               param="timestamp_granularities[]")
@@ -289,7 +292,9 @@ async def _stream_events(request: web.Request, state: ServerState, outputs: Asyn
         await _send(response, error_body(error))
         await response.write_eof()
         return response
-    done = {"type": "transcript.text.done", "text": result.text}
+    done: dict = {"type": "transcript.text.done", "text": result.text}
+    if code := language_code(result.language):
+        done["languages"] = [{"code": code}]  # as the json response has them (the SDK's TranscriptionTextDoneEvent)
     if result.metrics is not None:
         done["usage"] = {"type": "tokens", "input_tokens": result.metrics.num_prompt_tokens,
                          "output_tokens": result.metrics.num_output_tokens,
@@ -331,8 +336,7 @@ def _response(result: Transcription, params: TranscriptionForm, headers: dict[st
     fmt = params.response_format
     if fmt == "json":
         body: dict = {"text": result.text, "usage": duration_usage(result)}
-        code = language_code(result.language)
-        if code:
+        if code := language_code(result.language):
             body["languages"] = [{"code": code}]
         return web.json_response(body, headers=headers)
     if fmt == "verbose_json":

@@ -1,9 +1,11 @@
 """Connections cannot take the server offline: idle and half-sent connections are closed on time, the open ones stay
 below the open-file limit, and at the cap a new client takes an idle one's place."""
 
+import json
 import logging
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -127,3 +129,53 @@ def test_connection_limits_must_be_positive(flag: str) -> None:
 
     with pytest.raises(ValueError):
         ServerOptions.from_cli_args(build_parser().parse_args(["serve", flag, "0"]))
+
+
+def test_a_refused_connection_reads_its_whole_503_even_after_sending_its_request(serve_process, tmp_path: Path
+                                                                                 ) -> None:
+    server = serve_process("--max-connections", "1", log_path=tmp_path / "serve.log")
+    host, port = server.url.removeprefix("http://").split(":")
+    busy = socket.create_connection((host, int(port)), timeout=10)
+    try:  # the one connection in a handler, its upload stalled
+        busy.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: qasr\r\nContent-Type: multipart/form-data; "
+                     b"boundary=b\r\nContent-Length: 200000\r\n\r\n--b\r\n" + b"x" * 1000)
+        time.sleep(0.5)
+        answers = []
+        for _ in range(3):
+            newcomer = socket.create_connection((host, int(port)), timeout=10)
+            newcomer.sendall(b"GET /health HTTP/1.1\r\nHost: qasr\r\n\r\n")
+            time.sleep(0.2)  # the server has answered and moved on before this client reads
+            answer = b""
+            while chunk := newcomer.recv(4096):
+                answer += chunk
+            newcomer.close()
+            answers.append(answer)
+    finally:
+        busy.close()
+        assert server.stop() == 0
+    for answer in answers:
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 503") and b"Content-Length: %d" % len(body) in head
+        assert json.loads(body)["error"]["type"] == "server_error"
+
+
+def test_a_client_cannot_flood_the_log_with_python_warnings(serve_process, tmp_path: Path) -> None:
+    """aiohttp warns (warnings.warn, with the part's header in the text) of each malformed form part: captured
+    into the log, they are limited like any repeated warning."""
+    server = serve_process(log_path=tmp_path / "serve.log")
+    parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"; bad key %d %s=1\r\n\r\nv\r\n'
+                     % (i, i, b"x" * 2000) for i in range(100))
+    body = parts + b"--b--\r\n"
+    try:
+        before = len(server.log())
+        for _ in range(3):
+            request = urllib.request.Request(server.url + "/v1/audio/transcriptions", data=body, method="POST",
+                                             headers={"Content-Type": "multipart/form-data; boundary=b"})
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(request, timeout=30)
+            assert answer.value.code == 400
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert "BadContentDispositionParam" in log  # the first is logged
+    assert len(log) - before < 20_000, f"{len(log) - before} bytes of log for 300 malformed parts"  # not 600 KB

@@ -123,6 +123,7 @@ def test_streamed_deltas_add_up_to_the_final_text(server, clips: list[dict]) -> 
     done = events[-1]
     assert done.type == "transcript.text.done"
     assert "".join(deltas) == done.text == clip["engine_text"]
+    assert [language.code for language in done.languages] == ["en"]  # as the json response gives them
     usage = done.usage
     assert usage.output_tokens > 0 and usage.total_tokens == usage.input_tokens + usage.output_tokens
 
@@ -275,6 +276,13 @@ def test_other_client_errors(server, clips: list[dict], http) -> None:
     with aiohttp.MultipartWriter("form-data") as text_instead_of_file:
         text_instead_of_file.append("just text").set_content_disposition("form-data", name="file")
     assert_openai_error(http("POST", url, text_instead_of_file), 400, "file")
+
+    def granularity_as_a_file() -> aiohttp.FormData:
+        data = form(clips[0]["bytes"])()
+        data.add_field("timestamp_granularities[]", b"word", filename="granularity.txt")
+        return data
+    error = assert_openai_error(http("POST", url, granularity_as_a_file), 400, "timestamp_granularities[]")
+    assert error["message"] == "'timestamp_granularities[]' must be a text field, not a file."  # no object dump
     assert_openai_error(http("GET", server.url + "/v1/audio/nothing"), 404)
     error = assert_openai_error(http("GET", url), 405)
     assert "POST" in error["message"]
