@@ -53,6 +53,7 @@ class AsyncEngine:
         self.sinks: dict[str, _Submit] = {}
         self.request_ids = (f"areq-{i}" for i in itertools.count())
         self.error: BaseException | None = None
+        self.crashed = False  # the engine thread died of an error, not of a shutdown
         self.lock = threading.Lock()  # a submission either reaches a live engine or sees why it stopped
         # The engine is built on the thread that runs it: on the CPU, torch work on one thread runs 2-3x slower
         # once another thread has started the parallel runtime first (two OpenMP teams contending for the cores).
@@ -139,9 +140,11 @@ class AsyncEngine:
             error: BaseException = RuntimeError("the engine was shut down")
         except BaseException as failure:  # the thread must never die silently: fail everyone instead
             error = failure
+            self.crashed = True
         with self.lock:
             self.error = error
-            self._fail_all(error)
+            # callers handle Exceptions: a fatal BaseException (the thread's end) reaches them as a RuntimeError
+            self._fail_all(error if isinstance(error, Exception) else RuntimeError(f"the engine stopped: {error!r}"))
 
     def _loop(self) -> None:
         busy, trimmed = False, time.monotonic()

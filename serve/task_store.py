@@ -208,6 +208,19 @@ class SqlTaskStore:
             self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL, attempts = attempts - 1 "
                           "WHERE task_id = ? AND owner = ? AND status = ?", (PENDING, task_id, owner, RUNNING))
 
+    def interrupt(self, owner: str, task_id: str) -> Task | None:
+        """The owner's engine died while running the task, maybe of its audio: the attempt counts, as when a
+        replica dies, so the task goes back to PENDING, or FAILS after max_attempts claims. Returns it if it
+        failed."""
+        failed = self._execute(
+            "UPDATE tasks SET status = ?, end_time = ?, code = 'InternalError', "
+            "message = 'The engine running the task stopped ' || attempts || ' times; giving up.', "
+            f"lease_until = NULL WHERE task_id = ? AND owner = ? AND status = ? AND attempts >= ? "
+            f"RETURNING {', '.join(COLUMNS)}", (FAILED, time.time(), task_id, owner, RUNNING, self.max_attempts))
+        self._execute("UPDATE tasks SET status = ?, owner = NULL, lease_until = NULL WHERE task_id = ? AND owner = ? "
+                      "AND status = ?", (PENDING, task_id, owner, RUNNING))
+        return _task(failed[0]) if failed else None
+
     def release_owner(self, owner: str) -> int:
         """`release` of every task RUNNING under `owner`, also those it claimed but never learnt of (a claim
         interrupted by the shutdown may still have committed). Returns how many."""

@@ -137,7 +137,12 @@ class TaskWorker:
                 if task.status == FAILED:
                     task.code, task.message = failures[0]["code"], failures[0]["message"]
             except Exception as error:
-                if not self.engine.is_running:  # not the task's fault: leave it to a server whose engine works
+                if self.engine.crashed:  # maybe of this task's audio: the attempt counts (three, and it fails)
+                    if failed := await self.store.run(self.store.interrupt, self.owner, task.task_id):
+                        logger.warning("task %s failed: %s", task.task_id, failed.message)
+                        self.metrics.observe_task(failed)
+                    return
+                if not self.engine.is_running:  # shut down (a drain): not the task's fault, nor an attempt
                     await self.store.run(self.store.release, self.owner, [task.task_id])
                     return
                 logger.exception("task %s failed", task.task_id)

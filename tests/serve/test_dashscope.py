@@ -24,6 +24,7 @@ from yarl import URL
 
 from qasr.engine import AsyncEngine, EngineConfig, TranscriptionRequest
 from qasr.engine.audio import load_audio
+from qasr.engine.llm_engine import LLMEngine
 from qasr.serve.app import create_app
 from qasr.serve.fetch import numeric_address, refusal
 from qasr.serve.options import ServerOptions
@@ -565,6 +566,37 @@ def test_task_work_moves_the_request_metrics(server, files, clips: list[dict], m
         assert moved(histogram + "_count") == 1, histogram
     # not an OpenAI request: those counts stay as they were
     assert moved("qasr_requests_total", status="success") == 0 and moved("qasr_e2e_request_latency_seconds_count") == 0
+
+
+def test_audio_that_kills_the_engine_fails_on_its_third_attempt_instead_of_killing_every_replica(
+        files, clips: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_server, submit, query) -> None:
+    class Fatal(BaseException):
+        """A fault the engine thread does not survive (a failed step that raises an Exception only fails the
+        requests in flight, and their tasks fail at once)."""
+
+    def crash(self: LLMEngine) -> list:
+        raise Fatal("the engine thread dies")  # as audio that trips a fatal bug in the engine would
+
+    monkeypatch.setattr(LLMEngine, "step", crash)
+    db, task_id = tmp_path / "tasks.sqlite3", None
+    for attempt in (1, 2, 3):  # a replica, restarted or another, takes the task again
+        server = own_server(db)
+        try:
+            task_id = task_id or submit(server, f"{files.url}/audio/{clips[0]['file']}")
+            deadline = time.monotonic() + 30
+            while server.state.engine.is_running or query(server, task_id)["output"]["task_status"] == RUNNING:
+                assert time.monotonic() < deadline, "the engine did not crash, or the task stayed RUNNING"
+                time.sleep(0.05)
+            assert server.state.engine.crashed
+            output = query(server, task_id)["output"]
+        finally:
+            server.close()
+        if attempt < 3:
+            assert output["task_status"] == PENDING, output
+        else:
+            assert output["task_status"] == FAILED and output["code"] == "InternalError", output
+            assert "stopped 3 times" in output["message"]
+    assert sqlite3.connect(db).execute("SELECT attempts FROM tasks WHERE task_id = ?", (task_id,)).fetchone() == (3,)
 
 
 def test_a_retried_submit_with_an_idempotency_key_finds_the_first_task(server, files, clips: list[dict], http,
