@@ -176,6 +176,21 @@ def test_a_task_interrupted_max_attempts_times_fails(url: str) -> None:
     store.close()
 
 
+def test_a_task_whose_engine_died_counts_the_attempt_and_fails_at_the_limit(url: str) -> None:
+    store = open_task_store(url, max_attempts=2)
+    store.add(new_task("poison", submit_time=0))
+    assert ids(store.claim("r1", 1, 60)) == ["poison"]
+    assert store.interrupt("r2", "poison") is None and store.get("poison").status == RUNNING  # not r2's to give
+    assert store.interrupt("r1", "poison") is None
+    task = store.get("poison")
+    assert (task.status, task.owner, task.lease_until, task.attempts) == (PENDING, None, None, 1)
+    assert ids(store.claim("r2", 1, 60)) == ["poison"]
+    failed = store.interrupt("r2", "poison")
+    assert failed is not None and failed.status == FAILED and failed.code == "InternalError"
+    assert "stopped 2 times" in failed.message and store.get("poison") == failed and store.claim("r3", 1, 60) == []
+    store.close()
+
+
 def test_release_hands_tasks_back_without_counting_the_attempt(store: SqlTaskStore) -> None:
     store.add(new_task("t0", submit_time=0))
     store.add(new_task("t1", submit_time=1))
