@@ -2,12 +2,18 @@
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qasr.engine.config import EngineConfig
 from qasr.serve.formats import FORMATS, render
 
+if TYPE_CHECKING:
+    import numpy as np
+
 SUFFIXES = {"text": "txt", "verbose_json": "json"}
+WINDOW_SECONDS = 3600.0  # decoded audio a run holds at once (230 MB at 16 kHz), however many files it is given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,31 +35,50 @@ def main(args: argparse.Namespace) -> int:
     """Writes what it could transcribe: a file that cannot be decoded is named on stderr, the others still go
     through, and the exit status is 1 (2 when none could be decoded)."""
     from qasr.engine import ASR, SamplingParams
-    from qasr.engine.audio import AudioError, load_audio
 
     outputs = output_paths(args.files, args.output_dir, args.format)  # before the model loads: a mistake costs nothing
-    audios, decoded = [], []
-    for file in args.files:
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    asr, failures = None, []
+    for window in decoded_windows(args.files, failures):
+        asr = asr or ASR.from_config(EngineConfig.from_cli_args(args))
+        results = asr.transcribe([audio for _, audio in window], language=args.language, context=args.context,
+                                 sampling_params=params, use_tqdm=not args.quiet,
+                                 word_timestamps=args.word_timestamps)
+        for (file, _), result in zip(window, results):
+            text = render(result, args.format, temperature=args.temperature, words=args.word_timestamps)
+            if outputs:
+                outputs[file].write_text(text, encoding="utf-8")
+            else:
+                if len(args.files) > 1 and not args.format.endswith("json"):
+                    sys.stdout.write(f"== {file}\n")
+                sys.stdout.write(text)
+    if asr is None:
+        raise ValueError("no input could be decoded")
+    return 1 if failures else 0
+
+
+def decoded_windows(files: list[str], failures: list[str]) -> Iterator[list[tuple[str, "np.ndarray"]]]:
+    """The files decoded, in windows of about WINDOW_SECONDS of audio: memory holds one window, not every file, and
+    each window's transcripts are written before the next is decoded. A file that cannot be decoded is named on
+    stderr and added to `failures`."""
+    from qasr.engine.audio import SAMPLE_RATE, AudioError, load_audio
+
+    window: list[tuple[str, np.ndarray]] = []
+    seconds = 0.0
+    for file in files:
         try:
-            audios.append(load_audio(file))
-            decoded.append(file)
+            audio = load_audio(file)
         except AudioError as error:
             print(f"qasr transcribe: {file}: {error}", file=sys.stderr)
-    if not decoded:
-        raise ValueError("no input could be decoded")
-    asr = ASR.from_config(EngineConfig.from_cli_args(args))
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
-    results = asr.transcribe(audios, language=args.language, context=args.context, sampling_params=params,
-                             use_tqdm=not args.quiet, word_timestamps=args.word_timestamps)
-    for file, result in zip(decoded, results):
-        text = render(result, args.format, temperature=args.temperature, words=args.word_timestamps)
-        if outputs:
-            outputs[file].write_text(text, encoding="utf-8")
-        else:
-            if len(args.files) > 1 and not args.format.endswith("json"):
-                sys.stdout.write(f"== {file}\n")
-            sys.stdout.write(text)
-    return 0 if len(decoded) == len(args.files) else 1
+            failures.append(file)
+            continue
+        window.append((file, audio))
+        seconds += len(audio) / SAMPLE_RATE
+        if seconds >= WINDOW_SECONDS:
+            yield window
+            window, seconds = [], 0.0
+    if window:
+        yield window
 
 
 def output_paths(files: list[str], output_dir: str | None, fmt: str) -> dict[str, Path]:

@@ -73,6 +73,25 @@ def test_a_file_that_cannot_be_decoded_is_named_and_the_others_still_go_through(
     assert sorted(path.name for path in out.iterdir()) == ["clip0.txt"]
 
 
+def test_many_files_run_in_windows_of_audio_each_written_before_the_next_is_decoded(setup, tmp_path, capsys,
+                                                                                    monkeypatch) -> None:
+    from qasr.engine import ASR
+    from qasr.serve import transcribe
+
+    checkpoint, files = setup
+    argv = ["transcribe", str(files[0]), str(files[1]), "--model", str(checkpoint), "--quiet", "--max-tokens", "4",
+            "--max-piece-seconds", "10", "--format", "json"]
+    assert main(argv) == 0
+    together = capsys.readouterr().out
+    calls: list[int] = []
+    original = ASR.transcribe
+    monkeypatch.setattr(ASR, "transcribe", lambda self, audio, **kw: calls.append(len(audio)) or original(
+        self, audio, **kw))
+    monkeypatch.setattr(transcribe, "WINDOW_SECONDS", 1.0)  # every file fills a window: two windows of one
+    assert main(argv) == 0
+    assert calls == [1, 1] and capsys.readouterr().out == together
+
+
 def test_output_mistakes_are_refused_before_the_model_loads(setup, tmp_path, capsys) -> None:
     _, files = setup
     twin = tmp_path / "elsewhere" / files[0].name
