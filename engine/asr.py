@@ -33,7 +33,7 @@ class ASR:
         """`language` and `context` apply to every audio, or give one value per audio in a list.
         `word_timestamps` (with an `aligner_model`): each result's words timed, and its segments sentence-sized.
         Calls from several threads take turns (for requests that run together, use `AsyncEngine`)."""
-        audios = list(audio) if isinstance(audio, list) else [audio]
+        audios = [audio] if _one_audio(audio) else list(audio)
         languages = _per_item(language, len(audios), "language")
         contexts = _per_item(context, len(audios), "context")
         params = sampling_params or SamplingParams()
@@ -70,6 +70,15 @@ class ASR:
             if bar is not None:
                 bar.close()
         return [results[request_id] for request_id in request_ids]
+
+
+def _one_audio(audio: object) -> bool:
+    """One input, or a sequence of them: a tuple is one `(array, sample_rate)` only if it looks like one, so that
+    a tuple of paths is several files."""
+    if isinstance(audio, tuple):
+        return (len(audio) == 2 and isinstance(audio[1], int | float)
+                and not isinstance(audio[0], str | os.PathLike | bytes | bytearray))
+    return isinstance(audio, str | os.PathLike | bytes | bytearray | np.ndarray)
 
 
 def _load(item: AudioInput, index: int) -> np.ndarray:

@@ -8,8 +8,10 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -26,6 +28,7 @@ from qasr.serve.task_store import FAILED, SUCCEEDED, SqlTaskStore, Task, TaskReq
 
 logger = logging.getLogger("qasr.tasks")
 
+T = TypeVar("T")
 POLL_SECONDS = 1.0  # how soon a task submitted to another replica is noticed; our own submissions wake us at once
 
 
@@ -129,7 +132,7 @@ class TaskWorker:
     async def _run(self, task: Task) -> None:
         try:
             try:
-                files = await asyncio.gather(*(self._file(task.request, url) for url in task.request.file_urls))
+                files = await gather_or_cancel(*(self._file(task.request, url) for url in task.request.file_urls))
                 task.results = [entry for entry, _ in files]
                 task.audio_seconds = sum(seconds for _, seconds in files)
                 failures = [entry for entry in task.results if entry["status"] == FAILED]
@@ -168,8 +171,7 @@ class TaskWorker:
                 decoded = await asyncio.get_running_loop().run_in_executor(
                     self.audio_pool, decode, data, request.channels, self.options.max_audio_seconds, audio)
                 del data  # the file's bytes go with their room in the budget
-            results = await asyncio.gather(*(self._transcribe(samples, request)
-                                             for samples in decoded.channels))
+            results = await gather_or_cancel(*(self._transcribe(samples, request) for samples in decoded.channels))
         except FetchError as error:
             return _failure(url, error.code, error.message), 0.0
         except AudioTooLongError as error:
@@ -197,6 +199,19 @@ class TaskWorker:
                                                                    word_timestamps=align, stream=False))
         self.metrics.observe_transcription(result)  # each channel once, as it finishes
         return result
+
+
+async def gather_or_cancel(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
+    """asyncio.gather, but the first failure cancels the rest (gather leaves them running: downloads, budget and
+    engine requests of a task already given up)."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def decode(data: bytes, channels: list[int], max_seconds: float, claim: AudioClaim) -> DecodedFile:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from qasr.engine import ASR, AsyncEngine, EngineConfig, SamplingParams, TranscriptionRequest
@@ -247,6 +248,12 @@ def test_a_bad_input_says_which_of_the_inputs_it_was(checkpoint: Path, clips, tm
         asr.transcribe([(clips[0], 16000), b"not audio either"])
     with pytest.raises(AudioError, match=f"^audio file not found: {tmp_path / 'gone.wav'}$"):  # named once
         asr.transcribe(str(tmp_path / "gone.wav"))
+    # a tuple of files is several inputs, not an (array, sample_rate)
+    good = tmp_path / "good.wav"
+    sf.write(good, clips[0], 16000)
+    with pytest.raises(AudioError, match=f"^audio file not found: {tmp_path / 'b.wav'}$"):
+        asr.transcribe((str(good), str(tmp_path / "b.wav")))
+    assert len(asr.transcribe((str(good), str(good)), sampling_params=SamplingParams(max_tokens=2))) == 2
 
 
 @pytest.mark.parametrize(("option", "value"), [

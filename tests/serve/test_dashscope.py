@@ -635,3 +635,30 @@ def test_a_retried_submit_with_an_idempotency_key_finds_the_first_task(server, f
     assert post(clips[0]["file"], None)[1]["output"]["task_id"] != post(clips[0]["file"], None)[1]["output"]["task_id"]
     assert sqlite3.connect(server.db).execute("SELECT COUNT(*) FROM tasks WHERE task_id = ?",
                                               (task_id,)).fetchone()[0] == 1
+
+
+def test_a_task_file_that_fails_unexpectedly_cancels_its_siblings() -> None:
+    """The task is failed at once; its other files' downloads and engine requests must not run on unseen."""
+    from qasr.serve.task_worker import gather_or_cancel
+
+    cancelled: list[str] = []
+
+    async def sibling(name: str) -> str:
+        try:
+            await asyncio.sleep(30)
+            return name
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+
+    async def broken() -> str:
+        await asyncio.sleep(0.01)
+        raise KeyError("a bug")
+
+    async def run() -> None:
+        assert await gather_or_cancel(asyncio.sleep(0, "a"), asyncio.sleep(0, "b")) == ["a", "b"]
+        with pytest.raises(KeyError):
+            await gather_or_cancel(sibling("first"), broken(), sibling("third"))
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert sorted(cancelled) == ["first", "third"]
