@@ -18,8 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qasr.benchmarks.wer import corpus_wer, normalize_english
-
 HELDOUT = Path(__file__).parent / "data" / "heldout"
 MANIFEST = HELDOUT / "manifest.jsonl"
 
@@ -55,6 +53,8 @@ def heldout_scores(model: str | None = None, manifest: Path = MANIFEST,
     """Scores for single sentences in seen voices and in the unseen voice, clips of several sentences, all
     speech, and clips without speech; and the rows with their hypotheses. `context`: every clip's context (the
     OpenAI `prompt`)."""
+    from qasr.benchmarks.wer import corpus_wer, normalize_english  # jiwer: only to score (bench step reads rows)
+
     rows = read_manifest(manifest)
     hypotheses = transcribe_files([manifest.parent / row["file"] for row in rows], model,
                                   ("--context", context) if context else ())
@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--errors", action="store_true", help="also print every utterance with an error")
     parser.add_argument("--context", default="", help="context text (hotwords, the OpenAI prompt) for every clip")
     args = parser.parse_args()
+    from qasr.benchmarks.wer import normalize_english
+
     scores, rows = heldout_scores(args.model, args.manifest, args.context)
     if args.errors:
         for row in rows:

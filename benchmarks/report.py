@@ -57,8 +57,10 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__}
 
 
-def write_results(benchmark: str, device: torch.device | str, config: dict, rows: list[dict], out_dir: Path) -> Path:
-    """`device` is this machine's device, or the description of one elsewhere (a remote server's)."""
+def write_results(benchmark: str, device: torch.device | str, config: dict, rows: list[dict], out_dir: Path,
+                  name: str | None = None) -> Path:
+    """`device` is this machine's device, or the description of one elsewhere (a remote server's); `name` goes into
+    the file's name (two runs of a day that differ in it keep both files)."""
     local = isinstance(device, torch.device)
     document = {
         "benchmark": benchmark,
@@ -71,7 +73,7 @@ def write_results(benchmark: str, device: torch.device | str, config: dict, rows
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = ("cuda" if device.type == "cuda" else "cpu") if local else "remote"
-    path = out_dir / f"{benchmark}-{tag}-{document['date'][:10]}.json"
+    path = out_dir / f"{benchmark}-{tag}-{document['date'][:10]}{f'-{name}' if name else ''}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 

@@ -42,7 +42,7 @@ from qasr.benchmarks.workload import SAMPLE_RATE, output_tokens, sync, synthetic
 from qasr.engine.config import EngineConfig
 from qasr.engine.hf_conversion import convert_to_hf
 from qasr.engine.llm_engine import LLMEngine
-from qasr.engine.model_loader import resolve_dtype
+from qasr.engine.model_loader import resolve_device, resolve_dtype
 from qasr.engine.request import TranscriptionRequest
 from qasr.engine.splitting import split_audio
 from qasr.scheduler import SamplingParams
@@ -123,7 +123,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     # no prefix cache: the split runs take the single pass's clips again (a clip shorter than a piece unchanged), the
     # held-out row takes the same clips each time, and transformers has no such cache
     engine_options = replace(engine_options, enable_prefix_caching=False)
-    device = torch.device(engine_options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(engine_options.device)
     dtype = resolve_dtype(engine_options.dtype, device)
 
     original = write_random_checkpoint(work_dir / f"{preset}-original", preset, dtype,
@@ -148,7 +148,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
               "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
               "transformers_process": "own" if isinstance(side, TransformersProcess) else "this",
               "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
-    return rows, write_results("throughput", device, config, rows, out_dir)
+    return rows, write_results("throughput", device, config, rows, out_dir, name=preset)
 
 
 def _rows(single: LLMEngine, side: TransformersSide | TransformersProcess, clip_seconds: list[float], num_clips: int,
@@ -163,40 +163,52 @@ def _rows(single: LLMEngine, side: TransformersSide | TransformersProcess, clip_
                                 list(np.random.default_rng(0).uniform(*mixed_seconds, size=num_clips))))
     rows = []
     for label, lengths in lengths_of_rows:
-        audio_seconds, longest = sum(lengths), max(lengths)
-        tokens = [output_tokens(length, tokens_per_second) for length in lengths]
-        hf_walls, qasr_walls, first_tokens, split_walls = [], [], [], []
-        for repeat in range(repeats):
-            # new clips each time, the same for both
-            named = [(float(length), seed + CLIPS_PER_REPEAT * repeat) for seed, length in enumerate(lengths)]
-            clips = [synthetic_clip(*name) for name in named]
-            hf_walls.append(sum(side.generate(named[i:i + batch_size], max(tokens[i:i + batch_size]), batch_size)
-                                for i in range(0, len(clips), batch_size)))
-            wall, first_token = run_qasr(single, list(zip(clips, tokens)))
-            qasr_walls.append(wall)
-            first_tokens.append(first_token)
-            if longest > piece_seconds:
-                pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
-                          for c in clips for p in split_audio(c, piece_seconds)]
-                # the same number of audios in flight as single pass, each as several parallel sequences
-                single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
-                split_walls.append(run_qasr(single, pieces)[0])
-                single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
-        hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
-        row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
-               "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,
-               "qasr_output_tokens": sum(tokens),
-               "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
-               "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
-               "qasr_first_token_s": statistics.median(first_tokens),
-               "qasr_ttft_concurrency1_s": first_token_alone(single, [
-                   synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)])}
-        if split_walls:
-            split_wall = statistics.median(split_walls)
-            row["qasr_split_rtfx"] = audio_seconds / split_wall
-            row["speedup_split"] = hf_wall / split_wall
-        rows.append(row)
+        try:
+            rows.append(_row(single, side, label, lengths, num_clips, tokens_per_second, piece_seconds, batch_size,
+                             repeats))
+        except torch.OutOfMemoryError as error:  # the other rows still run, and the JSON keeps this one's reason
+            rows.append({"clip_s": label, "clips": num_clips, "error": f"out of memory: {error}"[:500]})
+            torch.cuda.empty_cache()
     return rows
+
+
+def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label: str | float, lengths: list[float],
+         num_clips: int, tokens_per_second: float, piece_seconds: float, batch_size: int, repeats: int) -> dict:
+    audio_seconds, longest = sum(lengths), max(lengths)
+    tokens = [output_tokens(length, tokens_per_second) for length in lengths]
+    hf_walls, hf_batch_sizes, qasr_walls, first_tokens, split_walls = [], [], [], [], []
+    for repeat in range(repeats):
+        # new clips each time, the same for both
+        named = [(float(length), seed + CLIPS_PER_REPEAT * repeat) for seed, length in enumerate(lengths)]
+        clips = [synthetic_clip(*name) for name in named]
+        timed = [side.generate(named[i:i + batch_size], max(tokens[i:i + batch_size]), batch_size)
+                 for i in range(0, len(clips), batch_size)]
+        hf_walls.append(sum(wall for wall, _ in timed))
+        hf_batch_sizes.append(min(size for _, size in timed))
+        wall, first_token = run_qasr(single, list(zip(clips, tokens)))
+        qasr_walls.append(wall)
+        first_tokens.append(first_token)
+        if longest > piece_seconds:
+            pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
+                      for c in clips for p in split_audio(c, piece_seconds)]
+            # the same number of audios in flight as single pass, each as several parallel sequences
+            single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
+            split_walls.append(run_qasr(single, pieces)[0])
+            single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
+    hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
+    row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
+           "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,
+           "qasr_output_tokens": sum(tokens), "transformers_batch_size": min(hf_batch_sizes),
+           "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
+           "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
+           "qasr_first_token_s": statistics.median(first_tokens),
+           "qasr_ttft_concurrency1_s": first_token_alone(single, [
+               synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)])}
+    if split_walls:
+        split_wall = statistics.median(split_walls)
+        row["qasr_split_rtfx"] = audio_seconds / split_wall
+        row["speedup_split"] = hf_wall / split_wall
+    return row
 
 
 def _shape(engine: LLMEngine) -> dict:

@@ -8,15 +8,20 @@ attention kernels read, and drops it after.
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from qasr.engine.alignment import AlignmentProcessor
 from qasr.engine.audio_encoder import num_audio_tokens
 from qasr.engine.device_copy import to_device
-from qasr.engine.features import LogMelExtractor
+from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model import Qwen3ASRModel
-from qasr.kernels import AttentionMetadata, ModelOps
+from qasr.engine.model_config import load_model_config
+from qasr.engine.model_loader import load_model
+from qasr.engine.tokenizer import load_tokenizer
+from qasr.kernels import AttentionMetadata, ModelOps, get_model_ops
 from qasr.scheduler import AlignmentJob, AudioSpan
 
 
@@ -110,3 +115,13 @@ class AlignerRunner:
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
+
+
+def load_aligner(path: Path) -> tuple[AlignmentProcessor, AlignerRunner]:
+    """A forced aligner checkpoint alone, float32 on the CPU with the torch ops, outside any engine (the demo
+    aligner's evaluation and the tests' reference runs)."""
+    config = load_model_config(path, aligner=True)
+    features = FeatureConfig.from_checkpoint(path)
+    model = load_model(path, config, torch.device("cpu"), torch.float32)
+    runner = AlignerRunner(model, LogMelExtractor(features), get_model_ops("torch", torch.device("cpu")), 16)
+    return AlignmentProcessor(load_tokenizer(path), config, features), runner

@@ -16,15 +16,9 @@ import numpy as np
 import torch
 
 from qasr.benchmarks.heldout import HELDOUT
-from qasr.engine.aligner_runner import AlignerRunner
-from qasr.engine.alignment import AlignmentProcessor
+from qasr.engine.aligner_runner import load_aligner
 from qasr.engine.audio import load_audio
 from qasr.engine.demo import DEMO_ALIGNER_DIR
-from qasr.engine.features import FeatureConfig, LogMelExtractor
-from qasr.engine.model_config import load_model_config
-from qasr.engine.model_loader import load_model
-from qasr.engine.tokenizer import load_tokenizer
-from qasr.kernels import get_model_ops
 from training.aligner_data import read_word_times, sentence_rows
 
 BATCH = 32  # clips per aligner pass
@@ -44,14 +38,6 @@ class AlignmentErrors:
                 "| --- | --- | --- | --- | --- | --- |\n"
                 f"| {self.clips} | {self.words} | {self.start_mean_ms:.0f} ms | {self.start_p90_ms:.0f} ms | "
                 f"{self.end_mean_ms:.0f} ms | {self.end_p90_ms:.0f} ms |")
-
-
-def load_aligner(path: Path) -> tuple[AlignmentProcessor, AlignerRunner]:
-    config = load_model_config(path, aligner=True)
-    features = FeatureConfig.from_checkpoint(path)
-    model = load_model(path, config, torch.device("cpu"), torch.float32)
-    runner = AlignerRunner(model, LogMelExtractor(features), get_model_ops("torch", torch.device("cpu")), 16)
-    return AlignmentProcessor(load_tokenizer(path), config, features), runner
 
 
 def evaluate_aligner(path: Path, heldout: Path = HELDOUT, clips: int | None = None) -> AlignmentErrors:

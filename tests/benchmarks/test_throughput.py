@@ -50,3 +50,31 @@ def test_a_transformers_process_that_fails_says_why(tmp_path: Path) -> None:
     """On the CPU transformers runs in a child process: its error comes back with the child's traceback."""
     with pytest.raises(RuntimeError, match="(?s)the transformers process failed.*missing"):
         TransformersProcess(str(tmp_path / "missing"), torch.float32, "cpu")
+
+
+def test_transformers_runs_at_the_largest_batch_that_fits_the_gpu() -> None:
+    """A batch that runs out of GPU memory (transformers' encoder holds every chunk's convolution output at once) is
+    timed again at half the batch, and the row says which batch it took."""
+    from qasr.benchmarks.transformers_side import TransformersSide
+
+    side, batches = object.__new__(TransformersSide), []
+
+    def timed(audio: list, max_tokens: int, batch_size: int) -> float:
+        batches.append(batch_size)
+        if batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return 1.5
+
+    side._timed = timed
+    assert side.generate([(1.0, seed) for seed in range(8)], 4, 8) == (1.5, 2)
+    assert batches == [8, 4, 2]
+    batches.clear()
+
+    def never_fits(audio: list, max_tokens: int, batch_size: int) -> float:
+        batches.append(batch_size)
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    side._timed = never_fits
+    with pytest.raises(torch.OutOfMemoryError):  # not even one clip fits: the row reports it
+        side.generate([(1.0, 0), (1.0, 1)], 4, 2)
+    assert batches == [2, 1]

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from qasr.engine import ASR, SamplingParams
+from qasr.engine.aligner_runner import load_aligner
 from qasr.engine.languages import resolve_language
 from qasr.engine.request import InvalidRequest, TranscriptionRequest
 from qasr.engine.splitting import split_audio
 from qasr.engine.words import check_alignable, repair_timestamps, split_words
-from training.evaluate_aligner import load_aligner
 
 TEXTS = [
     ("English", "Set a timer for ten minutes, and don't forget the e-mail to Anna!"),

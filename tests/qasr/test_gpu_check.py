@@ -49,6 +49,24 @@ def test_the_engine_runs_without_the_audio_libraries_the_gpu_image_lacks() -> No
     assert done.returncode == 0 and done.stdout.strip() == "str", done.stderr[-2000:]
 
 
+def test_the_gpu_tests_and_benchmarks_load_without_the_libraries_the_gpu_image_lacks() -> None:
+    """A GPU test file that cannot be collected there (test_aligner.py reached jiwer and soundfile through
+    training/) or a benchmark that cannot be imported (bench step reached jiwer) would cost a GPU window."""
+    code = ("import sys\nsys.modules.update(av=None, soundfile=None, soxr=None, jiwer=None)  # any import fails\n"
+            "import pytest\n"
+            f"collected = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', "
+            f"*{list(gpu_check.GPU_TESTS)!r}])\n"
+            "from qasr.cli import main\n"
+            "for command in ('kernels', 'step', 'throughput', 'tune-attention'):\n"
+            "    try:\n"
+            "        main(['bench', command, '--help'])\n"
+            "    except SystemExit as done:\n"
+            "        assert done.code == 0, command\n"
+            "sys.exit(collected)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+
+
 @pytest.mark.parametrize("part", ["1", "2", "3"])
 def test_each_part_fits_its_eight_minutes(part: str, tmp_path: Path) -> None:
     steps = gpu_check.steps(part, tmp_path)

@@ -61,10 +61,13 @@ def test_a_download_fails_plainly_where_a_redirect_cannot_be_followed_and_has_no
         return web.Response(status=302, headers={"Location": request.query["to"]} if "to" in request.query else {},
                             text="not the file")
 
+    async def file(request: web.Request) -> web.Response:
+        return web.Response(body=b"RIFF-audio")
+
     async def run() -> list[FetchError | bytes]:
         app = web.Application()
         app.router.add_get("/redirect", redirect)
-        app.router.add_get("/file", lambda request: web.Response(body=b"RIFF-audio"))
+        app.router.add_get("/file", file)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
