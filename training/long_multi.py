@@ -21,6 +21,7 @@ Deterministic from the seed (and the v2 corpus, which it reads).
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 from pathlib import Path
 
@@ -52,6 +53,7 @@ SINGLES, NOISE = 5000, 800  # sampled from the v2 corpus's training splits; its 
 PLAIN_SPLIT, PLAIN = "train_plain", 4000
 
 
+@functools.cache  # seconds of sampling, asked for again by fresh_eval and the tests: callers only read it
 def long_multi_candidates(count: int = COUNT, seed: int = SEED) -> list[list[str]]:
     """Each clip's candidate sentences: training sentences (never a held-out one), drawn as the corpus draws."""
     pool = sample_sentences(count * CANDIDATES, random.Random(seed), exclude=heldout_sentences(SPECS["v2"]))
