@@ -54,14 +54,20 @@ def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[fl
     """Runs every (samples, max_tokens) item to completion; returns (wall seconds, first-token latency)."""
     sync(engine.core.device)
     start = time.perf_counter()
-    for samples, max_tokens in items:
-        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-        engine.add_request(TranscriptionRequest(samples, sampling_params=params, stream=False))
+    request_ids = []
     first_token = None
-    while engine.has_unfinished:
-        outputs = engine.step()
-        if first_token is None and (outputs or any(s.num_output_tokens for s in engine.core.scheduler.running)):
-            first_token = time.perf_counter() - start
+    try:
+        for samples, max_tokens in items:
+            params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+            request_ids.append(engine.add_request(TranscriptionRequest(samples, sampling_params=params, stream=False)))
+        while engine.has_unfinished:
+            outputs = engine.step()
+            if first_token is None and (outputs or any(s.num_output_tokens for s in engine.core.scheduler.running)):
+                first_token = time.perf_counter() - start
+    except BaseException:  # out of memory, say: the next row must not run this one's leftovers
+        for request_id in request_ids:
+            engine.abort(request_id)
+        raise
     sync(engine.core.device)
     return time.perf_counter() - start, first_token
 
@@ -193,8 +199,10 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
                       for c in clips for p in split_audio(c, piece_seconds)]
             # the same number of audios in flight as single pass, each as several parallel sequences
             single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
-            split_walls.append(run_qasr(single, pieces)[0])
-            single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
+            try:
+                split_walls.append(run_qasr(single, pieces)[0])
+            finally:  # a row that fails must not leave the next ones more sequences
+                single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
     hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
     row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
            "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,

@@ -78,3 +78,29 @@ def test_transformers_runs_at_the_largest_batch_that_fits_the_gpu() -> None:
     with pytest.raises(torch.OutOfMemoryError):  # not even one clip fits: the row reports it
         side.generate([(1.0, 0), (1.0, 1)], 4, 2)
     assert batches == [2, 1]
+
+
+def test_a_run_that_fails_leaves_no_requests_for_the_next_row(checkpoint_root: Path, shapes, write_checkpoint) -> None:
+    """A row that runs out of memory is reported and the next one runs: on an engine holding none of its requests."""
+    from qasr.benchmarks.workload import synthetic_clip
+    from qasr.engine.config import EngineConfig
+    from qasr.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=str(write_checkpoint(checkpoint_root / "throughput-abort", shapes[0],
+                                                               layout="original", seed=1))))
+    items = [(synthetic_clip(2.0, seed), 8) for seed in range(3)]
+    step, steps = engine.step, []
+
+    def failing_step() -> list:
+        steps.append(1)
+        if len(steps) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return step()
+
+    engine.step = failing_step
+    with pytest.raises(torch.OutOfMemoryError):
+        bench.run_qasr(engine, items)
+    assert not engine.has_unfinished
+    engine.step = step
+    wall, first_token = bench.run_qasr(engine, items)
+    assert wall > 0 and first_token is not None and not engine.has_unfinished
