@@ -2,8 +2,9 @@
 the compiler rejects (dot shapes, dtype mixes, shared-memory overflow), so this is the CPU's check of the real
 build. Prints one JSON line per kernel configuration: label, error (or null), registers, stack and shared bytes.
 
-Run without TRITON_INTERPRET (tests/kernels/test_compile.py does, in a subprocess). The configurations are the
-ones the launch wrappers pick at the real shapes (16 query and 8 KV heads of 128, blocks of 16 tokens).
+Run without TRITON_INTERPRET (tests/kernels/test_compile.py does, as two processes side by side: `sm90_compile.py
+PART PARTS` compiles every PARTS-th configuration from PART on). The configurations are the ones the launch wrappers
+pick at the real shapes (16 query and 8 KV heads of 128, blocks of 16 tokens).
 """
 
 import json
@@ -12,6 +13,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import triton
@@ -80,7 +82,7 @@ def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16
                           num_warps=warps, num_stages=stages)
 
 
-def split_kv(label: str, cache: str = "*bf16") -> list[dict]:
+def split_kv(label: str, cache: str = "*bf16") -> list[Callable[[], dict]]:
     pointers = {"k_cache_ptr": cache, "v_cache_ptr": cache, "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
                 "query_start_loc_ptr": "*i32", "segment_out_ptr": "*fp32", "segment_max_ptr": "*fp32",
                 "segment_expsum_ptr": "*fp32"}
@@ -90,56 +92,66 @@ def split_kv(label: str, cache: str = "*bf16") -> list[dict]:
                "DOT_PRECISION": "tf32"}
     reduce = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "SEGMENTS": SPLIT_KV_SEGMENTS,
               "TILE_N": TUNING.split_tile_n}
-    return [compile_report(f"split-KV segments {label}", source(split_kv_attention._segment_kernel, pointers, segment),
-                           num_warps=TUNING.split_num_warps, num_stages=TUNING.split_num_stages),
-            compile_report(f"split-KV reduce {label}",
-                           source(split_kv_attention._reduce_segments_kernel, pointers, reduce))]
+    return [lambda: compile_report(f"split-KV segments {label}",
+                                   source(split_kv_attention._segment_kernel, pointers, segment),
+                                   num_warps=TUNING.split_num_warps, num_stages=TUNING.split_num_stages),
+            lambda: compile_report(f"split-KV reduce {label}",
+                                   source(split_kv_attention._reduce_segments_kernel, pointers, reduce))]
 
 
-def main() -> None:
-    reports = [
-        unified_attention("unified decode bf16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n),
-        unified_attention("unified short mixed bf16", unified.DECODE_BLOCK_M, TUNING.prefill_tile_n),
-        unified_attention("unified prefill bf16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n),
-        unified_attention("unified decode fp16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n, "*fp16"),
-        unified_attention("unified prefill fp16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n, "*fp16"),
-        unified_attention("unified decode bf16 + fp8 cache", unified.DECODE_BLOCK_M, TUNING.decode_tile_n,
-                          cache="*fp8e4nv"),
-        unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n,
-                          cache="*fp8e4nv"),
-        unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n, "*fp32",
-                          precision="ieee"),
+def configurations() -> list[Callable[[], dict]]:
+    """One compilation each, run lazily so that a caller can share them out between processes."""
+    jobs = [
+        lambda: unified_attention("unified decode bf16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n),
+        lambda: unified_attention("unified short mixed bf16", unified.DECODE_BLOCK_M, TUNING.prefill_tile_n),
+        lambda: unified_attention("unified prefill bf16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n),
+        lambda: unified_attention("unified decode fp16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n, "*fp16"),
+        lambda: unified_attention("unified prefill fp16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n, "*fp16"),
+        lambda: unified_attention("unified decode bf16 + fp8 cache", unified.DECODE_BLOCK_M, TUNING.decode_tile_n,
+                                  cache="*fp8e4nv"),
+        lambda: unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M,
+                                  TUNING.prefill_tile_n, cache="*fp8e4nv"),
+        lambda: unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n,
+                                  "*fp32", precision="ieee"),
         *split_kv("bf16"),
         *split_kv("fp8 cache", cache="*fp8e4nv"),
     ]
     store = {"HEAD_DIM": HEAD_DIM, "BLOCK_SIZE": BLOCK_SIZE, "BLOCK_H": KV_HEADS, "BLOCK_D": HEAD_DIM}
     for label, cache, fp8 in (("bf16", "*bf16", False), ("fp8", "*fp8e4nv", True)):
         pointers = {"k_cache_ptr": cache, "v_cache_ptr": cache, "slot_mapping_ptr": "*i64"}
-        reports.append(compile_report(f"KV store {label}", source(kv_store._store_kv_kernel, pointers,
-                                                                  {**store, "FP8": fp8})))
+        jobs.append(lambda label=label, pointers=pointers, fp8=fp8: compile_report(
+            f"KV store {label}", source(kv_store._store_kv_kernel, pointers, {**store, "FP8": fp8})))
     window = {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": windowed_attention.BLOCK_M,
               "TILE_N": windowed_attention.TILE_N, "UPCAST": False, "DOT_PRECISION": "tf32"}
-    reports.append(compile_report("encoder windowed attention bf16", source(
+    jobs.append(lambda: compile_report("encoder windowed attention bf16", source(
         windowed_attention._window_attention_kernel, {"cu_window_ptr": "*i32"}, window)))
-    reports.append(compile_report("add + RMSNorm 2048", source(
+    jobs.append(lambda: compile_report("add + RMSNorm 2048", source(
         norms._add_rms_norm_kernel, {}, {"HIDDEN": 2048, "BLOCK": 2048, "HAS_RESIDUAL": True}), num_warps=8))
-    reports.append(compile_report("q/k RMSNorm + RoPE", source(
+    jobs.append(lambda: compile_report("q/k RMSNorm + RoPE", source(
         norms._qk_norm_rope_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
         {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_HQ": HEADS,
          "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM})))
     for label, cache, fp8 in (("bf16", "*bf16", False), ("fp8", "*fp8e4nv", True)):
-        reports.append(compile_report(f"q/k RMSNorm + RoPE + KV store {label}", source(
-            norms._qk_norm_rope_store_kernel, {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                                               "k_cache_ptr": cache, "v_cache_ptr": cache, "slot_mapping_ptr": "*i64"},
-            {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_SIZE": BLOCK_SIZE,
-             "BLOCK_HQ": HEADS, "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM, "FP8": fp8})))
-    reports.append(compile_report("SiLU and mul 6144", source(
+        jobs.append(lambda label=label, cache=cache, fp8=fp8: compile_report(
+            f"q/k RMSNorm + RoPE + KV store {label}", source(
+                norms._qk_norm_rope_store_kernel,
+                {"positions_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": cache,
+                 "v_cache_ptr": cache, "slot_mapping_ptr": "*i64"},
+                {"NUM_Q_HEADS": HEADS, "NUM_KV_HEADS": KV_HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_SIZE": BLOCK_SIZE,
+                 "BLOCK_HQ": HEADS, "BLOCK_HK": KV_HEADS, "BLOCK_D": HEAD_DIM, "FP8": fp8})))
+    jobs.append(lambda: compile_report("SiLU and mul 6144", source(
         activation._silu_and_mul_kernel, {}, {"INTERMEDIATE": 6144, "BLOCK": 1024})))
-    for report in reports:
-        print(json.dumps(report), flush=True)
+    return jobs
+
+
+def main(part: int, parts: int) -> None:
+    """Compiles every `parts`-th configuration from `part` on (the test runs the parts side by side)."""
+    for job in configurations()[part::parts]:
+        print(json.dumps(job()), flush=True)
 
 
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the interpreter replaces the kernels this script compiles")
-    main()
+    part, parts = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) == 3 else (0, 1)
+    main(part, parts)

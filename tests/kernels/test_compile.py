@@ -10,15 +10,18 @@ from pathlib import Path
 SCRIPT = Path(__file__).with_name("sm90_compile.py")
 H100_MAX_SHARED_BYTES = 227 * 1024  # per thread block
 EXPECTED = 20  # configurations in sm90_compile.py
+PARTS = 2  # processes compiling side by side (each configuration's compile is single-threaded)
 
 
 def test_every_kernel_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "triton-cache"), TRITON_DEFAULT_FP_FUSION="1")
-    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    reports = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    assert len(reports) == EXPECTED, run.stdout
+    parts = [subprocess.Popen([sys.executable, str(SCRIPT), str(part), str(PARTS)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for part in range(PARTS)]
+    outputs = [part.communicate(timeout=600) for part in parts]
+    assert all(part.returncode == 0 for part in parts), "\n".join(stderr[-4000:] for _, stderr in outputs)
+    reports = [json.loads(line) for stdout, _ in outputs for line in stdout.splitlines() if line.startswith("{")]
+    assert len({report["label"] for report in reports}) == len(reports) == EXPECTED, outputs
     failed = [r for r in reports if r["error"]]
     assert not failed, "\n".join(f"{r['label']}: {r['error']}" for r in failed)
     for report in reports:
