@@ -1,9 +1,13 @@
 """WER of a model on freshly generated in-domain sentences that no training phase used nor the held-out set holds.
 
     python -m training.fresh_eval --count 300 --seed 1000            # the demo model, through `qasr transcribe`
+    python -m training.fresh_eval --count 0 --multi 100 --seed 2000  # 100 clips of several sentences, 15-28 s
 
 Sentences are drawn from the grammar as any corpus draws them (so common phrases come up as often as they do in
 use), dropping those heard in training; two thirds are read by the training voices, one third by the unseen one.
+Clips of several sentences are made as the held-out ones are (rare derivations, read by a training voice until
+15-28 s, Opus): thirty held-out clips move by a point or two when one clip repeats or drops a sentence, so a
+hundred fresh ones tell two models apart where those cannot.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import numpy as np
 
 from qasr.benchmarks.heldout import heldout_scores, table
 from training.corpus import (
+    HELDOUT_MULTI_CANDIDATES,
     HELDOUT_SPEC,
     SPECS,
     PlannedClip,
     Utterance,
     _utterance_seed,
     heldout_sentences,
+    rare_sentences,
     synthesize_split,
     training_sentences,
     write_manifest,
@@ -35,14 +41,20 @@ from training.speech import TRAIN_VARIANTS, UNSEEN_VARIANTS, random_voice
 SPLIT = "fresh"
 
 
-def fresh_sentences(count: int, seed: int) -> list[str]:
-    """`count` unique domain sentences never trained on and not in the held-out or validation splits."""
+def known_sentences() -> set[str]:
+    """Every sentence a training phase used, and those of the held-out and validation splits."""
     spec = SPECS[HELDOUT_SPEC]
     known = training_sentences(spec) | heldout_sentences(spec)
     # the third and fourth phases' (all they could read; the fourth's first clips are the third's), and the plain
     # single sentences training.recipe adds to them
     known.update(text for clip in long_multi_candidates(PHASE4_COUNT) for text in clip)
     known.update(plain_sentences())
+    return known
+
+
+def fresh_sentences(count: int, seed: int) -> list[str]:
+    """`count` unique domain sentences never trained on and not in the held-out or validation splits."""
+    known = known_sentences()
     rng, chosen = random.Random(seed), []
     while len(chosen) < count:
         text = sentence(rng)
@@ -50,6 +62,25 @@ def fresh_sentences(count: int, seed: int) -> list[str]:
             chosen.append(text)
             known.add(text)
     return chosen
+
+
+def fresh_multi_candidates(count: int, seed: int) -> list[list[str]]:
+    """Each of `count` clips' candidate sentences, as a held-out clip's: rare derivations, unique, never trained on
+    nor held out."""
+    pool = rare_sentences(count * HELDOUT_MULTI_CANDIDATES, SPECS[HELDOUT_SPEC].heldout_max_probability,
+                          random.Random(seed + 1), known_sentences())
+    return [pool[i * HELDOUT_MULTI_CANDIDATES:(i + 1) * HELDOUT_MULTI_CANDIDATES] for i in range(count)]
+
+
+def plan_multi(candidates: list[list[str]], seed: int) -> list[PlannedClip]:
+    rng = np.random.default_rng(seed + 1)
+    planned = []
+    for i, texts in enumerate(candidates):
+        voice = random_voice(rng, TRAIN_VARIANTS)  # as the held-out clips of several sentences
+        utterance = Utterance(file=f"{SPLIT}-multi-{i:06d}", text=" ".join(texts), voice=voice.variant,
+                              speed=voice.speed, pitch=voice.pitch, seen_voice=True, kind="multi")
+        planned.append(PlannedClip(utterance, _utterance_seed(seed, SPLIT + "_multi", i), texts))
+    return planned
 
 
 def plan(sentences: list[str], seed: int) -> list[PlannedClip]:
@@ -66,21 +97,27 @@ def plan(sentences: list[str], seed: int) -> list[PlannedClip]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="WER on freshly generated sentences never trained on")
-    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--count", type=int, default=300, help="single sentences")
+    parser.add_argument("--multi", type=int, default=0, help="clips of several sentences (15-28 s)")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the demo model)")
     parser.add_argument("--errors", action="store_true", help="also print every sentence with an error")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        clips = plan(fresh_sentences(args.count, args.seed), args.seed)
-        write_manifest(root / "manifest.jsonl", synthesize_split(clips, root, "flac", os.cpu_count() or 1, SPLIT))
+        workers = os.cpu_count() or 1
+        utterances = synthesize_split(plan(fresh_sentences(args.count, args.seed), args.seed), root, "flac",
+                                      workers, SPLIT) if args.count else []
+        if args.multi:  # heldout=True: read until 15-28 s, Opus, as the held-out clips
+            utterances += synthesize_split(plan_multi(fresh_multi_candidates(args.multi, args.seed), args.seed),
+                                           root, "opus", workers, SPLIT + " multi", heldout=True)
+        write_manifest(root / "manifest.jsonl", utterances)
         scores, rows = heldout_scores(args.model, root / "manifest.jsonl")
     if args.errors:
         for row in rows:
             if row["text"] != row["hypothesis"]:
                 print(f"{row['voice']}: {row['text']}\n    -> {row['hypothesis']}")
-    print(f"{args.count} fresh sentences (seed {args.seed}):\n{table(scores)}")
+    print(f"{args.count} fresh sentences and {args.multi} clips of several (seed {args.seed}):\n{table(scores)}")
 
 
 if __name__ == "__main__":

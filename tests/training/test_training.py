@@ -372,6 +372,23 @@ def test_fresh_sentences_were_never_trained_on_nor_held_out() -> None:
     assert sum(u.seen_voice for u in voices) == 27 and {u.voice for u in voices if not u.seen_voice} == {"m4"}
 
 
+def test_fresh_clips_of_several_sentences_are_made_as_the_heldout_ones_from_sentences_never_used() -> None:
+    from training.corpus import heldout_sentences
+    from training.fresh_eval import fresh_multi_candidates, plan_multi
+    from training.long_multi import PHASE4_COUNT, long_multi_candidates, plain_sentences
+
+    candidates = fresh_multi_candidates(3, seed=2000)
+    read = [text for clip in candidates for text in clip]
+    assert candidates == fresh_multi_candidates(3, seed=2000) and len(set(read)) == 3 * HELDOUT_MULTI_CANDIDATES
+    spec = SPECS[HELDOUT_SPEC]
+    used = training_sentences(spec) | heldout_sentences(spec) | set(plain_sentences())
+    used.update(text for clip in long_multi_candidates(PHASE4_COUNT) for text in clip)
+    assert not set(read) & used
+    clips = plan_multi(candidates, seed=2000)
+    assert [clip.texts for clip in clips] == candidates
+    assert all(clip.utterance.kind == "multi" and clip.utterance.seen_voice for clip in clips)
+
+
 def test_the_third_phase_reads_training_sentences_in_long_clips_and_fresh_sentences_avoid_them(tmp_path: Path) -> None:
     from training import long_multi
     from training.corpus import heldout_sentences, synthesize_split
