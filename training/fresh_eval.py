@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the demo model)")
     parser.add_argument("--errors", action="store_true", help="also print every sentence with an error")
     args = parser.parse_args()
+    if args.count < 0 or args.multi < 0 or not args.count + args.multi:
+        parser.error("give --count or --multi a positive number of clips (and neither a negative one)")
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         workers = os.cpu_count() or 1
