@@ -2,6 +2,7 @@
 
     python -m training.fresh_eval --count 300 --seed 1000            # the demo model, through `qasr transcribe`
     python -m training.fresh_eval --count 0 --multi 100 --seed 2000  # 100 clips of several sentences, 15-28 s
+    python -m training.fresh_eval --model A --model B ...            # two models on the same clips
 
 Sentences are drawn from the grammar as any corpus draws them (so common phrases come up as often as they do in
 use), dropping those heard in training; two thirds are read by the training voices, one third by the unseen one.
@@ -35,7 +36,7 @@ from training.corpus import (
     write_manifest,
 )
 from training.domain import sentence
-from training.long_multi import PHASE4_COUNT, long_multi_candidates, plain_sentences
+from training.long_multi import PHASE4_COUNT, long_multi_candidates, plain_sentences, rare_multi_candidates
 from training.speech import TRAIN_VARIANTS, UNSEEN_VARIANTS, random_voice
 
 SPLIT = "fresh"
@@ -49,6 +50,7 @@ def known_sentences() -> set[str]:
     # single sentences training.recipe adds to them
     known.update(text for clip in long_multi_candidates(PHASE4_COUNT) for text in clip)
     known.update(plain_sentences())
+    known.update(text for clip in rare_multi_candidates() for text in clip)
     return known
 
 
@@ -100,7 +102,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300, help="single sentences")
     parser.add_argument("--multi", type=int, default=0, help="clips of several sentences (15-28 s)")
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: the demo model)")
+    parser.add_argument("--model", action="append", help="checkpoint folder (default: the demo model); given "
+                                                         "more than once, each model reads the same clips")
     parser.add_argument("--errors", action="store_true", help="also print every sentence with an error")
     args = parser.parse_args()
     if args.count < 0 or args.multi < 0 or not args.count + args.multi:
@@ -114,12 +117,14 @@ def main() -> None:
             utterances += synthesize_split(plan_multi(fresh_multi_candidates(args.multi, args.seed), args.seed),
                                            root, "opus", workers, SPLIT + " multi", heldout=True)
         write_manifest(root / "manifest.jsonl", utterances)
-        scores, rows = heldout_scores(args.model, root / "manifest.jsonl")
-    if args.errors:
-        for row in rows:
-            if row["text"] != row["hypothesis"]:
-                print(f"{row['voice']}: {row['text']}\n    -> {row['hypothesis']}")
-    print(f"{args.count} fresh sentences and {args.multi} clips of several (seed {args.seed}):\n{table(scores)}")
+        results = [(model, *heldout_scores(model, root / "manifest.jsonl")) for model in args.model or [None]]
+    for model, scores, rows in results:
+        if args.errors:
+            for row in rows:
+                if row["text"] != row["hypothesis"]:
+                    print(f"{row['voice']}: {row['text']}\n    -> {row['hypothesis']}")
+        print(f"{model or 'the demo model'} on {args.count} fresh sentences and {args.multi} clips of several "
+              f"(seed {args.seed}):\n{table(scores)}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ clips without speech, so that neither is forgotten:
     python -m training.train --init /tmp/demo-v3 --train-manifest ~/.cache/qasr/demo-corpus-v2/phase4.jsonl \
         --work /tmp/demo-work-v4 --steps 2700 --lr 2e-4 --warmup 50 --eval-every 100000 \
         --log training/logs/demo-model-v4.jsonl --out engine/assets/demo-model     # 21 min
+    python -m training.long_multi --count 3600 --plain 4000 --rare 3600 --mix-name phase5   # training.recipe's fifth
+
+The fifth phase's clips of rare derivations (train_rare/) are read as the held-out ones are made: sentences drawn by
+derivations of probability at most 1e-6, each once, so the model has to read them rather than recall them.
 
 Deterministic from the seed (and the v2 corpus, which it reads).
 """
@@ -33,6 +37,7 @@ from training.corpus import (
     Utterance,
     _utterance_seed,
     heldout_sentences,
+    rare_sentences,
     read_manifest,
     sample_sentences,
     synthesize_split,
@@ -51,12 +56,22 @@ SINGLES, NOISE = 5000, 800  # sampled from the v2 corpus's training splits; its 
 # single sentences drawn as the grammar draws them (training.recipe's phases; 0 in the float32 model's): the corpora
 # keep the candidate with the rarest words, so the commonest short phrases were the ones least trained on
 PLAIN_SPLIT, PLAIN = "train_plain", 4000
+RARE_SPLIT, RARE = "train_rare", 3600  # clips of rare derivations (0 in the shipped model's phases)
 
 
 @functools.cache  # seconds of sampling, asked for again by fresh_eval and the tests: callers only read it
 def long_multi_candidates(count: int = COUNT, seed: int = SEED) -> list[list[str]]:
     """Each clip's candidate sentences: training sentences (never a held-out one), drawn as the corpus draws."""
     pool = sample_sentences(count * CANDIDATES, random.Random(seed), exclude=heldout_sentences(SPECS["v2"]))
+    return [pool[i * CANDIDATES:(i + 1) * CANDIDATES] for i in range(count)]
+
+
+@functools.cache
+def rare_multi_candidates(count: int = RARE, seed: int = SEED) -> list[list[str]]:
+    """Each clip's candidates as a held-out clip's are drawn (rare derivations, each sentence once), never a
+    held-out one: sentences the model has not heard elsewhere, which it can only read, not recall."""
+    pool = rare_sentences(count * CANDIDATES, SPECS["v2"].heldout_max_probability, random.Random(seed + 5),
+                          exclude=heldout_sentences(SPECS["v2"]))
     return [pool[i * CANDIDATES:(i + 1) * CANDIDATES] for i in range(count)]
 
 
@@ -81,14 +96,16 @@ def plan_plain(count: int, seed: int) -> list[PlannedClip]:
     return planned
 
 
-def plan(count: int, seed: int) -> list[PlannedClip]:
-    rng = np.random.default_rng(seed)
+def plan(count: int, seed: int, split: str = SPLIT) -> list[PlannedClip]:
+    """The clips of training sentences (SPLIT), or of rare derivations never held out (RARE_SPLIT)."""
+    candidates = long_multi_candidates(count, seed) if split == SPLIT else rare_multi_candidates(count, seed)
+    rng = np.random.default_rng(seed if split == SPLIT else seed + 5)
     planned = []
-    for i, texts in enumerate(long_multi_candidates(count, seed)):
+    for i, texts in enumerate(candidates):
         voice = random_voice(rng, TRAIN_VARIANTS)
-        utterance = Utterance(file=f"{SPLIT}/{i:06d}", text=" ".join(texts), voice=voice.variant, speed=voice.speed,
+        utterance = Utterance(file=f"{split}/{i:06d}", text=" ".join(texts), voice=voice.variant, speed=voice.speed,
                               pitch=voice.pitch, seen_voice=True, kind="multi")
-        planned.append(PlannedClip(utterance, _utterance_seed(seed, SPLIT, i), texts))
+        planned.append(PlannedClip(utterance, _utterance_seed(seed, split, i), texts))
     return planned
 
 
@@ -115,7 +132,7 @@ def render_missing(planned: list[PlannedClip], corpus: Path, split: str, workers
 
 
 def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "phase3",
-          plain: int = 0) -> list[Utterance]:
+          plain: int = 0, rare: int = 0) -> list[Utterance]:
     """Renders the clips into corpus/train_long/ and writes corpus/{mix_name}.jsonl, the phase's shuffled mix (a
     larger count renders the same first clips, then more); `plain` single sentences drawn as the grammar draws
     them (corpus/train_plain/) join the mix."""
@@ -127,6 +144,8 @@ def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "ph
            + rng.sample(read_manifest(corpus / "train_noise.jsonl"), NOISE))
     if plain:
         mix += render_missing(plan_plain(plain, seed), corpus, PLAIN_SPLIT, workers)
+    if rare:
+        mix += render_missing(plan(rare, seed, RARE_SPLIT), corpus, RARE_SPLIT, workers, heldout=True)
     rng.shuffle(mix)
     write_manifest(corpus / f"{mix_name}.jsonl", mix)
     return long
@@ -141,8 +160,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mix-name", default="phase3", help="the mix's manifest: corpus/NAME.jsonl")
     parser.add_argument("--plain", type=int, default=0, help="single sentences drawn as the grammar draws them")
+    parser.add_argument("--rare", type=int, default=0, help="clips of several rare derivations (train_rare/)")
     args = parser.parse_args()
-    long = build(args.corpus, args.count, args.seed, args.workers, args.mix_name, args.plain)
+    long = build(args.corpus, args.count, args.seed, args.workers, args.mix_name, args.plain, args.rare)
     seconds = np.array([u.seconds for u in long])
     print(f"{len(long)} clips, seconds at 10/50/90%: {np.percentile(seconds, [10, 50, 90]).round(1)}")
 

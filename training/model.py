@@ -7,6 +7,7 @@ from the sentence patterns. It is not exported; the checkpoint is the plain Qwen
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,31 @@ def build_model(dims: Dims, vocab_size: int, ids: dict[str, int], seed: int) -> 
     model.generation_config.eos_token_id = [ids["<|endoftext|>"], ids["<|im_end|>"]]
     model.generation_config.pad_token_id = ids["<|im_end|>"]
     return model
+
+
+def grow_decoder(model: Qwen3ASRForConditionalGeneration, layers: int) -> Qwen3ASRForConditionalGeneration:
+    """The model with decoder layers added on top of its own up to `layers`, computing the same function.
+
+    Each new layer starts as the identity of the residual stream (its attention output and MLP down projections
+    zero, the rest initialized as from scratch), so training goes on from what the model had learned with more
+    depth to learn with.
+    """
+    text = model.config.text_config
+    if layers < text.num_hidden_layers:
+        raise ValueError(f"the model has {text.num_hidden_layers} decoder layers, more than {layers}")
+    config = copy.deepcopy(model.config)
+    config.text_config.num_hidden_layers = layers
+    config.text_config.layer_types = [text.layer_types[0]] * layers
+    grown = Qwen3ASRForConditionalGeneration(config)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or not all(".layers." in name for name in missing):
+        raise ValueError(f"weights that do not carry over: {unexpected or missing}")
+    with torch.no_grad():
+        for layer in grown.model.language_model.layers[text.num_hidden_layers:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    grown.generation_config = model.generation_config
+    return grown
 
 
 @dataclass

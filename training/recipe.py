@@ -1,18 +1,21 @@
-"""The demo model's whole recipe in one command: the four phases of training.train and training.long_multi, in
+"""The demo model's whole recipe in one command: the five phases of training.train and training.long_multi, in
 bfloat16 autocast where the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX: a model step in half float32's time),
-else in float32 (a bfloat16 step there takes ten times a float32 one). Meant to fit 2 hours on 2 cores (the four
-phases of the shipped model took 2 h 34 min with 22 min of renders on AVX512-BF16, see README "Demo model"); a 2-core
-AVX2 CPU trains in float32 at the same pace (phase 1 at 1.55-1.65 steps/s), so about 2.5 hours there too:
+else in float32 (a bfloat16 step there takes ten times a float32 one). Meant to fit 2 hours on 2 cores, it does not:
+the first four phases took 2 h 34 min with 22 min of renders on AVX512-BF16 (see README "Demo model"), and a 2-core
+AVX2 CPU trains them in float32 at the same pace (phase 1 at 1.55-1.65 steps/s); the fifth, with its decoder twice as
+deep, took another hour on the AVX2 CPU (57 min of features and training, 5.5 min of renders), so about 3.5 hours:
 
     python -m training.recipe --out engine/assets/demo-model           # renders the corpora, trains, exports
     python -m training.recipe --work /tmp/recipe --from-phase 3 ...     # again from a phase (earlier ones kept)
-    python -m training.recipe --last-phase 3                           # the fifth demo model
+    python -m training.recipe --last-phase 4                           # the sixth demo model
 
 1. from scratch on corpus v1 (single sentences): 5000 steps, lr 1.5e-3;
 2. from 1 on corpus v2 (clips of several sentences, clips without speech): 4500 steps, lr 5e-4 (the defaults);
 3. from 2 on 1,800 clips of several training sentences read as long as the held-out ones, mixed with v2's: 2700
    steps, lr 3e-4;
-4. from 3 on the same mix with 3,600 such clips: 2700 steps, lr 2e-4.
+4. from 3 on the same mix with 3,600 such clips: 2700 steps, lr 2e-4;
+5. from 4, its decoder grown from 4 layers to 8 (the new ones starting as the identity: training.model.grow_decoder),
+   on phase 4's mix with 3,600 clips of rare derivations never held out (long_multi.RARE): 2700 steps, lr 3e-4.
 
 The phases, steps and learning rates are those the float32 model was trained with (training.train's and
 training.long_multi's docstrings), with two additions to phases 3 and 4 that no float32 phase had: 4,000 single
@@ -37,6 +40,8 @@ from training.train import TrainConfig, cpu_computes_bfloat16, train
 LOGS = Path(__file__).parent / "logs"
 LOG_TAG = {"bfloat16": "bf16", "float32": "fp32"}
 CONTEXT_RATE = 0.3
+PHASES = 5
+DECODER_LAYERS = 8  # phase 5's; phases 1-4 train training.model.DIMS["S"]'s 4
 
 
 def phase_config(number: int, work: Path, previous: Path | None) -> TrainConfig:
@@ -54,17 +59,20 @@ def phase_config(number: int, work: Path, previous: Path | None) -> TrainConfig:
                          work=work / f"features-phase{number}", eval_every=100000, context_rate=CONTEXT_RATE)
     if number == 3:
         return replace(long_clips, steps=2700, lr=3e-4, warmup=100)
-    return replace(long_clips, steps=2700, lr=2e-4, warmup=50)
+    if number == 4:
+        return replace(long_clips, steps=2700, lr=2e-4, warmup=50)
+    return replace(long_clips, steps=2700, lr=3e-4, warmup=100, decoder_layers=DECODER_LAYERS)
 
 
 def render(number: int) -> None:
-    """The long clips and the mix phases 3 and 4 train on (phase 4: the same first 1,800 clips and 1,800 more)."""
+    """The long clips and the mix phases 3-5 train on (phase 4: the same first 1,800 clips and 1,800 more; phase 5:
+    phase 4's and the clips of rare derivations)."""
     count = long_multi.COUNT if number == 3 else long_multi.PHASE4_COUNT
     long_multi.build(long_multi.CORPUS, count, long_multi.SEED, workers=2, mix_name=f"phase{number}",
-                     plain=long_multi.PLAIN)
+                     plain=long_multi.PLAIN, rare=long_multi.RARE if number == 5 else 0)
 
 
-def run(work: Path, out: Path, from_phase: int = 1, last_phase: int = 4,
+def run(work: Path, out: Path, from_phase: int = 1, last_phase: int = PHASES,
         log: Callable[[str], None] = print) -> Path:
     """Phases from_phase..last_phase; the last one's checkpoint goes to `out`."""
     started = time.monotonic()
@@ -88,8 +96,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/qasr-demo-recipe"),
                         help="each phase's checkpoint and the long clips' features")
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR, help="the last phase's checkpoint")
-    parser.add_argument("--from-phase", type=int, choices=[1, 2, 3, 4], default=1)
-    parser.add_argument("--last-phase", type=int, choices=[1, 2, 3, 4], default=4)
+    phases = list(range(1, PHASES + 1))
+    parser.add_argument("--from-phase", type=int, choices=phases, default=1)
+    parser.add_argument("--last-phase", type=int, choices=phases, default=PHASES)
     args = parser.parse_args()
     run(args.work, args.out, args.from_phase, args.last_phase,
         log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -42,7 +42,7 @@ from training.domain import word_list
 from training.evaluate import evaluate, transcribe
 from training.export import TOKENIZER_FILES, export_checkpoint
 from training.features import FeatureStore
-from training.model import DIMS, CTCTrainer, build_model
+from training.model import DIMS, CTCTrainer, build_model, grow_decoder
 from training.tokenizer import build_tokenizer, padded_vocab_size, token_ids
 
 CACHE = Path.home() / ".cache" / "qasr"
@@ -58,6 +58,7 @@ class TrainConfig:
     train_manifest: Path | None = None  # train on this manifest instead of the synthesized corpus
     init: Path | None = None  # start from this checkpoint (its weights and tokenizer) instead of from scratch
     model: str = "S"  # size from scratch (training.model.DIMS)
+    decoder_layers: int = 0  # with init: grow its decoder to this many layers, the new ones starting as the identity
     steps: int = 4500
     batch_size: int = 24  # clips per step, unless batch_frames is set
     batch_frames: int = 9600  # padded feature frames per step (0: batch_size clips)
@@ -186,6 +187,8 @@ def initial_model(config: TrainConfig, work: Path, ids: dict[str, int]) -> Qwen3
     hf = work / "init-hf"
     convert_to_hf(config.init, hf)
     model = Qwen3ASRForConditionalGeneration.from_pretrained(hf, dtype=torch.float32)
+    if config.decoder_layers:
+        model = grow_decoder(model, config.decoder_layers)
     model.generation_config.eos_token_id = [ids["<|endoftext|>"], ids["<|im_end|>"]]
     model.generation_config.pad_token_id = ids["<|im_end|>"]
     return model

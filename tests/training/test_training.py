@@ -21,7 +21,7 @@ from qasr.engine.demo import DEMO_MODEL_DIR
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import load_model_config
 from training import domain, grammar, noise, speech
-from training.batches import ExampleBuilder, SpecAugment, collate, frame_budget_batches
+from training.batches import ExampleBuilder, SpecAugment, collate, frame_budget_batches, padded_features
 from training.contexts import ContextSampler
 from training.corpus import (
     HELDOUT_MULTI_CANDIDATES,
@@ -34,6 +34,8 @@ from training.corpus import (
     split_sentences,
     training_sentences,
 )
+from training.evaluate import transcribe
+from training.model import grow_decoder
 from training.noise import KINDS
 from training.train import TrainConfig, initial_model, prepare_tokenizer, train, validate
 
@@ -314,6 +316,27 @@ def test_a_second_phase_starts_from_a_checkpoint_and_learns_empty_transcripts(tm
     assert set(record) == {"empty_val_noise", "example_val_noise", "wer_val_seen", "example_val_seen"}
 
 
+def test_a_grown_decoder_starts_as_the_model_it_grew_from(tmp_path: Path) -> None:
+    ids = prepare_tokenizer(TrainConfig(init=DEMO_MODEL_DIR), tmp_path, [])[1]
+    model = initial_model(TrainConfig(init=DEMO_MODEL_DIR), tmp_path / "plain", ids).eval()
+    layers = model.config.text_config.num_hidden_layers + 2
+    grown = initial_model(TrainConfig(init=DEMO_MODEL_DIR, decoder_layers=layers), tmp_path / "grown", ids).eval()
+    assert len(grown.model.language_model.layers) == grown.config.text_config.num_hidden_layers == layers
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in model.parameters())
+
+    builder = ExampleBuilder(AutoTokenizer.from_pretrained(str(DEMO_MODEL_DIR)))
+    mel = LogMelExtractor(FeatureConfig())([load_audio(MANIFEST.parent / read_manifest(MANIFEST)[0].file)])[0]
+    prompt = torch.tensor([builder.prompt(mel.shape[1])])
+    features, mask = padded_features([mel])
+    inputs = dict(input_ids=prompt, attention_mask=torch.ones_like(prompt), input_features=features,
+                  input_features_mask=mask)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(**inputs).logits, model(**inputs).logits, rtol=1e-5, atol=1e-5)
+    assert transcribe(grown, builder, [mel]) == transcribe(model, builder, [mel]) != [""]
+    with pytest.raises(ValueError, match="more than 3"):
+        grow_decoder(model, 3)
+
+
 def test_a_share_of_examples_get_a_context_of_domain_words_or_a_sentence_in_the_system_turn() -> None:
     sentences = ["Set a timer for ten minutes.", "What is the weather like today?"]
     first, again = ContextSampler(0.3, sentences, seed=5), ContextSampler(0.3, sentences, seed=5)
@@ -375,7 +398,14 @@ def test_fresh_sentences_were_never_trained_on_nor_held_out() -> None:
 def test_fresh_clips_of_several_sentences_are_made_as_the_heldout_ones_from_sentences_never_used() -> None:
     from training.corpus import heldout_sentences
     from training.fresh_eval import fresh_multi_candidates, plan_multi
-    from training.long_multi import PHASE4_COUNT, long_multi_candidates, plain_sentences
+    from training.long_multi import (
+        PHASE4_COUNT,
+        RARE_SPLIT,
+        long_multi_candidates,
+        plain_sentences,
+        plan,
+        rare_multi_candidates,
+    )
 
     candidates = fresh_multi_candidates(3, seed=2000)
     read = [text for clip in candidates for text in clip]
@@ -383,6 +413,10 @@ def test_fresh_clips_of_several_sentences_are_made_as_the_heldout_ones_from_sent
     spec = SPECS[HELDOUT_SPEC]
     used = training_sentences(spec) | heldout_sentences(spec) | set(plain_sentences())
     used.update(text for clip in long_multi_candidates(PHASE4_COUNT) for text in clip)
+    # the training clips of rare derivations: each sentence once, none held out, and none a fresh clip reads
+    rare = [text for clip in rare_multi_candidates() for text in clip]
+    assert len(set(rare)) == len(rare) and not set(rare) & (heldout_sentences(spec) | set(read))
+    assert [clip.texts for clip in plan(2, 77, RARE_SPLIT)] == rare_multi_candidates()[:2]
     assert not set(read) & used
     clips = plan_multi(candidates, seed=2000)
     assert [clip.texts for clip in clips] == candidates
@@ -460,6 +494,19 @@ def test_the_recipe_chains_its_phases_and_exports_the_last_one(tmp_path: Path, m
     assert third.train_manifest.name == "phase3.jsonl" and {c.precision for c in trained} == {precision}
     assert [c.log.name for c in trained] == [f"demo-model-{tag}-phase2.jsonl", f"demo-model-{tag}-phase3.jsonl"]
     assert recipe.phase_config(1, tmp_path, None).corpus_spec == "v1"
+    # the last phase grows the decoder and adds the clips of rare derivations to phase 4's mix
+    fourth, fifth = (recipe.phase_config(n, tmp_path, tmp_path / f"phase{n - 1}") for n in (4, 5))
+    assert (fourth.decoder_layers, fifth.decoder_layers) == (0, recipe.DECODER_LAYERS)
+    assert fifth.train_manifest.name == "phase5.jsonl" and fifth.init == tmp_path / "phase4"
+    monkeypatch.undo()  # the real render, with long_multi.build spied on
+    builds = []
+    monkeypatch.setattr(recipe.long_multi, "build",
+                        lambda corpus, count, *args, **kwargs: builds.append((count, kwargs)))
+    for number in (4, 5):
+        recipe.render(number)
+    multi = recipe.long_multi
+    assert [(count, kwargs["mix_name"], kwargs["rare"]) for count, kwargs in builds] == [
+        (multi.PHASE4_COUNT, "phase4", 0), (multi.PHASE4_COUNT, "phase5", multi.RARE)]
 
 
 def test_bfloat16_arithmetic_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
