@@ -88,7 +88,7 @@ def grow_decoder(model: Qwen3ASRForConditionalGeneration, layers: int) -> Qwen3A
     config.text_config.layer_types = [text.layer_types[0]] * layers
     grown = Qwen3ASRForConditionalGeneration(config)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or not all(".layers." in name for name in missing):
+    if unexpected or not all(".language_model.layers." in name for name in missing):
         raise ValueError(f"weights that do not carry over: {unexpected or missing}")
     with torch.no_grad():
         for layer in grown.model.language_model.layers[text.num_hidden_layers:]:

@@ -183,6 +183,8 @@ def prepare_tokenizer(config: TrainConfig, work: Path, utterances: list[Utteranc
 
 def initial_model(config: TrainConfig, work: Path, ids: dict[str, int]) -> Qwen3ASRForConditionalGeneration:
     if config.init is None:
+        if config.decoder_layers:
+            raise ValueError("decoder_layers grows the init checkpoint's decoder; from scratch the size is `model`")
         return build_model(DIMS[config.model], padded_vocab_size(ids["vocab_size"]), ids, config.seed)
     hf = work / "init-hf"
     convert_to_hf(config.init, hf)
