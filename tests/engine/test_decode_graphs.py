@@ -25,8 +25,8 @@ def clips(speech_like) -> list[np.ndarray]:
     return [speech_like(0.4 + 0.45 * i, seed=300 + i) for i in range(11)]
 
 
-def transcribe(asr: ASR, clips: list[np.ndarray]) -> list[list[int]]:
-    results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=MAX_TOKENS))
+def transcribe(asr: ASR, clips: list[np.ndarray], max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    results = asr.transcribe([(c, 16000) for c in clips], sampling_params=SamplingParams(max_tokens=max_tokens))
     return [r.token_ids for r in results]
 
 
@@ -41,9 +41,10 @@ def test_batch_size_ladder() -> None:
 def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Path, clips) -> None:
     if backend == "triton" and torch.cuda.is_available():
         pytest.skip("covered by the CUDA-graph test on a GPU")
-    count = 11 if backend == "torch" else 3
-    # the torch ops unpadded: the Triton kernels give their tokens (test_model_ops), so one slow interpreted run will do
-    expected = transcribe(ASR(str(checkpoint), attention_backend="torch"), clips[:count])
+    # the torch ops unpadded: the Triton kernels give their tokens (test_model_ops), so one short interpreted run of
+    # three clips (decode batches of 3, padded to 4) will do
+    count, max_tokens = (11, MAX_TOKENS) if backend == "torch" else (3, 4)
+    expected = transcribe(ASR(str(checkpoint), attention_backend="torch"), clips[:count], max_tokens)
     asr = ASR(str(checkpoint), attention_backend=backend)
     runner = asr.engine.core.runner
     graphs = DecodeGraphs(runner.model, runner.ops, max_batch_size=16, max_blocks_per_seq=64, block_size=16)
@@ -56,7 +57,7 @@ def test_padded_decode_buffers_give_the_same_tokens(backend: str, checkpoint: Pa
         return original_run(*args)
 
     graphs.run = run
-    assert transcribe(asr, clips[:count]) == expected
+    assert transcribe(asr, clips[:count], max_tokens) == expected
     assert calls and any(graphs.padded_size(n) != n for n in calls), "no decode step was padded"
 
 
