@@ -17,12 +17,12 @@ from qasr.engine.model_config import load_model_config
 
 MAX_CHECKPOINT_BYTES = 25_000_000
 MAX_HELDOUT_BYTES = 15_000_000
-# what the sixth demo model holds (0.55%, 0.81%, 3.11%, 100%); issue 12 asks 1.5%, 3%, 3% and 98%. A regression
-# guard, not the measure of clips of several sentences: fresh ones read 7.15% (training.fresh_eval --multi, README)
+# issue 12's targets; the shipped model holds 0.34%, 0.20%, 1.56% and 100% (with the context: 0.14%, 0.20%, 1.90%).
+# Fresh clips of several sentences measure it without the bias of a set chosen on (training.fresh_eval --multi, README)
 SEEN_VOICE_MAX_WER = 0.015
 UNSEEN_VOICE_MAX_WER = 0.03
-SEVERAL_SENTENCES_MAX_WER = 0.04
-CONTEXT = "timers, alarms and reminders"  # with it the fourth model read 24.5% / 24.2% / 17.6%, the sixth 4.15% here
+SEVERAL_SENTENCES_MAX_WER = 0.03
+CONTEXT = "timers, alarms and reminders"  # with it the fourth model read 24.5% / 24.2% / 17.6%
 MIN_EMPTY_ON_NOISE = 0.98
 README = Path(__file__).resolve().parents[2] / "README.md"
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "generation_config.json", "preprocessor_config.json",
@@ -83,7 +83,7 @@ def test_a_context_in_the_system_turn_leaves_the_transcripts_within_the_targets(
     by_group = {score.group.split(" (")[0]: score for score in scores}
     assert by_group["seen voices"].wer <= SEEN_VOICE_MAX_WER
     assert by_group["unseen voice"].wer <= UNSEEN_VOICE_MAX_WER
-    assert by_group["several sentences"].wer <= SEVERAL_SENTENCES_MAX_WER + 0.02
+    assert by_group["several sentences"].wer <= SEVERAL_SENTENCES_MAX_WER
     assert by_group["silence and noise"].empty >= MIN_EMPTY_ON_NOISE
 
 

@@ -497,9 +497,9 @@ def test_the_recipe_chains_its_phases_and_exports_the_last_one(tmp_path: Path, m
     assert third.train_manifest.name == "phase3.jsonl" and {c.precision for c in trained} == {precision}
     assert [c.log.name for c in trained] == [f"demo-model-{tag}-phase2.jsonl", f"demo-model-{tag}-phase3.jsonl"]
     assert recipe.phase_config(1, tmp_path, None).corpus_spec == "v1"
-    # the last phase grows the decoder and adds the clips of rare derivations to phase 4's mix
+    # the last phase adds the clips of rare derivations to phase 4's mix (and keeps its 4-layer decoder)
     fourth, fifth = (recipe.phase_config(n, tmp_path, tmp_path / f"phase{n - 1}") for n in (4, 5))
-    assert (fourth.decoder_layers, fifth.decoder_layers) == (0, recipe.DECODER_LAYERS)
+    assert (fourth.decoder_layers, fifth.decoder_layers) == (0, 0) and (fifth.steps, fifth.lr) == (2700, 3e-4)
     assert fifth.train_manifest.name == "phase5.jsonl" and fifth.init == tmp_path / "phase4"
     monkeypatch.undo()  # the real render, with long_multi.build spied on
     builds = []
