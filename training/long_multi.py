@@ -56,7 +56,7 @@ SINGLES, NOISE = 5000, 800  # sampled from the v2 corpus's training splits; its 
 # single sentences drawn as the grammar draws them (training.recipe's phases; 0 in the float32 model's): the corpora
 # keep the candidate with the rarest words, so the commonest short phrases were the ones least trained on
 PLAIN_SPLIT, PLAIN = "train_plain", 4000
-RARE_SPLIT, RARE = "train_rare", 3600  # clips of rare derivations (0 in the shipped model's phases)
+RARE_SPLIT, RARE = "train_rare", 3600  # clips of rare derivations (training.recipe's fifth phase)
 
 
 @functools.cache  # seconds of sampling, asked for again by fresh_eval and the tests: callers only read it
@@ -98,8 +98,10 @@ def plan_plain(count: int, seed: int) -> list[PlannedClip]:
 
 def plan(count: int, seed: int, split: str = SPLIT) -> list[PlannedClip]:
     """The clips of training sentences (SPLIT), or of rare derivations never held out (RARE_SPLIT)."""
-    candidates = long_multi_candidates(count, seed) if split == SPLIT else rare_multi_candidates(count, seed)
-    rng = np.random.default_rng(seed if split == SPLIT else seed + 5)
+    if split == SPLIT:
+        candidates, rng = long_multi_candidates(count, seed), np.random.default_rng(seed)
+    else:
+        candidates, rng = rare_multi_candidates(count, seed), np.random.default_rng(seed + 5)
     planned = []
     for i, texts in enumerate(candidates):
         voice = random_voice(rng, TRAIN_VARIANTS)

@@ -17,8 +17,8 @@ AVX2 CPU (47 min of features and training, 5.5 min of renders), so about 3.5 hou
 5. from 4 on phase 4's mix with 3,600 clips of rare derivations never held out (long_multi.RARE): 2700 steps, lr 3e-4
    (phases 1-4 only ever read the commonest sentences in long clips; these teach it to read what it cannot recall).
 
-The phases, steps and learning rates are those the float32 model was trained with (training.train's and
-training.long_multi's docstrings), with two additions to phases 3 and 4 that no float32 phase had: 4,000 single
+Phases 1-4's steps and learning rates are those the float32 model was trained with (training.train's and
+training.long_multi's docstrings), with two additions to phases 3-5 that no float32 phase had: 4,000 single
 sentences drawn as the grammar draws them (long_multi.PLAIN), and a context in the system turn for 30% of the
 examples (training.contexts). Each phase's log is training/logs/demo-model-{bf16,fp32}-phase{N}.jsonl.
 Deterministic from the seeds on a given machine and thread count.
