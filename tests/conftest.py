@@ -38,6 +38,54 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The Triton interpreter, without its most repeated work
+
+
+def skip_repatching_in_device_calls() -> None:
+    """Triton's interpreter (3.9) patches the language modules a @triton.jit helper's module sees each time a kernel
+    calls the helper (tl.sum and tl.cdiv are such helpers): some 2 ms a call, a third of an interpreted engine step.
+    The patches are the same every time, and Triton never undoes a helper call's, so within a launch each module needs
+    them once: the launch's own and then the first helper call's seeing another module. Outside a launch Triton's own
+    call runs."""
+    from triton.runtime import interpreter
+
+    if not all(hasattr(interpreter, name) for name in ("GridExecutor", "InterpretedFunction", "InterpreterError")):
+        return  # another Triton: its own calls, however long they take
+    launch, helper_call = interpreter.GridExecutor.__call__, interpreter.InterpretedFunction.__call__
+    patched: list[set[int]] = []  # per launch in progress: the language modules patched so far
+
+    def languages(fn) -> set[int]:
+        return {id(value) for value in fn.__globals__.values()
+                if value is interpreter.tl or value is interpreter.tl.core}
+
+    def launch_noting_its_patches(self, *args, **kwargs):
+        patched.append(languages(self.fn))
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            patched.pop()
+
+    def call_patching_once_per_launch(self, *args, **kwargs):
+        if not patched:
+            return helper_call(self, *args, **kwargs)
+        needed = languages(self.fn)
+        if not needed <= patched[-1]:
+            patched[-1] |= needed
+            return helper_call(self, *args, **kwargs)
+        try:
+            return self.rewrite()(*args, **kwargs)
+        except Exception as e:
+            raise interpreter.InterpreterError(repr(e)) from e
+
+    interpreter.GridExecutor.__call__ = launch_noting_its_patches
+    interpreter.InterpretedFunction.__call__ = call_patching_once_per_launch
+
+
+if os.environ["TRITON_INTERPRET"] == "1":
+    skip_repatching_in_device_calls()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The gpu marker
 
 
