@@ -16,9 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -54,18 +55,18 @@ def skip_repatching_in_device_calls() -> None:
     launch, helper_call = interpreter.GridExecutor.__call__, interpreter.InterpretedFunction.__call__
     patched: list[set[int]] = []  # per launch in progress: the language modules patched so far
 
-    def languages(fn) -> set[int]:
+    def languages(fn: Callable[..., Any]) -> set[int]:
         return {id(value) for value in fn.__globals__.values()
                 if value is interpreter.tl or value is interpreter.tl.core}
 
-    def launch_noting_its_patches(self, *args, **kwargs):
+    def launch_noting_its_patches(self: Any, *args: Any, **kwargs: Any) -> Any:
         patched.append(languages(self.fn))
         try:
             return launch(self, *args, **kwargs)
         finally:
             patched.pop()
 
-    def call_patching_once_per_launch(self, *args, **kwargs):
+    def call_patching_once_per_launch(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not patched:
             return helper_call(self, *args, **kwargs)
         needed = languages(self.fn)
