@@ -30,6 +30,7 @@ from qasr.engine.checkpoint import canonical_name, disk_name, save_safetensors  
 from qasr.engine.hf_conversion import ASR_CHAT_TEMPLATE, ORIGINAL_CHAT_TEMPLATE, add_special_token  # noqa: E402
 from qasr.engine.host_memory import release_freed_memory  # noqa: E402
 from qasr.engine.model_config import TIMESTAMP_TOKEN  # noqa: E402
+from qasr.kernels.triton.utils import interpreting  # noqa: E402
 from training.export import PREPROCESSOR, original_config  # noqa: E402
 from training.model import N_WINDOW, Dims, audio_config, text_config  # noqa: E402
 from training.tokenizer import ASR_TEXT_TOKEN, SPECIAL_TOKENS  # noqa: E402
@@ -82,7 +83,7 @@ def skip_repatching_in_device_calls() -> None:
     interpreter.InterpretedFunction.__call__ = call_patching_once_per_launch
 
 
-if os.environ["TRITON_INTERPRET"] == "1":
+if interpreting():
     skip_repatching_in_device_calls()
 
 
@@ -95,8 +96,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
-    from qasr.kernels.triton.utils import interpreting
-
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
     elif interpreting():
