@@ -6,20 +6,24 @@
 The replicas (`qasr serve` processes sharing a PostgreSQL task store and an API key file) sit behind Debian's nginx
 serving the repository's deploy/nginx/qasr.conf. Clients send transcriptions and submit DashScope tasks through
 nginx, with keys, the way the SDKs do: a 502 or 503 is sent again (the OpenAI SDK retries both), a submit with its
-Idempotency-Key. A draining replica turns requests away with a 503 and Retry-After; and as it exits it closes the
-kept-alive connections nginx holds to it, so a POST nginx writes to one at that moment is reset, which nginx answers
-502 (it never sends a POST again: deploy/nginx/qasr.conf has no `non_idempotent`).
+Idempotency-Key. A draining replica turns requests away with a 503 and Retry-After. nginx sends a transcription
+that failed on one replica (it died, or turned the request away) to the next itself; a task submit it does not send
+again once a replica has it (it may have stored a task): the client does.
 
   check  a wrong key is a 401 in each API's shape; a key added to the key file works once the replicas get SIGHUP
-  kill   SIGKILL of a replica while it transcribes: requests in flight on it end 502/503, none hangs; every
-         request started after the kill succeeds (nginx routes around the dead replica)
-  drain  the killed replica restarts on its port; then SIGTERM of another while it transcribes: its /health turns
-         503 first, no request started before the signal fails, it exits 0
+  kill   SIGKILL of a replica while it transcribes: requests in flight on it are sent again by nginx or end
+         502/503, none hangs; every request started after the kill succeeds (nginx routes around the dead replica)
+  drain  the killed replica restarts on its port; then SIGTERM of another while it transcribes and a slow client
+         is still uploading to it (which holds the drain open --drain-hold-s): its /health turns 503 first, no
+         request started before the signal fails (the slow upload included), every request sent during the drain
+         succeeds, it exits 0
   tasks  every accepted task ends SUCCEEDED exactly once (one row per Idempotency-Key) with the transcript the
          clip got in the warm-up, fetched through its signed link without a key
 
-A row per phase: requests and tasks sent, faults injected, answers by status, hangs, tasks lost (must be 0), and
-`violations`: every broken promise, named (must be none).
+A row per phase: requests and tasks sent, faults injected, first answers by status, transcriptions nginx sent to
+a second replica (`resent`, from its access log), hangs, tasks lost (must be 0), and `violations`: every broken
+promise, named (must be none). A replica that outlives its drain is made to write its threads' stacks into its log
+(`faults-replica-*.log`, kept beside the results) before it is killed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +57,7 @@ from qasr.benchmarks.report import add_output_arguments, print_table, write_resu
 from qasr.engine.audio import SAMPLE_RATE, load_audio
 
 KEY, ADDED_KEY = "sk-faults-0123456789", "sk-faults-added-9876543210"
-SUBMIT = "/api/v1/services/audio/asr/transcription"
+TRANSCRIPTIONS, SUBMIT = "/v1/audio/transcriptions", "/api/v1/services/audio/asr/transcription"
 FINAL = ("SUCCEEDED", "FAILED", "CANCELED")
 MAX_TRIES = 6  # a client's attempts at one request that nginx or a draining replica turns away
 RETRY_AFTER_S = 1.0  # what a draining replica's Retry-After says
@@ -88,12 +93,14 @@ class Run:
     violations: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     faults: Counter = field(default_factory=Counter)
+    resent: Counter = field(default_factory=Counter)  # phase -> transcriptions nginx sent to a second replica
     servers: list[ServerProcess | None] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
     nginx: Nginx | None = None
     database: str = ""
     file_url: str = ""
+    drain_s: float = 0.0  # SIGTERM to the drained replica's exit
 
     # ------------------------------------------------------------------------------------------------ the fleet
 
@@ -161,13 +168,38 @@ class Run:
             form = aiohttp.FormData()
             form.add_field("model", "qasr-demo")
             form.add_field("file", self.clips[clip], filename="clip.wav", content_type="audio/wav")
-            status, body = await self.post("/v1/audio/transcriptions", form, {"Authorization": f"Bearer {key}"})
+            status, body = await self.post(TRANSCRIPTIONS, form, {"Authorization": f"Bearer {key}"})
             call.tries += 1
             if call.tries == 1:
                 call.first, call.first_code = status, error_code(status, body)
             if status not in (502, 503) or call.tries == MAX_TRIES:  # a draining replica, or its last moment
                 break
             await asyncio.sleep(RETRY_AFTER_S)
+        return self.transcribed(call, clip, status, body)
+
+    async def slow_transcription(self, index: int, clip: int, seconds: float, sending: asyncio.Event) -> Call:
+        """A transcription sent straight to replica `index`, its upload trickling in over `seconds` as from a slow
+        client: a request in flight there all along (`sending` is set once it has begun), holding its drain open."""
+        form = aiohttp.FormData()
+        form.add_field("model", "qasr-demo")
+        form.add_field("file", self.clips[clip], filename="clip.wav", content_type="audio/wav")
+        payload = form()
+        body, pieces = await payload.as_bytes(), 16
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for piece in range(pieces):
+                yield body[piece * len(body) // pieces:(piece + 1) * len(body) // pieces]
+                sending.set()
+                await asyncio.sleep(seconds / pieces)
+
+        call = Call("drain", "transcription", time.monotonic(), tries=1)
+        status, answer = await self.request(
+            "POST", f"http://127.0.0.1:{self.ports[index]}{TRANSCRIPTIONS}", trickle(),
+            {"Authorization": f"Bearer {KEY}", "Content-Type": payload.content_type})
+        call.first, call.first_code = status, error_code(status, answer)
+        return self.transcribed(call, clip, status, answer)
+
+    def transcribed(self, call: Call, clip: int, status: int | None, body: bytes) -> Call:
         call.final, call.ended = status, time.monotonic()
         if status == 200:
             call.text = json.loads(body)["text"]
@@ -257,6 +289,8 @@ class Run:
         self.checks["key added to the key file works after SIGHUP"] = all(call.final == 200 for call in added)
 
     async def kill(self) -> float:
+        assert self.nginx is not None
+        logged = self.nginx.access_log_size()
         stop = asyncio.Event()
         loading = asyncio.create_task(self.load("kill", stop))
         await self.when_busy(0)
@@ -267,6 +301,7 @@ class Run:
         await asyncio.sleep(self.args.phase_s)
         stop.set()
         await loading
+        self.resent["kill"] = self.nginx.resent_since(logged, TRANSCRIPTIONS)
         for call in self.calls:
             if call.phase != "kill":
                 continue
@@ -285,10 +320,16 @@ class Run:
         # nginx keeps a failed replica out for fail_timeout (counted in its whole seconds): the restarted one is
         # back in rotation once nginx sends it requests again
         await asyncio.sleep(max(0.0, killed_at + fail_timeout(self.args.nginx_config) + 1.5 - time.monotonic()))
+        assert self.nginx is not None
+        logged = self.nginx.access_log_size()
         stop = asyncio.Event()
         loading = asyncio.create_task(self.load("drain", stop))
         await self.when_busy(0)
         await self.when_busy(1)
+        sending = asyncio.Event()
+        slow = asyncio.create_task(self.slow_transcription(1, 0, self.args.drain_hold_s, sending))
+        await sending.wait()
+        await asyncio.sleep(0.2)  # its headers have reached the replica: in flight there
         server = self.servers[1]
         signalled_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
@@ -299,13 +340,17 @@ class Run:
             exit_code: int | None = await asyncio.to_thread(server.process.wait, exit_limit_s)
         except subprocess.TimeoutExpired:
             exit_code = None
+            await asyncio.to_thread(server.dump_stacks)
             await asyncio.to_thread(server.kill)  # so that its /health stops answering and the watch ends
+        self.drain_s = time.monotonic() - signalled_at
         seen = await health
         await asyncio.sleep(self.args.phase_s)  # the survivor takes everything
         stop.set()
-        await loading
+        await asyncio.gather(loading, slow)
+        self.resent["drain"] = self.nginx.resent_since(logged, TRANSCRIPTIONS)
         if exit_code is None:
-            self.violations.append(f"drain: the replica had not exited {exit_limit_s:g} s after SIGTERM (killed)")
+            self.violations.append(f"drain: the replica had not exited {exit_limit_s:g} s after SIGTERM (killed; its "
+                                   f"threads' stacks are at the end of {server.log_path.name})")
         elif exit_code != 0:
             self.violations.append(f"drain: the replica exited with {exit_code}, not 0")
         if "503" not in seen:
@@ -373,7 +418,8 @@ class Run:
                 "tasks_submitted": sum(call.kind == "submit" for call in calls),
                 "faults": self.faults.get({"kill": "SIGKILL", "drain": "SIGTERM"}.get(phase, ""), 0),
                 "status_200": first[200], "status_401": first[401], "status_502": first[502],
-                "status_503": first[503], "retried": sum(call.tries > 1 for call in calls),
+                "status_503": first[503], "resent": self.resent[phase],
+                "retried": sum(call.tries > 1 for call in calls),
                 "failed_after_retries": sum(call.final != 200 and call.final != 401 for call in calls),
                 "hangs": first[None], "wrong_text": sum(call.wrong_text for call in calls),
                 "tasks_lost": lost if lost is not None else 0,
@@ -409,8 +455,8 @@ def clip_files(count: int) -> list[bytes]:
     return files
 
 
-async def run_faults(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, bool]]:
-    """The phases; returns the rows, the violations and the checks."""
+async def run_faults(args: argparse.Namespace) -> tuple[list[dict], Run]:
+    """The phases; returns the rows, and the run with its violations, checks and the drain's length."""
     with tempfile.TemporaryDirectory(prefix="qasr-faults-") as folder:
         run = Run(args, Path(folder), clips=clip_files(args.clips))
         async def clip(request: web.Request) -> web.Response:
@@ -443,7 +489,7 @@ async def run_faults(args: argparse.Namespace) -> tuple[list[dict], list[str], d
                            if call.wrong_text]
         rows = [run.row("check"), run.row("kill"), run.row("drain"), run.row("tasks", lost)]
         rows[-1]["tasks_submitted"] = len(run.tasks)
-        return rows, run.violations, run.checks
+        return rows, run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -455,6 +501,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-lease-s", type=float, default=3.0, help="the replicas' --task-lease-s: how soon a "
                         "killed replica's tasks run elsewhere")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--drain-hold-s", type=float, default=8.0, help="how long a slow client's upload to the "
+                        "drained replica takes, holding its drain open: requests sent meanwhile must go around it")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="an answer later than this is a hang")
     parser.add_argument("--nginx-config", type=Path, default=NGINX_CONFIG, help="the http-level nginx file "
                         "(default: the repository's deploy/nginx/qasr.conf)")
@@ -465,15 +513,17 @@ def main(args: argparse.Namespace) -> int:
     if args.replicas < 2:
         raise SystemExit("qasr bench faults: --replicas must be at least 2 (one is killed, another drained)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    rows, violations, checks = asyncio.run(run_faults(args))
+    rows, run = asyncio.run(run_faults(args))
+    violations, checks = run.violations, run.checks
     print_table(rows)
+    print(f"the drained replica exited {run.drain_s:.1f} s after SIGTERM")
     for name, passed in checks.items():
         print(f"{'ok  ' if passed else 'FAIL'} {name}")
     for violation in violations:
         print(f"violation: {violation}")
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
               if isinstance(value, str | int | float | Path)}
-    config.update(checks=checks, violations=violations)
+    config.update(checks=checks, violations=violations, drain_s=round(run.drain_s, 2))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what the launched replicas ran on
     print(f"results: {write_results('faults', device, config, rows, args.out_dir)}")
     return 0 if not violations and all(checks.values()) else 1

@@ -47,7 +47,8 @@ def wait_for_port(port: int, timeout: float, alive) -> None:
 
 class ServerProcess:
     """`qasr serve` in a process of its own (optionally under a lower open-file limit, soft and hard); `.url` once it
-    listens, `.peak_rss_mb()`, `.log()`, `.stop()` (SIGINT, or the signal given; returns the exit code), `.kill()`.
+    listens, `.peak_rss_mb()`, `.log()`, `.stop()` (SIGINT, or the signal given; returns the exit code; a server still
+    running after `timeout` writes its threads' stacks to the log and is killed), `.kill()`, `.dump_stacks()`.
     Later flags win over the defaults (`--port 0 --task-db :memory:`)."""
 
     def __init__(self, *flags: str, log_path: Path, open_files: int | None = None, env: dict[str, str] | None = None):
@@ -78,12 +79,18 @@ class ServerProcess:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
             self.process.kill()
             raise
 
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the log (the server's SIGUSR1), for one that hangs."""
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
 
 
 class ThrowawayPostgres:
@@ -181,6 +188,18 @@ class Nginx:
         path = self.root / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def access_log_size(self) -> int:
+        path = self.root / "access.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def resent_since(self, offset: int, path: str) -> int:
+        """Requests for `path` logged after byte `offset` of the access log that nginx sent to more than one replica
+        (their upstream statuses read "502, 200" or "503, 200")."""
+        with (self.root / "access.log").open("rb") as log:
+            log.seek(offset)
+            lines = [line.split(b" ", 4) for line in log.read().splitlines()]
+        return sum(fields[2] == path.encode() and b"," in fields[4].rsplit(b'"', 2)[-2] for fields in lines)
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)  # nginx's fast shutdown
         try:
@@ -207,13 +226,19 @@ def point_at(config: str, replicas: list[str], listen: str) -> str:
     return re.sub(r"^(\s*)listen\s+[^;]+;", rf"\g<1>listen {listen};", config, flags=re.M)
 
 
+# what each replica nginx tried answered, in order, last: "502, 200" is a request nginx sent again
+ACCESS_LOG_FORMAT = ("log_format upstreams '$msec $request_method $uri $status \"$upstream_addr\" "
+                     "\"$upstream_status\"';")
+
+
 def main_config(root: Path, include: Path) -> str:
     """A whole nginx.conf around an http-level file: in the foreground, every path under `root`."""
     user = "user root root;\n" if os.geteuid() == 0 else ""  # workers need the temp folders under root's tmp
     temp = "".join(f"    {kind}_temp_path {root / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
                                                                            "scgi"))
     return (f"{user}daemon off;\nworker_processes 1;\npid {root / 'nginx.pid'};\nerror_log {root / 'error.log'} "
-            f"warn;\nevents {{\n    worker_connections 1024;\n}}\nhttp {{\n    access_log {root / 'access.log'};\n"
+            f"warn;\nevents {{\n    worker_connections 1024;\n}}\nhttp {{\n    {ACCESS_LOG_FORMAT}\n"
+            f"    access_log {root / 'access.log'} upstreams;\n"
             f"{temp}    include {include};\n}}\n")
 
 

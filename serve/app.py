@@ -131,7 +131,8 @@ async def drain_and_stop(app: web.Application, now: asyncio.Event) -> None:
     state.drain.begin()
     state.worker.claiming = False
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + state.options.drain_timeout_s
+    began = loop.time()
+    deadline = began + state.options.drain_timeout_s
     logger.info("draining: %d requests and %d tasks in flight (up to %g s; SIGTERM again stops at once)",
                 state.drain.in_flight, len(state.worker.running), state.options.drain_timeout_s)
     while (state.drain.in_flight or state.worker.running) and loop.time() < deadline and not now.is_set():
@@ -139,8 +140,12 @@ async def drain_and_stop(app: web.Application, now: asyncio.Event) -> None:
     if state.drain.in_flight or state.worker.running:
         logger.warning("drain ended with %d requests and %d tasks unfinished: the requests get 503, the tasks go "
                        "back to PENDING", state.drain.in_flight, len(state.worker.running))
+    drained = loop.time()
     await state.worker.stop()
     await asyncio.to_thread(state.engine.shutdown)
+    # each step's length, so that a replica slow to exit says where its time went
+    logger.info("drained in %.1f s; task worker and engine stopped %.1f s later", drained - began,
+                loop.time() - drained)
     if state.drain.in_flight:
         await asyncio.wait([asyncio.ensure_future(state.drain.idle.wait())], timeout=ANSWER_GRACE_S)
 

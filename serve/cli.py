@@ -2,7 +2,9 @@
 
 import argparse
 import asyncio
+import faulthandler
 import logging
+import signal
 import sys
 import urllib.parse
 
@@ -24,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
     from qasr.serve.state import STATE
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `kill -USR1`: every thread's stack to stderr, for a server that hangs (a drain that never ends, a stuck engine)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     limit_repeats()
     raise_open_file_limit()
     options, config = ServerOptions.from_cli_args(args), EngineConfig.from_cli_args(args)

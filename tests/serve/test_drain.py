@@ -148,3 +148,18 @@ def test_what_a_drain_leaves_gets_a_503_and_its_tasks_go_back_to_pending(live_se
         assert task.status == PENDING and task.owner is None  # for another replica to run
     finally:
         server.close()
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_server_serves_on(serve_process, http,
+                                                                              tmp_path: Path) -> None:
+    """What an operator does with a server that hangs (a drain that never ends), and what `qasr bench faults` does
+    before it kills a replica that outlived its drain: `kill -USR1`, then read the stacks in the log."""
+    server = serve_process(log_path=tmp_path / "serve.log")
+    try:
+        server.dump_stacks()
+        assert http("GET", server.url + "/health")[0] == 200
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert log.count("(most recent call first)") >= 2  # the event loop's thread and the engine's, at least
+    assert "async_engine.py" in log and "in _loop" in log
