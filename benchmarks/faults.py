@@ -251,22 +251,26 @@ class Run:
                 return
             await asyncio.sleep(0.2)
 
-    async def running_on(self, index: int) -> float:
-        """Requests replica `index` is transcribing right now, from its own /metrics."""
+    async def metric(self, index: int, family_name: str) -> float:
+        """Replica `index`'s metric, from its own /metrics: the sum of the family's samples (0 if none)."""
         status, body = await self.get(f"http://127.0.0.1:{self.ports[index]}/metrics", key=None)
         if status != 200:
             return 0.0
         for family in text_string_to_metric_families(body.decode()):
-            if family.name == "qasr_num_requests_running":
-                return family.samples[0].value
+            if family.name == family_name:
+                return sum(sample.value for sample in family.samples if sample.name in (family.name,
+                                                                                          f"{family.name}_total"))
         return 0.0
 
     async def when_busy(self, index: int) -> None:
         """Until replica `index` transcribes a request (nginx routes to it)."""
+        await self.until(index, "qasr_num_requests_running", "got a request to transcribe")
+
+    async def until(self, index: int, family_name: str, what: str) -> None:
         deadline = time.monotonic() + self.args.timeout_s
-        while await self.running_on(index) < 1:
+        while await self.metric(index, family_name) < 1:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"replica {index} never got a request to transcribe")
+                raise RuntimeError(f"replica {index} never {what}")
             await asyncio.sleep(0.02)
 
     # ------------------------------------------------------------------------------------------------ phases
@@ -324,6 +328,9 @@ class Run:
         logged = self.nginx.access_log_size()
         stop = asyncio.Event()
         loading = asyncio.create_task(self.load("drain", stop))
+        # nginx tries a replica back from fail_timeout with one request and counts it live once that has
+        # succeeded; draining the other before then leaves nginx no live replica (its 502 "no live upstreams")
+        await self.until(0, "qasr_requests", "answered a transcription after its restart")
         await self.when_busy(0)
         await self.when_busy(1)
         sending = asyncio.Event()
