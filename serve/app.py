@@ -110,9 +110,11 @@ async def _shutdown(app: web.Application) -> None:
 
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serves `app` on host:port (port 0: any free one; see runner.addresses) until runner.cleanup()."""
-    # handler_cancellation: a client that hangs up cancels its handler, and so aborts its engine request
+    # handler_cancellation: a client that hangs up cancels its handler, and so aborts its engine request.
+    # shutdown_timeout: at cleanup the drain has already waited for the requests in flight; one still running then
+    # (its engine stuck) gets ANSWER_GRACE_S more, not aiohttp's 60 s, so the exit after SIGTERM stays bounded
     state = app[STATE]
-    runner = GuardedRunner(app, state.connections, handler_cancellation=True,
+    runner = GuardedRunner(app, state.connections, handler_cancellation=True, shutdown_timeout=ANSWER_GRACE_S,
                            keepalive_timeout=state.options.keepalive_timeout_s)
     await runner.setup()
     try:
