@@ -165,10 +165,7 @@ class Run:
     async def transcribe(self, phase: str, clip: int, key: str = KEY) -> Call:
         call = Call(phase, "transcription", time.monotonic())
         while True:
-            form = aiohttp.FormData()
-            form.add_field("model", "qasr-demo")
-            form.add_field("file", self.clips[clip], filename="clip.wav", content_type="audio/wav")
-            status, body = await self.post(TRANSCRIPTIONS, form, {"Authorization": f"Bearer {key}"})
+            status, body = await self.post(TRANSCRIPTIONS, self.form(clip), {"Authorization": f"Bearer {key}"})
             call.tries += 1
             if call.tries == 1:
                 call.first, call.first_code = status, error_code(status, body)
@@ -180,10 +177,7 @@ class Run:
     async def slow_transcription(self, index: int, clip: int, seconds: float, sending: asyncio.Event) -> Call:
         """A transcription sent straight to replica `index`, its upload trickling in over `seconds` as from a slow
         client: a request in flight there all along (`sending` is set once it has begun), holding its drain open."""
-        form = aiohttp.FormData()
-        form.add_field("model", "qasr-demo")
-        form.add_field("file", self.clips[clip], filename="clip.wav", content_type="audio/wav")
-        payload = form()
+        payload = self.form(clip)()
         body, pieces = await payload.as_bytes(), 16
 
         async def trickle() -> AsyncIterator[bytes]:
@@ -198,6 +192,12 @@ class Run:
             {"Authorization": f"Bearer {KEY}", "Content-Type": payload.content_type})
         call.first, call.first_code = status, error_code(status, answer)
         return self.transcribed(call, clip, status, answer)
+
+    def form(self, clip: int) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("model", "qasr-demo")
+        form.add_field("file", self.clips[clip], filename="clip.wav", content_type="audio/wav")
+        return form
 
     def transcribed(self, call: Call, clip: int, status: int | None, body: bytes) -> Call:
         call.final, call.ended = status, time.monotonic()

@@ -36,9 +36,9 @@ def test_a_killed_and_a_drained_replica_lose_no_task_and_fail_only_what_was_on_t
                for row in rows.values())
     # the kill hit transcriptions in flight, and nginx sent them to the survivor: no client saw them fail
     assert rows["kill"]["resent"] > 0 and rows["kill"]["status_502"] == 0
-    # the slow upload held the drain open, and requests sent meanwhile reached the draining replica (nginx went
-    # around it, or a client got its 503 and sent the request again) and then succeeded
-    assert document["config"]["drain_s"] >= 8
+    # the slow upload (8 s, begun just before SIGTERM) held the drain open, and requests sent meanwhile reached the
+    # draining replica (nginx went around it, or a client got its 503 and sent the request again) and then succeeded
+    assert document["config"]["drain_s"] > 6
     assert rows["drain"]["resent"] + rows["drain"]["status_503"] > 0
     assert rows["tasks"]["tasks_submitted"] > 0 and rows["kill"]["tasks_submitted"] > 0
     logs = list(tmp_path.glob("faults-replica-*.log"))
