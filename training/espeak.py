@@ -72,6 +72,9 @@ def speak_here(utterance: Utterance) -> Spoken:
     if _spoken_in_this_process:
         raise RuntimeError("libespeak-ng has spoken in this process already; its next audio would differ")
     _spoken_in_this_process = True
+    # the breath noise of voice variants such as f3 comes from libc's rand(), whose state a forked child inherits
+    # from its parent (whatever called rand() there): start from a new process's, as the command line does
+    ctypes.CDLL(None).srand(1)
     lib = ctypes.CDLL(LIBRARY)
     lib.espeak_Synth.argtypes = [c_char_p, c_size_t, c_uint, c_int, c_uint, c_uint, c_void_p, c_void_p]
     lib.espeak_SetVoiceByName.argtypes = [c_char_p]
