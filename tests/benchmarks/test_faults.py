@@ -34,8 +34,9 @@ def test_a_killed_and_a_drained_replica_lose_no_task_and_fail_only_what_was_on_t
     assert rows["kill"]["faults"] == rows["drain"]["faults"] == 1
     assert all(row["hangs"] == row["wrong_text"] == row["tasks_lost"] == row["failed_after_retries"] == 0
                for row in rows.values())
-    # the kill hit transcriptions in flight, and nginx sent them to the survivor: no client saw them fail
-    assert rows["kill"]["resent"] > 0 and rows["kill"]["status_502"] == 0
+    # the kill hit transcriptions in flight, and nginx sent them to the survivor (a task submit in flight there
+    # would get a 502, which its client sends again: it may have stored a task)
+    assert rows["kill"]["resent"] > 0
     # the slow upload (8 s, begun just before SIGTERM) held the drain open, and requests sent meanwhile reached the
     # draining replica (nginx went around it, or a client got its 503 and sent the request again) and then succeeded
     assert document["config"]["drain_s"] > 6
