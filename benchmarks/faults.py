@@ -7,8 +7,8 @@ The replicas (`qasr serve` processes sharing a PostgreSQL task store and an API 
 serving the repository's deploy/nginx/qasr.conf. Clients send transcriptions and submit DashScope tasks through
 nginx, with keys, the way the SDKs do: a 502 or 503 is sent again (the OpenAI SDK retries both), a submit with its
 Idempotency-Key. A draining replica turns requests away with a 503 and Retry-After. nginx sends a transcription
-that failed on one replica (it died, or turned the request away) to the next itself; a task submit it does not send
-again once a replica has it (it may have stored a task): the client does.
+or a submit with an Idempotency-Key that failed on one replica (it died, or turned the request away) to the next
+itself; a submit without a key it does not send again once a replica has it (it may have stored a task).
 
   check  a wrong key is a 401 in each API's shape; a key added to the key file works once the replicas get SIGHUP
   kill   SIGKILL of a replica while it transcribes: requests in flight on it are sent again by nginx or end
@@ -20,10 +20,10 @@ again once a replica has it (it may have stored a task): the client does.
   tasks  every accepted task ends SUCCEEDED exactly once (one row per Idempotency-Key) with the transcript the
          clip got in the warm-up, fetched through its signed link without a key
 
-A row per phase: requests and tasks sent, faults injected, first answers by status, transcriptions nginx sent to
-a second replica (`resent`, from its access log), hangs, tasks lost (must be 0), and `violations`: every broken
-promise, named (must be none). A replica that outlives its drain is made to write its threads' stacks into its log
-(`faults-replica-*.log`, kept beside the results) before it is killed.
+A row per phase: requests and tasks sent, faults injected, first answers by status, transcriptions and submits
+nginx sent to a second replica (`resent`, from its access log), hangs, tasks lost (must be 0), and `violations`:
+every broken promise, named (must be none). A replica that outlives its drain is made to write its threads' stacks
+into its log (`faults-replica-*.log`, kept beside the results) before it is killed.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Run:
     violations: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     faults: Counter = field(default_factory=Counter)
-    resent: Counter = field(default_factory=Counter)  # phase -> transcriptions nginx sent to a second replica
+    resent: Counter = field(default_factory=Counter)  # phase -> requests nginx sent to a second replica
     servers: list[ServerProcess | None] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
@@ -305,7 +305,7 @@ class Run:
         await asyncio.sleep(self.args.phase_s)
         stop.set()
         await loading
-        self.resent["kill"] = self.nginx.resent_since(logged, TRANSCRIPTIONS)
+        self.resent["kill"] = self.nginx.resent_since(logged, (TRANSCRIPTIONS, SUBMIT))
         for call in self.calls:
             if call.phase != "kill":
                 continue
@@ -354,7 +354,7 @@ class Run:
         await asyncio.sleep(self.args.phase_s)  # the survivor takes everything
         stop.set()
         await asyncio.gather(loading, slow)
-        self.resent["drain"] = self.nginx.resent_since(logged, TRANSCRIPTIONS)
+        self.resent["drain"] = self.nginx.resent_since(logged, (TRANSCRIPTIONS, SUBMIT))
         if exit_code is None:
             self.violations.append(f"drain: the replica had not exited {exit_limit_s:g} s after SIGTERM (killed; its "
                                    f"threads' stacks are at the end of {server.log_path.name})")

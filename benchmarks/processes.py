@@ -192,13 +192,13 @@ class Nginx:
         path = self.root / "access.log"
         return path.stat().st_size if path.exists() else 0
 
-    def resent_since(self, offset: int, path: str) -> int:
-        """Requests for `path` logged after byte `offset` of the access log that nginx sent to more than one replica
-        (their upstream statuses read "502, 200" or "503, 200")."""
+    def resent_since(self, offset: int, paths: tuple[str, ...]) -> int:
+        """Requests for `paths` logged after byte `offset` of the access log that nginx sent to more than one
+        replica (their upstream statuses read "502, 200" or "503, 200")."""
         with (self.root / "access.log").open("rb") as log:
             log.seek(offset)
             lines = [line.split(b" ", 4) for line in log.read().splitlines()]
-        return sum(fields[2] == path.encode() and b"," in fields[4].rsplit(b'"', 2)[-2] for fields in lines)
+        return sum(fields[2].decode() in paths and b"," in fields[4].rsplit(b'"', 2)[-2] for fields in lines)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)  # nginx's fast shutdown

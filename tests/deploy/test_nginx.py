@@ -82,14 +82,21 @@ def test_result_links_and_retries(config: str) -> None:
     headers = dict(value.split(None, 1) for value in directives(config, "proxy_set_header"))
     assert headers["X-Forwarded-Proto"] == "$scheme" and headers["X-Forwarded-Host"] == "$http_host"
     assert headers["Host"] == "$host" and headers["Connection"] == '""'
-    transcriptions = block(config, "location /v1/")
-    outside = re.sub(r"#[^\n]*", "", config).replace(transcriptions, "")
-    [retry] = directives(outside, "proxy_next_upstream")
-    # a task submit that reached a replica is never sent to another: it may have stored a task there
+    # a transcription changes nothing, and a submit with an Idempotency-Key finds the task a first replica stored:
+    # one that failed or was turned away (503) goes to the next replica, and so a draining replica's 503 counts as
+    # its failure and takes it out of rotation
+    resent = [block(config, "location /v1/"), block(config, "location @submit_with_key")]
+    for location in resent:
+        [retry] = directives(location, "proxy_next_upstream")
+        assert {"error", "timeout", "http_503", "non_idempotent"} <= set(retry.split())
+    submit = re.search(r"location = /api/v1/services/audio/asr/transcription \{.*?\n    \}", config, re.S)
+    assert submit and "error_page 418 = @submit_with_key;" in submit.group(0)
+    assert re.search(r"if \(\$http_idempotency_key\) \{\s*return 418;", submit.group(0))
+    # elsewhere (a submit without a key above all) a POST that reached a replica is never sent to another
+    rest = re.sub(r"#[^\n]*", "", config)
+    for location in resent:
+        rest = rest.replace(location, "")
+    [retry] = directives(rest, "proxy_next_upstream")
     assert "non_idempotent" not in retry and {"error", "timeout", "http_503"} <= set(retry.split())
-    # a transcription changes nothing: one that failed or was turned away (503) goes to the next replica, and so a
-    # draining replica's 503 counts as its failure and takes it out of rotation
-    [transcription_retry] = directives(transcriptions, "proxy_next_upstream")
-    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(transcription_retry.split())
     assert int(directives(config, "proxy_next_upstream_tries")[0]) >= 2
     assert directives(block(config, "location = /metrics"), "return") == ["404"]  # scrape the replicas themselves
