@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import time
 import zlib
 from collections import Counter
@@ -35,6 +34,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from training.domain import sentence, sentence_with_probability
+from training.grammar import WORD
 from training.noise import HELDOUT_NOISE, KINDS, TRAIN_NOISE, random_noise_clip
 from training.speech import (
     MAX_CLIP_SECONDS,
@@ -47,7 +47,6 @@ from training.speech import (
     render_sentences,
 )
 
-WORD = re.compile(r"[A-Za-z']+")
 CANDIDATES = 6  # sentences drawn per pick; the one with the rarest word so far wins (flattens word counts)
 HELDOUT_OPUS_LEVEL = 0.85  # libsndfile Opus compression level of the committed held-out files (~46 kbit/s)
 MULTI_SENTENCES = (2, 6)  # sentences per training clip of several
