@@ -1,13 +1,19 @@
-"""deploy/nginx/qasr.conf: Debian's `nginx -t` accepts it as it stands, and its limits, timeouts, headers and retry
-rules match what the server does (tests/benchmarks/test_faults.py runs it in front of real replicas)."""
+"""deploy/nginx/qasr.conf: Debian's `nginx -t` accepts it as it stands, its limits, timeouts, headers and retry
+rules match what the server does, and in front of two stub replicas it goes around a draining one where that is
+safe (tests/benchmarks/test_faults.py runs it in front of real replicas)."""
 
+import asyncio
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from qasr.benchmarks.processes import NGINX_CONFIG, main_config, point_at
+from qasr.benchmarks.faults import SUBMIT
+from qasr.benchmarks.processes import NGINX_CONFIG, Nginx, main_config, point_at
 from qasr.serve.options import ServerOptions
 
 SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -100,3 +106,58 @@ def test_result_links_and_retries(config: str) -> None:
     assert "non_idempotent" not in retry and {"error", "timeout", "http_503"} <= set(retry.split())
     assert int(directives(config, "proxy_next_upstream_tries")[0]) >= 2
     assert directives(block(config, "location = /metrics"), "return") == ["404"]  # scrape the replicas themselves
+
+
+def test_a_draining_replica_is_gone_around_for_transcriptions_and_keyed_submits_only(tmp_path: Path) -> None:
+    """Two stub replicas behind the config as it stands: one turns every request away with a draining replica's 503
+    at once (so least_conn, counting connections, favours it), the other answers after 0.3 s. A transcription, and a
+    task submit with an Idempotency-Key, reach the other one whole; a submit without a key gets the 503 (its client
+    sends it again: it may have stored a task)."""
+    received: Counter[str] = Counter()
+
+    async def draining(request: web.Request) -> web.Response:
+        await request.read()
+        received["draining"] += 1
+        return web.json_response({"error": {"code": "shutting_down"}}, status=503,
+                                 headers={"Retry-After": "1", "Connection": "close"})
+
+    async def serving(request: web.Request) -> web.Response:
+        body = await request.read()
+        await asyncio.sleep(0.3)
+        return web.json_response({"bytes": len(body), "key": request.headers.get("Idempotency-Key")})
+
+    async def run() -> dict[str, list[tuple[int, dict]]]:
+        runners = []
+        for handler in (draining, serving):
+            app = web.Application()
+            app.router.add_route("*", "/{path:.*}", handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            runners.append(runner)
+        replicas = [f"127.0.0.1:{runner.addresses[0][1]}" for runner in runners]
+        nginx = await asyncio.to_thread(Nginx, replicas, tmp_path / "nginx")
+        answers: dict[str, list[tuple[int, dict]]] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                async def post(path: str, headers: dict[str, str]) -> tuple[int, dict]:
+                    async with session.post(nginx.url + path, data=b"x" * 5000, headers=headers) as response:
+                        return response.status, await response.json(content_type=None)
+
+                # the submit without a key first: nginx has counted no failure of the draining stub yet
+                for case, path, headers in [("submit", SUBMIT, {}), ("keyed submit", SUBMIT, {"Idempotency-Key": "k"}),
+                                            ("transcription", "/v1/audio/transcriptions", {})]:
+                    answers[case] = list(await asyncio.gather(*(post(path, headers) for _ in range(8))))
+        finally:
+            await asyncio.to_thread(nginx.stop)
+            for runner in runners:
+                await runner.cleanup()
+        return answers
+
+    answers = asyncio.run(run())
+    assert {status for status, _ in answers["submit"]} >= {503}
+    for case in ("keyed submit", "transcription"):
+        assert [status for status, _ in answers[case]] == [200] * 8, case
+        assert all(body["bytes"] == 5000 for _, body in answers[case]), case  # resent whole
+    assert all(body["key"] == "k" for _, body in answers["keyed submit"])
+    assert received["draining"] > 2  # it was tried, not left out from the start
