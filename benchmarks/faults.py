@@ -344,11 +344,9 @@ class Run:
         health = asyncio.create_task(self.watch_health(1))
         exit_limit_s = self.args.drain_timeout_s + 30
         try:
-            exit_code: int | None = await asyncio.to_thread(server.process.wait, exit_limit_s)
-        except subprocess.TimeoutExpired:
+            exit_code: int | None = await asyncio.to_thread(server.wait, exit_limit_s)
+        except subprocess.TimeoutExpired:  # its stacks are in its log; killed, so its /health stops and the watch ends
             exit_code = None
-            await asyncio.to_thread(server.dump_stacks)
-            await asyncio.to_thread(server.kill)  # so that its /health stops answering and the watch ends
         self.drain_s = time.monotonic() - signalled_at
         seen = await health
         await asyncio.sleep(self.args.phase_s)  # the survivor takes everything

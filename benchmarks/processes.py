@@ -47,8 +47,9 @@ def wait_for_port(port: int, timeout: float, alive) -> None:
 
 class ServerProcess:
     """`qasr serve` in a process of its own (optionally under a lower open-file limit, soft and hard); `.url` once it
-    listens, `.peak_rss_mb()`, `.log()`, `.stop()` (SIGINT, or the signal given; returns the exit code; a server still
-    running after `timeout` writes its threads' stacks to the log and is killed), `.kill()`, `.dump_stacks()`.
+    listens, `.peak_rss_mb()`, `.log()`, `.stop()` (SIGINT, or the signal given, then `.wait()`: the exit code; a
+    server still running after `timeout` writes its threads' stacks to the log and is killed), `.kill()`,
+    `.dump_stacks()`.
     Later flags win over the defaults (`--port 0 --task-db :memory:`)."""
 
     def __init__(self, *flags: str, log_path: Path, open_files: int | None = None, env: dict[str, str] | None = None):
@@ -76,11 +77,16 @@ class ServerProcess:
 
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 60) -> int:
         self.process.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; a server still running after `timeout` writes its threads' stacks to the log, is killed,
+        and TimeoutExpired is raised."""
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.dump_stacks()
-            self.process.kill()
+            self.kill()
             raise
 
     def kill(self) -> None:
