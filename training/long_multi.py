@@ -134,16 +134,16 @@ def render_missing(planned: list[PlannedClip], corpus: Path, split: str, workers
 
 
 def build(corpus: Path, count: int, seed: int, workers: int, mix_name: str = "phase3",
-          plain: int = 0, rare: int = 0) -> list[Utterance]:
+          plain: int = 0, rare: int = 0, noise: int = NOISE) -> list[Utterance]:
     """Renders the clips into corpus/train_long/ and writes corpus/{mix_name}.jsonl, the phase's shuffled mix (a
     larger count renders the same first clips, then more); `plain` single sentences drawn as the grammar draws
-    them (corpus/train_plain/) join the mix."""
+    them (corpus/train_plain/) join the mix, and `noise` of the corpus's clips without speech."""
     # heldout=True: a clip is read until 15-28 s (corpus.HELDOUT_MULTI_SECONDS), as a held-out clip is
     long = render_missing(plan(count, seed), corpus, SPLIT, workers, heldout=True)
     rng = random.Random(seed + 1)
     mix = (long + read_manifest(corpus / "train_multi.jsonl")
            + rng.sample(read_manifest(corpus / "train.jsonl"), SINGLES)
-           + rng.sample(read_manifest(corpus / "train_noise.jsonl"), NOISE))
+           + rng.sample(read_manifest(corpus / "train_noise.jsonl"), noise))
     if plain:
         mix += render_missing(plan_plain(plain, seed), corpus, PLAIN_SPLIT, workers)
     if rare:

@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -212,31 +212,56 @@ def validate(model: Qwen3ASRForConditionalGeneration, builder: ExampleBuilder,
     return record
 
 
-def train(config: TrainConfig) -> TrainResult:
-    autocast(config.precision)  # an unknown precision fails before the corpus is built
-    if config.precision == "bfloat16" and not cpu_computes_bfloat16():
-        print("warning: this CPU has no bfloat16 arithmetic (AVX512-BF16, AMX): a bfloat16 step takes some ten times "
-              "a float32 one here; --precision float32 is the faster", file=sys.stderr)
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    log = Log(config.log)
-    log.write({"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}})
-    work = config.work or CACHE / f"demo-work-{config.corpus_spec}"
-    splits = load_splits(config)
-    train_root, train_utterances = splits["train"]
+# the fields a later stage of a run sets for itself (train's `then`); the rest are the run's, from its first stage
+STAGE_FIELDS = ("corpus_spec", "corpus", "work", "train_manifest", "steps", "batch_size", "batch_frames",
+                "spec_augment", "context_rate", "eval_every", "eval_clips")
 
-    tokenizer_dir, ids = prepare_tokenizer(config, work, train_utterances)
-    builder = ExampleBuilder(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
 
+@dataclass
+class StageData:
+    """A stage's training examples with their features, and its validation clips."""
+    store: FeatureStore
+    examples: list
+    frames: np.ndarray
+    texts: list[str]
+    validation: dict[str, tuple[list[torch.Tensor], list[str]]]
+
+
+def load_stage(stage: TrainConfig, splits: dict[str, tuple[Path, list[Utterance]]], builder: ExampleBuilder
+               ) -> StageData:
+    work = stage.work or CACHE / f"demo-work-{stage.corpus_spec}"
     stores = {split: FeatureStore.build([root / u.file for u in utterances], work / "features" / split,
                                         desc=f"features {split}")
               for split, (root, utterances) in splits.items()}
     stores["train"].read_ahead()
-    examples = [builder.example(u.text) for u in train_utterances]
-    frames = np.array([stores["train"].frames(i) for i in range(len(examples))])
-    validation = {split: ([stores[split][i] for i in range(min(config.eval_clips, len(stores[split])))],
-                          [u.text for u in splits[split][1][:config.eval_clips]])
+    utterances = splits["train"][1]
+    examples = [builder.example(u.text) for u in utterances]
+    validation = {split: ([stores[split][i] for i in range(min(stage.eval_clips, len(stores[split])))],
+                          [u.text for u in splits[split][1][:stage.eval_clips]])
                   for split in splits if split != "train"}
+    return StageData(stores["train"], examples, np.array([stores["train"].frames(i) for i in range(len(examples))]),
+                     [u.text for u in utterances], validation)
+
+
+def train(config: TrainConfig, then: tuple[TrainConfig, ...] = ()) -> TrainResult:
+    """Trains `config`, then each stage of `then` on its own data (its STAGE_FIELDS) with the same model and
+    optimizer: one learning-rate schedule (config's warm-up and rates) over all the stages' steps, one export."""
+    autocast(config.precision)  # an unknown precision fails before the corpus is built
+    if config.precision == "bfloat16" and not cpu_computes_bfloat16():
+        print("warning: this CPU has no bfloat16 arithmetic (AVX512-BF16, AMX): a bfloat16 step takes some ten times "
+              "a float32 one here; --precision float32 is the faster", file=sys.stderr)
+    stages = [config] + [replace(config, **{name: getattr(stage, name) for name in STAGE_FIELDS}) for stage in then]
+    schedule = replace(config, steps=sum(stage.steps for stage in stages))
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    log = Log(config.log)
+    for stage in stages:
+        log.write({"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(stage).items()}})
+    splits = [load_splits(stage) for stage in stages]  # renders what is missing before the first step
+
+    work = config.work or CACHE / f"demo-work-{config.corpus_spec}"
+    tokenizer_dir, ids = prepare_tokenizer(config, work, splits[0]["train"][1])
+    builder = ExampleBuilder(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
 
     model = initial_model(config, work, ids)
     model.set_attn_implementation(ATTENTION[config.precision])
@@ -245,65 +270,76 @@ def train(config: TrainConfig) -> TrainResult:
     trainer.train()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, schedule))
     parameters = sum(p.numel() for p in model.parameters())
     name = str(config.init or config.model)
-    log.write({"model": name, "parameters": parameters, "vocab_size": model.config.text_config.vocab_size,
-               "train_utterances": len(examples), "train_hours": round(float(frames.sum()) / 100 / 3600, 2)})
-    print(f"model {name}: {parameters / 1e6:.2f} M parameters; {len(examples)} training utterances "
-          f"({frames.sum() / 100 / 3600:.1f} h)", file=sys.stderr)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
 
     result = TrainResult(out=config.out)
     rng = np.random.default_rng(config.seed)
-    augment = (SpecAugment(), np.random.default_rng(config.seed + 1)) if config.spec_augment else None
-    context = (ContextSampler(config.context_rate, [u.text for u in train_utterances], config.seed + 2)
-               if config.context_rate else None)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
-    batches: list[np.ndarray] = []
-    epoch, window, started = 0, [], time.monotonic()
-    eval_seconds = 0.0
-    bar = tqdm(total=config.steps, desc="training", unit="step", mininterval=1 if sys.stderr.isatty() else 30)
-    for step in range(config.steps):
-        if not batches:
-            batches = (frame_budget_batches(frames, config.batch_frames, rng) if config.batch_frames
-                       else bucketed_batches(frames, config.batch_size, rng))
-            epoch += 1
-        batch = collate(batches.pop(), stores["train"], examples, builder, augment, context)
-        with autocast(config.precision):
-            losses = trainer(batch)
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), config.clip_norm)
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        result.losses.append(float(losses.total.detach()))
-        window.append((result.losses[-1], losses.ce, losses.ctc))
-        bar.update(1)
-        bar.set_postfix(loss=f"{result.losses[-1]:.3f}", ce=f"{losses.ce:.3f}", ctc=f"{losses.ctc:.3f}", refresh=False)
-        elapsed = time.monotonic() - started - eval_seconds
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            mean = np.mean(window, axis=0)
-            log.write({"step": step + 1, "epoch": epoch, "minutes": round(elapsed / 60, 2),
-                       "lr": scheduler.get_last_lr()[0], "loss": round(float(mean[0]), 4),
-                       "ce": round(float(mean[1]), 4), "ctc": round(float(mean[2]), 4),
-                       "steps_per_s": round((step + 1) / elapsed, 3)})
-            window = []
-        out_of_time = config.minutes is not None and elapsed > config.minutes * 60
-        last = step + 1 == config.steps or out_of_time
-        if validation and config.eval_every and ((step + 1) % config.eval_every == 0 or last):
-            eval_started = time.monotonic()
-            record = {"step": step + 1, "minutes": round(elapsed / 60, 2)} | validate(model, builder, validation)
-            result.evals.append(record)
-            log.write(record)
-            tqdm.write(json.dumps({k: v for k, v in record.items() if not k.startswith("example")}))
-            eval_seconds += time.monotonic() - eval_started
-        if out_of_time:
-            tqdm.write(f"stopping after {elapsed / 60:.1f} minutes of training (--minutes)")
+    augment_rng = np.random.default_rng(config.seed + 1)
+    step, started, paused_seconds = 0, time.monotonic(), 0.0  # paused: validation, a stage's features
+    bar = tqdm(total=schedule.steps, desc="training", unit="step", mininterval=1 if sys.stderr.isatty() else 30)
+    for number, (stage, stage_splits) in enumerate(zip(stages, splits), start=1):
+        loading_started = time.monotonic()
+        data = load_stage(stage, stage_splits, builder)
+        paused_seconds += time.monotonic() - loading_started
+        hours = float(data.frames.sum()) / 100 / 3600
+        log.write({"stage": number, "model": name, "parameters": parameters,
+                   "vocab_size": model.config.text_config.vocab_size, "train_utterances": len(data.examples),
+                   "train_hours": round(hours, 2)})
+        print(f"stage {number}, model {name}: {parameters / 1e6:.2f} M parameters; {len(data.examples)} training "
+              f"utterances ({hours:.1f} h)", file=sys.stderr)
+        augment = (SpecAugment(), augment_rng) if stage.spec_augment else None
+        context = (ContextSampler(stage.context_rate, data.texts, config.seed + 2 + 100 * (number - 1))
+                   if stage.context_rate else None)
+        batches: list[np.ndarray] = []
+        epoch, window, first_step, last_step = 0, [], step, step + stage.steps
+        while step < last_step:
+            if not batches:
+                batches = (frame_budget_batches(data.frames, stage.batch_frames, rng) if stage.batch_frames
+                           else bucketed_batches(data.frames, stage.batch_size, rng))
+                epoch += 1
+            batch = collate(batches.pop(), data.store, data.examples, builder, augment, context)
+            with autocast(config.precision):
+                losses = trainer(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            torch.nn.utils.clip_grad_norm_(trainer.parameters(), config.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if ema is not None:
+                ema.update_parameters(model)
+            result.losses.append(float(losses.total.detach()))
+            window.append((result.losses[-1], losses.ce, losses.ctc))
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", ce=f"{losses.ce:.3f}", ctc=f"{losses.ctc:.3f}",
+                            refresh=False)
+            elapsed = time.monotonic() - started - paused_seconds
+            if step % config.log_every == 0 or step == last_step:
+                mean = np.mean(window, axis=0)
+                log.write({"step": step, "stage": number, "epoch": epoch, "minutes": round(elapsed / 60, 2),
+                           "lr": scheduler.get_last_lr()[0], "loss": round(float(mean[0]), 4),
+                           "ce": round(float(mean[1]), 4), "ctc": round(float(mean[2]), 4),
+                           "steps_per_s": round(step / elapsed, 3)})
+                window = []
+            out_of_time = config.minutes is not None and elapsed > config.minutes * 60
+            last = step == last_step or out_of_time
+            if data.validation and stage.eval_every and ((step - first_step) % stage.eval_every == 0 or last):
+                eval_started = time.monotonic()
+                record = {"step": step, "minutes": round(elapsed / 60, 2)} | validate(model, builder, data.validation)
+                result.evals.append(record)
+                log.write(record)
+                tqdm.write(json.dumps({k: v for k, v in record.items() if not k.startswith("example")}))
+                paused_seconds += time.monotonic() - eval_started
+            if out_of_time:
+                tqdm.write(f"stopping after {elapsed / 60:.1f} minutes of training (--minutes)")
+                break
+        if config.minutes is not None and step < last_step:
             break
     bar.close()
-    result.train_seconds = time.monotonic() - started - eval_seconds
+    result.train_seconds = time.monotonic() - started - paused_seconds
 
     model.eval()
     if ema is not None:  # validation above read the last step's weights

@@ -3,7 +3,7 @@
 import json
 import random
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from training.corpus import (
 from training.evaluate import transcribe
 from training.model import grow_decoder
 from training.noise import KINDS
-from training.train import TrainConfig, initial_model, prepare_tokenizer, train, validate
+from training.train import TrainConfig, initial_model, lr_factor, prepare_tokenizer, train, validate
 
 DOMAIN_MD = Path(__file__).resolve().parents[2] / "training" / "DOMAIN.md"
 
@@ -316,6 +316,34 @@ def test_a_second_phase_starts_from_a_checkpoint_and_learns_empty_transcripts(tm
     assert set(record) == {"empty_val_noise", "example_val_noise", "wer_val_seen", "example_val_seen"}
 
 
+def test_a_run_of_stages_keeps_one_schedule_and_trains_each_stage_on_its_own_data(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in MANIFEST.read_text().splitlines()]
+    manifests = []
+    for name, chosen in (("singles", rows[:12]), ("multi", [r for r in rows if r["kind"] == "multi"][:3])):
+        manifests.append(tmp_path / f"{name}.jsonl")
+        manifests[-1].write_text("".join(json.dumps(r | {"file": str(MANIFEST.parent / r["file"])}) + "\n"
+                                         for r in chosen))
+    first = TrainConfig(out=tmp_path / "model", work=tmp_path / "work1", log=tmp_path / "log.jsonl",
+                        train_manifest=manifests[0], model="tiny", steps=8, batch_size=4, batch_frames=0, lr=3e-3,
+                        warmup=2, bpe_vocab=400, eval_every=0, log_every=1)
+    # the second stage's data, steps and batching are its own; its model, rate and warm-up are the run's
+    second = replace(first, train_manifest=manifests[1], work=tmp_path / "work2", steps=4, batch_frames=6000,
+                     model="XS", lr=1.0, warmup=100)
+    result = train(first, then=(second,))
+    assert len(result.losses) == 12
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [(r["step"], r["stage"]) for r in steps] == [(n, 1 if n <= 8 else 2) for n in range(1, 13)]
+    # one warm-up and one cosine decay over both stages' 12 steps, not a second warm-up at step 9
+    schedule = replace(first, steps=12)
+    assert [r["lr"] for r in steps] == pytest.approx([3e-3 * lr_factor(n, schedule) for n in range(1, 13)])
+    stages = [r for r in records if "train_utterances" in r]
+    assert [(r["stage"], r["train_utterances"], r["parameters"]) for r in stages] == [
+        (1, 12, stages[0]["parameters"]), (2, 3, stages[0]["parameters"])]
+    assert (tmp_path / "work2" / "features" / "train.f16").exists() and not (tmp_path / "work2" / "tokenizer").exists()
+    assert load_model_config(tmp_path / "model").layout == "original"
+
+
 def test_a_grown_decoder_starts_as_the_model_it_grew_from(tmp_path: Path) -> None:
     ids = prepare_tokenizer(TrainConfig(init=DEMO_MODEL_DIR), tmp_path, [])[1]
     model = initial_model(TrainConfig(init=DEMO_MODEL_DIR), tmp_path / "plain", ids).eval()
@@ -477,39 +505,33 @@ def test_a_larger_build_renders_only_the_clips_an_earlier_one_did_not(tmp_path: 
 
 
 @pytest.mark.parametrize("has_bfloat16", [True, False])
-def test_the_recipe_chains_its_phases_and_exports_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               has_bfloat16: bool) -> None:
+def test_the_recipe_renders_then_trains_two_stages_in_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              has_bfloat16: bool) -> None:
     from training import recipe
 
-    trained, rendered = [], []
-    monkeypatch.setattr(recipe, "train", trained.append)
-    monkeypatch.setattr(recipe, "render", rendered.append)
+    runs, rendered = [], []
+    monkeypatch.setattr(recipe, "train", lambda first, then: runs.append((first, *then)))
+    monkeypatch.setattr(recipe, "render", lambda: rendered.append(len(runs)))
     monkeypatch.setattr(recipe, "cpu_computes_bfloat16", lambda: has_bfloat16)
-    out = recipe.run(tmp_path, tmp_path / "model", from_phase=2, last_phase=3, log=lambda line: None)
-    assert out == tmp_path / "model" and rendered == [3]
-    second, third = trained
-    assert (second.init, second.out, second.corpus_spec, second.context_rate) == (
-        tmp_path / "phase1", tmp_path / "phase2", "v2", 0.0)
-    assert (third.init, third.out, third.context_rate) == (tmp_path / "phase2", tmp_path / "model",
-                                                           recipe.CONTEXT_RATE)
+    assert recipe.run(tmp_path, tmp_path / "model", log=lambda line: None) == tmp_path / "model"
+    assert rendered == [0] and len(runs) == 1  # rendered before training
+    singles, mix = runs[0]
+    assert (singles.init, singles.out, singles.train_manifest.name) == (None, tmp_path / "model", "train.jsonl")
+    assert (singles.steps, singles.batch_frames, singles.spec_augment, singles.context_rate) == (2500, 0, 0, 0.0)
+    assert mix.train_manifest.name == f"{recipe.MIX}.jsonl" and mix.work != singles.work
+    assert (mix.steps, mix.batch_frames, mix.spec_augment, mix.context_rate) == (3000, 9600, 1, recipe.CONTEXT_RATE)
     # bfloat16 only where the CPU computes it: elsewhere a bfloat16 step takes ten times a float32 one
     precision, tag = ("bfloat16", "bf16") if has_bfloat16 else ("float32", "fp32")
-    assert third.train_manifest.name == "phase3.jsonl" and {c.precision for c in trained} == {precision}
-    assert [c.log.name for c in trained] == [f"demo-model-{tag}-phase2.jsonl", f"demo-model-{tag}-phase3.jsonl"]
-    assert recipe.phase_config(1, tmp_path, None).corpus_spec == "v1"
-    # the last phase adds the clips of rare derivations to phase 4's mix (and keeps its 4-layer decoder)
-    fourth, fifth = (recipe.phase_config(n, tmp_path, tmp_path / f"phase{n - 1}") for n in (4, 5))
-    assert (fourth.decoder_layers, fifth.decoder_layers) == (0, 0) and (fifth.steps, fifth.lr) == (2700, 3e-4)
-    assert fifth.train_manifest.name == "phase5.jsonl" and fifth.init == tmp_path / "phase4"
-    monkeypatch.undo()  # the real render, with long_multi.build spied on
+    assert singles.precision == precision and singles.log.name == f"demo-model-{tag}.jsonl"
+
+    monkeypatch.undo()  # the real render, with the corpus builders spied on
     builds = []
-    monkeypatch.setattr(recipe.long_multi, "build",
-                        lambda corpus, count, *args, **kwargs: builds.append((count, kwargs)))
-    for number in (4, 5):
-        recipe.render(number)
+    monkeypatch.setattr(recipe, "build_corpus", lambda corpus, spec, **kwargs: builds.append(kwargs["splits"]))
+    monkeypatch.setattr(recipe.long_multi, "build", lambda corpus, count, *args, **kwargs: builds.append(kwargs))
+    recipe.render()
     multi = recipe.long_multi
-    assert [(count, kwargs["mix_name"], kwargs["rare"]) for count, kwargs in builds] == [
-        (multi.PHASE4_COUNT, "phase4", 0), (multi.PHASE4_COUNT, "phase5", multi.RARE)]
+    assert builds == [("train", "train_multi", "train_noise"),
+                      {"workers": 2, "mix_name": recipe.MIX, "plain": multi.PLAIN, "rare": multi.RARE, "noise": 2500}]
 
 
 def test_bfloat16_arithmetic_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
