@@ -1,4 +1,4 @@
-"""The third and fourth training phases' data: clips of several sentences as long as the held-out ones, and mixes.
+"""Clips of several sentences as long as the held-out ones, and the mixes that train on them.
 
 The second phase's clips of several sentences hold 2-6 sentences (median 13.6 s, a tenth past 21 s), while the
 held-out ones are read until 15-28 s (median 24 s): the model had barely heard its place kept that far into a clip.
@@ -14,7 +14,10 @@ clips without speech, so that neither is forgotten:
     python -m training.train --init /tmp/demo-v3 --train-manifest ~/.cache/qasr/demo-corpus-v2/phase4.jsonl \
         --work /tmp/demo-work-v4 --steps 2700 --lr 2e-4 --warmup 50 --eval-every 100000 \
         --log training/logs/demo-model-v4.jsonl --out engine/assets/demo-model     # 21 min
-    python -m training.long_multi --count 3600 --plain 4000 --rare 3600 --mix-name phase5   # training.recipe's fifth
+    python -m training.long_multi --count 3600 --plain 4000 --rare 3600 --mix-name phase5   # the old recipe's fifth
+
+training.recipe's second stage trains on one such mix (`build(..., mix_name="recipe", plain=4000, rare=3600,
+noise=2500)`); the commands above are the phases that made the models before it.
 
 The fifth phase's clips of rare derivations (train_rare/) are read as the held-out ones are made: sentences drawn by
 derivations of probability at most 1e-6, each once, so the model has to read them rather than recall them.

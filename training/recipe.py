@@ -1,16 +1,16 @@
 """The demo model's whole recipe in one command: the corpora rendered, then one run of training.train in two stages
-under one learning-rate schedule (cosine from 1.5e-3 over 5,500 steps), exported in the original layout:
+under one learning-rate schedule (cosine from 1.5e-3 over 7,500 steps), exported in the original layout:
 
     python -m training.recipe --out engine/assets/demo-model
 
 1. from scratch, 2,500 steps of 24 single sentences (the v2 corpus's 24,000: two and a half epochs), no SpecAugment;
-2. 3,000 steps of 9,600 padded frames on a mix of every kind of clip the held-out set has: 1,800 clips of several
+2. 5,000 steps of 9,600 padded frames on a mix of every kind of clip the held-out set has: 1,800 clips of several
    training sentences read as long as the held-out ones (15-28 s), 3,600 such clips of rare derivations never held
    out (long_multi.RARE), the v2 corpus's 3,500 clips of 2-6 sentences, 5,000 of its single sentences, 4,000 drawn
    as the grammar draws them (long_multi.PLAIN) and its 2,500 clips without speech; SpecAugment, and a context in
    the system turn for 30% of the examples (training.contexts).
 
-The five phases this replaces (five warm-ups and cosine decays, 17,600 steps, 3.5 h on 2 AVX2 cores) are in git
+The five phases this replaces (five warm-ups and cosine decays, 17,600 steps, about 3.5 h on 2 AVX2 cores) are in git
 history (commit 23c90da); the stages here read the same corpora, so the held-out set and training.fresh_eval's
 sentences are still never trained on. float32 where the CPU has no bfloat16 arithmetic (AVX2), bfloat16 autocast
 where it has (AVX512-BF16 or AMX: a step in half the time). Its log: training/logs/demo-model-{fp32,bf16}.jsonl.
@@ -44,7 +44,7 @@ def stages(work: Path, out: Path) -> tuple[TrainConfig, TrainConfig]:
                           train_manifest=long_multi.CORPUS / "train.jsonl", work=work / "features-singles",
                           steps=2500, lr=1.5e-3, warmup=300, batch_frames=0, spec_augment=0, eval_every=0)
     mix = replace(singles, train_manifest=long_multi.CORPUS / f"{MIX}.jsonl", work=work / "features-mix",
-                  steps=3000, batch_frames=9600, spec_augment=1, context_rate=CONTEXT_RATE)
+                  steps=5000, batch_frames=9600, spec_augment=1, context_rate=CONTEXT_RATE)
     return singles, mix
 
 

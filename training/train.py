@@ -1,15 +1,15 @@
 """Train the bundled demo model: synthesize the corpus, fit a small Qwen3-ASR, export it in the original layout.
 
-The shipped checkpoint is four phases on 2 CPU cores: the first model from scratch on the `v1` corpus (one
-sentence per clip), then a second phase from it on the `v2` corpus (clips of several sentences up to 30 s,
-clips of silence and noise that must stay empty, held-out sentences that are rare grammar derivations), then a
-third and a fourth on clips of several sentences as long as the held-out ones (training.long_multi):
+The demo model's recipe is training.recipe (its docstring): two stages of this module's `train` under one
+optimizer and one learning-rate schedule (`train(first, then=(second,))`: each stage its own data, steps and
+batching). The command line runs one stage, from scratch or from a checkpoint (`--init`), on a synthesized corpus
+(`--corpus-spec`, rendered on first use) or on a manifest (`--train-manifest`, e.g. training.long_multi's mixes):
 
+    python -m training.recipe --out engine/assets/demo-model                       # the demo model, from nothing
     python -m training.train --corpus-spec v1 --steps 5000 --lr 1.5e-3 --warmup 300 --batch-frames 0 \
-        --spec-augment 0 --eval-every 1000 --out /tmp/demo-v1 --log training/logs/demo-model.jsonl
-    python -m training.train --init /tmp/demo-v1 --out /tmp/demo-v2                # phase 2 (the defaults)
-    python -m training.long_multi && python -m training.train --init /tmp/demo-v2 ...  # phases 3, 4: its docstring
-    python -m training.train --steps 50 --model tiny --out /tmp/demo               # a quick look
+        --spec-augment 0 --eval-every 1000 --out /tmp/demo-v1 --log /tmp/demo-v1.jsonl   # single sentences
+    python -m training.train --init /tmp/demo-v1 --out /tmp/demo-v2 --log /tmp/demo-v2.jsonl   # then corpus v2
+    python -m training.train --steps 50 --model tiny --out /tmp/demo                # a quick look
 
 Deterministic from `--seed` on a given machine and thread count. Writes a JSON-lines log of loss and
 validation WER (`--log`) and shows a progress bar.
