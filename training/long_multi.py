@@ -16,8 +16,8 @@ clips without speech, so that neither is forgotten:
         --log training/logs/demo-model-v4.jsonl --out engine/assets/demo-model     # 21 min
     python -m training.long_multi --count 3600 --plain 4000 --rare 3600 --mix-name phase5   # the old recipe's fifth
 
-training.recipe's second stage trains on one such mix (`build(..., mix_name="recipe", plain=4000, rare=3600,
-noise=2500)`); the commands above are the phases that made the models before it.
+training.recipe's second stage trains on one such mix (training.recipe.render builds it); the commands above are the
+phases that made the models before it.
 
 The fifth phase's clips of rare derivations (train_rare/) are read as the held-out ones are made: sentences drawn by
 derivations of probability at most 1e-6, each once, so the model has to read them rather than recall them.
