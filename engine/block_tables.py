@@ -36,6 +36,17 @@ class BlockTables:
             self.num_copied[row] = num_blocks
         return row
 
+    def rows_of(self, seqs: list[Sequence]) -> list[int]:
+        """`row` of each sequence; a sequence whose row is up to date costs a lookup and two comparisons."""
+        row_of_seq, copied, num_copied, row = self.row_of_seq, self.copied, self.num_copied, self.row
+        rows = []
+        for seq in seqs:
+            current = row_of_seq.get(seq.seq_id)
+            if current is None or copied[current] is not seq.block_ids or num_copied[current] != len(seq.block_ids):
+                current = row(seq)
+            rows.append(current)
+        return rows
+
     def rows(self, rows: list[int], width: int) -> np.ndarray:
         """The tables of `rows`, `width` blocks each (zeros past a sequence's last block), as a new array."""
         return self.table[np.asarray(rows, dtype=np.intp), :width]

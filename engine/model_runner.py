@@ -14,7 +14,7 @@ from qasr.engine.sampler import sample
 from qasr.kernels import AttentionMetadata, ModelOps
 from qasr.kernels.attention_metadata import split_kv_max_seqs
 from qasr.kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
-from qasr.scheduler import PENDING_TOKEN, ScheduledChunk, SchedulerOutput, Sequence
+from qasr.scheduler import PENDING_TOKEN, SchedulerOutput, Sequence
 
 
 @dataclass(slots=True)
@@ -163,7 +163,7 @@ class ModelRunner:
         if not step.chunks:
             self.last_sampled_row = {}
             return PendingTokens([], torch.empty(0, dtype=torch.long))
-        inputs = self.prepare(step.chunks)
+        inputs = self.prepare(step)
         graphs = self.decode_graphs
         if graphs is not None and inputs.is_decode and graphs.padded_size(inputs.meta.num_seqs):
             hidden = graphs.run(inputs.token_ids, inputs.positions, inputs.meta)
@@ -205,38 +205,33 @@ class ModelRunner:
             self.generators[seq.seq_id] = generator
         return self.generators[seq.seq_id]
 
-    def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
-        # per sequence only what numpy cannot take at once (most chunks are one-token decodes); positions, slots
-        # and lengths are then whole-array operations, and the block tables are rows kept between steps
-        bs = self.block_size
-        block_row = self.block_tables.row
-        token_ids: list[int] = []
-        rows: list[int] = []
-        starts: list[int] = []
+    def prepare(self, step: SchedulerOutput) -> StepInputs:
+        # per sequence only what numpy cannot take at once; positions, slots and lengths are then whole-array
+        # operations, and the block tables are rows kept between steps. The decodes, most of a step, come first and
+        # take a comprehension per field
+        chunks, num_decodes = step.chunks, step.num_decodes
+        decodes = chunks[:num_decodes]
+        seqs = [chunk.seq for chunk in decodes]
+        starts = [chunk.start for chunk in decodes]
+        rows = self.block_tables.rows_of(seqs)
+        token_ids = [seq.token_id_at(start) for seq, start in zip(seqs, starts)]
+        # rows whose input token the previous launch sampled, and the rows of that launch that hold them
+        pending_rows = [row for row, token in enumerate(token_ids) if token == PENDING_TOKEN]
+        last_sampled_row = self.last_sampled_row
+        pending_sources = [last_sampled_row[seqs[row].seq_id] for row in pending_rows]
+        query_lens = [1] * num_decodes
+        sample_rows = list(range(num_decodes))
         audio_rows: list[np.ndarray] = []
         audio_embeds: list[torch.Tensor] = []
-        query_lens, sample_rows = [], []
-        pending_rows, pending_sources = [], []  # rows whose input token the previous launch sampled
-        offset = 0
-        for chunk in chunks:
+        offset = num_decodes
+        for chunk in chunks[num_decodes:]:
             seq, start, end = chunk.seq, chunk.start, chunk.end
-            rows.append(block_row(seq))
+            rows.append(self.block_tables.row(seq))
             starts.append(start)
-            if end - start == 1 and start >= seq.audio.end:  # a decode's one token: the common case, kept short
-                token = seq.token_id_at(start)
-                if token == PENDING_TOKEN:
-                    pending_rows.append(offset)
-                    pending_sources.append(self.last_sampled_row[seq.seq_id])
-                token_ids.append(token)
-                query_lens.append(1)
-                if chunk.samples:
-                    sample_rows.append(offset)
-                offset += 1
-                continue
             token_ids += seq.token_ids_slice(start, end)
             if token_ids[-1] == PENDING_TOKEN:  # only ever the one token of a decode
                 pending_rows.append(offset + end - start - 1)
-                pending_sources.append(self.last_sampled_row[seq.seq_id])
+                pending_sources.append(last_sampled_row[seq.seq_id])
             lo, hi = max(start, seq.audio.start), min(end, seq.audio.end)
             if lo < hi:
                 audio_rows.append(np.arange(lo, hi) - start + offset)
@@ -245,16 +240,17 @@ class ModelRunner:
             offset += end - start
             if chunk.samples:
                 sample_rows.append(offset - 1)
+        bs = self.block_size
         num_chunks = len(chunks)
         one_token_each = offset == num_chunks
         starts_array = np.asarray(starts, dtype=np.int64)
         if one_token_each:
             positions, lens = starts_array, 1
             token_chunks = np.arange(num_chunks)
-            num_decodes = num_chunks
+            one_token_queries = num_chunks
         else:
             lens = np.asarray(query_lens, dtype=np.int64)
-            num_decodes = int(np.argmax(lens != 1))  # the scheduler puts decodes first
+            one_token_queries = int(np.argmax(lens != 1))  # leading: the scheduler puts decodes first
             token_chunks = np.repeat(np.arange(num_chunks), lens)
             # a token's position: its row, less its chunk's first row, plus its chunk's start
             positions = np.arange(offset) + np.repeat(starts_array - (np.cumsum(lens) - lens), lens)
@@ -276,7 +272,7 @@ class ModelRunner:
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
             split_kv_workspace=self.decode_graphs.workspace if self.decode_graphs else None,
-            num_decodes=num_decodes,
+            num_decodes=one_token_queries,
         )
         # pending rows 0..k-1 reading the last step's rows 0..k-1 (the decodes ahead of the prefills, in the same
         # order): a slice instead of index tensors, or the last step's tokens themselves when every row is one

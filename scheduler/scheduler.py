@@ -44,6 +44,8 @@ class SchedulerOutput:
     free_encoder: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     admitted: list[Sequence] = field(default_factory=list)  # taken off the waiting queue by this step
+    # the leading chunks that are decodes: one token each, the sequence's last (sampled), past its audio
+    num_decodes: int = 0
     num_batched_tokens: int = 0
     num_encoder_tokens: int = 0
 
@@ -134,16 +136,24 @@ class Scheduler:
             (prefills if seq.num_tokens - seq.num_computed_tokens > 1 else decodes).append(seq)
         queue = decodes + prefills
         budget, block_size = self.config.max_num_batched_tokens, self.block_manager.block_size
+        chunks = out.chunks
         i = 0
         while i < len(queue) and out.num_batched_tokens < budget:
             seq = queue[i]
             i += 1
-            if seq.awaits_last_token:
-                continue
             start, num_tokens = seq.num_computed_tokens, seq.num_tokens
+            if seq.num_pending_tokens and num_tokens >= seq.max_num_tokens:
+                continue  # awaits its last token (Sequence.awaits_last_token, inlined)
             if start + 1 == num_tokens and start < len(seq.block_ids) * block_size and start >= seq.audio.end:
                 # the common case, a decode whose token fits a block it has: nothing to allocate or encode
-                self._add_chunk(seq, start, 1, False, out)
+                # (_add_chunk, inlined: this runs for every decoding sequence every step)
+                if out.num_decodes == len(chunks):
+                    out.num_decodes += 1
+                chunks.append(ScheduledChunk(seq, start, 1, True))
+                out.num_batched_tokens += 1
+                seq.num_computed_tokens = num_tokens
+                seq.num_pending_tokens += 1
+                seq.num_tokens = num_tokens + 1
                 continue
             num_new = min(num_tokens - start, budget - out.num_batched_tokens)
             needs_encoder = self._chunk_needs_encoder(seq, start, num_new)
@@ -199,11 +209,14 @@ class Scheduler:
     @staticmethod
     def _add_chunk(seq: Sequence, start: int, num_tokens: int, needs_encoder: bool, out: SchedulerOutput):
         samples = start + num_tokens == seq.num_tokens
+        if num_tokens == 1 and samples and start >= seq.audio.end and out.num_decodes == len(out.chunks):
+            out.num_decodes += 1
         out.chunks.append(ScheduledChunk(seq, start, num_tokens, samples))
         out.num_batched_tokens += num_tokens
         seq.num_computed_tokens = start + num_tokens  # counted as computed at once (see schedule)
         if samples:
             seq.num_pending_tokens += 1
+            seq.num_tokens += 1
         if needs_encoder:
             seq.encoded = True
             out.to_encode.append(seq)
@@ -233,12 +246,12 @@ class Scheduler:
             if seq.status is SequenceStatus.FINISHED:
                 continue  # aborted, or stopped by an earlier step while this one was in flight
             if chunk.samples:
-                seq.num_pending_tokens -= 1
                 token_id = sampled[seq.seq_id]
-                seq.append_token(token_id)
+                seq.num_pending_tokens -= 1  # the pending token is known: num_tokens, which counts it, stays
+                seq.output_token_ids.append(token_id)
                 if token_id in seq.stop_token_ids:
                     seq.finish_reason = "stop"
-                elif len(seq.output_token_ids) >= seq.sampling_params.max_tokens:
+                elif seq.num_tokens - seq.num_pending_tokens >= seq.max_num_tokens:
                     seq.finish_reason = "length"
             if seq.encoded and not seq.needs_audio:
                 self._release_encoder_output(seq, self.encoder_outputs_to_free)

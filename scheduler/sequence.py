@@ -55,6 +55,11 @@ class Sequence:
         self.stop_token_ids = frozenset() if sampling_params.ignore_eos else frozenset(stop_token_ids)
         self.num_computed_tokens = 0  # includes the tokens of steps launched but not yet finished
         self.num_pending_tokens = 0  # sampled by launched steps, not yet known on the host (at most 2)
+        # prompt + output + pending tokens (the scheduler counts a token in as it becomes pending; it stays counted
+        # as it becomes known), and the count at which max_tokens stops the sequence: plain attributes, as the
+        # scheduler reads them for every sequence every step
+        self.num_tokens = len(self.prompt_token_ids)
+        self.max_num_tokens = self.num_tokens + sampling_params.max_tokens
         self.num_cached_tokens = 0
         self.block_ids: list[int] = []
         # chain hashes of the leading blocks in block_ids that the block manager has looked up or registered
@@ -78,14 +83,9 @@ class Sequence:
         return len(self.output_token_ids)
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending_tokens
-
-    @property
     def awaits_last_token(self) -> bool:
         """Its final token (by max_tokens) is sampled but not yet known: nothing is left to schedule."""
-        return (self.num_pending_tokens > 0
-                and self.num_output_tokens + self.num_pending_tokens >= self.sampling_params.max_tokens)
+        return self.num_pending_tokens > 0 and self.num_tokens >= self.max_num_tokens
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -117,4 +117,6 @@ class Sequence:
         return self.output_token_ids[index] if index < len(self.output_token_ids) else PENDING_TOKEN
 
     def append_token(self, token_id: int) -> None:
+        """A token known at once, that no step left pending."""
         self.output_token_ids.append(token_id)
+        self.num_tokens += 1

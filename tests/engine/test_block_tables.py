@@ -11,7 +11,8 @@ def make_seq(k: int) -> Sequence:
 
 def test_rows_follow_the_block_manager_through_growth_preemption_and_reuse():
     """Random allocations, preemptions (the blocks taken away and given again) and finished sequences: every
-    live sequence's row always reads its block list, then zeros, while the array grows in rows and width."""
+    live sequence's row always reads its block list, then zeros, while the array grows in rows and width; rows_of
+    and row agree."""
     rng = random.Random(0)
     manager = BlockManager(num_blocks=400, block_size=4, enable_prefix_caching=False)
     tables = BlockTables(num_rows=2, width=2)
@@ -36,7 +37,8 @@ def test_rows_follow_the_block_manager_through_growth_preemption_and_reuse():
             seq = live.pop(rng.randrange(len(live)))
             manager.free(seq)
             tables.release(seq.seq_id)
-        rows = [tables.row(s) for s in live]  # a step of every live sequence
+        # a step of every live sequence, through the runner's decode path (rows_of) or one at a time
+        rows = tables.rows_of(live) if step % 2 else [tables.row(s) for s in live]
         width = max((len(s.block_ids) for s in live), default=0) + 1
         for seq, row in zip(live, tables.rows(rows, width)):
             n = len(seq.block_ids)

@@ -112,6 +112,10 @@ class FakeEngine:
         assert len(set(map(id, seqs))) == len(seqs), "a sequence scheduled twice in one step"
         assert out.num_batched_tokens == sum(c.num_tokens for c in out.chunks) <= cfg.max_num_batched_tokens
         assert all(c.num_tokens >= 1 for c in out.chunks)
+        is_decode = [c.num_tokens == 1 and c.samples and c.start >= c.seq.audio.end for c in out.chunks]
+        assert out.num_decodes == (is_decode + [False]).index(False), "num_decodes: the leading run of decodes"
+        for seq in chain(sched.running, sched.waiting):
+            assert seq.num_tokens == seq.num_prompt_tokens + seq.num_output_tokens + seq.num_pending_tokens
         assert len(sched.running) <= cfg.max_num_seqs
         # running decodes first, then running prefills, each in running order, then the newly admitted in
         # arrival order
