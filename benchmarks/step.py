@@ -12,11 +12,14 @@ TranscriptionRequest.stream False: the text made once, as a request ends), one k
 engine. Each phase's median time per step, in milliseconds: `schedule` (Scheduler.schedule), `prepare` (the runner
 turning the step into input tensors), `update` (Scheduler.update with the sampled tokens), `detokenize`
 (OutputProcessor.process: tokens to text deltas), `abort` (LLMEngine.abort of the request ended in a mixed step:
-the scheduler's share and the request's last text, all of it for a `final` one), their sum `host`, and `model` (the
-launch less its preparation: the forward and sampling, on a GPU only their enqueueing), and `mean_host`, the mean
-of `host` (with `--stream-interval` above 1 a streamed request's text is made every few steps, which the median
-misses). On a GPU the host's phases overlap the device's work of the step before; the host is the bound once `host`
-exceeds the device's step.
+the scheduler's share and the request's last text, all of it for a `final` one), `other` (the rest of the step on
+the host: the launch's and the engine core's own work around the tokens), their sum `host`, and `model` (the
+device's work: the audio encoder, the decoder's forward, the logits and sampling; on a GPU only their enqueueing),
+and `mean_host`, the mean of `host` (with `--stream-interval` above 1 a streamed request's text is made every few
+steps, which the median misses). The wait for the sampled tokens (and the benchmark's putting real transcripts'
+tokens in their place) counts in none. On a GPU the host's phases overlap the device's work of the step before;
+the host is the bound once `host` exceeds the device's step. On the CPU the model's arithmetic runs between the
+host's phases on the same cores and leaves them cold caches, so they cost more than beside a GPU.
 """
 
 from __future__ import annotations
@@ -37,20 +40,21 @@ from qasr.benchmarks.heldout import read_manifest
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
 from qasr.benchmarks.workload import synthetic_clip
+from qasr.engine import model_runner
 from qasr.engine.config import EngineConfig
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.model_loader import resolve_device, resolve_dtype
 from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import TranscriptionRequest
 from qasr.engine.tokenizer import load_tokenizer
-from qasr.scheduler import SamplingParams
+from qasr.scheduler import SamplingParams, Sequence
 
-PHASES = ("schedule", "prepare", "update", "detokenize", "abort")
+PHASES = ("schedule", "prepare", "update", "detokenize", "abort", "other")  # the host's
 CLIP_SECONDS = 1.0
 
 
 class PhaseTimes:
-    """Seconds spent in each wrapped method during the steps being measured."""
+    """Seconds spent in each wrapped method during the steps being measured; `other` is what is left of a step."""
 
     def __init__(self) -> None:
         self.current: dict[str, float] = defaultdict(float)
@@ -65,7 +69,10 @@ class PhaseTimes:
                 self.current[phase] += time.perf_counter() - start
         return timed
 
-    def end_step(self) -> None:
+    def end_step(self, step_seconds: float) -> None:
+        """`step_seconds`: the wall time of LLMEngine.step (an abort before it is timed on its own)."""
+        timed = sum(seconds for phase, seconds in self.current.items() if phase != "abort")
+        self.current["other"] = step_seconds - timed
         self.steps.append(dict(self.current))
         self.current.clear()
 
@@ -76,25 +83,47 @@ class PhaseTimes:
         row["host_ms"] = 1000 * statistics.median(host)
         # a cost that comes every few steps (text at a stream_interval above 1) shows in the mean, not the median
         row["mean_host_ms"] = 1000 * statistics.fmean(host)
-        row["model_ms"] = 1000 * statistics.median(step.get("launch", 0.0) - step.get("prepare", 0.0)
-                                                   for step in self.steps)
+        row["model_ms"] = 1000 * statistics.median(step.get("model", 0.0) for step in self.steps)
         return {f"{key}_ms" if not key.endswith("_ms") else key: value for key, value in row.items()}
 
 
-def instrument(engine: LLMEngine, times: PhaseTimes) -> Callable[[], None]:
-    """Wraps the phases' methods on their objects; returns what unwraps them."""
-    core = engine.core
+def instrument(engine: LLMEngine, times: PhaseTimes, host_only: bool = False) -> Callable[[], None]:
+    """Wraps the phases' methods on their objects (the device's work as `model`, the wait for its tokens as
+    `wait`); with `host_only` the device's work is left out (see without_the_model). Returns what unwraps them."""
+    core, runner = engine.core, engine.core.runner
+    device_work = [(runner, "encode"), (runner.model, "embed"), (runner.model, "forward"),
+                   (runner.model, "compute_logits"), (model_runner, "sample")]
+    if runner.decode_graphs is not None:
+        device_work.append((runner.decode_graphs, "run"))
     targets = [(core.scheduler, "schedule", "schedule"), (core.scheduler, "update", "update"),
-               (core.runner, "prepare", "prepare"), (core.runner, "launch", "launch"),
-               (engine.output_processor, "process", "detokenize")]
+               (runner, "prepare", "prepare"), (engine.output_processor, "process", "detokenize"),
+               (TranscriptResult, "result", "wait")] + [(owner, name, "model") for owner, name in device_work]
     originals = [getattr(owner, name) for owner, name, _ in targets]
+    stand_ins = without_the_model(runner) if host_only else {}
     for owner, name, phase in targets:
-        setattr(owner, name, times.wrap(phase, getattr(owner, name)))
+        setattr(owner, name, times.wrap(phase, stand_ins.get(name, getattr(owner, name))))
 
     def restore() -> None:
         for (owner, name, _), original in zip(targets, originals):
             setattr(owner, name, original)
     return restore
+
+
+def without_the_model(runner: ModelRunner) -> dict[str, Callable]:
+    """Stand-ins for the device's work that return zeros of the shapes the host goes on with (the tokens are the
+    transcripts' anyway): the host's phases alone, as they run beside a GPU, without the CPU's forward between them
+    (which leaves them cold caches and its freed memory). `--host-only`."""
+    device = runner.device
+
+    def encode(seqs: list[Sequence], waveforms: object) -> None:
+        for seq in seqs:
+            runner.encoder_cache[seq.seq_id] = torch.zeros(seq.audio.length, 1, device=device)
+
+    def forward(embeds: object, positions: torch.Tensor, *args: object) -> torch.Tensor:
+        return torch.zeros(len(positions), 1, device=device)  # one logit a row, below: token 0
+
+    return {"encode": encode, "embed": lambda *args: None, "forward": forward, "run": forward,
+            "compute_logits": lambda hidden: hidden}
 
 
 class TranscriptTokens:
@@ -125,8 +154,13 @@ class TranscriptResult:
     pending: PendingTokens
     transcripts: TranscriptTokens
 
-    def result(self) -> dict[int, int]:
-        return {seq_id: self.transcripts.next(seq_id) for seq_id in self.pending.result()}
+    @property
+    def seqs(self) -> list[Sequence]:
+        return self.pending.seqs
+
+    def result(self) -> list[int]:
+        self.pending.result()
+        return [self.transcripts.next(seq.seq_id) for seq in self.pending.seqs]
 
 
 TEXT_KINDS = {"deltas": True, "final": False}  # --text: TranscriptionRequest.stream
@@ -141,7 +175,8 @@ def new_request(seed: int, stream: bool, temperature: float = 0.0) -> Transcript
                                 stream=stream)
 
 
-def measure(config: EngineConfig, running: int, steps: int, texts: list[str], temperature: float = 0.0) -> list[dict]:
+def measure(config: EngineConfig, running: int, steps: int, texts: list[str], temperature: float = 0.0,
+            host_only: bool = False) -> list[dict]:
     """One engine for `running` sequences: the pure-decode row and the mixed row for each kind of request in
     `texts`, one kind after the other (on a GPU an engine costs its graph captures)."""
     engine = LLMEngine(replace(config, max_num_seqs=running, max_num_batched_tokens=max(8192, 2 * running)))
@@ -158,13 +193,14 @@ def measure(config: EngineConfig, running: int, steps: int, texts: list[str], te
             engine.step()
         for mixed in (False, True):
             times = PhaseTimes()
-            restore = instrument(engine, times)
+            restore = instrument(engine, times, host_only)
             for _ in range(steps):
                 if mixed:
                     times.wrap("abort", engine.abort)(ids.pop(0))
                     ids.append(engine.add_request(new_request(next(seeds), stream, temperature)))
+                start = time.perf_counter()
                 engine.step()
-                times.end_step()
+                times.end_step(time.perf_counter() - start)
             restore()
             rows.append({"running": running, "text": text, "step": "decode + 1 prefill" if mixed else "decode",
                          "decoding": scheduler.num_running, **times.medians_ms()})
@@ -181,6 +217,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the requests want: text deltas as tokens come, or the final transcript")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="the requests' sampling temperature (0: greedy; above: drawn, timed in `model`)")
+    parser.add_argument("--host-only", action="store_true",
+                        help="leave the device's work out of the measured steps (zeros in its place): the host's "
+                             "phases as they run beside a GPU, without the CPU's forward between them")
     parser.add_argument("--work-dir", default="/tmp/qasr-bench", help="where the random checkpoint is written")
     EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs", "max_num_batched_tokens"))
     add_output_arguments(parser)
@@ -194,10 +233,11 @@ def main(args: argparse.Namespace) -> int:
                                          device="cuda" if device.type == "cuda" else "cpu")
     config = replace(config, model=str(checkpoint), device=str(device), dtype=dtype)
     rows = [row for running in args.running
-            for row in measure(config, running, args.steps, args.text, args.temperature)]
+            for row in measure(config, running, args.steps, args.text, args.temperature, args.host_only)]
     print_table(rows)
     settings = {"preset": args.preset, "running": args.running, "steps": args.steps, "text": args.text,
                 "clip_s": CLIP_SECONDS, "stream_interval": config.stream_interval, "temperature": args.temperature,
+                "host_only": args.host_only,
                 "dtype": str(dtype), "threads": torch.get_num_threads()}
     print(f"results: {write_results('step', device, settings, rows, args.out_dir)}")
     return 0

@@ -28,6 +28,7 @@ from qasr.scheduler import (
     SchedulerConfig,
     SchedulerOutput,
     Sequence,
+    SequenceStatus,
 )
 
 MAX_GRAPH_BATCH_SIZE = 512
@@ -216,8 +217,8 @@ class EngineCore:
             return outputs
         previous_step, previous_pending = previous
         # a sequence that stopped before this step's results came back sampled once more: drop that token
-        live = {c.seq.seq_id for c in previous_step.chunks if c.samples and not c.seq.is_finished}
-        outputs.sampled = {seq_id: token for seq_id, token in previous_pending.result().items() if seq_id in live}
+        outputs.sampled = {seq.seq_id: token for seq, token in zip(previous_pending.seqs, previous_pending.result())
+                           if seq.status is not SequenceStatus.FINISHED}
         outputs.finished = self.scheduler.update(previous_step, outputs.sampled)
         for seq in outputs.finished:
             self._forget(seq.seq_id)

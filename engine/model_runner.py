@@ -25,21 +25,23 @@ class StepInputs:
     audio_embeds: torch.Tensor
     meta: AttentionMetadata
     sample_rows: torch.Tensor | None  # rows whose logits are sampled; None: every row, in order
+    sampled_seqs: list[Sequence]  # the sequence of each sampled row
     is_decode: bool  # one new token per sequence, every one sampled, no audio: what a decode graph replays
 
 
 @dataclass(slots=True)
 class PendingTokens:
-    """Sampled tokens on their way to the host; result() waits for the copy (the step's only sync)."""
+    """Sampled tokens on their way to the host, one for each of `seqs`; result() waits for the copy (the step's
+    only sync)."""
 
-    seq_ids: list[int]
+    seqs: list[Sequence]
     tokens: torch.Tensor
     copied: torch.cuda.Event | None = None
 
-    def result(self) -> dict[int, int]:
+    def result(self) -> list[int]:
         if self.copied is not None:
             self.copied.synchronize()
-        return dict(zip(self.seq_ids, self.tokens.tolist()))
+        return self.tokens.tolist()
 
 
 class ModelRunner:
@@ -170,19 +172,19 @@ class ModelRunner:
         else:
             embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
             hidden = self.model(embeds, inputs.positions, inputs.meta, self.ops)
-        sampling = [chunk.seq for chunk in step.chunks if chunk.samples]
+        sampling = inputs.sampled_seqs
+        params = [seq.sampling_params for seq in sampling]
         logits = self.model.compute_logits(hidden if inputs.sample_rows is None else hidden[inputs.sample_rows])
-        tokens = sample(logits, [seq.sampling_params for seq in sampling],
-                        [self.generator(seq) for seq in sampling])
-        seq_ids = [seq.seq_id for seq in sampling]
-        self.last_sampled, self.last_sampled_row = tokens, {seq_id: row for row, seq_id in enumerate(seq_ids)}
+        tokens = sample(logits, params, [None if p.greedy else self.generator(seq) for seq, p in zip(sampling, params)])
+        self.last_sampled = tokens
+        self.last_sampled_row = dict(zip([seq.seq_id for seq in sampling], self.row_numbers))
         if self.device.type != "cuda":
-            return PendingTokens(seq_ids, tokens)
+            return PendingTokens(sampling, tokens)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record(torch.cuda.current_stream(self.device))
-        return PendingTokens(seq_ids, host, copied)
+        return PendingTokens(sampling, host, copied)
 
     def encode(self, seqs: list[Sequence], waveforms: Mapping[int, np.ndarray]) -> None:
         mels = self.features([waveforms[seq.seq_id] for seq in seqs])
@@ -221,6 +223,7 @@ class ModelRunner:
         pending_sources = [last_sampled_row[seqs[row].seq_id] for row in pending_rows]
         query_lens = [1] * num_decodes
         sample_rows = list(range(num_decodes))
+        sampled_seqs = seqs[:]
         audio_rows: list[np.ndarray] = []
         audio_embeds: list[torch.Tensor] = []
         offset = num_decodes
@@ -240,6 +243,7 @@ class ModelRunner:
             offset += end - start
             if chunk.samples:
                 sample_rows.append(offset - 1)
+                sampled_seqs.append(seq)
         bs = self.block_size
         num_chunks = len(chunks)
         one_token_each = offset == num_chunks
@@ -295,6 +299,7 @@ class ModelRunner:
             meta=meta,
             sample_rows=None if sample_rows == self.row_numbers[:offset] else self.to_device(
                 np.asarray(sample_rows, dtype=np.int64)),
+            sampled_seqs=sampled_seqs,
             is_decode=meta.max_query_len == 1 and not audio_rows and len(sample_rows) == len(chunks),
         )
 

@@ -1,10 +1,10 @@
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # temperatures below this are greedy (vLLM's threshold): logits divided by less would overflow float32
 GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
@@ -12,6 +12,8 @@ class SamplingParams:
     max_tokens: int = 512
     seed: int | None = None
     ignore_eos: bool = False
+    # temperature below GREEDY_BELOW_TEMPERATURE: argmax. Stored, as the runner reads it for every row every step
+    greedy: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # written as `not (ok)` so that NaN fails too
@@ -23,7 +25,4 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW_TEMPERATURE
+        object.__setattr__(self, "greedy", self.temperature < GREEDY_BELOW_TEMPERATURE)

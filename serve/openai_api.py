@@ -107,8 +107,8 @@ async def _answer(request: web.Request, state: ServerState, params: Transcriptio
     # as long as the client asks, but never longer than the audio can need: a longer output is the model repeating
     # itself, at the engine's expense (each piece is capped by its own length, at most max_piece_seconds)
     piece_seconds = min(len(samples) / SAMPLE_RATE, state.engine.engine.config.max_piece_seconds)
-    sampling = SamplingParams(temperature=params.temperature)
-    sampling.max_tokens = min(params.max_tokens or sampling.max_tokens, output_token_cap(piece_seconds))
+    sampling = SamplingParams(temperature=params.temperature, max_tokens=min(
+        params.max_tokens or SamplingParams().max_tokens, output_token_cap(piece_seconds)))
     request_id = f"trsc-{uuid.uuid4().hex}"
     headers = {"X-Request-Id": request_id}
     stream = state.engine.stream(TranscriptionRequest(samples, language=params.language, context=params.prompt,

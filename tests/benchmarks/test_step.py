@@ -9,10 +9,13 @@ import torch
 from qasr.benchmarks import step as bench
 from qasr.benchmarks.heldout import read_manifest
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
+from qasr.engine import sampler
 from qasr.engine.config import EngineConfig
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.prompt import parse_transcript
 from qasr.engine.tokenizer import load_tokenizer
+
+TRANSCRIPT_RESULT = bench.TranscriptResult.result
 
 
 def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: Path) -> None:
@@ -37,6 +40,27 @@ def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: 
         assert all(ms > 0 for ms in phases) and row["host_ms"] > 0 and row["model_ms"] > 0
         assert row["mean_host_ms"] > 0
         assert ended or row["abort_ms"] == 0
+
+
+def test_host_only_leaves_the_device_work_out_and_puts_everything_back(tmp_path: Path) -> None:
+    """--host-only: the forward's stand-ins return at once, the steps still run (the sequences keep decoding, the
+    text comes from the transcripts), and the engine's own methods are back afterwards."""
+    checkpoint = write_random_checkpoint(tmp_path / "tiny", "tiny", torch.float32, device="cpu")
+    config = EngineConfig(model=str(checkpoint), device="cpu")
+    real = bench.measure(config, running=4, steps=6, texts=["final"])
+    alone = bench.measure(config, running=4, steps=6, texts=["final"], host_only=True)
+    for with_model, host_only in zip(real, alone):
+        assert host_only["decoding"] == with_model["decoding"] == 4
+        assert host_only["schedule_ms"] > 0 and host_only["prepare_ms"] > 0 and host_only["update_ms"] > 0
+        assert host_only["model_ms"] < with_model["model_ms"] / 3  # zeros instead of the tiny model's forward
+    engine = LLMEngine(config)
+    runner = engine.core.runner
+    before = {name: getattr(runner.model, name) for name in ("forward", "embed", "compute_logits")}
+    restore = bench.instrument(engine, bench.PhaseTimes(), host_only=True)
+    assert runner.model.forward != before["forward"]
+    restore()
+    assert {name: getattr(runner.model, name) for name in before} == before
+    assert bench.model_runner.sample is sampler.sample and bench.TranscriptResult.result is TRANSCRIPT_RESULT
 
 
 def test_the_host_reads_back_real_transcripts(tmp_path: Path) -> None:
