@@ -166,18 +166,21 @@ class ModelRunner:
             self.last_sampled_row = {}
             return PendingTokens([], torch.empty(0, dtype=torch.long))
         inputs = self.prepare(step)
+        # what sampling needs of the sequences, read while prepare has them in the host's caches (on the CPU the
+        # forward between would evict them)
+        sampling = inputs.sampled_seqs
+        params = [seq.sampling_params for seq in sampling]
+        generators = [None if p.greedy else self.generator(seq) for seq, p in zip(sampling, params)]
+        sampled_row = dict(zip([seq.seq_id for seq in sampling], self.row_numbers))
         graphs = self.decode_graphs
         if graphs is not None and inputs.is_decode and graphs.padded_size(inputs.meta.num_seqs):
             hidden = graphs.run(inputs.token_ids, inputs.positions, inputs.meta)
         else:
             embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
             hidden = self.model(embeds, inputs.positions, inputs.meta, self.ops)
-        sampling = inputs.sampled_seqs
-        params = [seq.sampling_params for seq in sampling]
         logits = self.model.compute_logits(hidden if inputs.sample_rows is None else hidden[inputs.sample_rows])
-        tokens = sample(logits, params, [None if p.greedy else self.generator(seq) for seq, p in zip(sampling, params)])
-        self.last_sampled = tokens
-        self.last_sampled_row = dict(zip([seq.seq_id for seq in sampling], self.row_numbers))
+        tokens = sample(logits, params, generators)
+        self.last_sampled, self.last_sampled_row = tokens, sampled_row
         if self.device.type != "cuda":
             return PendingTokens(sampling, tokens)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
