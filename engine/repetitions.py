@@ -1,16 +1,56 @@
-"""Cutting a model's repetition loops out of its text as the text streams: a run of a character, or of a pattern of
-up to MAX_PATTERN characters, that reaches REPEATS copies in a row keeps its first copy (the rule of the reference
-parser). What a run still growing could drop is held back, so nothing released is ever taken back, and the
-released pieces add up to the text the whole would give."""
+"""Cutting a model's repetition loops out of its text as the text streams, in the reference parser's two passes: a
+run of more than REPEATS of one character becomes that character (CharacterRuns), then in what that leaves a run of a
+character, or of a pattern of up to MAX_PATTERN characters, that reaches REPEATS copies in a row keeps its first copy
+(RepetitionFilter). What a run still growing could drop is held back, so nothing released is ever taken back, and
+the released pieces add up to the text the whole would give."""
+
+import re
 
 REPEATS = 20
 MAX_PATTERN = 20
 CUT_AT = [(REPEATS - 1) * size for size in range(1, MAX_PATTERN + 1)]  # a run of period s holds REPEATS copies
+LONG_RUN = re.compile(rf"(.)\1{{{REPEATS},}}", re.DOTALL)  # more than REPEATS of one character
+
+
+class CharacterRuns:
+    """The first pass: a run of more than REPEATS of one character becomes that character, the context around it
+    kept (the pattern pass after it sees the text on both sides joined). A run's first character goes out at once;
+    the rest wait until the run ends (out, if it stayed within REPEATS) or passes REPEATS (dropped)."""
+
+    def __init__(self) -> None:
+        self.char = ""  # the character of the run the text so far ends in
+        self.length = 0  # that run's length, its first character (already out) included
+
+    def push(self, text: str) -> str:
+        char, length, n = self.char, self.length, len(text)
+        if length == 1 and 0 < n <= REPEATS and text[0] != char and (n == 1 or text[-2] != text[-1]):
+            # the common case: nothing waits, and `text` neither goes on with the run before nor ends in a run
+            self.char = text[-1]
+            return text
+        start = 0
+        while start < n and text[start] == char:  # the run before goes on
+            start += 1
+        if start == n:
+            self.length = length + n
+            return ""
+        out = char * (length + start - 1) if length + start <= REPEATS else ""  # the run before ended
+        tail = n - 1  # where the run `text` ends in begins
+        while tail > start and text[tail - 1] == text[-1]:
+            tail -= 1
+        middle = text[start:tail + 1]  # ends with that run's first character
+        self.char, self.length = text[-1], n - tail
+        return out + (LONG_RUN.sub(r"\1", middle) if len(middle) > REPEATS else middle)
+
+    def finish(self) -> str:
+        rest = self.char * (self.length - 1) if self.length <= REPEATS else ""
+        self.char, self.length = "", 0
+        return rest
 
 
 class RepetitionFilter:
 
     def __init__(self) -> None:
+        self.character_runs = CharacterRuns()
         self._restart()
         self.pattern = ""  # a run cut to its first copy, whose further whole copies are being dropped
         self.partial = ""  # the start of a copy of `pattern` that may yet be completed (and dropped)
@@ -25,6 +65,9 @@ class RepetitionFilter:
         self.held = ""  # seen, not yet released
 
     def push(self, text: str) -> str:
+        return self._push_patterns(self.character_runs.push(text))
+
+    def _push_patterns(self, text: str) -> str:
         if not self.pattern and len(text) < self.headroom:
             # the common case: no run can reach REPEATS copies in `text` (a loop still building included)
             return self._take_short_of_a_loop(text) if text else ""
@@ -97,7 +140,8 @@ class RepetitionFilter:
     def finish(self) -> str:
         """The rest, once no more text will come: a run that never reached REPEATS copies is kept whole, and so is
         the unfinished copy after a cut one."""
-        rest = self.held + self.partial
+        last = self._push_patterns(self.character_runs.finish())
+        rest = last + self.held + self.partial
         self._restart()
         self.pattern, self.partial = "", ""
         return rest
