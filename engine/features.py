@@ -1,4 +1,5 @@
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,14 @@ class LogMelExtractor:
             norm="slaney",
             mel_scale="slaney",
         )
-        self.mel_filters_t = torch.from_numpy(filters).to(self.device, torch.float32).T.contiguous()
+        mel_filters = torch.from_numpy(filters).to(self.device, torch.float32).T.contiguous()  # [mels, bins]
+        if self.device.type == "cpu":
+            # each filter is a triangle a few bins wide: 394 of the 25,728 weights are non-zero, and a sparse
+            # product is a fifth of the dense one's time on the CPU (the same sums, at most a float rounding apart)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+                mel_filters = mel_filters.to_sparse_csr()
+        self.mel_filters = mel_filters
         self.window = torch.hann_window(config.n_fft, device=self.device)
 
     def pad_to_min_length(self, samples: np.ndarray) -> np.ndarray:
@@ -76,9 +84,21 @@ class LogMelExtractor:
             wave = torch.from_numpy(np.ascontiguousarray(self.pad_to_min_length(clip), dtype=np.float32))
             if self.device.type == "cuda":
                 wave = wave.pin_memory().to(self.device, non_blocking=True)
-            stft = torch.stft(wave, self.config.n_fft, self.config.hop_length, window=self.window,
-                              return_complex=True)
-            power = stft.real.square() + stft.imag.square()  # |stft|^2 without the square root abs() takes
-            log_spec = torch.clamp(self.mel_filters_t @ power[..., :-1], min=1e-10).log10()
-            features.append((torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0)
+            power = self.power_spectrum(wave)
+            log_spec = (self.mel_filters @ power.T.contiguous()).clamp_(min=1e-10).log10_()
+            features.append(torch.maximum(log_spec, log_spec.max() - 8.0).add_(4.0).div_(4.0))
         return features
+
+    def power_spectrum(self, wave: torch.Tensor) -> torch.Tensor:
+        """|STFT|^2 of a 1-D wave, [frames, bins]: torch.stft's (center=True, reflect padding) to the bit, without
+        the last frame, which Whisper-style features drop, in fewer passes over the samples than torch.stft makes."""
+        n_fft = self.config.n_fft
+        frames = reflect_pad(wave, n_fft // 2).unfold(0, n_fft, self.config.hop_length)[:-1] * self.window
+        spectrum = torch.fft.rfft(frames)
+        return spectrum.real.square().add_(spectrum.imag.square())  # without the square root abs() would take
+
+
+def reflect_pad(wave: torch.Tensor, pad: int) -> torch.Tensor:
+    """F.pad(mode="reflect") of a 1-D wave (which runs at a third of a copy's speed on the CPU): its first and last
+    `pad` samples after the edge, mirrored. The wave must be longer than `pad`."""
+    return torch.cat([wave[1:pad + 1].flip(0), wave, wave[-pad - 1:-1].flip(0)])

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from transformers import Qwen3ASRFeatureExtractor
 
-from qasr.engine.features import FeatureConfig, LogMelExtractor
+from qasr.engine.features import FeatureConfig, LogMelExtractor, reflect_pad
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:
@@ -61,3 +63,15 @@ def test_feature_config_reads_the_checkpoint(tmp_path) -> None:
     config = FeatureConfig.from_checkpoint(tmp_path)
     assert config.num_mel_bins == 80 and config.min_samples == 8000
     assert FeatureConfig.from_checkpoint(tmp_path / "missing") == FeatureConfig()
+
+
+
+def test_power_spectrum_is_torch_stfts_to_the_bit(clips: dict[str, np.ndarray]) -> None:
+    """The extractor frames and transforms each clip itself, in fewer passes than torch.stft: the same numbers as its
+    center=True with reflect padding, the last frame left out."""
+    extractor = LogMelExtractor(FeatureConfig())
+    for name, clip in clips.items():
+        wave = torch.from_numpy(extractor.pad_to_min_length(clip))
+        stft = torch.stft(wave, 400, 160, window=extractor.window, return_complex=True)[:, :-1]
+        assert torch.equal(extractor.power_spectrum(wave).T, stft.real.square() + stft.imag.square()), name
+        assert torch.equal(reflect_pad(wave, 200), F.pad(wave[None], (200, 200), mode="reflect")[0]), name
