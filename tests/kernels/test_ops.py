@@ -89,6 +89,26 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype, seed_of) 
     assert_close(k_out, k_expected)
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=str)  # torch alone: bf16 is exact here
+def test_qk_norm_rope_reference_is_each_heads_norm_and_rope_apart(dtype: torch.dtype, seed_of) -> None:
+    """The reference takes q's and k's heads in one tensor: each gets, to the bit, transformers' steps on it alone."""
+    generator = torch.Generator().manual_seed(seed_of(dtype))
+    num_tokens, num_heads, num_kv_heads, head_dim = 9, 4, 2, 32
+    rotary = RotaryEmbedding(head_dim, 1e6, 4096)
+    qkv = randn(generator, num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, std=2.0)
+    q, k, _ = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    q, k = q.view(num_tokens, num_heads, head_dim), k.view(num_tokens, num_kv_heads, head_dim)
+    q_weight = randn(generator, head_dim, dtype=dtype, mean=3.0, std=0.3)
+    k_weight = randn(generator, head_dim, dtype=dtype, mean=1.0, std=0.3)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=generator)
+    cos_cache, sin_cache = rotary.tables(4096)
+    q_out, k_out = reference_norms.qk_norm_rope(q, k, positions, q_weight, k_weight, 1e-6, cos_cache, sin_cache)
+    cos, sin = (cache[positions].to(dtype).unsqueeze(1) for cache in (cos_cache, sin_cache))
+    for out, x, weight in ((q_out, q, q_weight), (k_out, k, k_weight)):
+        assert torch.equal(out, reference_norms.apply_rope(reference_norms.rms_norm(x, weight, 1e-6), cos, sin))
+
+
 def fused_against_two_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: tuple, cache_shape: tuple,
                               cache_dtype: torch.dtype, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """qk_norm_rope_store against qk_norm_rope + store_kv, both Triton: the same arithmetic, so the same bits (an
