@@ -16,32 +16,35 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int, dtype
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Causal attention of query [num_tokens, heads, head_dim] over each sequence's cached context. Single-token
-    queries (decodes) go through one batched call, also in a step that mixes them with prefill chunks; each
-    prefill chunk goes alone."""
+    queries (decodes) go through one batched call, also in a step that mixes them with prefill chunks; so do prefill
+    chunks of one length with nothing cached before them (a batch of new clips); any other chunk goes alone."""
     if meta.is_pure_decode:
         return _decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len, scale)
     out = torch.empty_like(query)
     decode_rows, decode_seqs = [], []
+    fresh: dict[int, tuple[list[int], list[int]]] = {}  # chunk length -> (first rows, sequences)
     start = 0
     for i, (q_len, s_len) in enumerate(zip(meta.query_lens_host, meta.seq_lens_host)):
         if q_len == 1:
             decode_rows.append(start)
             decode_seqs.append(i)
-            start += 1
-            continue
-        # [1, heads, tokens, dim]: with a batch dimension the CPU takes its fused kernel (3-D inputs take the
-        # unfused path, 2-5x slower), and a chunk with no context before it is plainly causal (no mask to read)
-        q = query[start:start + q_len].transpose(0, 1)[None]
-        k = gather_kv(k_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)[None]
-        v = gather_kv(v_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)[None]
-        if q_len == s_len:
-            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        elif q_len == s_len:
+            starts, seqs = fresh.setdefault(q_len, ([], []))
+            starts.append(start)
+            seqs.append(i)
         else:
+            q = query[start:start + q_len].transpose(0, 1)[None]
+            k = gather_kv(k_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)[None]
+            v = gather_kv(v_cache, meta.block_tables[i], s_len, query.dtype).transpose(0, 1)[None]
             rows = torch.arange(q_len, device=query.device)[:, None] + (s_len - q_len)
             mask = torch.arange(s_len, device=query.device)[None, :] <= rows
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-        out[start:start + q_len] = attended[0].transpose(0, 1)
+            out[start:start + q_len] = attended[0].transpose(0, 1)
         start += q_len
+    for length, (starts, seqs) in fresh.items():
+        rows = torch.tensor(starts, device=query.device)[:, None] + torch.arange(length, device=query.device)
+        out[rows] = _fresh_chunks_attention(query[rows], k_cache, v_cache,
+                                            meta.block_tables[torch.tensor(seqs, device=query.device)], scale)
     if decode_rows:
         rows = torch.tensor(decode_rows, device=query.device)
         seqs = torch.tensor(decode_seqs, device=query.device)
@@ -49,6 +52,24 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         out[rows] = _decode_attention(query[rows], k_cache, v_cache, meta.block_tables[seqs], meta.seq_lens[seqs],
                                       longest, scale)
     return out
+
+
+def _fresh_chunks_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of chunks [chunks, length, heads, dim] with nothing cached before them, in one call:
+    each chunk's keys are its own `length` first cache rows. [chunks, heads, length, dim] with a batch dimension is
+    what the CPU's fused kernel takes (3-D inputs take the unfused path, 2-5x slower)."""
+    num_chunks, length = query.shape[:2]
+    block_size = k_cache.shape[1]
+    tables = block_tables[:, :(length + block_size - 1) // block_size].flatten()
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:
+        rows = cache.index_select(0, tables).view(num_chunks, -1, *cache.shape[2:])[:, :length]
+        return rows.transpose(1, 2).to(query.dtype)
+
+    attended = F.scaled_dot_product_attention(query.transpose(1, 2), gather(k_cache), gather(v_cache),
+                                              is_causal=True, scale=scale, enable_gqa=True)
+    return attended.transpose(1, 2)
 
 
 def _decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,

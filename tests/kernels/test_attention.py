@@ -90,6 +90,27 @@ def test_a_mixed_steps_decodes_apart_give_the_rows_of_each_part_alone(heads: tup
     assert torch.equal(apart[:decodes], alone)
 
 
+def test_the_reference_takes_new_chunks_of_one_length_in_one_call_each_as_alone(paged_batch) -> None:
+    """On the CPU prefill chunks of one length with nothing cached before them (a batch of new clips) go through one
+    attention call: each chunk's rows are, to the bit, those it gets as the only sequence of a step, beside decodes,
+    a chunk with context and a new chunk of another length; the interpreted Triton kernel agrees."""
+    query_lens, context_lens = [1, 24, 24, 7, 24, 1, 24], [30, 0, 0, 0, 0, 12, 5]
+    batch = paged_batch(query_lens, context_lens, 4, 2, 16, torch.float32, seed=11, block_size=8)
+    together = expected(batch)
+    meta, starts = batch.meta, batch.meta.query_start_loc.tolist()
+    for i, (start, end) in enumerate(zip(starts, starts[1:])):
+        alone_meta = replace(meta, slot_mapping=meta.slot_mapping[start:end],
+                             query_start_loc=torch.tensor([0, end - start], dtype=torch.int32),
+                             seq_lens=meta.seq_lens[i:i + 1], block_tables=meta.block_tables[i:i + 1],
+                             max_query_len=end - start, max_seq_len=meta.seq_lens_host[i],
+                             query_lens_host=[end - start], seq_lens_host=[meta.seq_lens_host[i]],
+                             num_decodes=int(end - start == 1))
+        alone = reference.paged_attention(batch.query[start:end], batch.k_cache, batch.v_cache, alone_meta,
+                                          batch.scale)
+        assert torch.equal(together[start:end], alone), f"sequence {i}"
+    assert_matches(unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                     split_kv=False), batch)
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
 def test_split_kv_decode(heads: tuple[int, int, int], dtype: torch.dtype, paged_batch, seed_of) -> None:
