@@ -10,6 +10,9 @@ REPEATS = 20
 MAX_PATTERN = 20
 CUT_AT = [(REPEATS - 1) * size for size in range(1, MAX_PATTERN + 1)]  # a run of period s holds REPEATS copies
 LONG_RUN = re.compile(rf"(.)\1{{{REPEATS},}}", re.DOTALL)  # more than REPEATS of one character
+# the characters seen that are kept: every run shorter than REPEATS - 1 (the fewest a run at REPEATS copies has),
+# with the MAX_PATTERN characters before it, lies inside them
+RECENT = 2 * MAX_PATTERN
 
 
 class CharacterRuns:
@@ -57,10 +60,11 @@ class RepetitionFilter:
 
     def _restart(self) -> None:
         """Forgets the context: a cut run's end starts the text afresh, as the reference parser's recursion does."""
-        self.recent = ""  # the last MAX_PATTERN characters seen
+        self.recent = ""  # the last RECENT characters seen
         # runs[s - 1]: how many of the latest characters equal the character s places before them; those are the
-        # second and later copies of a pattern of s characters, which a longer run would drop
-        self.runs = [0] * MAX_PATTERN
+        # second and later copies of a pattern of s characters, which a longer run would drop. Kept while a run
+        # nears REPEATS copies; None while every run is short, when the longest is found in `recent` (longest_run)
+        self.runs: list[int] | None = None
         self.headroom = REPEATS - 1  # a push shorter than this cannot bring any run to REPEATS copies
         self.held = ""  # seen, not yet released
 
@@ -99,17 +103,33 @@ class RepetitionFilter:
         return True
 
     def _take_short_of_a_loop(self, text: str) -> str:
-        """`_take` of each character of `text`, at once; returns what it releases. Only periods whose run reaches
-        the last character can be non-zero afterwards, and those are found by searching for that character."""
+        """`_take` of each character of `text`, at once; returns what it releases."""
         window = self.recent + text
-        n, length, seen = len(window), len(text), len(self.recent)
+        self.recent = window[-RECENT:]
+        if self.runs is None:
+            longest = longest_run(window)
+            # every run is at most `longest`, and REPEATS copies need REPEATS - 1 at the least
+            self.headroom = REPEATS - 1 - longest
+        else:
+            longest = self._count_runs(window, len(text))
+            if longest <= REPEATS // 2:  # short again: found in `recent` from here on
+                self.runs, self.headroom = None, REPEATS - 1 - longest
+        held = self.held + text
+        releasable = len(held) - longest
+        if releasable <= 0:
+            self.held = held
+            return ""
+        self.held = held[releasable:]
+        return held[:releasable]
+
+    def _count_runs(self, window: str, length: int) -> int:
+        """Brings `runs` and `headroom` past the last `length` characters of `window`; returns the longest run.
+        Only periods whose run reaches the last character can be non-zero afterwards, and those are found by
+        searching for that character."""
+        assert self.runs is not None
+        n, seen = len(window), len(window) - length
         last, lowest = window[-1], n - 1 - MAX_PATTERN if n > MAX_PATTERN else 0
         j = window.rfind(last, lowest, n - 1)
-        self.recent = window[-MAX_PATTERN:]
-        if j < 0:  # the last character is new to the window: every run ends, nothing is held
-            self.runs, self.headroom = [0] * MAX_PATTERN, REPEATS - 1
-            held, self.held = self.held + text, ""
-            return held
         runs = [0] * MAX_PATTERN
         longest, headroom = 0, REPEATS - 1  # the period-1 run's headroom, if it is 0; other zero runs have more
         while j >= 0:
@@ -117,7 +137,7 @@ class RepetitionFilter:
             # the first character tells most pushes apart before two slices are made and compared
             if (seen >= size and window[n - length] == window[n - length - size]
                     and window[n - length:] == window[n - length - size:n - size]):
-                run = self.runs[size - 1] + length  # the whole of `text` continues the run
+                run = self.runs[size - 1] + length  # the whole of the new text continues the run
             else:
                 run = 1
                 while run < length and n - 1 - run - size >= 0 and window[n - 1 - run] == window[n - 1 - run - size]:
@@ -129,13 +149,7 @@ class RepetitionFilter:
                 headroom = CUT_AT[size - 1] - run
             j = window.rfind(last, lowest, j)
         self.runs, self.headroom = runs, headroom
-        held = self.held + text
-        releasable = len(held) - longest
-        if releasable <= 0:
-            self.held = held
-            return ""
-        self.held = held[releasable:]
-        return held[:releasable]
+        return longest
 
     def finish(self) -> str:
         """The rest, once no more text will come: a run that never reached REPEATS copies is kept whole, and so is
@@ -157,12 +171,14 @@ class RepetitionFilter:
             for again in rest:
                 self._take(again, out)
             return
+        if self.runs is None:
+            self.runs = runs_in(self.recent)
         # recent[::-1] is the character 1, 2, ... places back; sizes longer than what was seen have no run
         runs = [run + 1 if before == char else 0 for run, before in zip(self.runs, self.recent[::-1])]
         self.runs = runs + [0] * (MAX_PATTERN - len(runs))
         longest = max(self.runs)
         self.headroom = min(limit - run for run, limit in zip(self.runs, CUT_AT))
-        self.recent = self.recent[1 - MAX_PATTERN:] + char
+        self.recent = self.recent[1 - RECENT:] + char
         self.held += char
         if longest >= REPEATS - 1:  # the fewest a run can have at REPEATS copies (of one character)
             for size, (copies, cut_at) in enumerate(zip(self.runs, CUT_AT), start=1):
@@ -175,3 +191,32 @@ class RepetitionFilter:
         if releasable > 0:
             out.append(self.held[:releasable])
             self.held = self.held[releasable:]
+
+
+def longest_run(text: str) -> int:
+    """The longest run among the periods 1 to MAX_PATTERN at the end of `text`: the most of its last characters that
+    equal the character s places before them, for some s. That is the longest ending of `text` found again ending
+    1 to MAX_PATTERN places earlier, and an ending found there is found there shortened too, so the endings are tried
+    in growing length (str.find, no slices of the text searched)."""
+    n = len(text)
+    lowest = n - MAX_PATTERN - 1  # where a copy of the last character MAX_PATTERN places back is
+    if text.find(text[-1], lowest if lowest > 0 else 0, n - 1) < 0:  # most pushes end here or after one more
+        return 0
+    longest = 1
+    while longest < n - 1:
+        lowest -= 1
+        if text.find(text[n - longest - 1:], lowest if lowest > 0 else 0, n - 1) < 0:
+            break
+        longest += 1
+    return longest
+
+
+def runs_in(text: str) -> list[int]:
+    """Each period's run at the end of `text`, as RepetitionFilter.runs holds them."""
+    runs = []
+    for size in range(1, MAX_PATTERN + 1):
+        run = 0
+        while run + size < len(text) and text[-1 - run] == text[-1 - run - size]:
+            run += 1
+        runs.append(run)
+    return runs

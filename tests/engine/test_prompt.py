@@ -8,7 +8,7 @@ from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_
 from qasr.engine.languages import LANGUAGE_NAMES_BY_CODE, UnknownLanguageError, resolve_language
 from qasr.engine.output_processor import merge_languages, piece_separator
 from qasr.engine.prompt import TranscriptStream, parse_transcript
-from qasr.engine.repetitions import REPEATS, RepetitionFilter
+from qasr.engine.repetitions import REPEATS, RepetitionFilter, longest_run, runs_in
 
 
 def test_the_thirty_languages_match_transformers() -> None:
@@ -106,6 +106,12 @@ def test_a_push_releases_what_taking_its_characters_one_by_one_releases(parts: l
     out.append(reference.finish())
     assert filtered(text, cuts)[1] == out
 
+
+@given(st.text(alphabet="ab c", min_size=1, max_size=90))
+def test_the_longest_run_found_by_searching_is_the_longest_counted(text: str) -> None:
+    """The filter finds the longest run with str.find while every run is short, and counts each period's run where
+    one may near a loop: the two agree."""
+    assert longest_run(text) == max(runs_in(text))
 
 @given(st.text(max_size=30), st.text(min_size=1, max_size=60), st.lists(st.integers(1, 7), max_size=40))
 @example(language="", text="\r0", cuts=[1, 1, 1, 2, 7, 7])
