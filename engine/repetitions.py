@@ -20,6 +20,8 @@ class CharacterRuns:
     kept (the pattern pass after it sees the text on both sides joined). A run's first character goes out at once;
     the rest wait until the run ends (out, if it stayed within REPEATS) or passes REPEATS (dropped)."""
 
+    __slots__ = ("char", "length")
+
     def __init__(self) -> None:
         self.char = ""  # the character of the run the text so far ends in
         self.length = 0  # that run's length, its first character (already out) included
@@ -52,6 +54,8 @@ class CharacterRuns:
 
 class RepetitionFilter:
 
+    __slots__ = ("character_runs", "recent", "runs", "headroom", "held", "pattern", "partial")
+
     def __init__(self) -> None:
         self.character_runs = CharacterRuns()
         self._restart()
@@ -69,7 +73,10 @@ class RepetitionFilter:
         self.held = ""  # seen, not yet released
 
     def push(self, text: str) -> str:
-        return self._push_patterns(self.character_runs.push(text))
+        text = self.character_runs.push(text)
+        if not self.pattern and 0 < len(text) < self.headroom:  # the common case, without _push_patterns' call
+            return self._take_short_of_a_loop(text)
+        return self._push_patterns(text)
 
     def _push_patterns(self, text: str) -> str:
         if not self.pattern and len(text) < self.headroom:
@@ -115,6 +122,9 @@ class RepetitionFilter:
             if longest <= REPEATS // 2:  # short again: found in `recent` from here on
                 self.runs, self.headroom = None, REPEATS - 1 - longest
         held = self.held + text
+        if not longest:  # no run: nothing is held back (most pushes)
+            self.held = ""
+            return held
         releasable = len(held) - longest
         if releasable <= 0:
             self.held = held
