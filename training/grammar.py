@@ -15,6 +15,9 @@ Grammar = Mapping[str, Sequence[str]]
 
 SLOT = re.compile(r"\{(\w+)\}")
 WORD = re.compile(r"[A-Za-z']+")
+SPACES = re.compile(r"\s+")
+SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,?.!])")
+COMMAS = re.compile(r",+")
 
 
 def check(grammar: Grammar, start: str) -> None:
@@ -74,9 +77,9 @@ def _parse(alternative: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def finish(text: str) -> str:
     """Tidy spacing around punctuation, capitalize the first letter, end with a full stop unless punctuated."""
-    text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"\s+([,?.!])", r"\1", text)
-    text = re.sub(r",+", ",", text).strip(" ,")
+    text = SPACES.sub(" ", text).strip()
+    text = SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
+    text = COMMAS.sub(",", text).strip(" ,")
     if not text.endswith(("?", ".", "!")):
         text += "."
     return text[0].upper() + text[1:]
