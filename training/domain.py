@@ -12,7 +12,7 @@ import argparse
 import random
 from pathlib import Path
 
-from training.grammar import Grammar, check, expand_with_probability, finish, vocabulary
+from training.grammar import Grammar, check, compile_grammar, expand_with_probability, finish, vocabulary
 
 START = "utterance"
 
@@ -469,6 +469,7 @@ GRAMMAR: Grammar = {
 }
 
 check(GRAMMAR, START)
+COMPILED_GRAMMAR = compile_grammar(GRAMMAR)
 
 
 def sentence(rng: random.Random) -> str:
@@ -478,7 +479,7 @@ def sentence(rng: random.Random) -> str:
 
 def sentence_with_probability(rng: random.Random) -> tuple[str, float]:
     """A sentence and the probability of drawing it this way (short fixed phrases are likely, most are not)."""
-    text, probability = expand_with_probability(GRAMMAR, START, rng)
+    text, probability = expand_with_probability(COMPILED_GRAMMAR, START, rng)
     return finish(text), probability
 
 

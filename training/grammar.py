@@ -6,7 +6,6 @@ for a given `random.Random` state.
 
 from __future__ import annotations
 
-import functools
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -45,21 +44,30 @@ def _reachable(grammar: Grammar, rule: str, path: tuple[str, ...]) -> set[str]:
     return found
 
 
-def expand(grammar: Grammar, rule: str, rng: random.Random) -> str:
+# a rule's alternatives parsed once: each as (its literal text around the slots, the slots' rule names, the
+# probability of choosing it); corpora expand millions of times
+Choice = tuple[tuple[str, ...], tuple[str, ...], float]
+CompiledGrammar = Mapping[str, tuple[Choice, ...]]
+
+
+def compile_grammar(grammar: Grammar) -> CompiledGrammar:
+    """A choice's probability counts every copy of the chosen alternative (a rule lists "" four times to make a part
+    optional four times in ten)."""
+    return {rule: tuple((*_parse(alternative), alternatives.count(alternative) / len(alternatives))
+                        for alternative in alternatives)
+            for rule, alternatives in grammar.items()}
+
+
+def expand(grammar: CompiledGrammar, rule: str, rng: random.Random) -> str:
     return expand_with_probability(grammar, rule, rng)[0]
 
 
-def expand_with_probability(grammar: Grammar, rule: str, rng: random.Random) -> tuple[str, float]:
-    """A random expansion and the probability of the choices that made it (of this derivation).
-
-    A choice's probability counts every copy of the chosen alternative (a rule lists "" four times to make a
-    part optional four times in ten), so the result is the probability of drawing these texts rule by rule."""
-    alternatives = grammar[rule]
-    alternative = rng.choice(alternatives)
-    probability = alternatives.count(alternative) / len(alternatives)
-    literals, names = _parse(alternative)
+def expand_with_probability(grammar: CompiledGrammar, rule: str, rng: random.Random) -> tuple[str, float]:
+    """A random expansion and the probability of the choices that made it (of this derivation): the probability of
+    drawing these texts rule by rule. The draws are those of rng.choice over the rule's alternatives."""
+    literals, names, probability = rng.choice(grammar[rule])
     if not names:
-        return alternative, probability
+        return literals[0], probability
     parts = [literals[0]]
     for name, literal in zip(names, literals[1:]):
         text, p = expand_with_probability(grammar, name, rng)
@@ -68,7 +76,6 @@ def expand_with_probability(grammar: Grammar, rule: str, rng: random.Random) -> 
     return "".join(parts), probability
 
 
-@functools.cache  # corpora expand millions of times; parsing each alternative once halves the time
 def _parse(alternative: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The literal text around an alternative's slots and the slots' rule names (one more literal than names)."""
     pieces = SLOT.split(alternative)
