@@ -17,7 +17,8 @@ from qasr.engine.model_config import load_model_config
 
 MAX_CHECKPOINT_BYTES = 25_000_000
 MAX_HELDOUT_BYTES = 15_000_000
-# issue 12's targets; the shipped model holds 0.14%, 0.00%, 1.79% and 100% (with the context: 0.62%, 0.41%, 1.79%).
+# issue 12's targets; the shipped model holds 0.14%, 0.00%, 1.79% and 100% (with the context, on every other clip:
+# 0.80%, 0.57%, 0.47% and 100%).
 # The committed clips of several sentences helped choose between runs; fresh ones measure it (training.fresh_eval)
 SEEN_VOICE_MAX_WER = 0.015
 UNSEEN_VOICE_MAX_WER = 0.03
@@ -77,8 +78,13 @@ def test_qasr_transcribe_with_the_default_model_meets_the_targets_and_the_readme
     assert table(scores) in README.read_text(), "update the README's demo model table to the one printed above"
 
 
-def test_a_context_in_the_system_turn_leaves_the_transcripts_within_the_targets() -> None:
-    scores, rows = heldout_scores(context=CONTEXT)  # `qasr transcribe --context`, as the OpenAI `prompt` reaches it
+def test_a_context_in_the_system_turn_leaves_the_transcripts_within_the_targets(tmp_path: Path) -> None:
+    # every other clip of the set, in each group (the whole set runs without a context above): half the suite's time
+    half = tmp_path / "manifest.jsonl"
+    half.write_text("".join(json.dumps(row | {"file": str(MANIFEST.parent / row["file"])}) + "\n"
+                            for row in read_manifest()[::2]))
+    # `qasr transcribe --context`, as the OpenAI `prompt` reaches it
+    scores, rows = heldout_scores(manifest=half, context=CONTEXT)
     print("\n" + table(scores))
     by_group = {score.group.split(" (")[0]: score for score in scores}
     assert by_group["seen voices"].wer <= SEEN_VOICE_MAX_WER
