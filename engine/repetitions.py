@@ -74,14 +74,12 @@ class RepetitionFilter:
 
     def push(self, text: str) -> str:
         text = self.character_runs.push(text)
-        if not self.pattern and 0 < len(text) < self.headroom:  # the common case, without _push_patterns' call
+        if not self.pattern and 0 < len(text) < self.headroom:
+            # the common case: no run can reach REPEATS copies in `text` (a loop still building included)
             return self._take_short_of_a_loop(text)
         return self._push_patterns(text)
 
     def _push_patterns(self, text: str) -> str:
-        if not self.pattern and len(text) < self.headroom:
-            # the common case: no run can reach REPEATS copies in `text` (a loop still building included)
-            return self._take_short_of_a_loop(text) if text else ""
         out: list[str] = []
         while text:  # a long text (a whole transcript at once): in stretches, each on the fastest path it allows
             if self.pattern:

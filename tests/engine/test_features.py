@@ -65,7 +65,6 @@ def test_feature_config_reads_the_checkpoint(tmp_path) -> None:
     assert FeatureConfig.from_checkpoint(tmp_path / "missing") == FeatureConfig()
 
 
-
 def test_power_spectrum_is_torch_stfts_to_the_bit(clips: dict[str, np.ndarray]) -> None:
     """The extractor frames and transforms each clip itself, in fewer passes than torch.stft: the same numbers as its
     center=True with reflect padding, the last frame left out."""

@@ -113,6 +113,7 @@ def test_the_longest_run_found_by_searching_is_the_longest_counted(text: str) ->
     one may near a loop: the two agree."""
     assert longest_run(text) == max(runs_in(text))
 
+
 @given(st.text(max_size=30), st.text(min_size=1, max_size=60), st.lists(st.integers(1, 7), max_size=40))
 @example(language="", text="\r0", cuts=[1, 1, 1, 2, 7, 7])
 @example(language="English", text="." * 512, cuts=[1] * 40)  # a loop of dots: streamed as the final text has it

@@ -111,6 +111,7 @@ def test_the_reference_takes_new_chunks_of_one_length_in_one_call_each_as_alone(
     assert_matches(unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
                                      split_kv=False), batch)
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv{h[2]}d")
 def test_split_kv_decode(heads: tuple[int, int, int], dtype: torch.dtype, paged_batch, seed_of) -> None:

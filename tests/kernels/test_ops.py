@@ -89,7 +89,6 @@ def test_qk_norm_rope(heads: tuple[int, int, int], dtype: torch.dtype, seed_of) 
     assert_close(k_out, k_expected)
 
 
-
 @pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=str)  # torch alone: bf16 is exact here
 def test_qk_norm_rope_reference_is_each_heads_norm_and_rope_apart(dtype: torch.dtype, seed_of) -> None:
     """The reference takes q's and k's heads in one tensor: each gets, to the bit, transformers' steps on it alone."""
