@@ -1,7 +1,11 @@
 """Launch parameters of the decoder's paged attention kernels: one set per process.
 
-The defaults are reasoned, not measured (no GPU has run them yet); `qasr bench tune-attention` times the choices
-on a GPU and prints the line that sets the best ones:
+The defaults are what `qasr bench tune-attention` found on an H200 (2026-12-04,
+benchmarks/results/tune-attention-cuda-2026-12-04-h200-grid.json): the 2D decode kernel at 64 keys a tile with
+Triton's default 4 warps and 3 stages was within 1.05x of the best of 12 settings at every shape timed (batches
+1-256, contexts 512-4096, bf16 and FP8 caches; 16 keys a tile, the old default, 1.95x the best at the median), and
+the split-KV kernels at 32 keys a tile within 1.2x. On another GPU, time the choices and set the best ones
+without a code change:
 
     QASR_ATTENTION_TUNING="decode_tile_n=32,decode_num_warps=8" qasr serve ...
 
@@ -22,7 +26,7 @@ WARP_COUNTS = (1, 2, 4, 8, 16)
 class AttentionTuning:
     # the 2D kernel on a pure-decode batch: keys per tile, warps, software pipelining depth of the key loop (the
     # warps and stages are Triton's defaults)
-    decode_tile_n: int = 16
+    decode_tile_n: int = 64
     decode_num_warps: int = 4
     decode_num_stages: int = 3
     # the 2D kernel on a batch with prefill chunks
@@ -30,13 +34,14 @@ class AttentionTuning:
     prefill_num_warps: int = 4
     prefill_num_stages: int = 3
     # the split-KV segment kernel (small pure-decode batches)
-    split_tile_n: int = 16
+    split_tile_n: int = 32
     split_num_warps: int = 4
     split_num_stages: int = 3
     # a step mixing decodes with prefill chunks attends its leading decodes in a launch of their own, with the
     # decode settings, from this many on (fewer ride in the prefill launch: a launch more per layer costs host time
-    # that small steps cannot spare); 0: never
-    decode_launch_min_seqs: int = 64
+    # that small steps cannot spare); 0: never. On the H200 their own launch was faster from 256 decodes at every
+    # context timed (from 128 at 1k keys, from 32 at 4k or with an FP8 cache; 0.68x at 32 decodes of 512 keys)
+    decode_launch_min_seqs: int = 256
 
     def __post_init__(self) -> None:
         for name in ("decode_tile_n", "prefill_tile_n", "split_tile_n"):

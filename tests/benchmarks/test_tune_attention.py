@@ -20,10 +20,12 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Path, capsys) -> None:
+    default = AttentionTuning()  # each path's default setting is in the grid: the others are timed against it
+    decode_tiles, split_tile = (16, default.decode_tile_n), default.split_tile_n
     args = parse("--device", "cpu", "--batch-sizes", "3", "--split-batch-sizes", "1", "--contexts", "40", "--heads",
-                 "4", "--kv-heads", "2", "--head-dim", "16", "--decode-tile-n", "16", "32", "--num-warps", "4",
-                 "--num-stages", "3", "--split-tile-n", "16", "--segments", "4", "16", "--iters", "2", "--warmup",
-                 "1", "--mixed-batch-sizes", "2", "--mixed-chunk", "5", "--out-dir", str(tmp_path))
+                 "4", "--kv-heads", "2", "--head-dim", "16", "--decode-tile-n", *map(str, decode_tiles), "--num-warps",
+                 "4", "--num-stages", "3", "--split-tile-n", str(split_tile), "--segments", "4", "16", "--iters", "2",
+                 "--warmup", "1", "--mixed-batch-sizes", "2", "--mixed-chunk", "5", "--out-dir", str(tmp_path))
     assert tune.main(args) == 0
     [path] = tmp_path.glob("tune-attention-cpu-*.json")
     document = json.loads(path.read_text())
@@ -31,12 +33,13 @@ def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Pa
     rows = document["results"]
     # the 2D kernel at both batches (1 for the crossover), split-KV at batch 1 only, a mixed step both ways
     assert sorted((r["path"], r["batch"], r["setting"]) for r in rows) == sorted(
-        [("decode", b, f"tile {t} warps 4 stages 3") for b in (1, 3) for t in (16, 32)]
-        + [("split", 1, f"tile 16 warps 4 stages 3 segments {n}") for n in (4, 16)]
+        [("decode", b, f"tile {t} warps 4 stages 3") for b in (1, 3) for t in decode_tiles]
+        + [("split", 1, f"tile {split_tile} warps 4 stages 3 segments {n}") for n in (4, 16)]
         + [("mixed", 2, "decodes with the chunk"), ("mixed", 2, "decodes apart")])
     for row in rows:
         assert row["error"] is None and row["ms"] > 0 and row["gb_s"] > 0 and row["vs_default"] > 0
-    defaults = [r for r in rows if r["setting"] in ("tile 16 warps 4 stages 3", "tile 16 warps 4 stages 3 segments 16",
+    defaults = [r for r in rows if r["setting"] in (f"tile {default.decode_tile_n} warps 4 stages 3",
+                                                    f"tile {split_tile} warps 4 stages 3 segments 16",
                                                     "decodes with the chunk")]
     assert len(defaults) == 4 and all(r["vs_default"] == 1.0 for r in defaults)
     recommendation = document["config"]["recommendation"]
