@@ -24,6 +24,8 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -70,6 +72,24 @@ def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[fl
         raise
     sync(engine.core.device)
     return time.perf_counter() - start, first_token
+
+
+def split_width(batch_size: int, longest: float, piece_seconds: float) -> int:
+    """Sequences in flight when batch_size clips of up to `longest` seconds are each split into pieces."""
+    return max(batch_size, 1) * max(1, math.ceil(longest / piece_seconds))
+
+
+@contextmanager
+def step_width(engine: LLMEngine, max_num_seqs: int) -> Iterator[None]:
+    """At most max_num_seqs sequences in a step (no more than the engine was built for) inside the block."""
+    config = engine.core.scheduler.config
+    if max_num_seqs > engine.config.max_num_seqs:
+        raise ValueError(f"{max_num_seqs} sequences a step: the engine was built for {engine.config.max_num_seqs}")
+    previous, config.max_num_seqs = config.max_num_seqs, max_num_seqs
+    try:
+        yield
+    finally:  # a run that fails must not leave the next ones another width
+        config.max_num_seqs = previous
 
 
 def first_token_alone(engine: LLMEngine, clips: list[np.ndarray]) -> float:
@@ -137,8 +157,13 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     hf = work_dir / f"{preset}-hf"
     if not (hf / "config.json").exists():
         convert_to_hf(original, hf)
+    longest = max([*clip_seconds, *(mixed_seconds or ())])
+    # built for the widest split run, so that its decode graphs (captured up to max_num_seqs, once) cover every run's
+    # batch; each run then caps the sequences in a step at its own width (a batch the graphs do not cover would run
+    # eagerly, launch by launch: the H200 run of 2026-12-04 timed its split rows so)
     single = LLMEngine(replace(engine_options, model=str(original), device=str(device), dtype=dtype,
-                               max_num_seqs=max(batch_size, 1), max_piece_seconds=1200.0))
+                               max_num_seqs=split_width(batch_size, longest, piece_seconds),
+                               max_piece_seconds=1200.0))
     side = transformers_side(str(hf), dtype, device)
     try:
         rows = _rows(single, side, clip_seconds, num_clips, tokens_per_second, piece_seconds, batch_size,
@@ -152,6 +177,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
               "mixed_seconds": mixed_seconds, "heldout": heldout, "repeats": repeats, "num_clips": num_clips,
               "tokens_per_second": tokens_per_second,
               "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
+              "engine_max_num_seqs": single.config.max_num_seqs,
               "transformers_process": "own" if isinstance(side, TransformersProcess) else "this",
               "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
     return rows, write_results("throughput", device, config, rows, out_dir, name=preset)
@@ -191,18 +217,16 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
                  for i in range(0, len(clips), batch_size)]
         hf_walls.append(sum(wall for wall, _ in timed))
         hf_batch_sizes.append(min(size for _, size in timed))
-        wall, first_token = run_qasr(single, list(zip(clips, tokens)))
+        with step_width(single, max(batch_size, 1)):
+            wall, first_token = run_qasr(single, list(zip(clips, tokens)))
         qasr_walls.append(wall)
         first_tokens.append(first_token)
         if longest > piece_seconds:
             pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
                       for c in clips for p in split_audio(c, piece_seconds)]
             # the same number of audios in flight as single pass, each as several parallel sequences
-            single.core.scheduler.config.max_num_seqs = max(batch_size, 1) * math.ceil(longest / piece_seconds)
-            try:
+            with step_width(single, split_width(batch_size, longest, piece_seconds)):
                 split_walls.append(run_qasr(single, pieces)[0])
-            finally:  # a row that fails must not leave the next ones more sequences
-                single.core.scheduler.config.max_num_seqs = max(batch_size, 1)
     hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
     row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
            "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,

@@ -3,6 +3,7 @@
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from qasr.benchmarks import throughput as bench
 from qasr.benchmarks.transformers_side import TransformersProcess
+from qasr.scheduler import SchedulerConfig
 
 TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
 
@@ -30,6 +32,8 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert document["config"]["model_shape"]["decoder_layers"] == 2
     short, long, mixed, heldout = document["results"]
     assert document["config"]["repeats"] == 2
+    # built for the widest split (2 clips of up to 8 s in pieces of 5 s), so CUDA graphs would cover every run
+    assert document["config"]["engine_max_num_seqs"] == bench.split_width(2, 8.0, 5.0) == 4
     assert document["config"]["engine_options"]["enable_prefix_caching"] is False  # repeats and splits reuse clips
     assert document["config"]["transformers_process"] == "own"  # on the CPU: neither runs on the other's heap
     for row in (short, long, mixed):
@@ -44,6 +48,18 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert mixed["qasr_output_tokens"] == sum(bench.output_tokens(length, 4.0) for length in lengths)
     assert heldout["clips"] == 3 and heldout["transformers_rtfx"] > 0 and heldout["speedup_single_pass"] > 0
     assert heldout["same_text"] == "3/3"  # the demo model's greedy transcripts, token for token
+
+
+def test_a_run_caps_the_step_width_and_puts_it_back() -> None:
+    scheduler_config = SchedulerConfig(max_num_seqs=8)
+    engine = SimpleNamespace(config=SimpleNamespace(max_num_seqs=8),
+                             core=SimpleNamespace(scheduler=SimpleNamespace(config=scheduler_config)))
+    with pytest.raises(RuntimeError, match="a failed run"), bench.step_width(engine, 2):
+        assert scheduler_config.max_num_seqs == 2
+        raise RuntimeError("a failed run")
+    assert scheduler_config.max_num_seqs == 8
+    with pytest.raises(ValueError, match="built for 8"), bench.step_width(engine, 9):
+        pass
 
 
 def test_a_transformers_process_that_fails_says_why(tmp_path: Path) -> None:
