@@ -4,8 +4,9 @@
                                # `python benchmarks/gpu_check.py wheels`
     make gpu-check PART=1      # there: the compiled kernels' tests, `bench kernels`, `bench step`
     make gpu-check PART=2      # there: `bench throughput` for the 0.6B and 1.7B shapes against transformers
-    make gpu-check PART=3      # there, with 4 minutes left: `bench tune-attention` (tile widths, warps, stages,
-                               # and where a mixed step's decodes get a launch of their own)
+    make gpu-check PART=3      # there, with 7 minutes left: `bench tune-attention` (tile widths, warps, stages,
+                               # and where a mixed step's decodes get a launch of their own), and the 0.6B
+                               # throughput with every step from CUDA graphs (--cuda-graph-mode full)
 
 Written for a machine without network whose CUDA image has python 3.12, torch with CUDA, triton, an older
 transformers, numpy, aiohttp, prometheus-client, safetensors and tokenizers, and no qasr install: it runs with the
@@ -34,7 +35,8 @@ PACKAGES = ("engine", "scheduler", "kernels", "serve", "benchmarks")  # pyprojec
 WHEEL_SPECS = ("transformers==5.24.0", "tokenizers==0.23.3", "huggingface_hub>=1.31,<2", "regex>=2025.10.22",
                "safetensors>=0.8", "pytest==9.2.0", "pluggy", "iniconfig", "pygments")
 GPU_TESTS = ("tests/kernels/test_attention.py", "tests/kernels/test_ops.py", "tests/kernels/test_windowed_attention.py",
-             "tests/kernels/test_fp8.py", "tests/engine/test_decode_graphs.py", "tests/engine/test_aligner.py",
+             "tests/kernels/test_fp8.py", "tests/engine/test_decode_graphs.py", "tests/engine/test_mixed_graphs.py",
+             "tests/engine/test_aligner.py",
              "tests/engine/test_sampler.py")
 
 
@@ -42,18 +44,22 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, command, time limit in seconds) of each part: about 7 minutes each on an H100."""
     qasr = [sys.executable, "-m", "qasr"]
     results = ["--out-dir", str(out)]
+    full_graphs = ["--out-dir", str(out / "full-graphs")]  # the same benchmarks' JSON names, one folder down
     first = [
         ("imports", [sys.executable, "-c", "import qasr.engine.llm_engine, qasr.kernels.triton.paged_attention, "
                      "transformers, torch; print('transformers', transformers.__version__, 'torch', "
                      "torch.__version__, torch.cuda.get_device_name())"], 60),
         # a file that does not collect must not take the other files' tests with it
         ("pytest -m gpu", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           "--continue-on-collection-errors", *GPU_TESTS], 210),
+                           "--continue-on-collection-errors", *GPU_TESTS], 150),  # 39 s on an H200
         # flex compiles per case and torch is the CPU path: neither is worth the minutes
         ("bench kernels", [*qasr, "bench", "kernels", "--modes", "decode", "--impls", "triton", "triton-split",
                            "sdpa-flash", "--kv-cache-dtype", "auto", "fp8", "--batch-sizes", "1", "8", "64", "128",
-                           "256", "--contexts", "128", "1024", "4096", "8192", *results], 120),
+                           "256", "--contexts", "128", "1024", "4096", "8192", *results], 90),  # 10 s on an H200
         ("bench step", [*qasr, "bench", "step", "--preset", "0.6b", "--running", "64", "256", "512", *results], 60),
+        # steps with a prefill chunk from graphs too: their host cost against the eager ones just above
+        ("bench step full graphs", [*qasr, "bench", "step", "--preset", "0.6b", "--running", "64", "256", "512",
+                                    "--cuda-graph-mode", "full", *full_graphs], 60),
     ]
     second = [
         (f"bench throughput {preset}", [*qasr, "bench", "throughput", "--preset", preset, "--clip-seconds", "10", "30",
@@ -62,8 +68,13 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
                                         "--gpu-memory-utilization", "0.5", *results], limit)
         for preset, limit in (("0.6b", 230), ("1.7b", 200))
     ]
-    # what is left of the 15 minutes after parts 1 and 2, if anything: the attention's launch parameters
-    tune = [("bench tune-attention", [*qasr, "bench", "tune-attention", *results], 200)]
+    # what is left of the 15 minutes after parts 1 and 2, if anything: the attention's launch parameters, and the
+    # 0.6B throughput with every step from graphs (cuda_graph_mode full) against part 2's
+    tune = [("bench tune-attention", [*qasr, "bench", "tune-attention", *results], 200),
+            ("bench throughput 0.6b full graphs", [*qasr, "bench", "throughput", "--preset", "0.6b", "--clip-seconds",
+                                                   "10", "30", "120", "--num-clips", "128", "--batch-size", "128",
+                                                   "--repeats", "1", "--gpu-memory-utilization", "0.5",
+                                                   "--cuda-graph-mode", "full", *full_graphs], 230)]
     return {"1": first, "2": second, "3": tune, "all": first + second + tune}[part]
 
 

@@ -93,8 +93,7 @@ def instrument(engine: LLMEngine, times: PhaseTimes, host_only: bool = False) ->
     core, runner = engine.core, engine.core.runner
     device_work = [(runner, "encode"), (runner.model, "embed"), (runner.model, "forward"),
                    (runner.model, "compute_logits"), (model_runner, "sample")]
-    if runner.decode_graphs is not None:
-        device_work.append((runner.decode_graphs, "run"))
+    device_work += [(graphs, "run") for graphs in (runner.decode_graphs, runner.mixed_graphs) if graphs is not None]
     targets = [(core.scheduler, "schedule", "schedule"), (core.scheduler, "update", "update"),
                (runner, "prepare", "prepare"), (engine.output_processor, "process", "detokenize"),
                (TranscriptResult, "result", "wait")] + [(owner, name, "model") for owner, name in device_work]

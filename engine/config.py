@@ -5,6 +5,7 @@ from qasr.config_flags import CliArgs, option
 
 ATTENTION_BACKENDS = ("torch", "triton")
 KV_CACHE_DTYPES = ("auto", "fp8")
+CUDA_GRAPH_MODES = ("decode", "full")
 # shorter pieces lose the context that makes a transcript; the model takes at most 20 minutes at once
 MIN_PIECE_SECONDS, MAX_PIECE_SECONDS = 2.0, 1200.0
 
@@ -48,6 +49,10 @@ class EngineConfig(CliArgs):
                                                "content)")
     enable_chunked_prefill: bool = option(True, "split long prefills across steps")
     enforce_eager: bool = option(False, "no CUDA graphs")
+    cuda_graph_mode: str = option("decode", "decode: CUDA graphs replay pure-decode steps, steps with prefill chunks "
+                                            "run eagerly; full: those too, up to max_num_batched_tokens tokens "
+                                            "(padded to a ladder of sizes; more graph memory)",
+                                  choices=CUDA_GRAPH_MODES)
     cpu_threads: int | None = option(None, "torch threads of a model on the CPU; none: every core, except in servers "
                                            "(qasr serve, AsyncEngine), which leave one to HTTP and audio decoding")
     cpu_heap_reuse: bool = option(True, "on the CPU, freed tensors' memory stays on the heap for the next step "

@@ -1,8 +1,31 @@
+from collections.abc import Callable
+
 import torch
 
 from qasr.engine.model import Qwen3ASRModel
 from qasr.kernels import AttentionMetadata, ModelOps
 from qasr.kernels.attention_metadata import SplitKVWorkspace, padded_head_dim, split_kv_max_seqs
+
+
+@torch.inference_mode()
+def capture_graphs(sizes: list[int], forward: Callable[[int], None]) -> dict[int, torch.cuda.CUDAGraph]:
+    """A CUDA graph of forward(size) for every size, largest first, in one shared memory pool (the graphs replay one
+    at a time, on one stream)."""
+    graphs: dict[int, torch.cuda.CUDAGraph] = {}
+    pool = None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the cache and buffers are zero-filled on the default stream
+    for size in sorted(sizes, reverse=True):
+        with torch.cuda.stream(stream):
+            forward(size)  # warm-up: compiles kernels outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            forward(size)
+        pool = graph.pool()
+        graphs[size] = graph
+    torch.cuda.synchronize()
+    return graphs
 
 
 def batch_size_ladder(max_batch_size: int) -> list[int]:
@@ -61,24 +84,10 @@ class DecodeGraphs:
         meta = self.metadata(size, max_seq_len)
         self.hidden[:size] = self.model(embeds, self.positions[:size], meta, self.ops)
 
-    @torch.inference_mode()
     def capture(self) -> None:
-        """Captures every size, largest first, in one shared memory pool."""
         self.slot_mapping.fill_(-1)
         self.seq_lens.fill_(1)
-        pool = None
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())  # the cache and buffers are zero-filled on the default stream
-        for size in reversed(self.sizes):
-            with torch.cuda.stream(stream):
-                self._forward(size, self.max_seq_len)  # warm-up: compiles kernels outside the capture
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=stream):
-                self._forward(size, self.max_seq_len)
-            pool = graph.pool()
-            self.graphs[size] = graph
-        torch.cuda.synchronize()
+        self.graphs = capture_graphs(self.sizes, lambda size: self._forward(size, self.max_seq_len))
 
     def run(self, token_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [batch, hidden] of a pure-decode batch that fits the ladder."""

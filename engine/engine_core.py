@@ -17,7 +17,7 @@ from qasr.engine.config import EngineConfig
 from qasr.engine.features import FeatureConfig, LogMelExtractor
 from qasr.engine.model_config import ModelConfig
 from qasr.engine.model_loader import load_model, resolve_device, resolve_dtype
-from qasr.engine.model_runner import ModelRunner, PendingTokens
+from qasr.engine.model_runner import GraphPlan, ModelRunner, PendingTokens
 from qasr.engine.request import InvalidRequest, output_token_cap
 from qasr.kernels import get_model_ops
 from qasr.scheduler import (
@@ -56,7 +56,7 @@ class AlignerCheckpoint:
 
 @dataclass(slots=True)
 class GraphMemory:
-    """Device memory of the decode graphs: measured before sizing the KV pool, and when captured for real."""
+    """Device memory of the CUDA graphs: measured before sizing the KV pool, and when captured for real."""
 
     profiled_bytes: int = 0
     captured_bytes: int = 0
@@ -98,8 +98,7 @@ class EngineCore:
         if self.device.type == "cuda" and self.runner.ops.name == "triton":
             self.runner.warm_up()
         if self.uses_cuda_graphs:
-            self.graph_memory.captured_bytes = self.runner.capture_decode_graphs(self.max_graph_batch_size,
-                                                                                 self.max_model_len)
+            self.graph_memory.captured_bytes = self.runner.capture_cuda_graphs(self.graph_plan)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
@@ -121,8 +120,12 @@ class EngineCore:
         return self.longest_prompt_tokens + 3 * output_token_cap(self.config.max_piece_seconds)
 
     @property
-    def max_graph_batch_size(self) -> int:
-        return min(self.config.max_num_seqs, MAX_GRAPH_BATCH_SIZE)
+    def graph_plan(self) -> GraphPlan:
+        config = self.config
+        full = config.cuda_graph_mode == "full"
+        return GraphPlan(max_decode_batch=min(config.max_num_seqs, MAX_GRAPH_BATCH_SIZE),
+                         max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs if full else 0,
+                         max_mixed_tokens=config.max_num_batched_tokens if full else 0)
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -147,8 +150,7 @@ class EngineCore:
                 activations = max(activations, self.aligner.profile_peak_bytes(
                     max(config.max_num_batched_tokens, self.longest_alignment_tokens), config.max_piece_seconds))
             if self.uses_cuda_graphs:
-                self.graph_memory.profiled_bytes = self.runner.profile_decode_graph_bytes(
-                    self.max_graph_batch_size, self.max_model_len)
+                self.graph_memory.profiled_bytes = self.runner.profile_cuda_graph_bytes(self.graph_plan)
             graphs = self.graph_memory.profiled_bytes
             free, total = torch.cuda.mem_get_info(self.device)
             budget = total * config.gpu_memory_utilization - (total - free) - activations - graphs

@@ -9,12 +9,24 @@ from qasr.engine.block_tables import BlockTables
 from qasr.engine.decode_graphs import DecodeGraphs
 from qasr.engine.device_copy import to_device
 from qasr.engine.features import LogMelExtractor
+from qasr.engine.mixed_graphs import MixedStepGraphs
 from qasr.engine.model import Qwen3ASRModel
 from qasr.engine.sampler import sample
 from qasr.kernels import AttentionMetadata, ModelOps
 from qasr.kernels.attention_metadata import split_kv_max_seqs
 from qasr.kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype
 from qasr.scheduler import PENDING_TOKEN, SchedulerOutput, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class GraphPlan:
+    """What the CUDA graphs cover: pure-decode batches up to max_decode_batch and, if max_mixed_tokens, steps with
+    prefill chunks of up to that many tokens and max_num_seqs sequences (0: those run eagerly)."""
+
+    max_decode_batch: int
+    max_model_len: int
+    max_num_seqs: int = 0
+    max_mixed_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -65,6 +77,7 @@ class ModelRunner:
                              "or newer (Ada, Hopper) for Triton's e4m3 conversions; use kv_cache_dtype='auto'")
         self.kv_cache = torch.empty(0)
         self.decode_graphs: DecodeGraphs | None = None
+        self.mixed_graphs: MixedStepGraphs | None = None
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.generators: dict[int, torch.Generator] = {}
         self.default_seeds = np.random.default_rng(seed)  # for requests that sample without a seed of their own
@@ -90,24 +103,29 @@ class ModelRunner:
             layer.self_attn.k_cache = self.kv_cache[0, i]
             layer.self_attn.v_cache = self.kv_cache[1, i]
 
-    def capture_decode_graphs(self, max_batch_size: int, max_model_len: int) -> int:
-        """Captures the decode graphs against the current cache; returns the device memory they took (static
-        buffers, the graphs' pool, the driver's share), as the device reports it."""
+    def capture_cuda_graphs(self, plan: GraphPlan) -> int:
+        """Captures the decode graphs (and those of steps with prefill chunks, if planned) against the current cache;
+        returns the device memory they took (static buffers, the graphs' pools, the driver's share), as the device
+        reports it."""
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(self.device)
-        self.decode_graphs = DecodeGraphs(self.model, self.ops, max_batch_size,
-                                          math.ceil(max_model_len / self.block_size), self.block_size)
+        blocks_per_seq = math.ceil(plan.max_model_len / self.block_size)
+        self.decode_graphs = DecodeGraphs(self.model, self.ops, plan.max_decode_batch, blocks_per_seq, self.block_size)
         self.decode_graphs.capture()
+        if plan.max_mixed_tokens:
+            self.mixed_graphs = MixedStepGraphs(self.model, self.ops, plan.max_num_seqs, plan.max_mixed_tokens,
+                                                blocks_per_seq, self.block_size)
+            self.mixed_graphs.capture()
         free_after, _ = torch.cuda.mem_get_info(self.device)
         return free_before - free_after
 
-    def profile_decode_graph_bytes(self, max_batch_size: int, max_model_len: int) -> int:
-        """Memory the decode graphs will take, measured by capturing them against a throwaway one-block cache
-        (what a graph holds does not depend on the cache's size) and releasing them again."""
+    def profile_cuda_graph_bytes(self, plan: GraphPlan) -> int:
+        """Memory the graphs will take, measured by capturing them against a throwaway one-block cache (what a graph
+        holds does not depend on the cache's size) and releasing them again."""
         self.allocate_kv_cache(1)
-        used = self.capture_decode_graphs(max_batch_size, max_model_len)
-        self.decode_graphs = None
+        used = self.capture_cuda_graphs(plan)
+        self.decode_graphs = self.mixed_graphs = None
         self.kv_cache = torch.empty(0)
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
@@ -172,12 +190,15 @@ class ModelRunner:
         params = [seq.sampling_params for seq in sampling]
         generators = [None if p.greedy else self.generator(seq) for seq, p in zip(sampling, params)]
         sampled_row = dict(zip([seq.seq_id for seq in sampling], self.row_numbers))
-        graphs = self.decode_graphs
+        graphs, mixed_graphs = self.decode_graphs, self.mixed_graphs
         if graphs is not None and inputs.is_decode and graphs.padded_size(inputs.meta.num_seqs):
             hidden = graphs.run(inputs.token_ids, inputs.positions, inputs.meta)
         else:
             embeds = self.model.embed(inputs.token_ids, inputs.audio_rows, inputs.audio_embeds)
-            hidden = self.model(embeds, inputs.positions, inputs.meta, self.ops)
+            if mixed_graphs is not None and mixed_graphs.padded_size(len(embeds), inputs.meta.num_seqs):
+                hidden = mixed_graphs.run(embeds, inputs.positions, inputs.meta)
+            else:
+                hidden = self.model(embeds, inputs.positions, inputs.meta, self.ops)
         logits = self.model.compute_logits(hidden if inputs.sample_rows is None else hidden[inputs.sample_rows])
         tokens = sample(logits, params, generators)
         self.last_sampled, self.last_sampled_row = tokens, sampled_row
