@@ -89,8 +89,10 @@ def test_the_decodes_own_launch_starts_where_it_wins_at_every_larger_batch() -> 
     chosen = tune.recommend(rows, decode_batches=[64])
     # at 512 it loses at 128, so only 256 counts; at 4096 it wins from 16 on: the larger start serves both
     assert chosen["decode_launch_from"] == {"bfloat16 context 512": 256, "bfloat16 context 4096": 16}
-    assert chosen["decode_launch_min_seqs"] == 256
-    assert "decode_launch_min_seqs=256" in tune.env_line(chosen, [])
+    assert chosen["decode_launch_min_seqs"] == 256 == AttentionTuning().decode_launch_min_seqs
+    assert "defaults are best" in tune.env_line(chosen, [])
+    earlier = tune.recommend(mixed(64, 1.2, 1.0) + mixed(128, 0.9, 1.0) + mixed(256, 0.8, 1.0), decode_batches=[64])
+    assert earlier["decode_launch_min_seqs"] == 128 and "decode_launch_min_seqs=128" in tune.env_line(earlier, [])
     never = tune.recommend(mixed(64, 2.0, 1.0) + mixed(256, 2.0, 1.0, context=4096), decode_batches=[64])
     assert never["decode_launch_from"] == {"bfloat16 context 512": None, "bfloat16 context 4096": None}
     assert never["decode_launch_min_seqs"] == 0 and "decode_launch_min_seqs=0" in tune.env_line(never, [])
