@@ -85,7 +85,7 @@ class EngineCore:
             self.aligner = AlignerRunner(load_model(aligner.path, aligner.config, self.device, self.dtype),
                                          LogMelExtractor(aligner.features, self.device), ops, config.block_size)
         if self.device.type == "cuda":
-            # tables for every position before the memory is profiled and the decode graphs capture them: on a GPU
+            # tables for every position before the memory is profiled and the CUDA graphs capture them: on a GPU
             # they never grow while serving (on the CPU they grow as positions come, see RotaryEmbedding)
             model.model.rotary.tables(max_model_len)
             if self.aligner is not None:

@@ -1,14 +1,16 @@
 """Steps with prefill chunks replayed from CUDA graphs, one for each of a ladder of padded token counts.
 
-Run eagerly, such a step costs the host a Python launch per kernel, some 300 for the decoder alone: 16-22 ms of
-host time on an H200 for a step whose decodes alone replay from a graph in under 0.3 ms
-(benchmarks/results/step-cuda-2026-12-04-h200.json). The unified attention kernel needs no host knowledge of the
+Run eagerly, such a step costs the host a Python launch per kernel, some 300 for the decoder alone: on an H200,
+enqueueing a step of 64-512 decodes and one new 1 s request (its audio encoder and the decoder, both eager) took
+16-22 ms, against 0.2-0.3 ms for the same decodes replayed from a graph (step-cuda-2026-12-04-h200.json in
+benchmarks/results; the encoder stays eager here). The unified attention kernel needs no host knowledge of the
 query lengths (its grid is bounded by tokens // BLOCK_Q + sequences; each program finds its sequence on the device),
 so the whole decoder forward can be captured, as vLLM's full graphs are for its Triton backend: the step's tokens
 padded to the next size of the ladder with tokens that store nothing (slot -1) and belong to no sequence, its
-sequences padded to max_num_seqs with empty ones, whose programs exit at once. The embeddings, with the step's
-encoder outputs put in, are made eagerly into the graph's input buffer. With capture off the same padded buffers run
-eagerly, which is how the padding is tested without a GPU.
+sequences padded to max_num_seqs with empty ones, whose programs exit at once. Such a step attends its decodes with
+the prefill tiles, in the chunks' launch. The embeddings, with the step's encoder outputs put in, are made eagerly
+into the graph's input buffer. With capture off the same padded buffers run eagerly, which is how the padding is
+tested without a GPU.
 """
 
 import torch
@@ -20,7 +22,7 @@ from qasr.kernels import AttentionMetadata, ModelOps
 
 def token_count_ladder(max_num_tokens: int, smallest: int = 16) -> list[int]:
     """Powers of two from `smallest` and the sizes halfway between (16, 24, 32, 48, ...) up to max_num_tokens, which
-    ends it: a step pads by at most half its tokens."""
+    ends it: a step of `smallest` tokens or more pads by at most half its tokens."""
     sizes, size = [], smallest
     while size < max_num_tokens:
         sizes += [s for s in (size, size * 3 // 2) if s < max_num_tokens]

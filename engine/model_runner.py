@@ -117,6 +117,8 @@ class ModelRunner:
             self.mixed_graphs = MixedStepGraphs(self.model, self.ops, plan.max_num_seqs, plan.max_mixed_tokens,
                                                 blocks_per_seq, self.block_size)
             self.mixed_graphs.capture()
+        # the warm-ups ran on the capture's side stream, whose freed blocks stay cached there: not the graphs' memory
+        torch.cuda.empty_cache()
         free_after, _ = torch.cuda.mem_get_info(self.device)
         return free_before - free_after
 
