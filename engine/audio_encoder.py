@@ -75,14 +75,12 @@ class EncoderAttention(nn.Module):
         self.num_heads = config.num_heads
         self.head_dim = config.d_model // config.num_heads
         self.scale = self.head_dim**-0.5
-        self.q_proj = nn.Linear(config.d_model, config.d_model)
-        self.k_proj = nn.Linear(config.d_model, config.d_model)
-        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        # the checkpoint's q_proj, k_proj and v_proj in one matrix (model.FUSED_PARAMETERS): one launch, not three
+        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps) -> torch.Tensor:
-        q, k, v = (proj(hidden).view(-1, self.num_heads, self.head_dim)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self.qkv_proj(hidden).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
         return self.out_proj(ops.windowed_attention(q, k, v, window_lens, self.scale).flatten(1))
 
 

@@ -10,6 +10,7 @@ from qasr.kernels import AttentionMetadata, ModelOps
 # canonical checkpoint names that load into one fused parameter, in order
 FUSED_PARAMETERS = {
     "self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "self_attn.qkv_proj.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),  # encoder
     "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
 }
 
