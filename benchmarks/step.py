@@ -15,7 +15,8 @@ turning the step into input tensors), `update` (Scheduler.update with the sample
 the scheduler's share and the request's last text, all of it for a `final` one), `other` (the rest of the step on
 the host: the launch's and the engine core's own work around the tokens), their sum `host`, and `model` (the
 device's work: the audio encoder, the decoder's forward, the logits and sampling; on a GPU only their enqueueing),
-and `mean_host`, the mean of `host` (with `--stream-interval` above 1 a streamed request's text is made every few
+`encode` (of `model`, the log-mel features and the audio encoder: what a step with a new request adds), and
+`mean_host`, the mean of `host` (with `--stream-interval` above 1 a streamed request's text is made every few
 steps, which the median misses). The wait for the sampled tokens (and the benchmark's putting real transcripts'
 tokens in their place) counts in none. On a GPU the host's phases overlap the device's work of the step before;
 the host is the bound once `host` exceeds the device's step. On the CPU the model's arithmetic runs between the
@@ -71,7 +72,8 @@ class PhaseTimes:
 
     def end_step(self, step_seconds: float) -> None:
         """`step_seconds`: the wall time of LLMEngine.step (an abort before it is timed on its own)."""
-        timed = sum(seconds for phase, seconds in self.current.items() if phase != "abort")
+        # an abort is timed outside the step; the encoder's time is also the model's (a column of its own)
+        timed = sum(seconds for phase, seconds in self.current.items() if phase not in ("abort", "encode"))
         self.current["other"] = step_seconds - timed
         self.steps.append(dict(self.current))
         self.current.clear()
@@ -84,6 +86,7 @@ class PhaseTimes:
         # a cost that comes every few steps (text at a stream_interval above 1) shows in the mean, not the median
         row["mean_host_ms"] = 1000 * statistics.fmean(host)
         row["model_ms"] = 1000 * statistics.median(step.get("model", 0.0) for step in self.steps)
+        row["encode_ms"] = 1000 * statistics.median(step.get("encode", 0.0) for step in self.steps)
         return {f"{key}_ms" if not key.endswith("_ms") else key: value for key, value in row.items()}
 
 
@@ -101,6 +104,7 @@ def instrument(engine: LLMEngine, times: PhaseTimes, host_only: bool = False) ->
     stand_ins = without_the_model(runner) if host_only else {}
     for owner, name, phase in targets:
         setattr(owner, name, times.wrap(phase, stand_ins.get(name, getattr(owner, name))))
+    runner.encode = times.wrap("encode", runner.encode)  # within `model`: its share, the log-mel and encoder
 
     def restore() -> None:
         for (owner, name, _), original in zip(targets, originals):

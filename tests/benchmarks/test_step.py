@@ -40,6 +40,9 @@ def test_step_benchmark_times_each_phase_and_writes_the_standard_json(tmp_path: 
         assert all(ms > 0 for ms in phases) and row["host_ms"] > 0 and row["model_ms"] > 0
         assert row["mean_host_ms"] > 0
         assert ended or row["abort_ms"] == 0
+        # the encoder runs for the request each mixed step takes in, and its time is part of the model's
+        assert (0 < row["encode_ms"] < row["model_ms"]) if ended else row["encode_ms"] == 0
+        assert row["other_ms"] > 0  # the encoder's time is not also taken out of the rest of the step
 
 
 def test_host_only_leaves_the_device_work_out_and_puts_everything_back(tmp_path: Path) -> None:
