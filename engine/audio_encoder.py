@@ -1,5 +1,6 @@
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -79,9 +80,10 @@ class EncoderAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
 
-    def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps,
+                starts: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-        return self.out_proj(ops.windowed_attention(q, k, v, window_lens, self.scale).flatten(1))
+        return self.out_proj(ops.windowed_attention(q, k, v, window_lens, self.scale, starts).flatten(1))
 
 
 class EncoderLayer(nn.Module):
@@ -94,8 +96,9 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.activation = activation_function(config.activation)
 
-    def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.self_attn_layer_norm(hidden), window_lens, ops)
+    def forward(self, hidden: torch.Tensor, window_lens: list[int], ops: ModelOps,
+                starts: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.self_attn_layer_norm(hidden), window_lens, ops, starts)
         hidden = hidden + self.fc2(self.activation(self.fc1(self.final_layer_norm(hidden))))
         if hidden.dtype == torch.float16:
             limit = torch.finfo(torch.float16).max - 1000
@@ -112,6 +115,7 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, config: AudioEncoderConfig):
         super().__init__()
+        self.num_mel_bins = config.num_mel_bins
         self.chunk_frames = 2 * config.n_window
         self.window_tokens = conv_output_length(self.chunk_frames) * (config.n_window_infer // self.chunk_frames)
         channels = config.conv_channels
@@ -156,6 +160,11 @@ class AudioEncoder(nn.Module):
 
     def forward(self, mels: list[torch.Tensor], ops: ModelOps) -> torch.Tensor:
         """mels: [num_mel_bins, frames] per clip. Returns packed [sum of num_audio_tokens, output_dim]."""
+        batch = self.prepare(mels)
+        return self.run(batch.chunks, batch.keep, batch.window_lens, ops)
+
+    def prepare(self, mels: list[torch.Tensor]) -> "EncoderBatch":
+        """The host's part: the clips' 1 s chunks stacked, which of the conv stem's outputs are real, the windows."""
         chunks, valid_per_chunk, window_lens = [], [], []
         for mel in mels:
             frames = mel.shape[-1]
@@ -169,14 +178,27 @@ class AudioEncoder(nn.Module):
             if tokens % self.window_tokens:
                 window_lens.append(tokens % self.window_tokens)
         x = torch.cat(chunks).unsqueeze(1).to(self.conv_out.weight.dtype)  # [chunks, 1, mel, 100]
-        x = torch.cat([self.conv_stem(part) for part in x.split(self.conv_slices(x))])
-        time = x.shape[1]
-        keep = np.concatenate([chunk * time + np.arange(n) for chunk, n in enumerate(valid_per_chunk)])
-        keep_index = torch.from_numpy(keep)
+        time = conv_output_length(self.chunk_frames)
+        keep = torch.from_numpy(np.concatenate([chunk * time + np.arange(n)
+                                                for chunk, n in enumerate(valid_per_chunk)]))
         if x.is_cuda:
-            keep_index = keep_index.pin_memory().to(x.device, non_blocking=True)
-        hidden = x.flatten(0, 1).index_select(0, keep_index)  # the valid positions of every chunk, in order
+            keep = keep.pin_memory().to(x.device, non_blocking=True)
+        return EncoderBatch(x, keep, window_lens)
+
+    def run(self, chunks: torch.Tensor, keep: torch.Tensor, window_lens: list[int], ops: ModelOps,
+            starts: torch.Tensor | None = None) -> torch.Tensor:
+        """The device's part: conv stem, the real positions kept, the layers, the projector. `starts`: the windows'
+        bounds on the device (see windowed_attention), where a CUDA graph keeps them."""
+        x = torch.cat([self.conv_stem(part) for part in chunks.split(self.conv_slices(chunks))])
+        hidden = x.flatten(0, 1).index_select(0, keep)  # the valid positions of every chunk, in order
         for layer in self.layers:
-            hidden = layer(hidden, window_lens, ops)
+            hidden = layer(hidden, window_lens, ops, starts)
         hidden = self.ln_post(hidden)
         return self.proj2(self.activation(self.proj1(hidden)))
+
+
+@dataclass(slots=True)
+class EncoderBatch:
+    chunks: torch.Tensor  # [chunks, 1, num_mel_bins, chunk_frames] in the encoder's dtype
+    keep: torch.Tensor  # [tokens] the conv stem's output rows (chunk * tokens a chunk + position) that are real
+    window_lens: list[int]  # attention windows over the kept tokens, in order

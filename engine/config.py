@@ -50,8 +50,9 @@ class EngineConfig(CliArgs):
     enable_chunked_prefill: bool = option(True, "split long prefills across steps")
     enforce_eager: bool = option(False, "no CUDA graphs")
     cuda_graph_mode: str = option("decode", "decode: CUDA graphs replay pure-decode steps, steps with prefill chunks "
-                                            "run eagerly; full: those too, up to max_num_batched_tokens tokens "
-                                            "(padded to a ladder of sizes; more graph memory). CUDA graphs need a "
+                                            "and the audio encoder run eagerly; full: those too, steps up to "
+                                            "max_num_batched_tokens tokens and encoder passes up to 64 s of audio "
+                                            "(padded to ladders of sizes; more graph memory). CUDA graphs need a "
                                             "GPU and the triton backend, and are off with enforce_eager",
                                   choices=CUDA_GRAPH_MODES)
     cpu_threads: int | None = option(None, "torch threads of a model on the CPU; none: every core, except in servers "

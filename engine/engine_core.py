@@ -32,6 +32,9 @@ from qasr.scheduler import (
 )
 
 MAX_GRAPH_BATCH_SIZE = 512
+# encoder passes of more audio run eagerly: their device work dwarfs their launches, and the graphs' memory pool holds
+# the largest one's activations
+MAX_ENCODER_GRAPH_CHUNKS = 64
 
 
 @dataclass(slots=True)
@@ -125,7 +128,8 @@ class EngineCore:
         full = config.cuda_graph_mode == "full"
         return GraphPlan(max_decode_batch=min(config.max_num_seqs, MAX_GRAPH_BATCH_SIZE),
                          max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs if full else 0,
-                         max_mixed_tokens=config.max_num_batched_tokens if full else 0)
+                         max_mixed_tokens=config.max_num_batched_tokens if full else 0,
+                         max_encoder_chunks=MAX_ENCODER_GRAPH_CHUNKS if full else 0)
 
     @property
     def uses_cuda_graphs(self) -> bool:

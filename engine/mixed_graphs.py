@@ -3,14 +3,14 @@
 Run eagerly, such a step costs the host a Python launch per kernel, some 300 for the decoder alone: on an H200,
 enqueueing a step of 64-512 decodes and one new 1 s request (its audio encoder and the decoder, both eager) took
 16-22 ms, against 0.2-0.3 ms for the same decodes replayed from a graph (step-cuda-2026-12-04-h200.json in
-benchmarks/results; the encoder stays eager here). The unified attention kernel needs no host knowledge of the
-query lengths (its grid is bounded by tokens // BLOCK_Q + sequences; each program finds its sequence on the device),
-so the whole decoder forward can be captured, as vLLM's full graphs are for its Triton backend: the step's tokens
-padded to the next size of the ladder with tokens that store nothing (slot -1) and belong to no sequence, its
-sequences padded to max_num_seqs with empty ones, whose programs exit at once. Such a step attends its decodes with
-the prefill tiles, in the chunks' launch. The embeddings, with the step's encoder outputs put in, are made eagerly
-into the graph's input buffer. With capture off the same padded buffers run eagerly, which is how the padding is
-tested without a GPU.
+benchmarks/results; the encoder has graphs of its own, encoder_graphs.py). The unified attention kernel needs no
+host knowledge of the query lengths (its grid is bounded by tokens // BLOCK_Q + sequences; each program finds its
+sequence on the device), so the whole decoder forward can be captured, as vLLM's full graphs are for its Triton
+backend: the step's tokens padded to the next size of the ladder with tokens that store nothing (slot -1) and belong
+to no sequence, its sequences padded to max_num_seqs with empty ones, whose programs exit at once. Such a step
+attends its decodes with the prefill tiles, in the chunks' launch. The embeddings, with the step's encoder outputs
+put in, are made eagerly into the graph's input buffer. With capture off the same padded buffers run eagerly, which
+is how the padding is tested without a GPU.
 """
 
 import torch

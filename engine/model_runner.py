@@ -8,6 +8,7 @@ import torch
 from qasr.engine.block_tables import BlockTables
 from qasr.engine.decode_graphs import DecodeGraphs
 from qasr.engine.device_copy import to_device
+from qasr.engine.encoder_graphs import EncoderGraphs
 from qasr.engine.features import LogMelExtractor
 from qasr.engine.mixed_graphs import MixedStepGraphs
 from qasr.engine.model import Qwen3ASRModel
@@ -20,13 +21,15 @@ from qasr.scheduler import PENDING_TOKEN, SchedulerOutput, Sequence
 
 @dataclass(frozen=True, slots=True)
 class GraphPlan:
-    """What the CUDA graphs cover: pure-decode batches up to max_decode_batch and, if max_mixed_tokens, steps with
-    prefill chunks of up to that many tokens and max_num_seqs sequences (0: those run eagerly)."""
+    """What the CUDA graphs cover: pure-decode batches up to max_decode_batch; if max_mixed_tokens, steps with
+    prefill chunks of up to that many tokens and max_num_seqs sequences (0: those run eagerly); and if
+    max_encoder_chunks, the audio encoder's passes of up to that many chunks."""
 
     max_decode_batch: int
     max_model_len: int
     max_num_seqs: int = 0
     max_mixed_tokens: int = 0
+    max_encoder_chunks: int = 0  # audio encoder passes of up to this many 1 s chunks (0: eager)
 
 
 @dataclass(slots=True)
@@ -78,6 +81,7 @@ class ModelRunner:
         self.kv_cache = torch.empty(0)
         self.decode_graphs: DecodeGraphs | None = None
         self.mixed_graphs: MixedStepGraphs | None = None
+        self.encoder_graphs: EncoderGraphs | None = None
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.generators: dict[int, torch.Generator] = {}
         self.default_seeds = np.random.default_rng(seed)  # for requests that sample without a seed of their own
@@ -117,6 +121,9 @@ class ModelRunner:
             self.mixed_graphs = MixedStepGraphs(self.model, self.ops, plan.max_num_seqs, plan.max_mixed_tokens,
                                                 blocks_per_seq, self.block_size)
             self.mixed_graphs.capture()
+        if plan.max_encoder_chunks:
+            self.encoder_graphs = EncoderGraphs(self.model.audio_tower, self.ops, plan.max_encoder_chunks)
+            self.encoder_graphs.capture()
         # the warm-ups ran on the capture's side stream, whose freed blocks stay cached there: not the graphs' memory
         torch.cuda.empty_cache()
         free_after, _ = torch.cuda.mem_get_info(self.device)
@@ -127,7 +134,7 @@ class ModelRunner:
         holds does not depend on the cache's size) and releasing them again."""
         self.allocate_kv_cache(1)
         used = self.capture_cuda_graphs(plan)
-        self.decode_graphs = self.mixed_graphs = None
+        self.decode_graphs = self.mixed_graphs = self.encoder_graphs = None
         self.kv_cache = torch.empty(0)
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
@@ -214,7 +221,8 @@ class ModelRunner:
 
     def encode(self, seqs: list[Sequence], waveforms: Mapping[int, np.ndarray]) -> None:
         mels = self.features([waveforms[seq.seq_id] for seq in seqs])
-        outputs = self.model.encode_audio(mels, self.ops)
+        graphs = self.encoder_graphs
+        outputs = self.model.encode_audio(mels, self.ops) if graphs is None else graphs.encode(mels)
         for seq, rows in zip(seqs, outputs.split([seq.audio.length for seq in seqs])):
             self.encoder_cache[seq.seq_id] = rows.clone() if len(seqs) > 1 else rows  # free the batch as pieces finish
 

@@ -18,7 +18,8 @@ class ModelOps:
     # benchmarks that take them apart
     store_kv: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
     paged_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor]
-    windowed_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
+    windowed_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float, torch.Tensor | None],
+                                 torch.Tensor]
     add_rms_norm: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, float],
                            tuple[torch.Tensor, torch.Tensor]]
     qk_norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]]

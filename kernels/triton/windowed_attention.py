@@ -77,21 +77,29 @@ def _window_starts(window_lens: tuple[int, ...], device: torch.device) -> torch.
     return starts
 
 
-def windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       window_lens: list[int], scale: float) -> torch.Tensor:
-    """Bidirectional attention inside consecutive windows of packed tokens [num_tokens, heads, head_dim]."""
+def windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window_lens: list[int],
+                       scale: float, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Bidirectional attention inside consecutive windows of packed tokens [num_tokens, heads, head_dim].
+
+    `starts`: the windows' bounds on the device ([windows + 1] int32, window_lens' running sum), where a CUDA graph
+    keeps them in a buffer of its own; then the windows may end before the tokens (padding, left unwritten) and
+    some be empty, and the launch depends on window_lens only through its length and its longest window."""
     num_tokens, num_heads, head_dim = query.shape
     out = torch.empty_like(query)
     if num_tokens == 0:
         return out
-    if sum(window_lens) != num_tokens:
-        raise ValueError(f"windows cover {sum(window_lens)} tokens, the input has {num_tokens}")
+    covered = sum(window_lens)
+    if covered > num_tokens or (starts is None and covered != num_tokens):
+        raise ValueError(f"windows cover {covered} tokens, the input has {num_tokens}")
+    if starts is not None and starts.shape != (len(window_lens) + 1,):
+        raise ValueError(f"starts holds {starts.shape[0]} bounds, {len(window_lens)} windows need one more")
     check_last_dim_contiguous(query, key, value)
     upcast = upcast_tiles(query.dtype)
     grid = (len(window_lens), num_heads, triton.cdiv(max(window_lens), BLOCK_M))
     _window_attention_kernel[grid](
         q_ptr=query, k_ptr=key, v_ptr=value, out_ptr=out,
-        cu_window_ptr=_window_starts(tuple(window_lens), query.device), qk_scale=scale * math.log2(math.e),
+        cu_window_ptr=_window_starts(tuple(window_lens), query.device) if starts is None else starts,
+        qk_scale=scale * math.log2(math.e),
         stride_qt=query.stride(0), stride_qh=query.stride(1), stride_kt=key.stride(0), stride_kh=key.stride(1),
         stride_vt=value.stride(0), stride_vh=value.stride(1), stride_ot=out.stride(0), stride_oh=out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), BLOCK_M=BLOCK_M, TILE_N=TILE_N, UPCAST=upcast,

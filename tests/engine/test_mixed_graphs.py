@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qasr.engine import ASR, SamplingParams
+from qasr.engine.encoder_graphs import chunk_count_ladder
 from qasr.engine.mixed_graphs import MixedStepGraphs, token_count_ladder
 from qasr.kernels import AttentionMetadata
 
@@ -92,6 +93,21 @@ def test_a_padded_step_reads_and_writes_only_its_own(checkpoint: Path) -> None:
         torch.testing.assert_close(runner.kv_cache, expected_cache, rtol=1e-5, atol=1e-5)
 
 
+def test_what_a_capture_runs_is_a_valid_step_at_every_size(checkpoint: Path) -> None:
+    """The capture's forwards (no capture here: the same calls, eagerly) with nothing stored and every sequence
+    empty: valid at every size, and they leave the cache alone."""
+    runner = ASR(str(checkpoint), attention_backend="triton", max_num_seqs=4, num_kv_blocks=4).engine.core.runner
+    graphs = MixedStepGraphs(runner.model, runner.ops, max_num_seqs=4, max_num_tokens=40, max_blocks_per_seq=2,
+                             block_size=16)
+    runner.kv_cache.normal_()
+    before = runner.kv_cache.clone()
+    graphs.slot_mapping.fill_(-1)  # as capture() leaves it
+    with torch.inference_mode():
+        for size in graphs.sizes:
+            graphs._forward(size)
+    assert torch.equal(runner.kv_cache, before)
+
+
 def test_padded_steps_with_prefill_chunks_give_the_same_tokens(checkpoint: Path, clips) -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the CUDA-graph test on a GPU")
@@ -118,16 +134,19 @@ def test_padded_steps_with_prefill_chunks_give_the_same_tokens(checkpoint: Path,
 
 @pytest.mark.gpu
 def test_full_cuda_graphs_replay_what_the_padded_steps_give_eagerly_in_bf16(checkpoint: Path, speech_like) -> None:
-    """Graph replays against the same padded buffers run eagerly, which the CPU tests hold to the unpadded steps:
-    the same kernels at the same shapes, so the same tokens (the unpadded eager steps may take other tiles and
-    cuBLAS kernels, and a bf16 near-tie of random weights could flip)."""
+    """Graph replays (decoder and audio encoder) against the same padded buffers run eagerly, which the CPU tests
+    hold to the unpadded passes: the same kernels at the same shapes, so the same tokens (unpadded eager steps may
+    take other tiles and cuBLAS kernels, and a bf16 near-tie of random weights could flip)."""
     clips = [speech_like(0.4 + 0.45 * i, seed=500 + i) for i in range(11)]
     options = {"max_num_batched_tokens": 96, "max_num_seqs": 8}  # arrivals in several steps: mixed steps
     graphed = ASR(str(checkpoint), dtype="bfloat16", cuda_graph_mode="full", **options)
     padded = ASR(str(checkpoint), dtype="bfloat16", cuda_graph_mode="full", **options)
     runner = graphed.engine.core.runner
     assert runner.mixed_graphs is not None and set(runner.mixed_graphs.graphs) == set(token_count_ladder(96))
-    padded.engine.core.runner.mixed_graphs.graphs = {}  # run() without a graph: the padded buffers, eagerly
+    assert runner.encoder_graphs is not None and set(runner.encoder_graphs.graphs) == set(chunk_count_ladder(64))
+    # without a graph: the same padded buffers, eagerly
+    padded.engine.core.runner.mixed_graphs.graphs = {}
+    padded.engine.core.runner.encoder_graphs.graphs = {}
     # the KV pool was sized with both sets of graphs measured beforehand; the real capture must not take more
     memory = graphed.engine.core.graph_memory
     assert memory.captured_bytes <= memory.profiled_bytes * 1.1 + (64 << 20), memory

@@ -54,6 +54,22 @@ def test_window_lengths_must_cover_the_tokens() -> None:
         windowed_attention.windowed_attention(q, q, q, [4, 5], 0.25)
 
 
+def test_bounds_from_a_device_buffer_with_padding_and_empty_windows() -> None:
+    """What the encoder's CUDA graphs pass: the bounds from a buffer of their own, tokens past the last window
+    (padding, left unwritten) and empty windows after it; the windows' rows as without the padding."""
+    generator = torch.Generator().manual_seed(4)
+    lens, padded_tokens = [7, 13, 2], 30
+    q, k, v = (torch.randn(padded_tokens, 2, 16, generator=generator) for _ in range(3))
+    starts = torch.tensor([0, 7, 20, 22, 22, 22], dtype=torch.int32)  # two empty windows at the end
+    out = windowed_attention.windowed_attention(q, k, v, lens + [0, 0], 0.25, starts)
+    expected = reference.windowed_attention(q[:22], k[:22], v[:22], lens, 0.25)
+    torch.testing.assert_close(out[:22], expected, rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="windows cover 31 tokens"):
+        windowed_attention.windowed_attention(q, k, v, [31], 0.25, torch.tensor([0, 31], dtype=torch.int32))
+    with pytest.raises(ValueError, match="3 windows need one more"):
+        windowed_attention.windowed_attention(q, k, v, lens, 0.25, starts[:3])
+
+
 @pytest.mark.gpu
 def test_encoder_shapes_bf16_on_gpu(check) -> None:
     """Qwen3-ASR encoder geometry: 16 heads of 64, 104-token windows of many clips of mixed lengths."""
