@@ -51,7 +51,7 @@ class EngineConfig(CliArgs):
     enforce_eager: bool = option(False, "no CUDA graphs")
     cuda_graph_mode: str = option("decode", "decode: CUDA graphs replay pure-decode steps, steps with prefill chunks "
                                             "and the audio encoder run eagerly; full: those too, steps up to "
-                                            "max_num_batched_tokens tokens and encoder passes up to 64 s of audio "
+                                            "max_num_batched_tokens tokens and encoder passes of up to 64 1-s chunks "
                                             "(padded to ladders of sizes; more graph memory). CUDA graphs need a "
                                             "GPU and the triton backend, and are off with enforce_eager",
                                   choices=CUDA_GRAPH_MODES)

@@ -8,11 +8,11 @@ from qasr.kernels.attention_metadata import SplitKVWorkspace, padded_head_dim, s
 
 
 @torch.inference_mode()
-def capture_graphs(sizes: list[int], forward: Callable[[int], None]) -> dict[int, torch.cuda.CUDAGraph]:
-    """A CUDA graph of forward(size) for every size, largest first, in one shared memory pool (the graphs replay one
-    at a time, on one stream)."""
+def capture_graphs(sizes: list[int], forward: Callable[[int], None],
+                   pool: tuple[int, int] | None = None) -> dict[int, torch.cuda.CUDAGraph]:
+    """A CUDA graph of forward(size) for every size, largest first, in one memory pool, `pool` if given (the graphs
+    replay one at a time, on one stream, and keep what outlives a replay in buffers of their own)."""
     graphs: dict[int, torch.cuda.CUDAGraph] = {}
-    pool = None
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())  # the cache and buffers are zero-filled on the default stream
     for size in sorted(sizes, reverse=True):

@@ -2,7 +2,7 @@
 
 Run eagerly, an encoder pass costs the host a Python launch per kernel, about ten a layer; a step that takes in a
 new request pays them on top of the decoder's (cuda_graph_mode="full" graphs the decoder, see mixed_graphs.py). What
-varies between passes is data the kernels can read from buffers: the chunks (padded with silent ones), which of the
+varies between passes is data the kernels can read from buffers: the chunks (padded with zeros), which of the
 conv stem's outputs are real (padded with row 0, whose copies no window covers), and the attention windows' bounds
 (padded with empty windows, whose programs exit at once); the launch depends only on the padded chunk count. The
 log-mel features, and passes of more chunks than the ladder holds (whose device work dwarfs their launches), run
@@ -14,12 +14,13 @@ import torch
 
 from qasr.engine.audio_encoder import AudioEncoder, conv_output_length
 from qasr.engine.decode_graphs import capture_graphs
+from qasr.engine.mixed_graphs import token_count_ladder
 from qasr.kernels import ModelOps
 
 
 def chunk_count_ladder(max_chunks: int) -> list[int]:
-    sizes = [1 << bit for bit in range(max_chunks.bit_length()) if 1 << bit < max_chunks]
-    return sizes + [max_chunks]
+    """1, 2, 3, 4, 6, 8, 12, ... up to max_chunks: a pass of 2 chunks or more pads by at most half its chunks."""
+    return token_count_ladder(max_chunks, smallest=1)
 
 
 class EncoderGraphs:
@@ -60,8 +61,9 @@ class EncoderGraphs:
         longest = min(self.encoder.window_tokens, size * self.tokens_per_chunk)
         return [longest] + [0] * (self.max_windows(size) - 1)
 
-    def capture(self) -> None:
-        self.graphs = capture_graphs(self.sizes, lambda size: self._forward(size, self.capture_window_lens(size)))
+    def capture(self, pool: tuple[int, int] | None = None) -> None:
+        self.graphs = capture_graphs(self.sizes, lambda size: self._forward(size, self.capture_window_lens(size)),
+                                     pool)
 
     def encode(self, mels: list[torch.Tensor]) -> torch.Tensor:
         """AudioEncoder.forward's result: packed [tokens, output_dim]."""

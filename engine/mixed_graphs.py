@@ -25,7 +25,7 @@ def token_count_ladder(max_num_tokens: int, smallest: int = 16) -> list[int]:
     ends it: a step of `smallest` tokens or more pads by at most half its tokens."""
     sizes, size = [], smallest
     while size < max_num_tokens:
-        sizes += [s for s in (size, size * 3 // 2) if s < max_num_tokens]
+        sizes += sorted(s for s in {size, size * 3 // 2} if s < max_num_tokens)  # a set: 1's halfway is 1
         size *= 2
     return sizes + [max_num_tokens]
 
@@ -73,9 +73,9 @@ class MixedStepGraphs:
     def _forward(self, size: int) -> None:
         self.hidden[:size] = self.model(self.embeds[:size], self.positions[:size], self.metadata(size), self.ops)
 
-    def capture(self) -> None:
+    def capture(self, pool: tuple[int, int] | None = None) -> None:
         self.slot_mapping.fill_(-1)  # no sequence, nothing stored: the warm-up and capture leave the cache alone
-        self.graphs = capture_graphs(self.sizes, self._forward)
+        self.graphs = capture_graphs(self.sizes, self._forward, pool)
 
     def run(self, embeds: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [tokens, hidden] of a step that fits: padded_size(tokens, meta.num_seqs) is not None."""

@@ -117,13 +117,14 @@ class ModelRunner:
         blocks_per_seq = math.ceil(plan.max_model_len / self.block_size)
         self.decode_graphs = DecodeGraphs(self.model, self.ops, plan.max_decode_batch, blocks_per_seq, self.block_size)
         self.decode_graphs.capture()
+        pool = torch.cuda.graph_pool_handle()  # the decoder's and the encoder's graphs of full mode share one
         if plan.max_mixed_tokens:
             self.mixed_graphs = MixedStepGraphs(self.model, self.ops, plan.max_num_seqs, plan.max_mixed_tokens,
                                                 blocks_per_seq, self.block_size)
-            self.mixed_graphs.capture()
+            self.mixed_graphs.capture(pool)
         if plan.max_encoder_chunks:
             self.encoder_graphs = EncoderGraphs(self.model.audio_tower, self.ops, plan.max_encoder_chunks)
-            self.encoder_graphs.capture()
+            self.encoder_graphs.capture(pool)
         # the warm-ups ran on the capture's side stream, whose freed blocks stay cached there: not the graphs' memory
         torch.cuda.empty_cache()
         free_after, _ = torch.cuda.mem_get_info(self.device)

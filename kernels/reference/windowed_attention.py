@@ -10,7 +10,8 @@ def windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     """Bidirectional attention inside consecutive windows of packed tokens [num_tokens, heads, head_dim].
 
     Windows of equal length run as one batched call, so a batch of many audios costs a handful of calls. `starts`
-    (the Triton kernel's device copy of the bounds, for CUDA graphs) is not needed: the lengths say the same.
+    (the Triton kernel's device copy of the bounds) is not read: the lengths say the same. The padded passes of CUDA
+    graphs (empty windows, tokens past the last window) are the Triton kernel's alone: graphs need that backend.
     """
     out = torch.empty_like(query)
     starts_by_length: dict[int, list[int]] = {}

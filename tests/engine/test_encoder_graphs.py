@@ -21,8 +21,8 @@ def checkpoint(checkpoint_root: Path, shapes, write_checkpoint) -> Path:
 
 def test_chunk_count_ladder() -> None:
     assert chunk_count_ladder(1) == [1]
-    assert chunk_count_ladder(40) == [1, 2, 4, 8, 16, 32, 40]
-    assert chunk_count_ladder(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert chunk_count_ladder(40) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40]
+    assert chunk_count_ladder(64)[-3:] == [32, 48, 64]
 
 
 def test_the_torch_backend_cannot_be_graphed(checkpoint: Path) -> None:
@@ -32,8 +32,9 @@ def test_the_torch_backend_cannot_be_graphed(checkpoint: Path) -> None:
 
 
 def test_padded_passes_give_the_unpadded_outputs(checkpoint: Path, speech_like) -> None:
-    """Several clips with partial last chunks, then fewer (what the first pass left in the buffers past the second's
-    chunks, tokens and windows must not count), then more than the ladder holds (eager)."""
+    """Clips with partial last chunks and a window of more than one q-block (72 tokens), then fewer (what the first
+    pass left in the buffers past the second's chunks, tokens and windows must not count), then more than the ladder
+    holds (eager). Each padded pass also runs as a replay would, with the launch sized as at capture."""
     if torch.cuda.is_available():
         pytest.skip("covered by the CUDA-graph test on a GPU")
     runner = ASR(str(checkpoint), attention_backend="triton").engine.core.runner
@@ -41,7 +42,7 @@ def test_padded_passes_give_the_unpadded_outputs(checkpoint: Path, speech_like) 
     graphs = EncoderGraphs(encoder, runner.ops, max_chunks=8)
     window = encoder.window_tokens
     earlier: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for seconds in ([0.37, 2.5, 1.0], [2.3], [4.2, 4.9]):  # 5 chunks (pads to 8), 3 (to 4), 10 (more than 8)
+    for seconds in ([0.37, 5.6], [4.5], [4.2, 4.9]):  # 7 chunks (pads to 8), 5 (to 6), 10 (more than 8)
         mels = runner.features([speech_like(s, seed=int(100 * s)) for s in seconds])
         batch = encoder.prepare(mels)
         with torch.inference_mode():
@@ -59,6 +60,10 @@ def test_padded_passes_give_the_unpadded_outputs(checkpoint: Path, speech_like) 
             assert bounds == np.cumsum([0, *batch.window_lens]).tolist() + [tokens] * (
                 graphs.max_windows(size) - len(batch.window_lens))
             assert max(batch.window_lens) <= window
+            with torch.inference_mode():  # the same buffers, the launch as captured
+                graphs._forward(size, graphs.capture_window_lens(size))
+            torch.testing.assert_close(graphs.out[:tokens], expected, rtol=1e-5, atol=1e-5)
+    assert max(encoder.prepare(runner.features([speech_like(5.6, seed=560)])).window_lens) > 64  # two q-blocks
 
 
 def test_what_a_capture_runs_is_a_valid_pass_at_every_size(checkpoint: Path) -> None:
@@ -82,9 +87,15 @@ def test_transcripts_through_the_padded_encoder(checkpoint: Path, speech_like) -
                                                                                                 sampling_params=params)]
     asr = ASR(str(checkpoint), attention_backend="triton")
     runner = asr.engine.core.runner
-    runner.encoder_graphs = EncoderGraphs(runner.model.audio_tower, runner.ops, max_chunks=4)
-    passes = []
-    original = runner.encoder_graphs.encode
-    runner.encoder_graphs.encode = lambda mels: passes.append(len(mels)) or original(mels)
+    graphs = runner.encoder_graphs = EncoderGraphs(runner.model.audio_tower, runner.ops, max_chunks=8)
+    passes: list[tuple[int, int | None]] = []  # (chunks, padded to) of each pass
+    original = graphs.encode
+
+    def encode(mels: list[torch.Tensor]) -> torch.Tensor:
+        chunks = graphs.encoder.prepare(mels).chunks.shape[0]
+        passes.append((chunks, graphs.padded_size(chunks)))
+        return original(mels)
+
+    graphs.encode = encode
     assert [r.token_ids for r in asr.transcribe(clips, sampling_params=params)] == expected
-    assert passes, "the encoder graphs were not used"
+    assert any(padded is not None and padded > chunks for chunks, padded in passes), passes

@@ -158,5 +158,14 @@ def test_full_cuda_graphs_replay_what_the_padded_steps_give_eagerly_in_bf16(chec
         return original_run(embeds, positions, meta)
 
     runner.mixed_graphs.run = run
+    encoder_graphs, passes = runner.encoder_graphs, []  # the padded chunk count of each encoder pass
+    original_encode = encoder_graphs.encode
+
+    def encode(mels: list[torch.Tensor]) -> torch.Tensor:
+        passes.append(encoder_graphs.padded_size(encoder_graphs.encoder.prepare(mels).chunks.shape[0]))
+        return original_encode(mels)
+
+    encoder_graphs.encode = encode
     assert transcribe(graphed, clips, 10) == transcribe(padded, clips, 10)
     assert any(longest > 1 and decodes for longest, decodes in replays), f"no decodes mixed with a chunk: {replays}"
+    assert passes and all(size in encoder_graphs.graphs for size in passes), passes  # every pass a replay
