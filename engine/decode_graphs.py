@@ -1,31 +1,9 @@
-from collections.abc import Callable
-
 import torch
 
+from qasr.engine.cuda_graphs import capture_graphs, padded_size
 from qasr.engine.model import Qwen3ASRModel
 from qasr.kernels import AttentionMetadata, ModelOps
 from qasr.kernels.attention_metadata import SplitKVWorkspace, padded_head_dim, split_kv_max_seqs
-
-
-@torch.inference_mode()
-def capture_graphs(sizes: list[int], forward: Callable[[int], None],
-                   pool: tuple[int, int] | None = None) -> dict[int, torch.cuda.CUDAGraph]:
-    """A CUDA graph of forward(size) for every size, largest first, in one memory pool, `pool` if given (the graphs
-    replay one at a time, on one stream, and keep what outlives a replay in buffers of their own)."""
-    graphs: dict[int, torch.cuda.CUDAGraph] = {}
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())  # the cache and buffers are zero-filled on the default stream
-    for size in sorted(sizes, reverse=True):
-        with torch.cuda.stream(stream):
-            forward(size)  # warm-up: compiles kernels outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=stream):
-            forward(size)
-        pool = graph.pool()
-        graphs[size] = graph
-    torch.cuda.synchronize()
-    return graphs
 
 
 def batch_size_ladder(max_batch_size: int) -> list[int]:
@@ -70,7 +48,7 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def padded_size(self, batch_size: int) -> int | None:
-        return next((s for s in self.sizes if s >= batch_size), None)
+        return padded_size(self.sizes, batch_size)
 
     def metadata(self, size: int, max_seq_len: int) -> AttentionMetadata:
         return AttentionMetadata(

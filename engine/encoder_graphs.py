@@ -13,14 +13,13 @@ import numpy as np
 import torch
 
 from qasr.engine.audio_encoder import AudioEncoder, conv_output_length
-from qasr.engine.decode_graphs import capture_graphs
-from qasr.engine.mixed_graphs import token_count_ladder
+from qasr.engine.cuda_graphs import capture_graphs, half_step_ladder, padded_size
 from qasr.kernels import ModelOps
 
 
 def chunk_count_ladder(max_chunks: int) -> list[int]:
     """1, 2, 3, 4, 6, 8, 12, ... up to max_chunks: a pass of 2 chunks or more pads by at most half its chunks."""
-    return token_count_ladder(max_chunks, smallest=1)
+    return half_step_ladder(max_chunks, smallest=1)
 
 
 class EncoderGraphs:
@@ -48,7 +47,7 @@ class EncoderGraphs:
         return chunks + chunks * self.tokens_per_chunk // self.encoder.window_tokens
 
     def padded_size(self, chunks: int) -> int | None:
-        return next((s for s in self.sizes if s >= chunks), None)
+        return padded_size(self.sizes, chunks)
 
     def _forward(self, size: int, window_lens: list[int]) -> None:
         tokens = size * self.tokens_per_chunk

@@ -15,19 +15,14 @@ is how the padding is tested without a GPU.
 
 import torch
 
-from qasr.engine.decode_graphs import capture_graphs
+from qasr.engine.cuda_graphs import capture_graphs, half_step_ladder, padded_size
 from qasr.engine.model import Qwen3ASRModel
 from qasr.kernels import AttentionMetadata, ModelOps
 
 
-def token_count_ladder(max_num_tokens: int, smallest: int = 16) -> list[int]:
-    """Powers of two from `smallest` and the sizes halfway between (16, 24, 32, 48, ...) up to max_num_tokens, which
-    ends it: a step of `smallest` tokens or more pads by at most half its tokens."""
-    sizes, size = [], smallest
-    while size < max_num_tokens:
-        sizes += sorted(s for s in {size, size * 3 // 2} if s < max_num_tokens)  # a set: 1's halfway is 1
-        size *= 2
-    return sizes + [max_num_tokens]
+def token_count_ladder(max_num_tokens: int) -> list[int]:
+    """16, 24, 32, 48, ... up to max_num_tokens: a step of 16 tokens or more pads by at most half its tokens."""
+    return half_step_ladder(max_num_tokens, smallest=16)
 
 
 class MixedStepGraphs:
@@ -58,9 +53,7 @@ class MixedStepGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def padded_size(self, num_tokens: int, num_seqs: int) -> int | None:
-        if num_seqs > self.max_num_seqs:
-            return None
-        return next((s for s in self.sizes if s >= num_tokens), None)
+        return padded_size(self.sizes, num_tokens) if num_seqs <= self.max_num_seqs else None
 
     def metadata(self, size: int) -> AttentionMetadata:
         # of the host-side fields the Triton kernels read only the number of sequences and max_query_len, which

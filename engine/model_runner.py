@@ -108,9 +108,8 @@ class ModelRunner:
             layer.self_attn.v_cache = self.kv_cache[1, i]
 
     def capture_cuda_graphs(self, plan: GraphPlan) -> int:
-        """Captures the decode graphs (and those of steps with prefill chunks, if planned) against the current cache;
-        returns the device memory they took (static buffers, the graphs' pools, the driver's share), as the device
-        reports it."""
+        """Captures the graphs `plan` names against the current cache; returns the device memory they took (static
+        buffers, the graphs' pools, the driver's share), as the device reports it."""
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(self.device)
