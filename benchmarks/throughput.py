@@ -5,6 +5,9 @@ Long clips run twice in qasr: single pass, and split into pieces of at most `pie
 parallel sequences (what the engine does by default). `qasr_first_token_s` is the first token of the whole
 batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of 3 new clips). Each row runs
 `--repeats` times, transformers and qasr alternating on new clips each time, and reports the median walls.
+Where qasr's time went, the mean of the repeats (benchmarks/step_spans.py): `qasr_single_pass_s` (the wall),
+`qasr_single_pass_prefill_s` and `_decode_s` (the device spans of the steps with prefill work and of the pure decode
+steps; the wall beyond their sum is the device waiting for the host) with their step counts; the same for `qasr_split`.
 
 `--mixed-seconds LOW HIGH` adds a row of clips whose lengths are drawn from LOW-HIGH seconds, the shape of real
 traffic: transformers takes them in arrival order, `batch_size` at a time, each batch generating as long as its
@@ -34,6 +37,7 @@ import torch
 
 from qasr.benchmarks.random_checkpoint import write_random_checkpoint
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
+from qasr.benchmarks.step_spans import StepSpans, step_spans
 from qasr.benchmarks.transformers_side import (
     HELDOUT_MAX_TOKENS,
     TransformersProcess,
@@ -209,6 +213,7 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
     audio_seconds, longest = sum(lengths), max(lengths)
     tokens = [output_tokens(length, tokens_per_second) for length in lengths]
     hf_walls, hf_batch_sizes, qasr_walls, first_tokens, split_walls = [], [], [], [], []
+    single_spans, split_spans = StepSpans(), StepSpans()
     for repeat in range(repeats):
         # new clips each time, the same for both
         named = [(float(length), seed + CLIPS_PER_REPEAT * repeat) for seed, length in enumerate(lengths)]
@@ -217,7 +222,7 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
                  for i in range(0, len(clips), batch_size)]
         hf_walls.append(sum(wall for wall, _ in timed))
         hf_batch_sizes.append(min(size for _, size in timed))
-        with step_width(single, max(batch_size, 1)):
+        with step_width(single, max(batch_size, 1)), step_spans(single, single_spans):
             wall, first_token = run_qasr(single, list(zip(clips, tokens)))
         qasr_walls.append(wall)
         first_tokens.append(first_token)
@@ -225,7 +230,7 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
             pieces = [(p.samples, output_tokens(p.duration, tokens_per_second))
                       for c in clips for p in split_audio(c, piece_seconds)]
             # the same number of audios in flight as single pass, each as several parallel sequences
-            with step_width(single, split_width(batch_size, longest, piece_seconds)):
+            with step_width(single, split_width(batch_size, longest, piece_seconds)), step_spans(single, split_spans):
                 split_walls.append(run_qasr(single, pieces)[0])
     hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
     row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
@@ -235,11 +240,13 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
            "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
            "qasr_first_token_s": statistics.median(first_tokens),
            "qasr_ttft_concurrency1_s": first_token_alone(single, [
-               synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)])}
+               synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)]),
+           "qasr_single_pass_s": statistics.fmean(qasr_walls), **single_spans.as_row("qasr_single_pass", repeats)}
     if split_walls:
         split_wall = statistics.median(split_walls)
         row["qasr_split_rtfx"] = audio_seconds / split_wall
         row["speedup_split"] = hf_wall / split_wall
+        row.update({"qasr_split_s": statistics.fmean(split_walls), **split_spans.as_row("qasr_split", repeats)})
     return row
 
 

@@ -39,7 +39,11 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     for row in (short, long, mixed):
         assert row["transformers_rtfx"] > 0 and row["qasr_single_pass_rtfx"] > 0 and row["speedup_single_pass"] > 0
         assert row["qasr_first_token_s"] > 0 and row["qasr_ttft_concurrency1_s"] > 0
-    assert short["qasr_split_rtfx"] is None  # 3 s fits one piece
+        # where qasr's time went: every run has a prefill step and decode steps, their spans inside its wall
+        for run in ("qasr_single_pass",) + (("qasr_split",) if row["qasr_split_rtfx"] else ()):
+            assert row[f"{run}_prefill_steps"] >= 1 and row[f"{run}_decode_steps"] >= 1
+            assert 0 < row[f"{run}_prefill_s"] + row[f"{run}_decode_s"] <= row[f"{run}_s"]
+    assert short["qasr_split_rtfx"] is None and "qasr_split_s" not in short  # 3 s fits one piece
     assert long["qasr_split_rtfx"] > 0 and long["speedup_split"] > 0  # 7 s is split into pieces of at most 5 s
     assert long["output_tokens_per_clip"] == 28
     lengths = np.random.default_rng(0).uniform(1, 8, size=2)  # the mixed row's draw
@@ -120,3 +124,24 @@ def test_a_run_that_fails_leaves_no_requests_for_the_next_row(checkpoint_root: P
     engine.step = step
     wall, first_token = bench.run_qasr(engine, items)
     assert wall > 0 and first_token is not None and not engine.has_unfinished
+
+
+def test_step_spans_count_each_launched_step_by_kind_within_the_wall(checkpoint_root: Path, shapes,
+                                                                     write_checkpoint) -> None:
+    from qasr.benchmarks.step_spans import StepSpans, step_spans
+    from qasr.benchmarks.workload import synthetic_clip
+    from qasr.engine.config import EngineConfig
+    from qasr.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=str(write_checkpoint(checkpoint_root / "throughput-spans", shapes[0],
+                                                               layout="original", seed=1)), max_num_seqs=1))
+    spans = StepSpans()
+    with step_spans(engine, spans):
+        # one sequence a step: each clip's prefill step, then its three decode steps (its tokens 2 to 4)
+        wall, _ = bench.run_qasr(engine, [(synthetic_clip(2.0, seed), 4) for seed in range(2)])
+    assert (spans.prefill_steps, spans.decode_steps) == (2, 6)
+    assert spans.prefill_s > 0 and spans.decode_s > 0 and spans.prefill_s + spans.decode_s <= wall
+    bench.run_qasr(engine, [(synthetic_clip(2.0, 9), 4)])  # after the block: no longer counted
+    assert (spans.prefill_steps, spans.decode_steps) == (2, 6) and not spans.marks
+    assert spans.as_row("split", runs=2) == {"split_prefill_steps": 1, "split_prefill_s": spans.prefill_s / 2,
+                                             "split_decode_steps": 3, "split_decode_s": spans.decode_s / 2}
