@@ -146,10 +146,12 @@ def heldout_row(side: TransformersSide | TransformersProcess, batch_size: int, e
 def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float,
         batch_size: int, engine_options: EngineConfig, work_dir: Path, out_dir: Path,
         mixed_seconds: tuple[float, float] | None = None, heldout: int | None = None,
-        repeats: int = 1) -> tuple[list[dict], Path]:
+        repeats: int = 1, baseline: bool = True) -> tuple[list[dict], Path]:
     """`engine_options` without a model: the preset's random checkpoint is written (once) under `work_dir`. Each
     row is timed `repeats` times, the two alternating; its walls are the medians. `heldout`: the held-out row's
-    number of clips (-1: all)."""
+    number of clips (-1: all). `baseline` False: qasr alone, the transformers fields None (no held-out row)."""
+    if heldout is not None and not baseline:
+        raise ValueError("the held-out row compares qasr's transcripts with transformers': it needs the baseline")
     # no prefix cache: the split runs take the single pass's clips again (a clip shorter than a piece unchanged), the
     # held-out row takes the same clips each time, and transformers has no such cache
     engine_options = replace(engine_options, enable_prefix_caching=False)
@@ -159,7 +161,7 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     original = write_random_checkpoint(work_dir / f"{preset}-original", preset, dtype,
                                        device="cuda" if device.type == "cuda" else "cpu")
     hf = work_dir / f"{preset}-hf"
-    if not (hf / "config.json").exists():
+    if baseline and not (hf / "config.json").exists():
         convert_to_hf(original, hf)
     longest = max([*clip_seconds, *(mixed_seconds or ())])
     # built for the widest split run, so that its decode graphs (captured up to max_num_seqs, once) cover every run's
@@ -168,30 +170,33 @@ def run(preset: str, clip_seconds: list[float], num_clips: int, tokens_per_secon
     single = LLMEngine(replace(engine_options, model=str(original), device=str(device), dtype=dtype,
                                max_num_seqs=split_width(batch_size, longest, piece_seconds),
                                max_piece_seconds=1200.0))
-    side = transformers_side(str(hf), dtype, device)
+    side = transformers_side(str(hf), dtype, device) if baseline else None
     try:
         rows = _rows(single, side, clip_seconds, num_clips, tokens_per_second, piece_seconds, batch_size,
                      mixed_seconds, repeats)
-        if heldout is not None:
+        if heldout is not None and side is not None:
             rows.append(heldout_row(side, batch_size, engine_options, device, dtype, repeats,
                                     None if heldout < 0 else heldout))
     finally:
-        side.close()
+        if side is not None:
+            side.close()
     config = {"preset": preset, "model_shape": {k: v for k, v in _shape(single).items()}, "clip_seconds": clip_seconds,
               "mixed_seconds": mixed_seconds, "heldout": heldout, "repeats": repeats, "num_clips": num_clips,
               "tokens_per_second": tokens_per_second,
               "piece_seconds": piece_seconds, "batch_size": batch_size, "dtype": str(dtype),
               "engine_max_num_seqs": single.config.max_num_seqs,
-              "transformers_process": "own" if isinstance(side, TransformersProcess) else "this",
+              "transformers_process": None if side is None else "own" if isinstance(side, TransformersProcess)
+              else "this",
               "engine_options": {k: v for k, v in asdict(engine_options).items() if k not in ("model", "dtype")}}
     return rows, write_results("throughput", device, config, rows, out_dir, name=preset)
 
 
-def _rows(single: LLMEngine, side: TransformersSide | TransformersProcess, clip_seconds: list[float], num_clips: int,
-          tokens_per_second: float, piece_seconds: float, batch_size: int,
+def _rows(single: LLMEngine, side: TransformersSide | TransformersProcess | None, clip_seconds: list[float],
+          num_clips: int, tokens_per_second: float, piece_seconds: float, batch_size: int,
           mixed_seconds: tuple[float, float] | None, repeats: int) -> list[dict]:
     run_qasr(single, [(synthetic_clip(2.0, 999), 4)])  # warm both
-    side.generate([(2.0, 999)], 4, 1)
+    if side is not None:
+        side.generate([(2.0, 999)], 4, 1)
 
     lengths_of_rows = [(seconds, [seconds] * num_clips) for seconds in clip_seconds]
     if mixed_seconds is not None:
@@ -208,8 +213,9 @@ def _rows(single: LLMEngine, side: TransformersSide | TransformersProcess, clip_
     return rows
 
 
-def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label: str | float, lengths: list[float],
-         num_clips: int, tokens_per_second: float, piece_seconds: float, batch_size: int, repeats: int) -> dict:
+def _row(single: LLMEngine, side: TransformersSide | TransformersProcess | None, label: str | float,
+         lengths: list[float], num_clips: int, tokens_per_second: float, piece_seconds: float, batch_size: int,
+         repeats: int) -> dict:
     audio_seconds, longest = sum(lengths), max(lengths)
     tokens = [output_tokens(length, tokens_per_second) for length in lengths]
     hf_walls, hf_batch_sizes, qasr_walls, first_tokens, split_walls = [], [], [], [], []
@@ -218,10 +224,11 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
         # new clips each time, the same for both
         named = [(float(length), seed + CLIPS_PER_REPEAT * repeat) for seed, length in enumerate(lengths)]
         clips = [synthetic_clip(*name) for name in named]
-        timed = [side.generate(named[i:i + batch_size], max(tokens[i:i + batch_size]), batch_size)
-                 for i in range(0, len(clips), batch_size)]
-        hf_walls.append(sum(wall for wall, _ in timed))
-        hf_batch_sizes.append(min(size for _, size in timed))
+        if side is not None:
+            timed = [side.generate(named[i:i + batch_size], max(tokens[i:i + batch_size]), batch_size)
+                     for i in range(0, len(clips), batch_size)]
+            hf_walls.append(sum(wall for wall, _ in timed))
+            hf_batch_sizes.append(min(size for _, size in timed))
         with step_width(single, max(batch_size, 1)), step_spans(single, single_spans):
             wall, first_token = run_qasr(single, list(zip(clips, tokens)))
         qasr_walls.append(wall)
@@ -232,12 +239,14 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
             # the same number of audios in flight as single pass, each as several parallel sequences
             with step_width(single, split_width(batch_size, longest, piece_seconds)), step_spans(single, split_spans):
                 split_walls.append(run_qasr(single, pieces)[0])
-    hf_wall, qasr_wall = statistics.median(hf_walls), statistics.median(qasr_walls)
+    hf_wall = statistics.median(hf_walls) if hf_walls else None
+    qasr_wall = statistics.median(qasr_walls)
     row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
            "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,
-           "qasr_output_tokens": sum(tokens), "transformers_batch_size": min(hf_batch_sizes),
-           "transformers_rtfx": audio_seconds / hf_wall, "qasr_single_pass_rtfx": audio_seconds / qasr_wall,
-           "qasr_split_rtfx": None, "speedup_single_pass": hf_wall / qasr_wall, "speedup_split": None,
+           "qasr_output_tokens": sum(tokens), "transformers_batch_size": min(hf_batch_sizes, default=None),
+           "transformers_rtfx": audio_seconds / hf_wall if hf_wall else None,
+           "qasr_single_pass_rtfx": audio_seconds / qasr_wall, "qasr_split_rtfx": None,
+           "speedup_single_pass": hf_wall / qasr_wall if hf_wall else None, "speedup_split": None,
            "qasr_first_token_s": statistics.median(first_tokens),
            "qasr_ttft_concurrency1_s": first_token_alone(single, [
                synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)]),
@@ -245,7 +254,7 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess, label:
     if split_walls:
         split_wall = statistics.median(split_walls)
         row["qasr_split_rtfx"] = audio_seconds / split_wall
-        row["speedup_split"] = hf_wall / split_wall
+        row["speedup_split"] = hf_wall / split_wall if hf_wall else None
         row.update({"qasr_split_s": statistics.fmean(split_walls), **split_spans.as_row("qasr_split", repeats)})
     return row
 
@@ -272,6 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--piece-seconds", type=float, default=30.0, help="piece length of the split runs")
     parser.add_argument("--batch-size", type=int, default=8, help="transformers batch and qasr max_num_seqs")
     parser.add_argument("--work-dir", default="/tmp/qasr-bench", help="where the random checkpoints are written")
+    parser.add_argument("--transformers", action=argparse.BooleanOptionalAction, default=True,
+                        help="time transformers beside qasr (--no-transformers: qasr alone, say for a second engine "
+                             "setting on a GPU whose baseline an earlier run of the same session measured)")
     add_output_arguments(parser)
     # the model is the preset's random checkpoint; max_num_seqs and the pieces follow from the flags above
     EngineConfig.add_cli_args(parser, exclude=("model", "max_num_seqs", "max_piece_seconds"))
@@ -281,7 +293,8 @@ def main(args: argparse.Namespace) -> int:
     engine_options = EngineConfig.from_cli_args(args, max_num_seqs=max(args.batch_size, 1))
     rows, path = run(args.preset, args.clip_seconds, args.num_clips, args.tokens_per_second, args.piece_seconds,
                      args.batch_size, engine_options, Path(args.work_dir), args.out_dir,
-                     tuple(args.mixed_seconds) if args.mixed_seconds else None, args.heldout, args.repeats)
+                     tuple(args.mixed_seconds) if args.mixed_seconds else None, args.heldout, args.repeats,
+                     args.transformers)
     print_table(rows)
     print(f"results: {path}")
     return 0

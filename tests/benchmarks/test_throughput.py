@@ -145,3 +145,23 @@ def test_step_spans_count_each_launched_step_by_kind_within_the_wall(checkpoint_
     assert (spans.prefill_steps, spans.decode_steps) == (2, 6) and not spans.marks
     assert spans.as_row("split", runs=2) == {"split_prefill_steps": 1, "split_prefill_s": spans.prefill_s / 2,
                                              "split_decode_steps": 3, "split_decode_s": spans.decode_s / 2}
+
+
+def test_without_transformers_qasr_runs_alone(tmp_path: Path) -> None:
+    """`--no-transformers`: qasr's rows alone (a second engine setting beside an earlier run's baseline on a GPU)."""
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--preset", "tiny", "--clip-seconds", "3", "--num-clips", "2", "--batch-size", "2",
+                              "--device", "cpu", "--work-dir", str(tmp_path / "work"), "--out-dir",
+                              str(tmp_path / "out"), "--repeats", "1", "--no-transformers"])
+    assert bench.main(args) == 0
+    [path] = (tmp_path / "out").glob("throughput-cpu-*.json")
+    document = json.loads(path.read_text())
+    assert document["config"]["transformers_process"] is None
+    [row] = document["results"]
+    assert row["transformers_rtfx"] is row["speedup_single_pass"] is row["transformers_batch_size"] is None
+    assert row["qasr_single_pass_rtfx"] > 0 and row["qasr_single_pass_prefill_steps"] >= 1
+    assert not (tmp_path / "work" / "tiny-hf").exists()  # nothing converted for a baseline that does not run
+    with pytest.raises(ValueError, match="needs the baseline"):
+        bench.main(parser.parse_args(["--preset", "tiny", "--clip-seconds", "3", "--num-clips", "1", "--device", "cpu",
+                                      "--work-dir", str(tmp_path / "work"), "--heldout", "1", "--no-transformers"]))

@@ -67,9 +67,20 @@ def test_the_gpu_tests_and_benchmarks_load_without_the_libraries_the_gpu_image_l
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
 
 
-@pytest.mark.parametrize("part", ["1", "2", "3"])
+@pytest.mark.parametrize("part", ["1", "2", "3", "tune"])
 def test_each_part_fits_its_eight_minutes(part: str, tmp_path: Path) -> None:
     steps = gpu_check.steps(part, tmp_path)
     assert steps and sum(limit for _, _, limit in steps) <= 8 * 60 - 30  # room for the install and nvidia-smi
     for path in gpu_check.GPU_TESTS:
         assert "pytest.mark.gpu" in (ROOT / path).read_text(), path
+
+
+@pytest.mark.parametrize("part", ["1", "2", "3", "tune"])
+def test_every_qasr_command_of_a_part_parses(part: str, tmp_path: Path) -> None:
+    """A flag the CLI does not know would fail its step on the GPU machine, minutes into the window."""
+    from qasr.cli import build_parser
+
+    commands = [command[3:] for _, command, _ in gpu_check.steps(part, tmp_path) if command[1:3] == ["-m", "qasr"]]
+    assert commands
+    for command in commands:
+        build_parser().parse_args(command)  # exits on an unknown flag or value
