@@ -4,7 +4,7 @@
                                # `python benchmarks/gpu_check.py wheels`
     make gpu-check PART=1      # there: the compiled kernels' tests, `bench kernels`, `bench step`
     make gpu-check PART=2      # there: `bench throughput` for the 0.6B and 1.7B shapes against transformers
-    make gpu-check PART=3      # there, with 5 minutes left: the 0.6B and 1.7B throughput with every step from
+    make gpu-check PART=3      # there, with 4.5 minutes left: the 0.6B and 1.7B throughput with every step from
                                # CUDA graphs (--cuda-graph-mode full), qasr alone (part 2 timed transformers)
     make gpu-check PART=tune   # on a GPU model not tuned for yet: `bench tune-attention` (tile widths, warps,
                                # stages, and where a mixed step's decodes get a launch of their own)
@@ -70,14 +70,14 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
                                         "--gpu-memory-utilization", "0.5", *results], limit)
         for preset, limit in (("0.6b", 230), ("1.7b", 200))
     ]
-    # what is left of the 15 minutes after parts 1 and 2: the throughput with every step from graphs
-    # (cuda_graph_mode full) against part 2's, qasr alone (its transformers rows are part 2's), the 0.6B first
+    # what is left of the 15 minutes after parts 1 and 2 (and a start), at most 270 s: the throughput with every step
+    # from graphs (cuda_graph_mode full) against part 2's, qasr alone (its transformers rows are part 2's), 0.6B first
     full = [(f"bench throughput {preset} full graphs", [*qasr, "bench", "throughput", "--preset", preset,
                                                         "--clip-seconds", "10", "30", "120", "--num-clips", "128",
                                                         "--batch-size", "128", "--repeats", "1",
                                                         "--gpu-memory-utilization", "0.5", "--cuda-graph-mode", "full",
                                                         "--no-transformers", *full_graphs], limit)
-            for preset, limit in (("0.6b", 170), ("1.7b", 150))]
+            for preset, limit in (("0.6b", 140), ("1.7b", 130))]
     # the attention's launch parameters on a GPU model whose defaults were not tuned on (H200: 42 s)
     tune = [("bench tune-attention", [*qasr, "bench", "tune-attention", *results], 200)]
     return {"1": first, "2": second, "3": full, "tune": tune, "all": first + second + full + tune}[part]

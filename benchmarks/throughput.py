@@ -5,9 +5,10 @@ Long clips run twice in qasr: single pass, and split into pieces of at most `pie
 parallel sequences (what the engine does by default). `qasr_first_token_s` is the first token of the whole
 batch; `qasr_ttft_concurrency1_s` is one clip alone on an idle engine (median of 3 new clips). Each row runs
 `--repeats` times, transformers and qasr alternating on new clips each time, and reports the median walls.
-Where qasr's time went, the mean of the repeats (benchmarks/step_spans.py): `qasr_single_pass_s` (the wall),
-`qasr_single_pass_prefill_s` and `_decode_s` (the device spans of the steps with prefill work and of the pure decode
-steps; the wall beyond their sum is the device waiting for the host) with their step counts; the same for `qasr_split`.
+Where qasr's time went, the mean of the repeats (benchmarks/step_spans.py, which says how to read them):
+`qasr_single_pass_s` (the wall), `qasr_single_pass_prefill_s` and `_decode_s` (the device spans of the steps with
+prefill work and of the pure decode steps), `_prefill_launch_s` and `_decode_launch_s` (the host's time launching
+them) and their step counts; the same for `qasr_split`.
 
 `--mixed-seconds LOW HIGH` adds a row of clips whose lengths are drawn from LOW-HIGH seconds, the shape of real
 traffic: transformers takes them in arrival order, `batch_size` at a time, each batch generating as long as its
@@ -244,9 +245,9 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess | None,
     row = {"clip_s": label, "clips": num_clips, "audio_s": audio_seconds,
            "output_tokens_per_clip": tokens[0] if len(set(tokens)) == 1 else None,
            "qasr_output_tokens": sum(tokens), "transformers_batch_size": min(hf_batch_sizes, default=None),
-           "transformers_rtfx": audio_seconds / hf_wall if hf_wall else None,
+           "transformers_rtfx": audio_seconds / hf_wall if hf_wall is not None else None,
            "qasr_single_pass_rtfx": audio_seconds / qasr_wall, "qasr_split_rtfx": None,
-           "speedup_single_pass": hf_wall / qasr_wall if hf_wall else None, "speedup_split": None,
+           "speedup_single_pass": hf_wall / qasr_wall if hf_wall is not None else None, "speedup_split": None,
            "qasr_first_token_s": statistics.median(first_tokens),
            "qasr_ttft_concurrency1_s": first_token_alone(single, [
                synthetic_clip(float(lengths[0]), CLIPS_PER_REPEAT * repeats + k) for k in range(3)]),
@@ -254,7 +255,7 @@ def _row(single: LLMEngine, side: TransformersSide | TransformersProcess | None,
     if split_walls:
         split_wall = statistics.median(split_walls)
         row["qasr_split_rtfx"] = audio_seconds / split_wall
-        row["speedup_split"] = hf_wall / split_wall if hf_wall else None
+        row["speedup_split"] = hf_wall / split_wall if hf_wall is not None else None
         row.update({"qasr_split_s": statistics.fmean(split_walls), **split_spans.as_row("qasr_split", repeats)})
     return row
 

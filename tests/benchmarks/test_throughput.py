@@ -43,6 +43,7 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
         for run in ("qasr_single_pass",) + (("qasr_split",) if row["qasr_split_rtfx"] else ()):
             assert row[f"{run}_prefill_steps"] >= 1 and row[f"{run}_decode_steps"] >= 1
             assert 0 < row[f"{run}_prefill_s"] + row[f"{run}_decode_s"] <= row[f"{run}_s"]
+            assert row[f"{run}_prefill_launch_s"] == row[f"{run}_prefill_s"]  # on the CPU the launch does the work
     assert short["qasr_split_rtfx"] is None and "qasr_split_s" not in short  # 3 s fits one piece
     assert long["qasr_split_rtfx"] > 0 and long["speedup_split"] > 0  # 7 s is split into pieces of at most 5 s
     assert long["output_tokens_per_clip"] == 28
@@ -132,6 +133,7 @@ def test_step_spans_count_each_launched_step_by_kind_within_the_wall(checkpoint_
     from qasr.benchmarks.workload import synthetic_clip
     from qasr.engine.config import EngineConfig
     from qasr.engine.llm_engine import LLMEngine
+    from qasr.engine.model_runner import ModelRunner
 
     engine = LLMEngine(EngineConfig(model=str(write_checkpoint(checkpoint_root / "throughput-spans", shapes[0],
                                                                layout="original", seed=1)), max_num_seqs=1))
@@ -139,12 +141,21 @@ def test_step_spans_count_each_launched_step_by_kind_within_the_wall(checkpoint_
     with step_spans(engine, spans):
         # one sequence a step: each clip's prefill step, then its three decode steps (its tokens 2 to 4)
         wall, _ = bench.run_qasr(engine, [(synthetic_clip(2.0, seed), 4) for seed in range(2)])
-    assert (spans.prefill_steps, spans.decode_steps) == (2, 6)
-    assert spans.prefill_s > 0 and spans.decode_s > 0 and spans.prefill_s + spans.decode_s <= wall
+    prefill, decode = spans.totals["prefill"], spans.totals["decode"]
+    assert (prefill.steps, decode.steps) == (2, 6)
+    assert prefill.span_s > 0 and decode.span_s > 0 and prefill.span_s + decode.span_s <= wall
+    assert prefill.launch_s == prefill.span_s  # on the CPU the launch does the work
+    assert "launch" not in vars(engine.core.runner) and engine.core.runner.launch.__func__ is ModelRunner.launch
     bench.run_qasr(engine, [(synthetic_clip(2.0, 9), 4)])  # after the block: no longer counted
-    assert (spans.prefill_steps, spans.decode_steps) == (2, 6) and not spans.marks
-    assert spans.as_row("split", runs=2) == {"split_prefill_steps": 1, "split_prefill_s": spans.prefill_s / 2,
-                                             "split_decode_steps": 3, "split_decode_s": spans.decode_s / 2}
+    assert (prefill.steps, decode.steps) == (2, 6) and not spans.marks
+    assert spans.as_row("split", runs=2) == {
+        "split_prefill_steps": 1, "split_prefill_s": prefill.span_s / 2, "split_prefill_launch_s": prefill.launch_s / 2,
+        "split_decode_steps": 3, "split_decode_s": decode.span_s / 2, "split_decode_launch_s": decode.launch_s / 2}
+    with pytest.raises(RuntimeError, match="a failed run"), step_spans(engine, spans):
+        bench.run_qasr(engine, [(synthetic_clip(2.0, 10), 4)])
+        raise RuntimeError("a failed run")
+    assert (prefill.steps, decode.steps) == (2, 6) and not spans.marks  # a failed block adds nothing
+    assert "launch" not in vars(engine.core.runner)
 
 
 def test_without_transformers_qasr_runs_alone(tmp_path: Path) -> None:

@@ -1,73 +1,115 @@
 """What the CUDA graphs capture never reads the device's data on the host.
 
-Such a read (.item(), .tolist(), bool() of a tensor, nonzero, a boolean mask's gather, a copy to the CPU, a tensor
-made from host data) makes a capture fail, or bakes in the value the capture saw. A GPU finds that out at capture
-time, and GPU time is scarce; here, without one, the forward each graph set captures runs eagerly at every size of
-its ladder, as capture_graphs runs it, under a torch function mode that records such calls. The Triton interpreter's
-own copies of a kernel's arguments to the host, which a compiled launch does not make, are left out.
+Such a read (.item(), .tolist(), bool() of a tensor, nonzero, a boolean mask's gather or store, a copy to the CPU, a
+tensor made from host data or on the host by default) makes a capture fail, or bakes in the value the capture saw. A
+GPU finds that out at capture time, and GPU time is scarce; here, without one, the forward each graph set captures
+runs eagerly at every size of its ladder, as capture_graphs runs it, while two torch modes record such calls: a
+dispatch mode sees the reads at the aten level, wherever they are made (Python or C++), and a function mode the ones
+that leave no aten op on the CPU (a copy to the host is none there). The Triton interpreter's own copies of a kernel's
+arguments to the host, which a compiled launch does not make, are left out.
 """
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import triton
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from qasr.engine import ASR
 from qasr.engine.decode_graphs import DecodeGraphs
 from qasr.engine.encoder_graphs import EncoderGraphs
 from qasr.engine.mixed_graphs import MixedStepGraphs
 
+aten = torch.ops.aten
 Tensor = torch.Tensor
-HOST_READS = {
-    Tensor.item, Tensor.tolist, Tensor.__bool__, Tensor.__int__, Tensor.__float__, Tensor.__index__,
-    Tensor.__complex__, Tensor.nonzero, torch.nonzero, Tensor.argwhere, torch.argwhere, Tensor.cpu, Tensor.numpy,
-    Tensor.masked_select, torch.masked_select, Tensor.unique, torch.unique, Tensor.unique_consecutive,
-    torch.unique_consecutive, Tensor.equal, torch.equal, Tensor.allclose, torch.allclose,
-    torch.tensor, torch.as_tensor, torch.from_numpy,
+# a value or a size read from the data, a synchronisation on a GPU
+ATEN_READS = {
+    aten.item.default, aten._local_scalar_dense.default, aten.is_nonzero.default, aten.nonzero.default,
+    aten.masked_select.default, aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default,
+    aten.equal.default, aten.bincount.default, aten.histc.default, aten.where.default, aten.argwhere.default,
 }
-TRITON_PACKAGE = str(Path(triton.__file__).parent)
+INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+# no aten op on the CPU: copies to the host, and tensors made from host data or, without a device, on the host
+FUNCTION_READS = {Tensor.tolist, Tensor.cpu, Tensor.numpy, Tensor.__array__, torch.tensor, torch.as_tensor,
+                  torch.from_numpy}
+FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn, torch.randint,
+             torch.linspace, torch.eye}
+TRITON_PACKAGE = str(Path(triton.__file__).parent) + os.sep
+TORCH_PACKAGE = str(Path(torch.__file__).parent) + os.sep
 
 
-class HostReads(TorchFunctionMode):
-    """Records the calls (name and caller) that read a tensor's data on the host or make one from host data."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if reads_on_host(func, args, kwargs):
-            caller = sys._getframe(1)
-            if not in_triton(caller):
-                self.calls.append(f"{getattr(func, '__qualname__', func)} at {caller.f_code.co_filename}:"
-                                  f"{caller.f_lineno}")
-        return func(*args, **kwargs)
-
-
-def reads_on_host(func, args: tuple, kwargs: dict) -> bool:
-    if func in HOST_READS:
+def aten_reads(func, args: tuple, kwargs: dict) -> bool:
+    if func in ATEN_READS:
         return True
-    if func is Tensor.__getitem__:  # a boolean mask's gather: its size is the mask's count of True
-        index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in index)
-    if func in (Tensor.repeat_interleave, torch.repeat_interleave):  # the output's size, unless given
-        return isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), Tensor) and "output_size" not in kwargs
+    if func in INDEXING:  # a boolean index: the selection's size is its count of True
+        return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+    if func in (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor):  # the output's size, unless given
+        return kwargs.get("output_size") is None
+    return False
+
+
+def function_reads(func, args: tuple, kwargs: dict) -> bool:
+    if func in FUNCTION_READS:
+        return True
+    if func in FACTORIES:
+        return kwargs.get("device") is None
     if func is Tensor.to:  # to the CPU
         return any(torch.device(a).type == "cpu" for a in [*args[1:], kwargs.get("device")]
                    if isinstance(a, (str, torch.device)))
     return False
 
 
-def in_triton(frame) -> bool:
+class AtenReads(TorchDispatchMode):
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if aten_reads(func, args, kwargs):
+            record(self.calls, func, sys._getframe(1))
+        return func(*args, **kwargs)
+
+
+class FunctionReads(TorchFunctionMode):
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if function_reads(func, args, kwargs):
+            record(self.calls, func, sys._getframe(1))
+        return func(*args, **kwargs)
+
+
+def record(calls: list[str], func, caller) -> None:
+    """Notes the call and the first place outside torch that made it, unless the Triton interpreter made it."""
+    frame, place = caller, None
     while frame is not None:
         if frame.f_code.co_filename.startswith(TRITON_PACKAGE):
-            return True
+            return
+        if (place is None and not frame.f_code.co_filename.startswith(TORCH_PACKAGE)
+                and frame.f_code not in (AtenReads.__torch_dispatch__.__code__,
+                                         FunctionReads.__torch_function__.__code__)):
+            place = frame
         frame = frame.f_back
-    return False
+    where = f"{place.f_code.co_filename}:{place.f_lineno}" if place is not None else "torch"
+    calls.append(f"{getattr(func, '__qualname__', func)} at {where}")
+
+
+@contextlib.contextmanager
+def host_reads():
+    """The host reads made inside the block, as 'name at file:line'."""
+    calls: list[str] = []
+    with FunctionReads(calls), AtenReads(calls):
+        yield calls
 
 
 @pytest.fixture(scope="module")
@@ -79,29 +121,39 @@ def runner(checkpoint_root: Path, shapes, write_checkpoint):
 
 
 def capture_reads(sizes: list[int], forward) -> list[str]:
-    reads = HostReads()
-    with torch.inference_mode(), reads:
+    with torch.inference_mode(), host_reads() as calls:
         for size in sorted(sizes, reverse=True):
             forward(size)
-    return reads.calls
+    return calls
 
 
-def test_the_mode_sees_each_kind_of_host_read() -> None:
-    """The check can fail: each kind of read it looks for, made as model code would make it."""
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference-mode"])
+def test_the_modes_see_each_kind_of_host_read(inference: bool) -> None:
+    """The check can fail: each kind of read it looks for, made as model code would make it, is seen and placed
+    here; what stays on the device is not. In and out of inference mode, which the captures run in (and where some
+    reads reach the dispatcher as other ops: int() of a tensor as aten.item, not aten._local_scalar_dense)."""
+    with torch.inference_mode(inference):
+        see_each_kind_of_host_read()
+
+
+def see_each_kind_of_host_read() -> None:
     x, mask = torch.arange(6.0), torch.tensor([True, False] * 3)
     reads = [lambda: x[2].item(), lambda: x.tolist(), lambda: bool(x[1]), lambda: range(6)[x.long()[1]],
-             lambda: x.nonzero(), lambda: x[mask], lambda: x[1:][mask[1:]], lambda: x.to("cpu"),
-             lambda: x.repeat_interleave(mask.long()), lambda: torch.tensor([1, 2]), lambda: x.cpu()]
-    for read in reads:
-        found = HostReads()
-        with found:
+             lambda: f"{x[1]:.3f}", lambda: 2.0 in x, lambda: x.nonzero(), lambda: torch.where(mask), lambda: x[mask],
+             lambda: torch.argwhere(x),
+             lambda: x[1:][mask[1:]], lambda: x.clone().__setitem__(mask, 0.0), lambda: x.to("cpu"),
+             lambda: x.cpu(), lambda: np.asarray(x), lambda: x.repeat_interleave(mask.long()),
+             lambda: torch.bincount(x.long()), lambda: torch.unique(x), lambda: torch.equal(x, x),
+             lambda: torch.tensor([1, 2]), lambda: torch.zeros(3), lambda: torch.arange(4)]
+    for number, read in enumerate(reads):
+        with host_reads() as calls:
             read()
-        assert len(found.calls) == 1 and __file__ in found.calls[0], found.calls
+        assert calls and all(__file__ in call for call in calls), (number, calls)
     index = torch.tensor([1])
-    quiet = HostReads()
-    with quiet:  # what stays on the device, sizes known on the host
+    with host_reads() as calls:  # what stays on the device, sizes known on the host
         x[1:3].sum(), x.to(torch.float16), x.repeat_interleave(mask.long(), output_size=3), x[index]
-    assert quiet.calls == []
+        x.masked_fill(mask, 0.0), torch.where(mask, x, 0.0), torch.zeros(3, device=x.device)
+    assert calls == []
 
 
 def test_decode_graphs_capture_no_host_read(runner) -> None:
