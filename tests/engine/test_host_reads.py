@@ -1,12 +1,16 @@
-"""What the CUDA graphs capture never reads the device's data on the host.
+"""No host read of the device's data where it would cost: inside what the CUDA graphs capture, and inside a step's
+launch.
 
-Such a read (.item(), .tolist(), bool() of a tensor, nonzero, a boolean mask's gather or store, a copy to the CPU, a
-tensor made from host data or on the host by default) makes a capture fail, or bakes in the value the capture saw. A
-GPU finds that out at capture time, and GPU time is scarce; here, without one, the forward each graph set captures
-runs eagerly at every size of its ladder, as capture_graphs runs it, while two torch modes record such calls: a
-dispatch mode sees the reads at the aten level, wherever they are made (Python or C++), and a function mode the ones
-that leave no aten op on the CPU (a copy to the host is none there). The Triton interpreter's own copies of a kernel's
-arguments to the host, which a compiled launch does not make, are left out.
+Such a read (.item(), .tolist(), bool() of a tensor, nonzero, a boolean mask's gather or store, a copy to the CPU)
+waits for the device. Inside a capture it makes the capture fail, or bakes in the value the capture saw (as does a
+tensor made there from host data, or on the host for want of a device); inside ModelRunner.launch it makes the host
+wait for the step before to finish, and the engine's overlapped step (launch N while N-1 runs, then take N-1's
+tokens: PendingTokens.result, the step's only wait) loses its overlap. A GPU finds the first out at capture time and
+the second not at all, only slower; here, without one, the code runs eagerly on the CPU (the Triton kernels
+interpreted) while two torch modes record such calls: a dispatch mode sees the reads at the aten level, wherever
+they are made (Python or C++), and a function mode the ones that leave no aten op on the CPU (a copy to the host is
+none there). The Triton interpreter's own copies of a kernel's arguments to the host, which a compiled launch does not
+make, are left out.
 """
 
 import contextlib
@@ -21,10 +25,11 @@ import triton
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from qasr.engine import ASR
+from qasr.engine import ASR, SamplingParams
 from qasr.engine.decode_graphs import DecodeGraphs
 from qasr.engine.encoder_graphs import EncoderGraphs
 from qasr.engine.mixed_graphs import MixedStepGraphs
+from qasr.engine.request import TranscriptionRequest
 
 aten = torch.ops.aten
 Tensor = torch.Tensor
@@ -173,3 +178,34 @@ def test_mixed_step_graphs_capture_no_host_read(runner) -> None:
 def test_encoder_graphs_capture_no_host_read(runner) -> None:
     graphs = EncoderGraphs(runner.model.audio_tower, runner.ops, max_chunks=6)
     assert capture_reads(graphs.sizes, lambda size: graphs._forward(size, graphs.capture_window_lens(size))) == []
+
+
+def test_a_launch_on_the_gpu_path_waits_for_nothing(checkpoint_root: Path, shapes, write_checkpoint,
+                                                   speech_like) -> None:
+    """Every step's launch with the Triton backend (the GPU's; graphs off, as the steps they do not cover run):
+    prefill with the audio encoder, decodes, a step mixing both, greedy and sampled rows. Only device reads count:
+    a launch builds its inputs on the host (numpy, pinned copies), which the function mode's host-data rules would
+    flag."""
+    checkpoint = write_checkpoint(checkpoint_root / "launch-reads", shapes[0], layout="original", seed=12)
+    engine = ASR(str(checkpoint), attention_backend="triton", max_num_seqs=4).engine
+    runner = engine.core.runner
+    launch, reads, kinds = runner.launch, [], set()
+
+    def watched(step, waveforms):
+        kinds.add((bool(step.to_encode), step.num_decodes > 0, step.num_decodes < len(step.chunks)))
+        with AtenReads(reads):
+            return launch(step, waveforms)
+
+    runner.launch = watched
+    params = [SamplingParams(max_tokens=6, ignore_eos=True),
+              SamplingParams(max_tokens=6, ignore_eos=True, temperature=0.8, top_k=5, top_p=0.9, seed=1)]
+    for i in range(2):
+        engine.add_request(TranscriptionRequest(speech_like(0.6 + 0.5 * i, seed=700 + i), sampling_params=params[i]))
+    for _ in range(2):  # the first two in flight, then a third joins their decodes
+        engine.step()
+    engine.add_request(TranscriptionRequest(speech_like(0.8, seed=702), sampling_params=params[0]))
+    while engine.has_unfinished:
+        engine.step()
+    # a prefill with audio alone, one joining decodes, and pure decodes
+    assert {(True, False, True), (True, True, True), (False, True, False)} <= kinds
+    assert reads == []
