@@ -15,13 +15,15 @@ run's wall has beyond the spans is the device idle between steps, waiting for th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from qasr.engine.llm_engine import LLMEngine
+from qasr.engine.model_runner import PendingTokens
 from qasr.scheduler import SchedulerOutput
 
 KINDS = ("prefill", "decode")
@@ -38,7 +40,7 @@ class KindTotals:
 class StepSpans:
     totals: dict[str, KindTotals] = field(default_factory=lambda: {kind: KindTotals() for kind in KINDS})
     # (kind, start, end, launch seconds) of each step while the run goes: start and end are CUDA events on a GPU
-    marks: list[tuple[str, object, object, float]] = field(default_factory=list)
+    marks: list[tuple[str, torch.cuda.Event | None, torch.cuda.Event | None, float]] = field(default_factory=list)
 
     def as_row(self, prefix: str, runs: int = 1) -> dict[str, float]:
         """The totals as row fields (`{prefix}_prefill_steps`, `_prefill_s`, `_prefill_launch_s`, the same for
@@ -64,7 +66,7 @@ def step_spans(engine: LLMEngine, spans: StepSpans) -> Iterator[StepSpans]:
     had_own_launch = "launch" in vars(runner)
     launch = runner.launch
 
-    def timed_launch(step: SchedulerOutput, waveforms):
+    def timed_launch(step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> PendingTokens:
         if step.is_empty and not step.to_encode:
             return launch(step, waveforms)
         start_event = end_event = None
