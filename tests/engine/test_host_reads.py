@@ -16,12 +16,15 @@ make, are left out.
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import pytest
 import torch
 import triton
+from torch._ops import OpOverload
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -29,7 +32,9 @@ from qasr.engine import ASR, SamplingParams
 from qasr.engine.decode_graphs import DecodeGraphs
 from qasr.engine.encoder_graphs import EncoderGraphs
 from qasr.engine.mixed_graphs import MixedStepGraphs
+from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import TranscriptionRequest
+from qasr.scheduler import SchedulerOutput
 
 aten = torch.ops.aten
 Tensor = torch.Tensor
@@ -49,7 +54,7 @@ TRITON_PACKAGE = str(Path(triton.__file__).parent) + os.sep
 TORCH_PACKAGE = str(Path(torch.__file__).parent) + os.sep
 
 
-def aten_reads(func, args: tuple, kwargs: dict) -> bool:
+def aten_reads(func: OpOverload, args: tuple, kwargs: dict) -> bool:
     if func in ATEN_READS:
         return True
     if func in INDEXING:  # a boolean index: the selection's size is its count of True
@@ -59,7 +64,7 @@ def aten_reads(func, args: tuple, kwargs: dict) -> bool:
     return False
 
 
-def function_reads(func, args: tuple, kwargs: dict) -> bool:
+def function_reads(func: Callable, args: tuple, kwargs: dict) -> bool:
     if func in FUNCTION_READS:
         return True
     if func in FACTORIES:
@@ -75,7 +80,7 @@ class AtenReads(TorchDispatchMode):
         super().__init__()
         self.calls = calls
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func: OpOverload, types: tuple, args: tuple = (), kwargs: dict | None = None):
         kwargs = kwargs or {}
         if aten_reads(func, args, kwargs):
             record(self.calls, func, sys._getframe(1))
@@ -87,14 +92,14 @@ class FunctionReads(TorchFunctionMode):
         super().__init__()
         self.calls = calls
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None):
         kwargs = kwargs or {}
         if function_reads(func, args, kwargs):
             record(self.calls, func, sys._getframe(1))
         return func(*args, **kwargs)
 
 
-def record(calls: list[str], func, caller) -> None:
+def record(calls: list[str], func: Callable, caller: FrameType) -> None:
     """Notes the call and the first place outside torch that made it, unless the Triton interpreter made it."""
     frame, place = caller, None
     while frame is not None:
@@ -110,7 +115,7 @@ def record(calls: list[str], func, caller) -> None:
 
 
 @contextlib.contextmanager
-def host_reads():
+def host_reads() -> Iterator[list[str]]:
     """The host reads made inside the block, as 'name at file:line'."""
     calls: list[str] = []
     with FunctionReads(calls), AtenReads(calls):
@@ -118,14 +123,14 @@ def host_reads():
 
 
 @pytest.fixture(scope="module")
-def runner(checkpoint_root: Path, shapes, write_checkpoint):
+def runner(checkpoint_root: Path, shapes, write_checkpoint) -> ModelRunner:
     checkpoint = write_checkpoint(checkpoint_root / "graph-capture", shapes[1], layout="hf", seed=11)
     runner = ASR(str(checkpoint), attention_backend="triton", max_num_seqs=4, num_kv_blocks=8).engine.core.runner
     runner.model.model.rotary.tables(256)  # as the engine does on a GPU before capturing: the tables never grow
     return runner
 
 
-def capture_reads(sizes: list[int], forward) -> list[str]:
+def capture_reads(sizes: list[int], forward: Callable[[int], None]) -> list[str]:
     with torch.inference_mode(), host_reads() as calls:
         for size in sorted(sizes, reverse=True):
             forward(size)
@@ -161,21 +166,21 @@ def see_each_kind_of_host_read() -> None:
     assert calls == []
 
 
-def test_decode_graphs_capture_no_host_read(runner) -> None:
+def test_decode_graphs_capture_no_host_read(runner: ModelRunner) -> None:
     graphs = DecodeGraphs(runner.model, runner.ops, max_batch_size=16, max_blocks_per_seq=4, block_size=16)
     graphs.slot_mapping.fill_(-1)  # as capture() sets them
     graphs.seq_lens.fill_(1)
     assert capture_reads(graphs.sizes, lambda size: graphs._forward(size, graphs.max_seq_len)) == []
 
 
-def test_mixed_step_graphs_capture_no_host_read(runner) -> None:
+def test_mixed_step_graphs_capture_no_host_read(runner: ModelRunner) -> None:
     graphs = MixedStepGraphs(runner.model, runner.ops, max_num_seqs=4, max_num_tokens=40, max_blocks_per_seq=2,
                              block_size=16)
     graphs.slot_mapping.fill_(-1)
     assert capture_reads(graphs.sizes, graphs._forward) == []
 
 
-def test_encoder_graphs_capture_no_host_read(runner) -> None:
+def test_encoder_graphs_capture_no_host_read(runner: ModelRunner) -> None:
     graphs = EncoderGraphs(runner.model.audio_tower, runner.ops, max_chunks=6)
     assert capture_reads(graphs.sizes, lambda size: graphs._forward(size, graphs.capture_window_lens(size))) == []
 
@@ -191,7 +196,7 @@ def test_a_launch_on_the_gpu_path_waits_for_nothing(checkpoint_root: Path, shape
     runner = engine.core.runner
     launch, reads, kinds = runner.launch, [], set()
 
-    def watched(step, waveforms):
+    def watched(step: SchedulerOutput, waveforms: Mapping[int, np.ndarray]) -> PendingTokens:
         kinds.add((bool(step.to_encode), step.num_decodes > 0, step.num_decodes < len(step.chunks)))
         with AtenReads(reads):
             return launch(step, waveforms)
