@@ -7,6 +7,8 @@ Modes: decode (one query per sequence over `context` cached keys) and prefill (a
 
     triton        qasr's unified attention (2D grid) over the paged cache
     triton-split  qasr's split-KV decode, wherever the heuristic (use_split_kv) picks it
+    triton-fp8-fp16  the unified attention over an FP8 cache with its dot products in fp16 (the attention tuning's
+                  fp8_dot_fp16); FP8 caches only
     torch         qasr's torch reference backend over the paged cache (gathers, then SDPA)
     sdpa-flash    F.scaled_dot_product_attention, flash backend, on contiguous per-sequence K/V in the model
                   dtype: no paging and no FP8, the best case for the baseline
@@ -20,6 +22,7 @@ triton runs only under TRITON_INTERPRET=1.
 """
 
 import argparse
+import dataclasses
 import functools
 import math
 import statistics
@@ -37,7 +40,7 @@ from qasr.kernels import AttentionMetadata, SplitKVWorkspace
 from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
 from qasr.kernels.reference import paged_attention
 
-IMPLS = ("triton", "triton-split", "torch", "sdpa-flash", "flex")
+IMPLS = ("triton", "triton-split", "triton-fp8-fp16", "torch", "sdpa-flash", "flex")
 BASELINES = ("sdpa-flash", "flex")  # contiguous K/V in the model dtype, the same for every kv_cache_dtype
 L2_FLUSH_BYTES = 256 << 20
 HOST_HEAD_START_CYCLES = 20_000_000  # ~10 ms of device sleep while the host queues the timed calls
@@ -98,14 +101,23 @@ def paged_impls(case: Case, g: Geometry, kv_dtype: torch.dtype, device: torch.de
     k_cache, v_cache, meta = paged_kv(case, g, kv_dtype, device)
     scale = g.head_dim**-0.5
     impls: dict[str, Callable[[], torch.Tensor]] = {}
-    if "triton" in wanted or "triton-split" in wanted:
+    if {"triton", "triton-split", "triton-fp8-fp16"} & set(wanted):
+        from qasr.kernels.kv_cache_dtype import is_fp8
         from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
+        from qasr.kernels.triton.tuning import attention_tuning, current_tuning
 
         if "triton" in wanted:
             impls["triton"] = lambda: unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=False)
         if "triton-split" in wanted and use_split_kv(meta, g.kv_heads):
             impls["triton-split"] = lambda: unified_attention(case.query, k_cache, v_cache, meta, scale,
                                                               split_kv=True)
+        if "triton-fp8-fp16" in wanted and is_fp8(kv_dtype):
+            fp16_dots = dataclasses.replace(current_tuning(), fp8_dot_fp16=1)
+
+            def unified_fp16_dots() -> torch.Tensor:
+                with attention_tuning(fp16_dots):
+                    return unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=False)
+            impls["triton-fp8-fp16"] = unified_fp16_dots
     if "torch" in wanted:
         impls["torch"] = lambda: paged_attention.paged_attention(case.query, k_cache, v_cache, meta, scale)
     return impls
@@ -207,7 +219,7 @@ def interpreting() -> bool:
 def default_impls(device: torch.device) -> list[str]:
     impls = ["torch", "sdpa-flash"]
     if device.type == "cuda" or interpreting():
-        impls = ["triton", "triton-split", *impls]
+        impls = ["triton", "triton-split", "triton-fp8-fp16", *impls]
     if device.type == "cuda":
         impls.append("flex")
     return impls

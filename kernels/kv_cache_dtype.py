@@ -7,7 +7,8 @@ normalised hidden state, so they normally sit far inside that range and the cost
 (relative error up to 2^-4). That bound holds only above 2^-6: smaller magnitudes fall into e4m3's subnormals
 (a fixed step of 2^-9), where a per-layer scale that lifts them would add precision. No scale is applied yet:
 how much of a real checkpoint's K/V lies below 2^-6 is still to be measured on the real weights.
-Attention reads FP8 tiles and converts them to the query dtype before any arithmetic.
+Attention reads FP8 tiles and converts them to the query dtype before any arithmetic (to fp16 with the attention
+tuning's fp8_dot_fp16, kernels/triton/tuning.py).
 """
 
 import torch

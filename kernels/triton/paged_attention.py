@@ -20,7 +20,7 @@ from qasr.kernels.attention_metadata import AttentionMetadata, padded_head_dim, 
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles, find_seq_idx
 from qasr.kernels.triton.split_kv_attention import split_kv_decode_attention
 from qasr.kernels.triton.tuning import current_tuning
-from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, upcast_tiles
+from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, fp16_dots, upcast_tiles
 
 DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
 
@@ -34,7 +34,7 @@ def _unified_attention_kernel(
         stride_cache_block, stride_cache_slot, stride_cache_head,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr,
-        DOT_PRECISION: tl.constexpr):
+        FP16_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # the sequences from first_seq on (offset here: a sliced tensor's pointer could lose the 16-byte alignment the
     # kernel was compiled for, and a new compile would stall the step)
     query_start_loc_ptr += first_seq
@@ -61,6 +61,8 @@ def _unified_attention_kernel(
                 other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
+    if FP16_DOTS:  # the tiles follow q's dtype (attend_kv_tiles)
+        q = q.to(tl.float16)
 
     # keys up to the last query of this block, which sees the context and every earlier query
     kv_end = context_len + tl.minimum(first_query + BLOCK_Q, q_len)
@@ -140,6 +142,7 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
     # programs start at first_seq's and run up to the last sequence's end
     q_block_offset = first_seq // block_q
     upcast = upcast_tiles(query.dtype)
+    fp16 = fp16_dots(k_cache.dtype, current_tuning().fp8_dot_fp16)
     grid = (end_token // block_q + num_seqs - q_block_offset, num_kv_heads)
     _unified_attention_kernel[grid](
         q_ptr=query, out_ptr=out, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
@@ -149,6 +152,7 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
         stride_ot=out.stride(0), stride_oh=out.stride(1), stride_table=meta.block_tables.stride(0),
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
-        BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
-        DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=num_warps, num_stages=num_stages,
+        BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
+        DOT_PRECISION=dot_precision(torch.float16 if fp16 else query.dtype, upcast and not fp16),
+        num_warps=num_warps, num_stages=num_stages,
     )

@@ -15,7 +15,7 @@ import triton.language as tl
 from qasr.kernels.attention_metadata import AttentionMetadata, SplitKVWorkspace, padded_head_dim
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles
 from qasr.kernels.triton.tuning import current_tuning
-from qasr.kernels.triton.utils import dot_precision, upcast_tiles
+from qasr.kernels.triton.utils import dot_precision, fp16_dots, upcast_tiles
 
 MIN_BLOCK_M = 16  # tl.dot needs 16 rows even when a KV head serves fewer query heads
 
@@ -27,7 +27,7 @@ def _segment_kernel(
         stride_cache_block, stride_cache_slot, stride_cache_head, NUM_HEADS: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr,
         SEGMENTS: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr,
-        DOT_PRECISION: tl.constexpr):
+        FP16_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
@@ -48,6 +48,8 @@ def _segment_kernel(
                 mask=row_mask[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
+    if FP16_DOTS:  # the tiles follow q's dtype (attend_kv_tiles)
+        q = q.to(tl.float16)
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -106,6 +108,7 @@ def split_kv_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cach
         return out
     upcast = upcast_tiles(query.dtype)
     tuning = current_tuning()
+    fp16 = fp16_dots(k_cache.dtype, tuning.fp8_dot_fp16)
     _segment_kernel[(meta.num_seqs, num_kv_heads, workspace.segments)](
         q_ptr=query, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=meta.block_tables,
         seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc, segment_out_ptr=workspace.out,
@@ -114,8 +117,9 @@ def split_kv_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cach
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, QUERIES_PER_KV=queries_per_kv,
         BLOCK_M=max(MIN_BLOCK_M, triton.next_power_of_2(queries_per_kv)), SEGMENTS=workspace.segments,
-        TILE_N=tuning.split_tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast,
-        DOT_PRECISION=dot_precision(query.dtype, upcast), num_warps=tuning.split_num_warps,
+        TILE_N=tuning.split_tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
+        DOT_PRECISION=dot_precision(torch.float16 if fp16 else query.dtype, upcast and not fp16),
+        num_warps=tuning.split_num_warps,
         num_stages=tuning.split_num_stages,
     )
     _reduce_segments_kernel[(meta.num_seqs, num_heads)](

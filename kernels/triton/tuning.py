@@ -42,6 +42,12 @@ class AttentionTuning:
     # that small steps cannot spare); 0: never. On the H200 their own launch was faster from 256 decodes at every
     # context timed (from 128 at 1k keys, from 32 at 4k or with an FP8 cache; 0.68x at 32 decodes of 512 keys)
     decode_launch_min_seqs: int = 256
+    # 1: over an FP8 cache, the decode and prefill kernels take their dot products in fp16 (the query converted
+    # once a program, each e4m3 tile to fp16: one conversion instruction per two values on sm_89+, where e4m3 to
+    # bf16 takes several), not in the query's dtype. fp16 holds every e4m3 value exactly, and the queries,
+    # normalised by q_norm, lie well inside its range. Not yet timed on a GPU (the H200's FP8 decode ran no faster
+    # than bf16, `bench kernels` impl triton-fp8-fp16 times it): off by default
+    fp8_dot_fp16: int = 0
 
     def __post_init__(self) -> None:
         for name in ("decode_tile_n", "prefill_tile_n", "split_tile_n"):
@@ -54,6 +60,8 @@ class AttentionTuning:
         for name in ("decode_num_stages", "prefill_num_stages", "split_num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.fp8_dot_fp16 not in (0, 1):
+            raise ValueError(f"fp8_dot_fp16 must be 0 or 1, got {self.fp8_dot_fp16}")
         if self.decode_launch_min_seqs < 0:
             raise ValueError(f"decode_launch_min_seqs must be 0 (never) or more, got {self.decode_launch_min_seqs}")
 

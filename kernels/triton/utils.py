@@ -1,6 +1,8 @@
 import torch
 import triton
 
+from qasr.kernels.kv_cache_dtype import is_fp8
+
 
 def interpreting() -> bool:
     """True when TRITON_INTERPRET=1 was set: kernels then run on the CPU through numpy."""
@@ -13,6 +15,11 @@ def upcast_tiles(dtype: torch.dtype) -> bool:
     The interpreter computes bf16 arithmetic and bf16 tl.dot on raw bit patterns (triton #11584); a GPU does not.
     """
     return dtype == torch.bfloat16 and interpreting()
+
+
+def fp16_dots(cache_dtype: torch.dtype, fp8_dot_fp16: int) -> bool:
+    """Whether attention over a cache of `cache_dtype` takes its dot products in fp16 (tuning.fp8_dot_fp16)."""
+    return bool(fp8_dot_fp16) and is_fp8(cache_dtype)
 
 
 def dot_precision(dtype: torch.dtype, upcast: bool) -> str:

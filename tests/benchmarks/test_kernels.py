@@ -29,6 +29,7 @@ def test_kernel_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert {(r["mode"], r["impl"]) for r in rows} == {
         (mode, impl) for mode in ("decode", "prefill") for impl in impls if mode == "decode" or impl != "triton-split"}
     assert {r["kv_dtype"] for r in rows if r["impl"] == "torch"} == {"float32", "float8_e4m3fn"}
+    assert {r["kv_dtype"] for r in rows if r["impl"] == "triton-fp8-fp16"} == {"float8_e4m3fn"}  # FP8 caches only
     for r in rows:
         assert r["ms"] > 0 and r["gb_s"] > 0 and r["copy_fraction"] > 0 and r["tflops"] > 0 and r["vs_sdpa"] > 0
 

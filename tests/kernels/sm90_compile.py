@@ -68,11 +68,11 @@ def compile_report(label: str, src: ASTSource, **options: object) -> dict:
 
 
 def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16", cache: str | None = None,
-                      precision: str = "tf32") -> dict:
+                      precision: str = "tf32", fp16_dots: bool = False) -> dict:
     queries_per_kv = HEADS // KV_HEADS
     constexprs = {"HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": queries_per_kv, "BLOCK_M": block_m,
                   "BLOCK_Q": block_m // queries_per_kv, "TILE_N": tile_n, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
-                  "DOT_PRECISION": precision}
+                  "FP16_DOTS": fp16_dots, "DOT_PRECISION": precision}
     pointers = {"k_cache_ptr": cache or dtype, "v_cache_ptr": cache or dtype, "block_tables_ptr": "*i32",
                 "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
     decode = tile_n == TUNING.decode_tile_n and block_m == unified.DECODE_BLOCK_M
@@ -82,13 +82,13 @@ def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16
                           num_warps=warps, num_stages=stages)
 
 
-def split_kv(label: str, cache: str = "*bf16") -> list[Callable[[], dict]]:
+def split_kv(label: str, cache: str = "*bf16", fp16_dots: bool = False) -> list[Callable[[], dict]]:
     pointers = {"k_cache_ptr": cache, "v_cache_ptr": cache, "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
                 "query_start_loc_ptr": "*i32", "segment_out_ptr": "*fp32", "segment_max_ptr": "*fp32",
                 "segment_expsum_ptr": "*fp32"}
     segment = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": HEADS // KV_HEADS,
                "BLOCK_M": split_kv_attention.MIN_BLOCK_M, "SEGMENTS": SPLIT_KV_SEGMENTS,
-               "TILE_N": TUNING.split_tile_n, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
+               "TILE_N": TUNING.split_tile_n, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False, "FP16_DOTS": fp16_dots,
                "DOT_PRECISION": "tf32"}
     reduce = {"NUM_HEADS": HEADS, "HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "SEGMENTS": SPLIT_KV_SEGMENTS,
               "TILE_N": TUNING.split_tile_n}
@@ -111,10 +111,15 @@ def configurations() -> list[Callable[[], dict]]:
                                   cache="*fp8e4nv"),
         lambda: unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M,
                                   TUNING.prefill_tile_n, cache="*fp8e4nv"),
+        lambda: unified_attention("unified decode bf16 + fp8 cache, fp16 dots", unified.DECODE_BLOCK_M,
+                                  TUNING.decode_tile_n, cache="*fp8e4nv", fp16_dots=True),
+        lambda: unified_attention("unified prefill bf16 + fp8 cache, fp16 dots", unified.PREFILL_BLOCK_M,
+                                  TUNING.prefill_tile_n, cache="*fp8e4nv", fp16_dots=True),
         lambda: unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n,
                                   "*fp32", precision="ieee"),
         *split_kv("bf16"),
         *split_kv("fp8 cache", cache="*fp8e4nv"),
+        *split_kv("fp8 cache, fp16 dots", cache="*fp8e4nv", fp16_dots=True)[:1],  # the reduce is the same
     ]
     store = {"HEAD_DIM": HEAD_DIM, "BLOCK_SIZE": BLOCK_SIZE, "BLOCK_H": KV_HEADS, "BLOCK_D": HEAD_DIM}
     for label, cache, fp8 in (("bf16", "*bf16", False), ("fp8", "*fp8e4nv", True)):

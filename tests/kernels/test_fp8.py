@@ -2,6 +2,7 @@
 and the engine end to end against a full-precision cache."""
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from qasr.kernels.reference import kv_store as reference_kv_store
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton import kv_store
 from qasr.kernels.triton.paged_attention import unified_attention
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}  # as in test_attention
@@ -116,6 +118,33 @@ def test_attention_over_fp8_cache(kind: str, split_kv: bool | None, heads: tuple
     out = unified_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
                             split_kv=split_kv)
     assert_fp8_attention(out, batch, quantised)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("kind", "split_kv"), [("decode", False), ("long-decode", True), ("mixed", None)])
+def test_attention_over_fp8_cache_with_fp16_dots(kind: str, split_kv: bool | None, dtype: torch.dtype,
+                                                 fp8_batch) -> None:
+    """fp8_dot_fp16: the dot products in fp16 (the query and the e4m3 tiles converted), within fp16's tolerance
+    of the reference on the same cache whatever the query's dtype; and it is another computation (an fp32 query's
+    result moves by fp16's rounding)."""
+    batch, quantised = fp8_batch(kind, (4, 2, 16), dtype)
+    attend = partial(unified_attention, batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
+                     split_kv=split_kv)
+    with attention_tuning(AttentionTuning(fp8_dot_fp16=1)):
+        out = attend()
+    assert out.dtype == dtype
+    exact = reference.paged_attention(batch.query.float(), quantised.k_cache, quantised.v_cache, batch.meta,
+                                      batch.scale)
+    error = (out.float() - exact).abs().max().item()
+    assert error <= max(TOLERANCE[torch.float16], TOLERANCE[dtype]), f"max abs error {error}"
+    if dtype == torch.float32:
+        assert not torch.equal(out, attend())
+    # a cache in the model's dtype is left alone
+    with attention_tuning(AttentionTuning(fp8_dot_fp16=1)):
+        full = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                 split_kv=split_kv)
+    assert torch.equal(full, unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                               split_kv=split_kv))
 
 
 @pytest.mark.parametrize("kind", list(BATCHES))
@@ -240,15 +269,18 @@ def test_engine_with_fp8_kv_cache_on_gpu(checkpoint: Path, clips: list[np.ndarra
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fp16_dots", [0, 1], ids=["bf16-dots", "fp16-dots"])
 @pytest.mark.parametrize("split_kv", [False, True, None])
-def test_qwen_shapes_fp8_on_gpu(split_kv: bool | None, paged_batch) -> None:
-    """Qwen3-ASR decoder geometry (16 query heads over 8 KV heads of 128) over an fp8 cache, bf16 queries."""
+def test_qwen_shapes_fp8_on_gpu(split_kv: bool | None, fp16_dots: int, paged_batch) -> None:
+    """Qwen3-ASR decoder geometry (16 query heads over 8 KV heads of 128) over an fp8 cache, bf16 queries; the dot
+    products in bf16 and, with fp8_dot_fp16, in fp16."""
     query_lens, context_lens = ([1] * 12, [1, 15, 16, 17, 100, 511, 512, 1000, 2047, 4096, 6000, 8191]) \
         if split_kv is not None else ([1, 1, 410, 300, 1, 77], [8000, 35, 0, 2000, 700, 4096])
     batch = paged_batch(query_lens, context_lens, 16, 8, 128, torch.bfloat16, seed=5, device="cuda")
     quantised = quantise(batch)
-    out = unified_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
-                            split_kv=split_kv)
+    with attention_tuning(AttentionTuning(fp8_dot_fp16=fp16_dots)):
+        out = unified_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
+                                split_kv=split_kv)
     assert_fp8_attention(out, batch, quantised)
 
 

@@ -20,9 +20,10 @@ def test_settings_round_trip_and_bad_ones_name_the_variable() -> None:
     assert tuning == AttentionTuning(decode_tile_n=32, decode_num_warps=8)
     assert AttentionTuning.parse(tuning.describe()) == tuning
     assert AttentionTuning.parse("") == AttentionTuning() and AttentionTuning().describe() == ""
+    assert AttentionTuning.parse("fp8_dot_fp16=1").describe() == "fp8_dot_fp16=1"
     for bad in ("decode_tile_n=24", "decode_tile_n=8", "prefill_num_warps=3", "split_num_stages=0", "tile=32",
-                "decode_num_warps=four", "decode_launch_min_seqs=-1"):
-        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|min_seqs|" + ENV_VAR):
+                "decode_num_warps=four", "decode_launch_min_seqs=-1", "fp8_dot_fp16=2"):
+        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|min_seqs|fp8_dot_fp16|" + ENV_VAR):
             AttentionTuning.parse(bad)
 
 
