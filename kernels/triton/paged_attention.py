@@ -153,6 +153,6 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
         BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
-        DOT_PRECISION=dot_precision(torch.float16 if fp16 else query.dtype, upcast and not fp16),
+        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16),
         num_warps=num_warps, num_stages=num_stages,
     )

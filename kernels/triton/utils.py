@@ -22,9 +22,10 @@ def fp16_dots(cache_dtype: torch.dtype, fp8_dot_fp16: int) -> bool:
     return bool(fp8_dot_fp16) and is_fp8(cache_dtype)
 
 
-def dot_precision(dtype: torch.dtype, upcast: bool) -> str:
-    """fp32 operands must not be rounded to tf32 on the GPU; half-precision operands ignore the setting."""
-    return "ieee" if upcast or dtype == torch.float32 else "tf32"
+def dot_precision(dtype: torch.dtype, upcast: bool, fp16_dots: bool = False) -> str:
+    """fp32 operands must not be rounded to tf32 on the GPU; half-precision operands (fp16 dots included) ignore the
+    setting."""
+    return "ieee" if not fp16_dots and (upcast or dtype == torch.float32) else "tf32"
 
 
 def check_last_dim_contiguous(*tensors: torch.Tensor) -> None:
