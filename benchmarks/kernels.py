@@ -7,8 +7,9 @@ Modes: decode (one query per sequence over `context` cached keys) and prefill (a
 
     triton        qasr's unified attention (2D grid) over the paged cache
     triton-split  qasr's split-KV decode, wherever the heuristic (use_split_kv) picks it
-    triton-fp8-fp16  the unified attention over an FP8 cache with its dot products in fp16 (the attention tuning's
-                  fp8_dot_fp16); FP8 caches only
+    triton:LABEL  the unified attention with the attention tuning changed as `--variants LABEL:SETTINGS` says
+                  (QASR_ATTENTION_TUNING's syntax, over the process's tuning), on the caches where that changes
+                  the launch: `--variants fp8-t128:fp8_decode_tile_n=128` times FP8 decodes in 128-key tiles
     torch         qasr's torch reference backend over the paged cache (gathers, then SDPA)
     sdpa-flash    F.scaled_dot_product_attention, flash backend, on contiguous per-sequence K/V in the model
                   dtype: no paging and no FP8, the best case for the baseline
@@ -22,9 +23,9 @@ triton runs only under TRITON_INTERPRET=1.
 """
 
 import argparse
-import dataclasses
 import functools
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -37,10 +38,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from qasr.benchmarks.report import add_output_arguments, print_table, write_results
 from qasr.engine.model_loader import resolve_device
 from qasr.kernels import AttentionMetadata, SplitKVWorkspace
-from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
+from qasr.kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype, to_cache_dtype
 from qasr.kernels.reference import paged_attention
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning, current_tuning
 
-IMPLS = ("triton", "triton-split", "triton-fp8-fp16", "torch", "sdpa-flash", "flex")
+IMPLS = ("triton", "triton-split", "torch", "sdpa-flash", "flex")
 BASELINES = ("sdpa-flash", "flex")  # contiguous K/V in the model dtype, the same for every kv_cache_dtype
 L2_FLUSH_BYTES = 256 << 20
 HOST_HEAD_START_CYCLES = 20_000_000  # ~10 ms of device sleep while the host queues the timed calls
@@ -96,28 +98,52 @@ def paged_kv(case: Case, g: Geometry, kv_dtype: torch.dtype,
     return k_cache, v_cache, meta
 
 
-def paged_impls(case: Case, g: Geometry, kv_dtype: torch.dtype, device: torch.device,
-                wanted: list[str]) -> dict[str, Callable[[], torch.Tensor]]:
+@dataclass(frozen=True)
+class Variant:
+    """An attention tuning to time beside the process's own (`--variants LABEL:SETTINGS`)."""
+    label: str
+    tuning: AttentionTuning
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        label, colon, settings = text.partition(":")
+        if not colon or not re.fullmatch(r"[\w.+-]+", label):
+            raise argparse.ArgumentTypeError(f"{text!r} is not LABEL:SETTINGS (e.g. fp8-t128:fp8_decode_tile_n=128)")
+        try:  # later settings win: the variant's over the process's
+            tuning = AttentionTuning.parse(",".join(filter(None, (current_tuning().describe(), settings))))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return cls(label, tuning)
+
+    def changes_launch(self, cache_dtype: torch.dtype, mode: str) -> bool:
+        """Whether a `mode` case ("decode": a pure-decode batch, "prefill") over a cache of `cache_dtype` launches
+        otherwise than with the process's tuning."""
+        from qasr.kernels.triton.utils import fp16_dots  # imports triton: not at `qasr` start-up
+
+        def launch(tuning: AttentionTuning) -> tuple:
+            settings = tuning.decode(is_fp8(cache_dtype)) if mode == "decode" else tuning.prefill()
+            return settings, fp16_dots(cache_dtype, tuning.fp8_dot_fp16)
+        return launch(self.tuning) != launch(current_tuning())
+
+
+def paged_impls(case: Case, g: Geometry, kv_dtype: torch.dtype, device: torch.device, wanted: list[str],
+                variants: list[Variant]) -> dict[str, Callable[[], torch.Tensor]]:
     k_cache, v_cache, meta = paged_kv(case, g, kv_dtype, device)
     scale = g.head_dim**-0.5
     impls: dict[str, Callable[[], torch.Tensor]] = {}
-    if {"triton", "triton-split", "triton-fp8-fp16"} & set(wanted):
-        from qasr.kernels.kv_cache_dtype import is_fp8
+    if {"triton", "triton-split"} & set(wanted) or variants:
         from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
-        from qasr.kernels.triton.tuning import attention_tuning, current_tuning
 
         if "triton" in wanted:
             impls["triton"] = lambda: unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=False)
         if "triton-split" in wanted and use_split_kv(meta, g.kv_heads):
             impls["triton-split"] = lambda: unified_attention(case.query, k_cache, v_cache, meta, scale,
                                                               split_kv=True)
-        if "triton-fp8-fp16" in wanted and is_fp8(kv_dtype):
-            fp16_dots = dataclasses.replace(current_tuning(), fp8_dot_fp16=1)
-
-            def unified_fp16_dots() -> torch.Tensor:
-                with attention_tuning(fp16_dots):
+        for variant in (v for v in variants if v.changes_launch(kv_dtype, case.mode)):
+            def tuned(tuning: AttentionTuning = variant.tuning) -> torch.Tensor:
+                with attention_tuning(tuning):
                     return unified_attention(case.query, k_cache, v_cache, meta, scale, split_kv=False)
-            impls["triton-fp8-fp16"] = unified_fp16_dots
+            impls[f"triton:{variant.label}"] = tuned
     if "torch" in wanted:
         impls["torch"] = lambda: paged_attention.paged_attention(case.query, k_cache, v_cache, meta, scale)
     return impls
@@ -219,7 +245,7 @@ def interpreting() -> bool:
 def default_impls(device: torch.device) -> list[str]:
     impls = ["torch", "sdpa-flash"]
     if device.type == "cuda" or interpreting():
-        impls = ["triton", "triton-split", "triton-fp8-fp16", *impls]
+        impls = ["triton", "triton-split", *impls]
     if device.type == "cuda":
         impls.append("flex")
     return impls
@@ -238,7 +264,7 @@ def run(args: argparse.Namespace, device: torch.device, g: Geometry) -> tuple[li
                 case = make_case(mode, batch, context, g, device)
                 measured = [(name, g.dtype, fn) for name, fn in baseline_impls(case, g, device, impls).items()]
                 measured += [(name, kv_dtype, fn) for kv_dtype in kv_dtypes
-                             for name, fn in paged_impls(case, g, kv_dtype, device, impls).items()]
+                             for name, fn in paged_impls(case, g, kv_dtype, device, impls, args.variants).items()]
                 case_rows = []
                 for name, kv_dtype, fn in measured:
                     try:
@@ -266,6 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache dtypes for the paged implementations (auto = --dtype)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
                         help="default: all on CUDA; torch and sdpa-flash on the CPU, plus triton if interpreted")
+    parser.add_argument("--variants", nargs="+", type=Variant.parse, default=[], metavar="LABEL:SETTINGS",
+                        help="attention tunings to time as impl triton:LABEL beside triton, e.g. "
+                             "fp8-t128:fp8_decode_tile_n=128 (where they change the launch for a cache)")
     parser.add_argument("--heads", type=int, default=16, help="query heads (Qwen3-ASR: 16)")
     parser.add_argument("--kv-heads", type=int, default=8, help="KV heads (Qwen3-ASR: 8)")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -286,6 +315,7 @@ def main(args: argparse.Namespace) -> int:
     config = {"heads": g.heads, "kv_heads": g.kv_heads, "head_dim": g.head_dim, "block_size": g.block_size,
               "dtype": str(dtype), "modes": args.modes, "batch_sizes": args.batch_sizes, "contexts": args.contexts,
               "kv_cache_dtypes": args.kv_cache_dtype, "impls": sorted({r["impl"] for r in rows}),
+              "variants": {v.label: v.tuning.describe() for v in args.variants},
               "iters": args.iters, "warmup": args.warmup, "max_prefill_tokens": args.max_prefill_tokens,
               "copy_gb_s": copy_gb_s, "interpreted": interpreting()}
     print_table(rows)

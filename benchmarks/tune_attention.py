@@ -8,7 +8,9 @@ device at Qwen3-ASR's shapes; prints the setting to use and the QASR_ATTENTION_T
 Two paths, each over its grid of settings and the shapes it serves, every setting checked against the torch
 reference before it is timed (a setting that fails to compile or to match is reported, not timed):
 
-    decode  the 2D kernel on pure-decode batches: decode_tile_n x decode_num_warps x decode_num_stages
+    decode  the 2D kernel on pure-decode batches over a cache in the model's dtype: decode_tile_n x
+            decode_num_warps x decode_num_stages x decode_max_registers
+    fp8_decode  the same over an FP8 cache (fp8_decode_*)
     split   the split-KV kernels on small decode batches: split_tile_n x split_num_warps x split_num_stages, and
             the workspace's segment count (attention_metadata.SPLIT_KV_SEGMENTS, not a launch parameter)
     mixed   a step of decodes and one prefill chunk (`--mixed-chunk` tokens): the decodes in the chunk's launch, or
@@ -37,7 +39,7 @@ from qasr.benchmarks.report import add_output_arguments, print_table, write_resu
 from qasr.engine.model_loader import resolve_device
 from qasr.kernels import AttentionMetadata, SplitKVWorkspace
 from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS, padded_head_dim
-from qasr.kernels.kv_cache_dtype import resolve_kv_cache_dtype, to_cache_dtype
+from qasr.kernels.kv_cache_dtype import is_fp8, resolve_kv_cache_dtype, to_cache_dtype
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton.paged_attention import unified_attention
 from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tuning
@@ -45,20 +47,30 @@ from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tunin
 RELATIVE_TOLERANCE = 2e-2  # max |out - reference| over max |reference|: bf16 rounding, not a wrong result
 
 
+DECODE_PATHS = ("decode", "fp8_decode")  # the 2D kernel's decode settings over each kind of cache
+
+
+def decode_path(kv_dtype: torch.dtype) -> str:
+    return "fp8_decode" if is_fp8(kv_dtype) else "decode"
+
+
 @dataclass(frozen=True)
 class Setting:
-    path: str  # "decode" | "split"
+    path: str  # "decode" | "fp8_decode" | "split"
     tile_n: int
     num_warps: int
     num_stages: int
+    max_registers: int = 0  # decode paths only
     segments: int | None = None  # split only
 
     @property
     def tuning(self) -> AttentionTuning:
         """The defaults with this setting's path changed (a value the kernels cannot take raises ValueError)."""
-        prefix = "decode" if self.path == "decode" else "split"
-        return AttentionTuning(**{f"{prefix}_tile_n": self.tile_n, f"{prefix}_num_warps": self.num_warps,
-                                  f"{prefix}_num_stages": self.num_stages})
+        values = {f"{self.path}_tile_n": self.tile_n, f"{self.path}_num_warps": self.num_warps,
+                  f"{self.path}_num_stages": self.num_stages}
+        if self.path in DECODE_PATHS:
+            values[f"{self.path}_max_registers"] = self.max_registers
+        return AttentionTuning(**values)
 
     @property
     def is_default(self) -> bool:
@@ -67,15 +79,18 @@ class Setting:
     @property
     def label(self) -> str:
         label = f"tile {self.tile_n} warps {self.num_warps} stages {self.num_stages}"
+        if self.max_registers:
+            label += f" registers {self.max_registers}"
         return label if self.segments is None else f"{label} segments {self.segments}"
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
     """The grid; a value the kernels cannot take (a tile of 24, 3 warps) is refused here, before any timing."""
-    grid = [Setting("decode", *values) for values in itertools.product(args.decode_tile_n, args.num_warps,
-                                                                      args.num_stages)]
-    grid += [Setting("split", tile, warps, stages, segments) for tile, warps, stages, segments in itertools.product(
-        args.split_tile_n, args.split_num_warps, args.split_num_stages, args.segments)]
+    grid = [Setting(path, *values) for path in DECODE_PATHS for values in itertools.product(
+        args.decode_tile_n, args.num_warps, args.num_stages, args.max_registers)]
+    grid += [Setting("split", tile, warps, stages, segments=segments)
+             for tile, warps, stages, segments in itertools.product(
+                 args.split_tile_n, args.split_num_warps, args.split_num_stages, args.segments)]
     for setting in grid:
         setting.tuning  # noqa: B018 -- validates
         if setting.segments is not None and (setting.segments < 1 or setting.segments & (setting.segments - 1)):
@@ -225,7 +240,8 @@ def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
         result[path] = {"setting": best, "worst_slowdown": worst[best]}
     crossover: dict[str, int | None] = {}
     for (kv_dtype, batch, context), split_times in sorted(shapes.get("split", {}).items()):
-        decode_times = shapes.get("decode", {}).get((kv_dtype, batch, context))
+        decode_times = next((shapes[p][(kv_dtype, batch, context)] for p in DECODE_PATHS
+                             if (kv_dtype, batch, context) in shapes.get(p, {})), None)
         key = f"{kv_dtype} context {context}"
         if decode_times and min(split_times.values()) < min(decode_times.values()):
             crossover[key] = max(batch, crossover.get(key) or 0)
@@ -243,7 +259,7 @@ def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
 
 def env_line(recommendation: dict, grid: list[Setting]) -> str:
     parts = []
-    for path in ("decode", "split"):
+    for path in (*DECODE_PATHS, "split"):
         label = recommendation.get(path, {}).get("setting")
         setting = next((s for s in grid if s.path == path and s.label == label), None)
         if setting is not None and setting.tuning.describe():
@@ -262,7 +278,7 @@ def run(args: argparse.Namespace, grid: list[Setting], device: torch.device, g: 
     for kv_dtype, context in itertools.product(kv_dtypes, args.contexts):
         # the 2D kernel also at the split batches: the crossover compares the two there
         for batch in sorted(set(args.batch_sizes) | set(args.split_batch_sizes)):
-            paths = ["decode", "split"] if batch in args.split_batch_sizes else ["decode"]
+            paths = [decode_path(kv_dtype), *(["split"] if batch in args.split_batch_sizes else [])]
             for path in paths:
                 rows += measure_shape(path, batch, context, kv_dtype, grid, g, device, args, copy_gb_s)
             if device.type == "cuda":
@@ -281,9 +297,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 4096])
     parser.add_argument("--kv-cache-dtype", nargs="+", choices=["auto", "fp8"], default=None,
                         help="default: auto and fp8 on cuda, auto elsewhere")
-    parser.add_argument("--decode-tile-n", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--decode-tile-n", type=int, nargs="+", default=[32, 64, 128],
+                        help="of the 2D kernel on decodes, over either cache (16: 1.95x the best on an H200)")
     parser.add_argument("--num-warps", type=int, nargs="+", default=[4, 8], help="of the 2D kernel on decodes")
     parser.add_argument("--num-stages", type=int, nargs="+", default=[2, 3], help="of the 2D kernel on decodes")
+    parser.add_argument("--max-registers", type=int, nargs="+", default=[0, 128],
+                        help="register caps of the 2D kernel on decodes (0: none)")
     parser.add_argument("--split-tile-n", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--split-num-warps", type=int, nargs="+", default=[4])
     parser.add_argument("--split-num-stages", type=int, nargs="+", default=[3])
@@ -316,12 +335,12 @@ def main(args: argparse.Namespace) -> int:
     line = env_line(recommendation, grid)
     config = {name: getattr(args, name) for name in (
         "batch_sizes", "split_batch_sizes", "contexts", "kv_cache_dtype", "decode_tile_n", "num_warps", "num_stages",
-        "split_tile_n", "split_num_warps", "split_num_stages", "segments", "mixed_batch_sizes", "mixed_chunk",
-        "iters", "warmup")}
+        "max_registers", "split_tile_n", "split_num_warps", "split_num_stages", "segments", "mixed_batch_sizes",
+        "mixed_chunk", "iters", "warmup")}
     config.update(heads=g.heads, kv_heads=g.kv_heads, head_dim=g.head_dim, block_size=g.block_size,
                   dtype=str(dtype), copy_gb_s=copy_gb_s, recommendation=recommendation, env=line)
     print_table(rows)
-    for path in ("decode", "split"):
+    for path in (*DECODE_PATHS, "split"):
         if path in recommendation:
             chosen = recommendation[path]
             print(f"{path}: {chosen['setting']} (at worst {chosen['worst_slowdown']:.2f}x the best of a shape)")

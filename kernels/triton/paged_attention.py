@@ -17,9 +17,10 @@ import triton
 import triton.language as tl
 
 from qasr.kernels.attention_metadata import AttentionMetadata, padded_head_dim, split_kv_max_seqs
+from qasr.kernels.kv_cache_dtype import is_fp8
 from qasr.kernels.triton.attention_tiles import attend_kv_tiles, find_seq_idx
 from qasr.kernels.triton.split_kv_attention import split_kv_decode_attention
-from qasr.kernels.triton.tuning import current_tuning
+from qasr.kernels.triton.tuning import LaunchSettings, current_tuning
 from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, fp16_dots, upcast_tiles
 
 DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
@@ -109,15 +110,15 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     tuning = current_tuning()
     queries_per_kv = num_heads // num_kv_heads
     launch = partial(_launch_2d, query, out, k_cache, v_cache, meta, scale)
-    decode_settings = (tuning.decode_tile_n, tuning.decode_num_warps, tuning.decode_num_stages)
+    decode_settings = tuning.decode(is_fp8(k_cache.dtype))
     if meta.is_pure_decode:
-        launch(0, meta.num_seqs, num_tokens, block_m or default_block_m(1, queries_per_kv), *decode_settings)
+        launch(0, meta.num_seqs, num_tokens, block_m or default_block_m(1, queries_per_kv), decode_settings)
         return out
     decodes = meta.num_decodes if block_m is None and 0 < tuning.decode_launch_min_seqs <= meta.num_decodes else 0
     if decodes:
-        launch(0, decodes, decodes, default_block_m(1, queries_per_kv), *decode_settings)
+        launch(0, decodes, decodes, default_block_m(1, queries_per_kv), decode_settings)
     launch(decodes, meta.num_seqs, num_tokens, block_m or default_block_m(meta.max_query_len, queries_per_kv),
-           tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages)
+           tuning.prefill())
     return out
 
 
@@ -127,7 +128,7 @@ def default_block_m(max_query_len: int, queries_per_kv: int) -> int:
 
 def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float, first_seq: int, end_seq: int, end_token: int, block_m: int,
-               tile_n: int, num_warps: int, num_stages: int) -> None:
+               settings: LaunchSettings) -> None:
     """The 2D kernel over sequences [first_seq, end_seq) of the step, whose tokens end at end_token: it writes
     their rows of `out`. The sequences before first_seq are decodes, one token each, so first_seq is also the
     first token."""
@@ -152,7 +153,6 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
         stride_ot=out.stride(0), stride_oh=out.stride(1), stride_table=meta.block_tables.stride(0),
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
-        BLOCK_Q=block_q, TILE_N=tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
-        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16),
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_Q=block_q, TILE_N=settings.tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
+        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16), **settings.compile_options(),
     )

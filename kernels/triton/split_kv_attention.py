@@ -118,8 +118,7 @@ def split_kv_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cach
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, QUERIES_PER_KV=queries_per_kv,
         BLOCK_M=max(MIN_BLOCK_M, triton.next_power_of_2(queries_per_kv)), SEGMENTS=workspace.segments,
         TILE_N=tuning.split_tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
-        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16), num_warps=tuning.split_num_warps,
-        num_stages=tuning.split_num_stages,
+        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16), **tuning.split().compile_options(),
     )
     _reduce_segments_kernel[(meta.num_seqs, num_heads)](
         out_ptr=out, seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc,

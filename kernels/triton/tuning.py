@@ -9,8 +9,10 @@ without a code change:
 
     QASR_ATTENTION_TUNING="decode_tile_n=32,decode_num_warps=8" qasr serve ...
 
-Each tile width must be a power of two of at least 16 (tl.dot's smallest side). The split-KV path's segment count
-is not here: it sizes the workspace the decode graphs hold (attention_metadata.SPLIT_KV_SEGMENTS).
+The 2D kernel's decode settings come twice, for a cache in the model's dtype and for an FP8 one (`fp8_decode_*`):
+an FP8 tile holds half the bytes, and the kernel's registers differ. Each tile width must be a power of two of at
+least 16 (tl.dot's smallest side). The split-KV path's segment count is not here: it sizes the workspace the
+decode graphs hold (attention_metadata.SPLIT_KV_SEGMENTS).
 """
 
 import os
@@ -20,15 +22,39 @@ from dataclasses import dataclass, fields
 
 ENV_VAR = "QASR_ATTENTION_TUNING"
 WARP_COUNTS = (1, 2, 4, 8, 16)
+MIN_REGISTERS, MAX_REGISTERS = 24, 255  # a thread's register cap that ptxas accepts (sm_70+)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSettings:
+    """One launch of an attention kernel: keys per tile, warps, pipelining depth of the key loop, and the most
+    registers a thread may hold (Triton's maxnreg; 0: the compiler's choice)."""
+    tile_n: int
+    num_warps: int
+    num_stages: int
+    max_registers: int = 0
+
+    def compile_options(self) -> dict[str, int]:
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        return options | ({"maxnreg": self.max_registers} if self.max_registers else {})
 
 
 @dataclass(frozen=True, slots=True)
 class AttentionTuning:
     # the 2D kernel on a pure-decode batch: keys per tile, warps, software pipelining depth of the key loop (the
-    # warps and stages are Triton's defaults)
+    # warps and stages are Triton's defaults), and a cap on a thread's registers (0: none)
     decode_tile_n: int = 64
     decode_num_warps: int = 4
     decode_num_stages: int = 3
+    decode_max_registers: int = 0
+    # the same over an FP8 cache (the defaults as for bf16, timed by the H200 grid). Untimed candidates, in `make
+    # gpu-check` part 1: the grid's times followed the bytes an SM had in flight (bf16: 24 KB 1.7 TB/s, 64 KB 3.8,
+    # 128 KB 4.35), and Triton 3.6 gives the FP8 kernel at 64 keys 194 registers a thread, 2 programs of 16 KB an
+    # SM (bf16: 4 of 32 KB); at 128 keys capped at 128 registers it compiles without spills to 4 of 32 KB
+    fp8_decode_tile_n: int = 64
+    fp8_decode_num_warps: int = 4
+    fp8_decode_num_stages: int = 3
+    fp8_decode_max_registers: int = 0
     # the 2D kernel on a batch with prefill chunks
     prefill_tile_n: int = 32
     prefill_num_warps: int = 4
@@ -43,27 +69,43 @@ class AttentionTuning:
     # context timed (from 128 at 1k keys, from 32 at 4k or with an FP8 cache; 0.68x at 32 decodes of 512 keys)
     decode_launch_min_seqs: int = 256
     # 1: over an FP8 cache, the decode and prefill kernels take their dot products in fp16 (the query converted
-    # once a program, each e4m3 tile to fp16: one conversion instruction per two values on sm_89+, where e4m3 to
-    # bf16 takes several), not in the query's dtype. fp16 holds every e4m3 value exactly, and the queries,
-    # normalised by q_norm, lie well inside its range. Not yet timed on a GPU (the H200's FP8 decode ran no faster
-    # than bf16, `bench kernels` impl triton-fp8-fp16 times it): off by default
+    # once a program, each e4m3 tile to fp16: one conversion instruction per two values on sm_89+; bf16 dots take
+    # one more per value, and at the CUDA guide's 16 conversions a cycle an SM those alone would cap the FP8
+    # decode near 2.8 TB/s of bf16-equivalent bytes on an H200, estimated). fp16 holds every e4m3 value exactly,
+    # and the queries, normalised by q_norm, lie well inside its range. Not yet timed on a GPU: off by default
     fp8_dot_fp16: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("decode_tile_n", "prefill_tile_n", "split_tile_n"):
+        for name in ("decode_tile_n", "fp8_decode_tile_n", "prefill_tile_n", "split_tile_n"):
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two of at least 16, got {value}")
-        for name in ("decode_num_warps", "prefill_num_warps", "split_num_warps"):
+        for name in ("decode_num_warps", "fp8_decode_num_warps", "prefill_num_warps", "split_num_warps"):
             if getattr(self, name) not in WARP_COUNTS:
                 raise ValueError(f"{name} must be one of {WARP_COUNTS}, got {getattr(self, name)}")
-        for name in ("decode_num_stages", "prefill_num_stages", "split_num_stages"):
+        for name in ("decode_num_stages", "fp8_decode_num_stages", "prefill_num_stages", "split_num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("decode_max_registers", "fp8_decode_max_registers"):
+            value = getattr(self, name)
+            if value and not MIN_REGISTERS <= value <= MAX_REGISTERS:
+                raise ValueError(f"{name} must be 0 (no cap) or {MIN_REGISTERS}-{MAX_REGISTERS}, got {value}")
         if self.fp8_dot_fp16 not in (0, 1):
             raise ValueError(f"fp8_dot_fp16 must be 0 or 1, got {self.fp8_dot_fp16}")
         if self.decode_launch_min_seqs < 0:
             raise ValueError(f"decode_launch_min_seqs must be 0 (never) or more, got {self.decode_launch_min_seqs}")
+
+    def decode(self, fp8_cache: bool) -> LaunchSettings:
+        """The 2D kernel's settings on decodes (a pure-decode batch, or a mixed step's decodes in their own launch)."""
+        prefix = "fp8_decode" if fp8_cache else "decode"
+        return LaunchSettings(*(getattr(self, f"{prefix}_{name}")
+                                for name in ("tile_n", "num_warps", "num_stages", "max_registers")))
+
+    def prefill(self) -> LaunchSettings:
+        return LaunchSettings(self.prefill_tile_n, self.prefill_num_warps, self.prefill_num_stages)
+
+    def split(self) -> LaunchSettings:
+        return LaunchSettings(self.split_tile_n, self.split_num_warps, self.split_num_stages)
 
     @classmethod
     def parse(cls, text: str) -> "AttentionTuning":

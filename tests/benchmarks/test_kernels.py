@@ -4,9 +4,11 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from qasr.benchmarks import kernels as bench
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
 from qasr.kernels.triton.utils import interpreting
 
 TOP_LEVEL_KEYS = {"benchmark", "date", "git_commit", "device", "versions", "config", "results"}
@@ -18,6 +20,7 @@ def test_kernel_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     args = parser.parse_args([
         "--device", "cpu", "--batch-sizes", "1", "3", "--contexts", "40", "--heads", "4", "--kv-heads", "2",
         "--head-dim", "16", "--kv-cache-dtype", "auto", "fp8", "--iters", "2", "--warmup", "1",
+        "--variants", "fp8-fp16:fp8_dot_fp16=1", "t32:decode_tile_n=32,fp8_decode_tile_n=32",
         "--out-dir", str(tmp_path)])
     assert bench.main(args) == 0
     [path] = tmp_path.glob("kernels-cpu-*.json")
@@ -26,10 +29,16 @@ def test_kernel_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert document["config"]["copy_gb_s"] > 0
     rows = document["results"]
     impls = bench.default_impls(torch.device("cpu"))
+    variants = {"triton:fp8-fp16", "triton:t32"}
     assert {(r["mode"], r["impl"]) for r in rows} == {
-        (mode, impl) for mode in ("decode", "prefill") for impl in impls if mode == "decode" or impl != "triton-split"}
+        (mode, impl) for mode in ("decode", "prefill") for impl in [*impls, *variants]
+        if mode == "decode" or impl not in ("triton-split", "triton:t32")}  # t32 changes no prefill launch...
+    # ... and runs in decode on every cache; fp8_dot_fp16 changes nothing over a cache in the model's dtype
     assert {r["kv_dtype"] for r in rows if r["impl"] == "torch"} == {"float32", "float8_e4m3fn"}
-    assert {r["kv_dtype"] for r in rows if r["impl"] == "triton-fp8-fp16"} == {"float8_e4m3fn"}  # FP8 caches only
+    assert {r["kv_dtype"] for r in rows if r["impl"] == "triton:t32"} == {"float32", "float8_e4m3fn"}
+    assert {r["kv_dtype"] for r in rows if r["impl"] == "triton:fp8-fp16"} == {"float8_e4m3fn"}
+    assert document["config"]["variants"] == {"fp8-fp16": "fp8_dot_fp16=1",
+                                              "t32": "decode_tile_n=32,fp8_decode_tile_n=32"}
     for r in rows:
         assert r["ms"] > 0 and r["gb_s"] > 0 and r["copy_fraction"] > 0 and r["tflops"] > 0 and r["vs_sdpa"] > 0
 
@@ -38,3 +47,17 @@ def test_default_implementations() -> None:
     impls = bench.default_impls(torch.device("cpu"))
     assert "flex" not in impls  # compiling flex on the CPU takes longer than the whole test
     assert ("triton" in impls) == interpreting()  # conftest turns the interpreter on
+
+
+def test_a_variant_is_label_colon_settings_over_the_process_tuning() -> None:
+    with attention_tuning(AttentionTuning(decode_num_warps=8, fp8_dot_fp16=1)):
+        variant = bench.Variant.parse("fp8-t128:fp8_decode_tile_n=128,fp8_dot_fp16=0")
+        assert variant.tuning == AttentionTuning(decode_num_warps=8, fp8_decode_tile_n=128)
+        # over FP8: other tiles in decode and bf16 dots in both; over bf16 the same launches
+        assert variant.changes_launch(torch.float8_e4m3fn, "decode")
+        assert variant.changes_launch(torch.float8_e4m3fn, "prefill")
+        assert not variant.changes_launch(torch.bfloat16, "decode")
+        assert not variant.changes_launch(torch.bfloat16, "prefill")
+    for bad in ("fp8_decode_tile_n=128", "a b:decode_tile_n=32", "x:decode_tile_n=24", "x:tile=3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.Variant.parse(bad)

@@ -22,33 +22,53 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Path, capsys) -> None:
     default = AttentionTuning()  # each path's default setting is in the grid: the others are timed against it
     decode_tiles, split_tile = (16, default.decode_tile_n), default.split_tile_n
+    assert (default.fp8_decode_tile_n, default.fp8_decode_max_registers) == (default.decode_tile_n, 0)
     args = parse("--device", "cpu", "--batch-sizes", "3", "--split-batch-sizes", "1", "--contexts", "40", "--heads",
-                 "4", "--kv-heads", "2", "--head-dim", "16", "--decode-tile-n", *map(str, decode_tiles), "--num-warps",
-                 "4", "--num-stages", "3", "--split-tile-n", str(split_tile), "--segments", "4", "16", "--iters", "2",
-                 "--warmup", "1", "--mixed-batch-sizes", "2", "--mixed-chunk", "5", "--out-dir", str(tmp_path))
+                 "4", "--kv-heads", "2", "--head-dim", "16", "--kv-cache-dtype", "auto", "fp8", "--decode-tile-n",
+                 *map(str, decode_tiles), "--num-warps", "4", "--num-stages", "3", "--max-registers", "0", "128",
+                 "--split-tile-n", str(split_tile), "--segments", "4", "16", "--iters", "2", "--warmup", "1",
+                 "--mixed-batch-sizes", "2", "--mixed-chunk", "5", "--out-dir", str(tmp_path))
     assert tune.main(args) == 0
     [path] = tmp_path.glob("tune-attention-cpu-*.json")
     document = json.loads(path.read_text())
     assert set(document) == TOP_LEVEL_KEYS and document["benchmark"] == "tune-attention"
     rows = document["results"]
-    # the 2D kernel at both batches (1 for the crossover), split-KV at batch 1 only, a mixed step both ways
-    assert sorted((r["path"], r["batch"], r["setting"]) for r in rows) == sorted(
-        [("decode", b, f"tile {t} warps 4 stages 3") for b in (1, 3) for t in decode_tiles]
-        + [("split", 1, f"tile {split_tile} warps 4 stages 3 segments {n}") for n in (4, 16)]
-        + [("mixed", 2, "decodes with the chunk"), ("mixed", 2, "decodes apart")])
+    # per cache, the 2D kernel at both batches (1 for the crossover) under that cache's decode path, split-KV at
+    # batch 1 only, a mixed step both ways
+    decode_labels = [f"tile {t} warps 4 stages 3{r}" for t in decode_tiles for r in ("", " registers 128")]
+    assert sorted((r["kv_dtype"], r["path"], r["batch"], r["setting"]) for r in rows) == sorted(
+        [(kv, path, b, label) for kv, path in (("float32", "decode"), ("float8_e4m3fn", "fp8_decode"))
+         for b in (1, 3) for label in decode_labels]
+        + [(kv, "split", 1, f"tile {split_tile} warps 4 stages 3 segments {n}") for kv in ("float32", "float8_e4m3fn")
+           for n in (4, 16)]
+        + [(kv, "mixed", 2, label) for kv in ("float32", "float8_e4m3fn")
+           for label in ("decodes with the chunk", "decodes apart")])
     for row in rows:
         assert row["error"] is None and row["ms"] > 0 and row["gb_s"] > 0 and row["vs_default"] > 0
     defaults = [r for r in rows if r["setting"] in (f"tile {default.decode_tile_n} warps 4 stages 3",
                                                     f"tile {split_tile} warps 4 stages 3 segments 16",
                                                     "decodes with the chunk")]
-    assert len(defaults) == 4 and all(r["vs_default"] == 1.0 for r in defaults)
+    assert len(defaults) == 8 and all(r["vs_default"] == 1.0 for r in defaults)
     recommendation = document["config"]["recommendation"]
-    assert set(recommendation) == {"decode", "split", "split_wins_up_to", "decode_launch_from",
+    assert set(recommendation) == {"decode", "fp8_decode", "split", "split_wins_up_to", "decode_launch_from",
                                    "decode_launch_min_seqs"}
+    assert set(recommendation["split_wins_up_to"]) == {"float32 context 40", "float8_e4m3fn context 40"}
     env = document["config"]["env"]
     assert env in capsys.readouterr().out
     if "=" in env:  # the line sets what it names
         AttentionTuning.parse(env.removeprefix(f"{ENV_VAR}=").strip('"'))
+
+
+def test_each_decode_path_sets_its_own_fields() -> None:
+    grid = tune.settings(parse("--decode-tile-n", "128", "--num-warps", "8", "--num-stages", "2",
+                               "--max-registers", "128", "--split-tile-n", "64", "--segments", "16"))
+    recommendation = {path: {"setting": "tile 128 warps 8 stages 2 registers 128"} for path in tune.DECODE_PATHS}
+    recommendation["split"] = {"setting": "tile 64 warps 4 stages 3 segments 16"}
+    env = tune.env_line(recommendation, grid)
+    assert AttentionTuning.parse(env.removeprefix(f"{ENV_VAR}=").strip('"')) == AttentionTuning(
+        decode_tile_n=128, decode_num_warps=8, decode_num_stages=2, decode_max_registers=128,
+        fp8_decode_tile_n=128, fp8_decode_num_warps=8, fp8_decode_num_stages=2, fp8_decode_max_registers=128,
+        split_tile_n=64)
 
 
 def test_a_setting_the_kernels_cannot_take_is_refused_before_any_timing(tmp_path: Path) -> None:

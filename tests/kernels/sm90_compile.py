@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import triton
@@ -23,7 +24,7 @@ from triton.compiler import ASTSource
 from qasr.kernels.attention_metadata import SPLIT_KV_SEGMENTS
 from qasr.kernels.triton import activation, kv_store, norms, split_kv_attention, windowed_attention
 from qasr.kernels.triton import paged_attention as unified
-from qasr.kernels.triton.tuning import AttentionTuning
+from qasr.kernels.triton.tuning import AttentionTuning, LaunchSettings
 
 H100 = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -67,19 +68,17 @@ def compile_report(label: str, src: ASTSource, **options: object) -> dict:
             "local": numbers.get("LOCAL"), "shared": compiled.metadata.shared}
 
 
-def unified_attention(label: str, block_m: int, tile_n: int, dtype: str = "*bf16", cache: str | None = None,
-                      precision: str = "tf32", fp16_dots: bool = False) -> dict:
+def unified_attention(label: str, block_m: int, settings: LaunchSettings, dtype: str = "*bf16",
+                      cache: str | None = None, precision: str = "tf32", fp16_dots: bool = False) -> dict:
     queries_per_kv = HEADS // KV_HEADS
     constexprs = {"HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": queries_per_kv, "BLOCK_M": block_m,
-                  "BLOCK_Q": block_m // queries_per_kv, "TILE_N": tile_n, "BLOCK_SIZE": BLOCK_SIZE, "UPCAST": False,
-                  "FP16_DOTS": fp16_dots, "DOT_PRECISION": precision}
+                  "BLOCK_Q": block_m // queries_per_kv, "TILE_N": settings.tile_n, "BLOCK_SIZE": BLOCK_SIZE,
+                  "UPCAST": False, "FP16_DOTS": fp16_dots, "DOT_PRECISION": precision}
     pointers = {"k_cache_ptr": cache or dtype, "v_cache_ptr": cache or dtype, "block_tables_ptr": "*i32",
                 "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
-    decode = tile_n == TUNING.decode_tile_n and block_m == unified.DECODE_BLOCK_M
-    warps, stages = ((TUNING.decode_num_warps, TUNING.decode_num_stages) if decode
-                     else (TUNING.prefill_num_warps, TUNING.prefill_num_stages))
-    return compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype),
-                          num_warps=warps, num_stages=stages)
+    report = compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype),
+                            **settings.compile_options())
+    return report | {"max_registers": settings.max_registers or None}
 
 
 def split_kv(label: str, cache: str = "*bf16", fp16_dots: bool = False) -> list[Callable[[], dict]]:
@@ -101,22 +100,31 @@ def split_kv(label: str, cache: str = "*bf16", fp16_dots: bool = False) -> list[
 
 def configurations() -> list[Callable[[], dict]]:
     """One compilation each, run lazily so that a caller can share them out between processes."""
+    decode, fp8_decode, prefill = TUNING.decode(fp8_cache=False), TUNING.decode(fp8_cache=True), TUNING.prefill()
+    # a candidate for FP8's decode settings (tuning.py): twice the bytes a tile. Capped at 128 registers it spills a
+    # little (a stack of 48-264 bytes, Triton 3.6-3.9), and 64-key tiles so capped do with Triton 3.9 (32)
+    fp8_candidate = replace(fp8_decode, tile_n=128)
+    decode_m, prefill_m = unified.DECODE_BLOCK_M, unified.PREFILL_BLOCK_M
     jobs = [
-        lambda: unified_attention("unified decode bf16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n),
-        lambda: unified_attention("unified short mixed bf16", unified.DECODE_BLOCK_M, TUNING.prefill_tile_n),
-        lambda: unified_attention("unified prefill bf16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n),
-        lambda: unified_attention("unified decode fp16", unified.DECODE_BLOCK_M, TUNING.decode_tile_n, "*fp16"),
-        lambda: unified_attention("unified prefill fp16", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n, "*fp16"),
-        lambda: unified_attention("unified decode bf16 + fp8 cache", unified.DECODE_BLOCK_M, TUNING.decode_tile_n,
+        lambda: unified_attention("unified decode bf16", decode_m, decode),
+        lambda: unified_attention("unified short mixed bf16", decode_m, prefill),
+        lambda: unified_attention("unified prefill bf16", prefill_m, prefill),
+        lambda: unified_attention("unified decode fp16", decode_m, decode, "*fp16"),
+        lambda: unified_attention("unified prefill fp16", prefill_m, prefill, "*fp16"),
+        lambda: unified_attention("unified decode bf16 + fp8 cache", decode_m, fp8_decode, cache="*fp8e4nv"),
+        lambda: unified_attention("unified prefill bf16 + fp8 cache", prefill_m, prefill, cache="*fp8e4nv"),
+        lambda: unified_attention("unified decode bf16 + fp8 cache, fp16 dots", decode_m, fp8_decode,
+                                  cache="*fp8e4nv", fp16_dots=True),
+        lambda: unified_attention("unified prefill bf16 + fp8 cache, fp16 dots", prefill_m, prefill,
+                                  cache="*fp8e4nv", fp16_dots=True),
+        lambda: unified_attention("unified decode bf16 + fp8 cache, 128-key tiles", decode_m, fp8_candidate,
                                   cache="*fp8e4nv"),
-        lambda: unified_attention("unified prefill bf16 + fp8 cache", unified.PREFILL_BLOCK_M,
-                                  TUNING.prefill_tile_n, cache="*fp8e4nv"),
-        lambda: unified_attention("unified decode bf16 + fp8 cache, fp16 dots", unified.DECODE_BLOCK_M,
-                                  TUNING.decode_tile_n, cache="*fp8e4nv", fp16_dots=True),
-        lambda: unified_attention("unified prefill bf16 + fp8 cache, fp16 dots", unified.PREFILL_BLOCK_M,
-                                  TUNING.prefill_tile_n, cache="*fp8e4nv", fp16_dots=True),
-        lambda: unified_attention("unified prefill fp32 (ieee)", unified.PREFILL_BLOCK_M, TUNING.prefill_tile_n,
-                                  "*fp32", precision="ieee"),
+        lambda: unified_attention("unified decode bf16 + fp8 cache, fp16 dots, 128-key tiles", decode_m,
+                                  fp8_candidate, cache="*fp8e4nv", fp16_dots=True),
+        # the register cap reaches the compiler (uncapped: 168 registers with Triton 3.9, 194 with 3.6)
+        lambda: unified_attention("unified decode bf16 + fp8 cache, 160 registers", decode_m,
+                                  replace(fp8_decode, max_registers=160), cache="*fp8e4nv"),
+        lambda: unified_attention("unified prefill fp32 (ieee)", prefill_m, prefill, "*fp32", precision="ieee"),
         *split_kv("bf16"),
         *split_kv("fp8 cache", cache="*fp8e4nv"),
         *split_kv("fp8 cache, fp16 dots", cache="*fp8e4nv", fp16_dots=True)[:1],  # the reduce is the same

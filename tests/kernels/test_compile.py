@@ -9,7 +9,7 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("sm90_compile.py")
 H100_MAX_SHARED_BYTES = 227 * 1024  # per thread block
-EXPECTED = 23  # configurations in sm90_compile.py
+EXPECTED = 26  # configurations in sm90_compile.py
 PARTS = 2  # processes compiling side by side (each configuration's compile is single-threaded)
 
 
@@ -29,6 +29,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     failed = [r for r in reports if r["error"]]
     assert not failed, "\n".join(f"{r['label']}: {r['error']}" for r in failed)
     for report in reports:
-        assert 0 < report["registers"] <= 255 and report["shared"] <= H100_MAX_SHARED_BYTES, report
+        assert 0 < report["registers"] <= (report.get("max_registers") or 255), report
+        assert report["shared"] <= H100_MAX_SHARED_BYTES, report
         if "fp32" not in report["label"]:  # fp32 dots at ieee precision spill; nobody serves fp32 on a GPU
             assert report["stack"] == 0 and report["local"] == 0, f"spills: {report}"

@@ -285,6 +285,22 @@ def test_qwen_shapes_fp8_on_gpu(split_kv: bool | None, fp16_dots: int, paged_bat
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("settings", ["fp8_decode_tile_n=128", "fp8_decode_max_registers=128",
+                                      "fp8_decode_tile_n=128,fp8_decode_max_registers=128"])
+@pytest.mark.parametrize("fp16_dots", [0, 1], ids=["bf16-dots", "fp16-dots"])
+def test_fp8_decode_candidates_on_gpu(settings: str, fp16_dots: int, paged_batch) -> None:
+    """The FP8 decode settings that `make gpu-check` times (bench kernels --variants), compiled: 128-key tiles and a
+    cap of 128 registers (which spills a little in some), against the reference at the Qwen3-ASR geometry."""
+    context_lens = [1, 15, 16, 17, 100, 127, 128, 129, 511, 1000, 2047, 4096, 6000, 8191]
+    batch = paged_batch([1] * len(context_lens), context_lens, 16, 8, 128, torch.bfloat16, seed=6, device="cuda")
+    quantised = quantise(batch)
+    with attention_tuning(AttentionTuning.parse(f"{settings},fp8_dot_fp16={fp16_dots}")):
+        out = unified_attention(batch.query, quantised.k_cache, quantised.v_cache, batch.meta, batch.scale,
+                                split_kv=False)
+    assert_fp8_attention(out, batch, quantised)
+
+
+@pytest.mark.gpu
 def test_store_kv_fp8_on_gpu() -> None:
     generator = torch.Generator().manual_seed(0)
     key = wide_range(generator, 300, 8, 128, dtype=torch.bfloat16).cuda()

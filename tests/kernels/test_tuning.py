@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from qasr.kernels.kv_cache_dtype import FP8_DTYPE, to_cache_dtype
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton import paged_attention, split_kv_attention
 from qasr.kernels.triton.paged_attention import unified_attention
@@ -22,8 +23,11 @@ def test_settings_round_trip_and_bad_ones_name_the_variable() -> None:
     assert AttentionTuning.parse("") == AttentionTuning() and AttentionTuning().describe() == ""
     assert AttentionTuning.parse("fp8_dot_fp16=1").describe() == "fp8_dot_fp16=1"
     for bad in ("decode_tile_n=24", "decode_tile_n=8", "prefill_num_warps=3", "split_num_stages=0", "tile=32",
-                "decode_num_warps=four", "decode_launch_min_seqs=-1", "fp8_dot_fp16=2"):
-        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|min_seqs|fp8_dot_fp16|" + ENV_VAR):
+                "decode_num_warps=four", "decode_launch_min_seqs=-1", "fp8_dot_fp16=2", "fp8_decode_tile_n=48",
+                "fp8_decode_num_warps=3", "fp8_decode_num_stages=0", "decode_max_registers=16",
+                "fp8_decode_max_registers=256"):
+        with pytest.raises(ValueError, match="tile_n|num_warps|num_stages|max_registers|min_seqs|fp8_dot_fp16|"
+                                             + ENV_VAR):
             AttentionTuning.parse(bad)
 
 
@@ -89,6 +93,29 @@ def test_a_pure_decode_batch_takes_the_decode_tiles(paged_batch, monkeypatch: py
     launch = launches["unified"]
     assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"]) == (64, 8, 2)
     expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert (out - expected).abs().max().item() <= 2e-5
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp32 cache", "fp8 cache"])
+def test_the_decode_settings_follow_the_caches_dtype(fp8: bool, paged_batch,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_* over a cache in the model's dtype, fp8_decode_* over an FP8 one, the register cap passed as
+    Triton's maxnreg where one is set (the interpreter takes and ignores it); 300 keys span three 128-key tiles."""
+    batch = paged_batch([1, 1, 1], [0, 90, 300], 4, 2, 16, torch.float32, seed=8)
+    k_cache, v_cache = batch.k_cache, batch.v_cache
+    if fp8:
+        k_cache, v_cache = to_cache_dtype(k_cache, FP8_DTYPE), to_cache_dtype(v_cache, FP8_DTYPE)
+    launches: dict = {}
+    monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
+                        LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
+    tuning = AttentionTuning(decode_tile_n=32, fp8_decode_tile_n=128, fp8_decode_num_warps=8,
+                             fp8_decode_num_stages=2, fp8_decode_max_registers=128)
+    with attention_tuning(tuning):
+        out = unified_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale, split_kv=False)
+    launch = launches["unified"]
+    assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"], launch.get("maxnreg")) == (
+        (128, 8, 2, 128) if fp8 else (32, 4, 3, None))
+    expected = reference.paged_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale)
     assert (out - expected).abs().max().item() <= 2e-5
 
 
