@@ -70,9 +70,10 @@ class AttentionTuning:
     decode_launch_min_seqs: int = 256
     # 1: over an FP8 cache, the decode and prefill kernels take their dot products in fp16 (the query converted
     # once a program, each e4m3 tile to fp16: one conversion instruction per two values on sm_89+; bf16 dots take
-    # one more per value, and at the CUDA guide's 16 conversions a cycle an SM those alone would cap the FP8
-    # decode near 2.8 TB/s of bf16-equivalent bytes on an H200, estimated). fp16 holds every e4m3 value exactly,
-    # and the queries, normalised by q_norm, lie well inside its range. Not yet timed on a GPU: off by default
+    # one more per value: at the CUDA guide's 16 conversions a cycle an SM, 384 a key and KV head would cap the FP8
+    # decode near 1.3x the bf16 kernel's best speed, fp16 dots' 128 far above it). fp16 holds every e4m3 value
+    # exactly, and the queries, normalised by q_norm, lie well inside its range. Not yet timed on a GPU: off by
+    # default
     fp8_dot_fp16: int = 0
 
     def __post_init__(self) -> None:
