@@ -40,13 +40,13 @@ GPU_TESTS = ("tests/kernels/test_attention.py", "tests/kernels/test_ops.py", "te
              "tests/engine/test_aligner.py",
              "tests/engine/test_sampler.py")
 
-# LABEL:SETTINGS for `bench kernels --variants`: 128-key tiles (3 programs of 32 KB an SM where 64-key ones hold 2
-# of 16 KB), a cap of 128 registers (4 programs), the dot products in fp16, and their combinations
-FP8_DECODE_CANDIDATES = ("fp8-fp16:fp8_dot_fp16=1", "fp8-t128:fp8_decode_tile_n=128",
-                         "fp8-t128-fp16:fp8_decode_tile_n=128,fp8_dot_fp16=1", "fp8-r128:fp8_decode_max_registers=128",
-                         "fp8-r128-fp16:fp8_decode_max_registers=128,fp8_dot_fp16=1",
-                         "fp8-t128-r128:fp8_decode_tile_n=128,fp8_decode_max_registers=128")
-
+# LABEL:SETTINGS for `bench kernels --variants` (kernels/triton/tuning.py): for FP8 caches 128-key tiles (3
+# programs of 32 KB an SM where 64-key ones hold 2 of 16 KB), a cap of 128 registers (4 programs), the dot products
+# in fp16, and their combinations; for bf16 a cap of 96 registers (5 programs of 32 KB where 4 fit; a 56-byte spill)
+DECODE_CANDIDATES = ("fp8-fp16:fp8_dot_fp16=1", "fp8-t128:fp8_decode_tile_n=128",
+                     "fp8-t128-fp16:fp8_decode_tile_n=128,fp8_dot_fp16=1", "fp8-r128:fp8_decode_max_registers=128",
+                     "fp8-r128-fp16:fp8_decode_max_registers=128,fp8_dot_fp16=1",
+                     "fp8-t128-r128:fp8_decode_tile_n=128,fp8_decode_max_registers=128", "r96:decode_max_registers=96")
 
 def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, command, time limit in seconds) of each part: about 7 minutes each on an H100."""
@@ -61,11 +61,11 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
         ("pytest -m gpu", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                            "--continue-on-collection-errors", *GPU_TESTS], 150),  # 39 s on an H200
         # flex compiles per case and torch is the CPU path: neither is worth the minutes. The variants: candidates
-        # for the FP8 decode settings (kernels/triton/tuning.py), against the FP8 rows of triton
+        # for the decode settings, against triton's rows
         ("bench kernels", [*qasr, "bench", "kernels", "--modes", "decode", "--impls", "triton", "triton-split",
                            "sdpa-flash", "--kv-cache-dtype", "auto", "fp8",
                            "--batch-sizes", "1", "8", "64", "128", "256", "--contexts", "128", "1024", "4096", "8192",
-                           "--variants", *FP8_DECODE_CANDIDATES, *results], 60),  # 10 s on an H200 without them
+                           "--variants", *DECODE_CANDIDATES, *results], 60),  # 10 s on an H200 without them
         ("bench step", [*qasr, "bench", "step", "--preset", "0.6b", "--running", "64", "256", "512", *results], 60),
         # steps with a prefill chunk from graphs too: their host cost against the eager ones just above
         ("bench step full graphs", [*qasr, "bench", "step", "--preset", "0.6b", "--running", "64", "256", "512",

@@ -172,3 +172,14 @@ def test_qwen_shapes_bf16_on_gpu(kind: str, split_kv: bool | None, paged_batch) 
     batch = paged_batch(query_lens, context_lens, 16, 8, 128, torch.bfloat16, seed=5, device="cuda")
     out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=split_kv)
     assert_matches(out, batch)
+
+
+@pytest.mark.gpu
+def test_bf16_decode_with_a_register_cap_on_gpu(paged_batch) -> None:
+    """The capped decode setting `make gpu-check` times (bench kernels --variants r96: 96 registers, which spills a
+    little), compiled, against the reference at the Qwen3-ASR geometry."""
+    context_lens = [1, 15, 16, 17, 100, 511, 512, 1000, 2047, 4096, 6000, 8191]
+    batch = paged_batch([1] * len(context_lens), context_lens, 16, 8, 128, torch.bfloat16, seed=6, device="cuda")
+    with attention_tuning(AttentionTuning(decode_max_registers=96)):
+        out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, split_kv=False)
+    assert_matches(out, batch)
