@@ -49,6 +49,7 @@ gpu-check:
 sm90-check: setup
 	$(BIN)/pip install -q --no-deps --target .triton-$(TRITON) triton==$(TRITON)
 	PYTHONPATH=.triton-$(TRITON) $(BIN)/pytest -q -p no:cacheprovider tests/kernels/test_compile.py
+	# and each configuration's registers, stack and shared memory (the test above passes or names a failure)
 	PYTHONPATH=.triton-$(TRITON) $(BIN)/python tests/kernels/sm90_compile.py
 
 lint: setup

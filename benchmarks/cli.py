@@ -14,7 +14,8 @@ BENCHMARKS = {
     "kernels": ("qasr.benchmarks.kernels", "attention kernels against SDPA flash and FlexAttention, and bandwidth "
                                            "against the measured copy bandwidth"),
     "tune-attention": ("qasr.benchmarks.tune_attention", "the decoder attention's launch parameters (tile widths, "
-                                                         "warps, stages, split-KV segments) timed on this GPU; "
+                                                         "warps, stages, register caps, for bf16 and FP8 caches "
+                                                         "apart; split-KV segments) timed on this GPU; "
                                                          "prints the QASR_ATTENTION_TUNING line"),
     "serve": ("qasr.benchmarks.serving", "online serving: many clients at once against an OpenAI-compatible "
                                          "transcription server (qasr, vLLM, sglang-omni)"),

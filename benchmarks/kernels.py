@@ -307,11 +307,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-
+    labels = [variant.label for variant in args.variants]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"bench kernels: each variant needs a label of its own, got {', '.join(labels)}")
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     g = Geometry(args.heads, args.kv_heads, args.head_dim, args.block_size, dtype)
     rows, copy_gb_s = run(args, device, g)
+    timed = {row["impl"] for row in rows}
+    for label in labels:
+        if f"triton:{label}" not in timed:
+            print(f"variant {label}: launches as triton does in every case here, so it was not timed")
     config = {"heads": g.heads, "kv_heads": g.kv_heads, "head_dim": g.head_dim, "block_size": g.block_size,
               "dtype": str(dtype), "modes": args.modes, "batch_sizes": args.batch_sizes, "contexts": args.contexts,
               "kv_cache_dtypes": args.kv_cache_dtype, "impls": sorted({r["impl"] for r in rows}),

@@ -1,11 +1,11 @@
 """`qasr bench tune-attention`: the decoder attention's launch parameters (kernels/triton/tuning.py) timed on this
 device at Qwen3-ASR's shapes; prints the setting to use and the QASR_ATTENTION_TUNING line that sets it.
 
-    qasr bench tune-attention                                        # on an H100/H200: about two minutes
+    qasr bench tune-attention                                        # on an H100/H200: a minute or two
     qasr bench tune-attention --batch-sizes 1 4 --contexts 40 --heads 4 --kv-heads 2 --head-dim 16 --iters 2
                                                                      # the interpreter on the CPU: a check only
 
-Two paths, each over its grid of settings and the shapes it serves, every setting checked against the torch
+Four paths, each over its grid of settings and the shapes it serves, every setting checked against the torch
 reference before it is timed (a setting that fails to compile or to match is reported, not timed):
 
     decode  the 2D kernel on pure-decode batches over a cache in the model's dtype: decode_tile_n x

@@ -50,7 +50,8 @@ class AttentionTuning:
     # the same over an FP8 cache (the defaults as for bf16, timed by the H200 grid). Untimed candidates, in `make
     # gpu-check` part 1: the grid's times followed the bytes an SM had in flight (bf16: 24 KB 1.7 TB/s, 64 KB 3.8,
     # 128 KB 4.35), and Triton 3.6 gives the FP8 kernel at 64 keys 194 registers a thread, 2 programs of 16 KB an
-    # SM (bf16: 4 of 32 KB); at 128 keys capped at 128 registers it compiles without spills to 4 of 32 KB
+    # SM (bf16: 4 of 32 KB); at 128 keys it takes 168 without spills (3 programs of 32 KB), and capped at 128
+    # registers 4 programs with a small spill (a stack of 48-264 bytes, Triton 3.6-3.9)
     fp8_decode_tile_n: int = 64
     fp8_decode_num_warps: int = 4
     fp8_decode_num_stages: int = 3
@@ -98,9 +99,11 @@ class AttentionTuning:
 
     def decode(self, fp8_cache: bool) -> LaunchSettings:
         """The 2D kernel's settings on decodes (a pure-decode batch, or a mixed step's decodes in their own launch)."""
-        prefix = "fp8_decode" if fp8_cache else "decode"
-        return LaunchSettings(*(getattr(self, f"{prefix}_{name}")
-                                for name in ("tile_n", "num_warps", "num_stages", "max_registers")))
+        if fp8_cache:
+            return LaunchSettings(self.fp8_decode_tile_n, self.fp8_decode_num_warps, self.fp8_decode_num_stages,
+                                  self.fp8_decode_max_registers)
+        return LaunchSettings(self.decode_tile_n, self.decode_num_warps, self.decode_num_stages,
+                              self.decode_max_registers)
 
     def prefill(self) -> LaunchSettings:
         return LaunchSettings(self.prefill_tile_n, self.prefill_num_warps, self.prefill_num_stages)

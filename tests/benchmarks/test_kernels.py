@@ -61,3 +61,15 @@ def test_a_variant_is_label_colon_settings_over_the_process_tuning() -> None:
     for bad in ("fp8_decode_tile_n=128", "a b:decode_tile_n=32", "x:decode_tile_n=24", "x:tile=3"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.Variant.parse(bad)
+
+
+def test_variants_need_labels_of_their_own_and_one_that_changes_nothing_is_named(tmp_path: Path, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    common = ["--device", "cpu", "--batch-sizes", "2", "--contexts", "20", "--heads", "4", "--kv-heads", "2",
+              "--head-dim", "16", "--modes", "decode", "--impls", "torch", "--iters", "1", "--warmup", "0",
+              "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="a label of its own"):
+        bench.main(parser.parse_args([*common, "--variants", "a:decode_tile_n=32", "a:decode_tile_n=16"]))
+    assert bench.main(parser.parse_args([*common, "--variants", "split:split_tile_n=64"])) == 0
+    assert "variant split: launches as triton does in every case here" in capsys.readouterr().out

@@ -108,37 +108,43 @@ def test_the_decode_settings_follow_the_caches_dtype(fp8: bool, paged_batch,
     launches: dict = {}
     monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
                         LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
-    tuning = AttentionTuning(decode_tile_n=32, fp8_decode_tile_n=128, fp8_decode_num_warps=8,
-                             fp8_decode_num_stages=2, fp8_decode_max_registers=128)
+    tuning = AttentionTuning(decode_tile_n=32, decode_max_registers=96, fp8_decode_tile_n=128,
+                             fp8_decode_num_warps=8, fp8_decode_num_stages=2, fp8_decode_max_registers=128)
     with attention_tuning(tuning):
         out = unified_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale, split_kv=False)
     launch = launches["unified"]
     assert (launch["TILE_N"], launch["num_warps"], launch["num_stages"], launch.get("maxnreg")) == (
-        (128, 8, 2, 128) if fp8 else (32, 4, 3, None))
+        (128, 8, 2, 128) if fp8 else (32, 4, 3, 96))
     expected = reference.paged_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale)
     assert (out - expected).abs().max().item() <= 2e-5
 
 
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp32 cache", "fp8 cache"])
 @pytest.mark.parametrize("min_seqs", [0, 3, 4])
-def test_a_mixed_steps_leading_decodes_get_a_launch_with_the_decode_tiles(min_seqs: int, paged_batch,
+def test_a_mixed_steps_leading_decodes_get_a_launch_with_the_decode_tiles(min_seqs: int, fp8: bool, paged_batch,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Three decodes, then prefill chunks: from decode_launch_min_seqs decodes on (0: never) the decodes go first in
-    a launch of their own with the decode settings, the chunks in the prefill launch; fewer ride with the chunks."""
+    a launch of their own with the decode settings of the cache's kind, the chunks in the prefill launch (no
+    register cap); fewer ride with the chunks."""
     batch = paged_batch([1, 1, 1, 13, 22, 1], [3, 40, 17, 19, 0, 66], 4, 2, 16, torch.float32, seed=7)
     assert batch.meta.num_decodes == 3
+    k_cache, v_cache = batch.k_cache, batch.v_cache
+    if fp8:
+        k_cache, v_cache = to_cache_dtype(k_cache, FP8_DTYPE), to_cache_dtype(v_cache, FP8_DTYPE)
     launches: dict = {}
     monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
                         LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
-    tuning = AttentionTuning(decode_tile_n=64, decode_num_warps=8, decode_num_stages=2, prefill_tile_n=16,
-                             decode_launch_min_seqs=min_seqs)
+    tuning = AttentionTuning(decode_tile_n=64, decode_num_warps=8, decode_num_stages=2, decode_max_registers=96,
+                             fp8_decode_tile_n=128, fp8_decode_num_warps=2, fp8_decode_num_stages=4,
+                             fp8_decode_max_registers=128, prefill_tile_n=16, decode_launch_min_seqs=min_seqs)
     with attention_tuning(tuning):
-        out = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
-    settings = [(kwargs["num_seqs"], kwargs["TILE_N"], kwargs["num_warps"], kwargs["num_stages"])
-                for _, _, kwargs in launches["all"]]
-    prefill = (tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages)
+        out = unified_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale)
+    settings = [(kwargs["num_seqs"], kwargs["TILE_N"], kwargs["num_warps"], kwargs["num_stages"],
+                 kwargs.get("maxnreg")) for _, _, kwargs in launches["all"]]
+    prefill = (tuning.prefill_tile_n, tuning.prefill_num_warps, tuning.prefill_num_stages, None)
     if 0 < min_seqs <= 3:
-        assert settings == [(3, 64, 8, 2), (3, *prefill)]
+        assert settings == [(3, *((128, 2, 4, 128) if fp8 else (64, 8, 2, 96))), (3, *prefill)]
     else:
         assert settings == [(6, *prefill)]
-    expected = reference.paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    expected = reference.paged_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale)
     assert (out - expected).abs().max().item() <= 2e-5
