@@ -10,7 +10,7 @@ reference before it is timed (a setting that fails to compile or to match is rep
 
     decode  the 2D kernel on pure-decode batches over a cache in the model's dtype: decode_tile_n x
             decode_num_warps x decode_num_stages x decode_max_registers
-    fp8_decode  the same over an FP8 cache (fp8_decode_*)
+    fp8_decode  the same over an FP8 cache (fp8_decode_*), x fp8_dot_fp16
     split   the split-KV kernels on small decode batches: split_tile_n x split_num_warps x split_num_stages, and
             the workspace's segment count (attention_metadata.SPLIT_KV_SEGMENTS, not a launch parameter)
     mixed   a step of decodes and one prefill chunk (`--mixed-chunk` tokens): the decodes in the chunk's launch, or
@@ -61,6 +61,7 @@ class Setting:
     num_warps: int
     num_stages: int
     max_registers: int = 0  # decode paths only
+    fp16_dots: int = 0  # fp8_decode only: fp8_dot_fp16, which FP8's prefill and split-KV launches follow too
     segments: int | None = None  # split only
 
     @property
@@ -70,6 +71,8 @@ class Setting:
                   f"{self.path}_num_stages": self.num_stages}
         if self.path in DECODE_PATHS:
             values[f"{self.path}_max_registers"] = self.max_registers
+        if self.path == "fp8_decode":
+            values["fp8_dot_fp16"] = self.fp16_dots
         return AttentionTuning(**values)
 
     @property
@@ -81,13 +84,16 @@ class Setting:
         label = f"tile {self.tile_n} warps {self.num_warps} stages {self.num_stages}"
         if self.max_registers:
             label += f" registers {self.max_registers}"
+        if self.fp16_dots:
+            label += " fp16 dots"
         return label if self.segments is None else f"{label} segments {self.segments}"
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
     """The grid; a value the kernels cannot take (a tile of 24, 3 warps) is refused here, before any timing."""
-    grid = [Setting(path, *values) for path in DECODE_PATHS for values in itertools.product(
-        args.decode_tile_n, args.num_warps, args.num_stages, args.max_registers)]
+    decode = list(itertools.product(args.decode_tile_n, args.num_warps, args.num_stages, args.max_registers))
+    grid = [Setting("decode", *values) for values in decode]
+    grid += [Setting("fp8_decode", *values, fp16_dots=dots) for values in decode for dots in args.fp8_dot_fp16]
     grid += [Setting("split", tile, warps, stages, segments=segments)
              for tile, warps, stages, segments in itertools.product(
                  args.split_tile_n, args.split_num_warps, args.split_num_stages, args.segments)]
@@ -299,10 +305,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: auto and fp8 on cuda, auto elsewhere")
     parser.add_argument("--decode-tile-n", type=int, nargs="+", default=[32, 64, 128],
                         help="of the 2D kernel on decodes, over either cache (16: 1.95x the best on an H200)")
-    parser.add_argument("--num-warps", type=int, nargs="+", default=[4, 8], help="of the 2D kernel on decodes")
+    parser.add_argument("--num-warps", type=int, nargs="+", default=[4],
+                        help="of the 2D kernel on decodes (8 was within 5%% of the best at 3 of 42 shapes on an "
+                             "H200, and slower at the rest)")
     parser.add_argument("--num-stages", type=int, nargs="+", default=[2, 3], help="of the 2D kernel on decodes")
     parser.add_argument("--max-registers", type=int, nargs="+", default=[0, 128],
                         help="register caps of the 2D kernel on decodes (0: none)")
+    parser.add_argument("--fp8-dot-fp16", type=int, nargs="+", choices=[0, 1], default=[0, 1],
+                        help="FP8 decodes with their dot products in bf16 (0) and in fp16 (1)")
     parser.add_argument("--split-tile-n", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--split-num-warps", type=int, nargs="+", default=[4])
     parser.add_argument("--split-num-stages", type=int, nargs="+", default=[3])
@@ -335,8 +345,8 @@ def main(args: argparse.Namespace) -> int:
     line = env_line(recommendation, grid)
     config = {name: getattr(args, name) for name in (
         "batch_sizes", "split_batch_sizes", "contexts", "kv_cache_dtype", "decode_tile_n", "num_warps", "num_stages",
-        "max_registers", "split_tile_n", "split_num_warps", "split_num_stages", "segments", "mixed_batch_sizes",
-        "mixed_chunk", "iters", "warmup")}
+        "max_registers", "fp8_dot_fp16", "split_tile_n", "split_num_warps", "split_num_stages", "segments",
+        "mixed_batch_sizes", "mixed_chunk", "iters", "warmup")}
     config.update(heads=g.heads, kv_heads=g.kv_heads, head_dim=g.head_dim, block_size=g.block_size,
                   dtype=str(dtype), copy_gb_s=copy_gb_s, recommendation=recommendation, env=line)
     print_table(rows)

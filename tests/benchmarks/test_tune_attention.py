@@ -27,7 +27,8 @@ def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Pa
     args = parse("--device", "cpu", "--batch-sizes", "3", "--split-batch-sizes", "1", "--contexts", "40", "--heads",
                  "4", "--kv-heads", "2", "--head-dim", "16", "--kv-cache-dtype", "auto", "fp8", "--decode-tile-n",
                  *map(str, decode_tiles), "--num-warps", "4", "--num-stages", "3", "--max-registers", "0", "128",
-                 "--split-tile-n", str(split_tile), "--segments", "4", "16", "--iters", "2", "--warmup", "1",
+                 "--fp8-dot-fp16", "0", "1", "--split-tile-n", str(split_tile), "--segments", "4", "16", "--iters", "2",
+                 "--warmup", "1",
                  "--mixed-batch-sizes", "2", "--mixed-chunk", "5", "--out-dir", str(tmp_path))
     assert tune.main(args) == 0
     [path] = tmp_path.glob("tune-attention-cpu-*.json")
@@ -37,9 +38,11 @@ def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Pa
     # per cache, the 2D kernel at both batches (1 for the crossover) under that cache's decode path, split-KV at
     # batch 1 only, a mixed step both ways
     decode_labels = [f"tile {t} warps 4 stages 3{r}" for t in decode_tiles for r in ("", " registers 128")]
+    fp8_labels = [label + dots for label in decode_labels for dots in ("", " fp16 dots")]
     assert sorted((r["kv_dtype"], r["path"], r["batch"], r["setting"]) for r in rows) == sorted(
-        [(kv, path, b, label) for kv, path in (("float32", "decode"), ("float8_e4m3fn", "fp8_decode"))
-         for b in (1, 3) for label in decode_labels]
+        [(kv, path, b, label) for kv, path, labels in (("float32", "decode", decode_labels),
+                                                       ("float8_e4m3fn", "fp8_decode", fp8_labels))
+         for b in (1, 3) for label in labels]
         + [(kv, "split", 1, f"tile {split_tile} warps 4 stages 3 segments {n}") for kv in ("float32", "float8_e4m3fn")
            for n in (4, 16)]
         + [(kv, "mixed", 2, label) for kv in ("float32", "float8_e4m3fn")
@@ -63,13 +66,14 @@ def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Pa
 def test_each_decode_path_sets_its_own_fields() -> None:
     grid = tune.settings(parse("--decode-tile-n", "128", "--num-warps", "8", "--num-stages", "2",
                                "--max-registers", "128", "--split-tile-n", "64", "--segments", "16"))
-    recommendation = {path: {"setting": "tile 128 warps 8 stages 2 registers 128"} for path in tune.DECODE_PATHS}
-    recommendation["split"] = {"setting": "tile 64 warps 4 stages 3 segments 16"}
+    recommendation = {"decode": {"setting": "tile 128 warps 8 stages 2 registers 128"},
+                      "fp8_decode": {"setting": "tile 128 warps 8 stages 2 registers 128 fp16 dots"},
+                      "split": {"setting": "tile 64 warps 4 stages 3 segments 16"}}
     env = tune.env_line(recommendation, grid)
     assert AttentionTuning.parse(env.removeprefix(f"{ENV_VAR}=").strip('"')) == AttentionTuning(
         decode_tile_n=128, decode_num_warps=8, decode_num_stages=2, decode_max_registers=128,
         fp8_decode_tile_n=128, fp8_decode_num_warps=8, fp8_decode_num_stages=2, fp8_decode_max_registers=128,
-        split_tile_n=64)
+        fp8_dot_fp16=1, split_tile_n=64)
 
 
 def test_a_setting_the_kernels_cannot_take_is_refused_before_any_timing(tmp_path: Path) -> None:
