@@ -90,7 +90,8 @@ def steps(part: str, out: Path) -> list[tuple[str, list[str], int]]:
                                                         "--gpu-memory-utilization", "0.5", "--cuda-graph-mode", "full",
                                                         "--no-transformers", *full_graphs], limit)
             for preset, limit in (("0.6b", 140), ("1.7b", 130))]
-    # the attention's launch parameters on a GPU model whose defaults were not tuned on (H200: 42 s)
+    # the attention's launch parameters on a GPU model whose defaults were not tuned on (H200: 42 s for a grid of
+    # two thirds the settings)
     tune = [("bench tune-attention", [*qasr, "bench", "tune-attention", *results], 200)]
     return {"1": first, "2": second, "3": full, "tune": tune, "all": first + second + full + tune}[part]
 
