@@ -96,18 +96,24 @@ def test_a_pure_decode_batch_takes_the_decode_tiles(paged_batch, monkeypatch: py
     assert (out - expected).abs().max().item() <= 2e-5
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["fp32 cache", "fp8 cache"])
-def test_the_decode_settings_follow_the_caches_dtype(fp8: bool, paged_batch,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """decode_* over a cache in the model's dtype, fp8_decode_* over an FP8 one, the register cap passed as
-    Triton's maxnreg where one is set (the interpreter takes and ignores it); 300 keys span three 128-key tiles."""
-    batch = paged_batch([1, 1, 1], [0, 90, 300], 4, 2, 16, torch.float32, seed=8)
+def spied_launches(batch, fp8: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The batch's caches (as e4m3 if fp8) and the dict a LaunchSpy on the unified kernel fills."""
     k_cache, v_cache = batch.k_cache, batch.v_cache
     if fp8:
         k_cache, v_cache = to_cache_dtype(k_cache, FP8_DTYPE), to_cache_dtype(v_cache, FP8_DTYPE)
     launches: dict = {}
     monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
                         LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
+    return k_cache, v_cache, launches
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp32 cache", "fp8 cache"])
+def test_the_decode_settings_follow_the_caches_dtype(fp8: bool, paged_batch,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_* over a cache in the model's dtype, fp8_decode_* over an FP8 one, the register cap passed as
+    Triton's maxnreg where one is set (the interpreter takes and ignores it); 300 keys span three 128-key tiles."""
+    batch = paged_batch([1, 1, 1], [0, 90, 300], 4, 2, 16, torch.float32, seed=8)
+    k_cache, v_cache, launches = spied_launches(batch, fp8, monkeypatch)
     tuning = AttentionTuning(decode_tile_n=32, decode_max_registers=96, fp8_decode_tile_n=128,
                              fp8_decode_num_warps=8, fp8_decode_num_stages=2, fp8_decode_max_registers=128)
     with attention_tuning(tuning):
@@ -128,12 +134,7 @@ def test_a_mixed_steps_leading_decodes_get_a_launch_with_the_decode_tiles(min_se
     register cap); fewer ride with the chunks."""
     batch = paged_batch([1, 1, 1, 13, 22, 1], [3, 40, 17, 19, 0, 66], 4, 2, 16, torch.float32, seed=7)
     assert batch.meta.num_decodes == 3
-    k_cache, v_cache = batch.k_cache, batch.v_cache
-    if fp8:
-        k_cache, v_cache = to_cache_dtype(k_cache, FP8_DTYPE), to_cache_dtype(v_cache, FP8_DTYPE)
-    launches: dict = {}
-    monkeypatch.setattr(paged_attention, "_unified_attention_kernel",
-                        LaunchSpy(paged_attention._unified_attention_kernel, "unified", launches))
+    k_cache, v_cache, launches = spied_launches(batch, fp8, monkeypatch)
     tuning = AttentionTuning(decode_tile_n=64, decode_num_warps=8, decode_num_stages=2, decode_max_registers=96,
                              fp8_decode_tile_n=128, fp8_decode_num_warps=2, fp8_decode_num_stages=4,
                              fp8_decode_max_registers=128, prefill_tile_n=16, decode_launch_min_seqs=min_seqs)
