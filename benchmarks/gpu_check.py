@@ -38,8 +38,7 @@ WHEEL_SPECS = ("transformers==5.24.0", "tokenizers==0.23.3", "huggingface_hub>=1
                "safetensors>=0.8", "pytest==9.2.0", "pluggy", "iniconfig", "pygments")
 GPU_TESTS = ("tests/kernels/test_attention.py", "tests/kernels/test_ops.py", "tests/kernels/test_windowed_attention.py",
              "tests/kernels/test_fp8.py", "tests/engine/test_decode_graphs.py", "tests/engine/test_mixed_graphs.py",
-             "tests/engine/test_aligner.py",
-             "tests/engine/test_sampler.py")
+             "tests/engine/test_aligner.py", "tests/engine/test_sampler.py", "tests/engine/test_features.py")
 
 # LABEL:SETTINGS for `bench kernels --variants` (kernels/triton/tuning.py): for FP8 caches 128-key tiles (3
 # programs of 32 KB an SM where 64-key ones hold 2 of 16 KB), a cap of 128 registers (4 programs), the dot products

@@ -74,3 +74,28 @@ def test_power_spectrum_is_torch_stfts_to_the_bit(clips: dict[str, np.ndarray]) 
         stft = torch.stft(wave, 400, 160, window=extractor.window, return_complex=True)[:, :-1]
         assert torch.equal(extractor.power_spectrum(wave).T, stft.real.square() + stft.imag.square()), name
         assert torch.equal(reflect_pad(wave, 200), F.pad(wave[None], (200, 200), mode="reflect")[0]), name
+
+
+def test_the_gpus_batched_features_are_each_clips_own_on_the_cpu(clips: dict[str, np.ndarray]) -> None:
+    """`batched` (what a GPU runs) gives every clip the features it gets alone, to the bit on the CPU: its frames,
+    its reflect padding and its own floor, next to a clip 10^4 times louder and one 10^4 times quieter; shapes from
+    one sample to past a minute, clips that end on a hop and one sample either side."""
+    extractor = LogMelExtractor(FeatureConfig())
+    loud, quiet = noise(3.0, 7) * 1e4, noise(1.3, 8) * 1e-4
+    edges = [noise(samples / 16000, 9)[:samples] for samples in (1, 8000, 16159, 16160, 16161)]
+    batch = [*clips.values(), loud, quiet, *edges, noise(61.7, 10)]
+    for clip, ours in zip(batch, extractor.batched(batch)):
+        [alone] = extractor([clip])
+        assert ours.is_contiguous() and torch.equal(ours, alone)
+
+
+@pytest.mark.gpu
+def test_features_on_the_gpu_match_the_cpus(clips: dict[str, np.ndarray]) -> None:
+    """On a GPU the clips go through `batched` together: within float rounding of the CPU's, clip by clip (the FFT
+    and the filters' product are cuFFT's and cuBLAS's there)."""
+    batch = [*clips.values(), noise(3.0, 7) * 1e4, noise(31.0, 10)]
+    on_gpu = LogMelExtractor(FeatureConfig(), "cuda")(batch)
+    for clip, ours in zip(batch, on_gpu):
+        [expected] = LogMelExtractor(FeatureConfig())([clip])
+        assert ours.device.type == "cuda" and ours.shape == expected.shape
+        assert (ours.cpu() - expected).abs().max().item() < 1e-4
