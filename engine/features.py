@@ -83,8 +83,7 @@ class LogMelExtractor:
             return self.batched(clips)
         features = []
         for clip in clips:  # one at a time: a batch of 30 s clips' spectra at once would take hundreds of MB
-            power = self.power_spectrum(torch.from_numpy(self.as_float32(clip)))
-            log_spec = (self.mel_filters @ power.T.contiguous()).clamp_(min=1e-10).log10_()
+            log_spec = self.log_mel(self.power_spectrum(torch.from_numpy(self.as_float32(clip))))
             features.append(torch.maximum(log_spec, log_spec.max() - 8.0).add_(4.0).div_(4.0))
         return features
 
@@ -121,10 +120,7 @@ class LogMelExtractor:
         if self.device.type == "cuda":
             buffer = buffer.to(self.device, non_blocking=True)
             indices = indices.pin_memory().to(self.device, non_blocking=True)
-        frames = buffer.unfold(0, n_fft, hop).index_select(0, indices[0]) * self.window
-        spectrum = torch.fft.rfft(frames)
-        power = spectrum.real.square().add_(spectrum.imag.square())
-        log_spec = (self.mel_filters @ power.T.contiguous()).clamp_(min=1e-10).log10_()  # [mels, all frames]
+        log_spec = self.log_mel(self.power(buffer.unfold(0, n_fft, hop).index_select(0, indices[0])))
         clip_max = torch.full((len(clips),), float("-inf"), device=self.device).scatter_reduce_(
             0, indices[1], log_spec.amax(0), "amax")
         floor = (clip_max - 8.0).index_select(0, indices[1])
@@ -135,9 +131,16 @@ class LogMelExtractor:
         """|STFT|^2 of a 1-D wave, [frames, bins]: torch.stft's (center=True, reflect padding) to the bit, without
         the last frame, which Whisper-style features drop, in fewer passes over the samples than torch.stft makes."""
         n_fft = self.config.n_fft
-        frames = reflect_pad(wave, n_fft // 2).unfold(0, n_fft, self.config.hop_length)[:-1] * self.window
-        spectrum = torch.fft.rfft(frames)
-        return spectrum.real.square().add_(spectrum.imag.square())  # without the square root abs() would take
+        return self.power(reflect_pad(wave, n_fft // 2).unfold(0, n_fft, self.config.hop_length)[:-1])
+
+    def power(self, frames: torch.Tensor) -> torch.Tensor:
+        """|FFT|^2 of windowed frames [frames, n_fft], [frames, bins] (without the square root abs() would take)."""
+        spectrum = torch.fft.rfft(frames * self.window)
+        return spectrum.real.square().add_(spectrum.imag.square())
+
+    def log_mel(self, power: torch.Tensor) -> torch.Tensor:
+        """log10 of the mel filters' sums of a power spectrum [frames, bins], [mels, frames], before the floor."""
+        return (self.mel_filters @ power.T.contiguous()).clamp_(min=1e-10).log10_()
 
 
 def reflect_pad(wave: torch.Tensor, pad: int) -> torch.Tensor:
