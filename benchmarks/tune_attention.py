@@ -14,15 +14,16 @@ reference before it is timed (a setting that fails to compile or to match is rep
     split   the split-KV kernels on small decode batches: split_tile_n x split_num_warps x split_num_stages, and
             the workspace's segment count (attention_metadata.SPLIT_KV_SEGMENTS, not a launch parameter)
     mixed   a step of decodes and one prefill chunk (`--mixed-chunk` tokens): the decodes in the chunk's launch, or
-            in a launch of their own with the decode settings (decode_launch_min_seqs)
+            in a launch of their own with the decode settings (decode_launch_min_seqs, fp8_...)
 
 For each path the recommended setting is the one whose worst slowdown against the best setting of each shape is
 least (one setting serves every shape), and `split_wins_up_to` is, for each context, the largest batch at which the
 best split setting beats the best 2D one: what use_split_kv's threshold should follow. `decode_launch_from` is, for
-each context, the fewest decodes from which their own launch is faster at every larger batch timed; the largest of
-these is the decode_launch_min_seqs to set (device time only: each launch more also costs the host some 10-20 us a
-layer, which a small step may not have to spare). Times as in `bench kernels`
-(CUDA events, L2 flushed before each call); GB/s and copy_fraction against the copy bandwidth measured in the run.
+each cache and context, the fewest decodes from which their own launch is faster at every larger batch timed; the
+largest of these per kind of cache is the decode_launch_min_seqs (fp8_decode_launch_min_seqs) to set (device time
+only: each launch more also costs the host some 10-20 us a layer, which a small step may not have to spare). Times
+as in `bench kernels` (CUDA events, L2 flushed before each call); GB/s and copy_fraction against the copy bandwidth
+measured in the run.
 """
 
 import argparse
@@ -48,6 +49,9 @@ RELATIVE_TOLERANCE = 2e-2  # max |out - reference| over max |reference|: bf16 ro
 
 
 DECODE_PATHS = ("decode", "fp8_decode")  # the 2D kernel's decode settings over each kind of cache
+
+
+FP8_NAME = "float8"  # how the rows' kv_dtype names an FP8 cache
 
 
 def decode_path(kv_dtype: torch.dtype) -> str:
@@ -155,8 +159,8 @@ def measure_shape(path: str, batch: int, context: int, kv_dtype: torch.dtype, gr
     return rows
 
 
-MIXED_SETTINGS = {"decodes with the chunk": AttentionTuning(decode_launch_min_seqs=0),
-                  "decodes apart": AttentionTuning(decode_launch_min_seqs=1)}
+MIXED_SETTINGS = {"decodes with the chunk": AttentionTuning(decode_launch_min_seqs=0, fp8_decode_launch_min_seqs=0),
+                  "decodes apart": AttentionTuning(decode_launch_min_seqs=1, fp8_decode_launch_min_seqs=1)}
 
 
 def mixed_step(batch: int, context: int, chunk: int, g: Geometry, kv_dtype: torch.dtype,
@@ -256,10 +260,11 @@ def recommend(rows: list[dict], decode_batches: list[int]) -> dict:
     result["split_wins_up_to"] = crossover
     from_batch = decode_launch_from(rows)
     if from_batch:
-        # where a context's decodes never gain from their own launch, none of them is given one
         result["decode_launch_from"] = from_batch
-        result["decode_launch_min_seqs"] = (0 if None in from_batch.values()
-                                            else max(b for b in from_batch.values() if b is not None))
+    for field, fp8 in (("decode_launch_min_seqs", False), ("fp8_decode_launch_min_seqs", True)):
+        batches = [b for key, b in from_batch.items() if key.startswith(FP8_NAME) == fp8]
+        if batches:  # where a context's decodes never gain from their own launch, none of them is given one
+            result[field] = 0 if None in batches else max(b for b in batches if b is not None)
     return result
 
 
@@ -270,9 +275,10 @@ def env_line(recommendation: dict, grid: list[Setting]) -> str:
         setting = next((s for s in grid if s.path == path and s.label == label), None)
         if setting is not None and setting.tuning.describe():
             parts.append(setting.tuning.describe())
-    min_seqs = recommendation.get("decode_launch_min_seqs")
-    if min_seqs is not None and min_seqs != AttentionTuning().decode_launch_min_seqs:
-        parts.append(f"decode_launch_min_seqs={min_seqs}")
+    for field in ("decode_launch_min_seqs", "fp8_decode_launch_min_seqs"):
+        min_seqs = recommendation.get(field)
+        if min_seqs is not None and min_seqs != getattr(AttentionTuning(), field):
+            parts.append(f"{field}={min_seqs}")
     described = ",".join(parts)
     return f'{ENV_VAR}="{described}"' if described else f"{ENV_VAR} unset: the defaults are best"
 

@@ -110,11 +110,13 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     tuning = current_tuning()
     queries_per_kv = num_heads // num_kv_heads
     launch = partial(_launch_2d, query, out, k_cache, v_cache, meta, scale)
-    decode_settings = tuning.decode(is_fp8(k_cache.dtype))
+    fp8_cache = is_fp8(k_cache.dtype)
+    decode_settings = tuning.decode(fp8_cache)
     if meta.is_pure_decode:
         launch(0, meta.num_seqs, num_tokens, block_m or default_block_m(1, queries_per_kv), decode_settings)
         return out
-    decodes = meta.num_decodes if block_m is None and 0 < tuning.decode_launch_min_seqs <= meta.num_decodes else 0
+    min_decodes = tuning.decode_launch_min_seqs_for(fp8_cache)
+    decodes = meta.num_decodes if block_m is None and 0 < min_decodes <= meta.num_decodes else 0
     if decodes:
         launch(0, decodes, decodes, default_block_m(1, queries_per_kv), decode_settings)
     launch(decodes, meta.num_seqs, num_tokens, block_m or default_block_m(meta.max_query_len, queries_per_kv),

@@ -69,6 +69,9 @@ class AttentionTuning:
     # that small steps cannot spare); 0: never. On the H200 their own launch was faster from 256 decodes at every
     # context timed (from 128 at 1k keys, from 32 at 4k or with an FP8 cache; 0.68x at 32 decodes of 512 keys)
     decode_launch_min_seqs: int = 256
+    # the same over an FP8 cache, whose decodes the prefill launch's tiles suit worse: there their own launch took
+    # 25-40% less of the H200's time from 128 decodes at every context timed (at 32, less than a launch's host time)
+    fp8_decode_launch_min_seqs: int = 128
     # 1: over an FP8 cache, the decode and prefill kernels take their dot products in fp16 (the query converted
     # once a program, each e4m3 tile to fp16: one conversion instruction per two values on sm_89+; bf16 dots take
     # one more per value: at the CUDA guide's 16 conversions a cycle an SM, 384 a key and KV head would cap the FP8
@@ -94,8 +97,9 @@ class AttentionTuning:
                 raise ValueError(f"{name} must be 0 (no cap) or {MIN_REGISTERS}-{MAX_REGISTERS}, got {value}")
         if self.fp8_dot_fp16 not in (0, 1):
             raise ValueError(f"fp8_dot_fp16 must be 0 or 1, got {self.fp8_dot_fp16}")
-        if self.decode_launch_min_seqs < 0:
-            raise ValueError(f"decode_launch_min_seqs must be 0 (never) or more, got {self.decode_launch_min_seqs}")
+        for name in ("decode_launch_min_seqs", "fp8_decode_launch_min_seqs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (never) or more, got {getattr(self, name)}")
 
     def decode(self, fp8_cache: bool) -> LaunchSettings:
         """The 2D kernel's settings on decodes (a pure-decode batch, or a mixed step's decodes in their own launch)."""
@@ -104,6 +108,10 @@ class AttentionTuning:
                                   self.fp8_decode_max_registers)
         return LaunchSettings(self.decode_tile_n, self.decode_num_warps, self.decode_num_stages,
                               self.decode_max_registers)
+
+    def decode_launch_min_seqs_for(self, fp8_cache: bool) -> int:
+        """From how many decodes a mixed step attends them in a launch of their own (0: never)."""
+        return self.fp8_decode_launch_min_seqs if fp8_cache else self.decode_launch_min_seqs
 
     def prefill(self) -> LaunchSettings:
         return LaunchSettings(self.prefill_tile_n, self.prefill_num_warps, self.prefill_num_stages)

@@ -55,7 +55,7 @@ def test_the_tuner_times_every_setting_and_writes_the_standard_json(tmp_path: Pa
     assert len(defaults) == 8 and all(r["vs_default"] == 1.0 for r in defaults)
     recommendation = document["config"]["recommendation"]
     assert set(recommendation) == {"decode", "fp8_decode", "split", "split_wins_up_to", "decode_launch_from",
-                                   "decode_launch_min_seqs"}
+                                   "decode_launch_min_seqs", "fp8_decode_launch_min_seqs"}
     assert set(recommendation["split_wins_up_to"]) == {"float32 context 40", "float8_e4m3fn context 40"}
     env = document["config"]["env"]
     assert env in capsys.readouterr().out
@@ -83,8 +83,9 @@ def test_a_setting_the_kernels_cannot_take_is_refused_before_any_timing(tmp_path
         tune.main(parse("--device", "cpu", "--segments", "12", "--out-dir", str(tmp_path)))
 
 
-def row(path: str, batch: int, setting: str, ms: float | None, context: int = 512) -> dict:
-    return {"path": path, "kv_dtype": "bfloat16", "batch": batch, "context": context, "setting": setting, "ms": ms}
+def row(path: str, batch: int, setting: str, ms: float | None, context: int = 512,
+        kv_dtype: str = "bfloat16") -> dict:
+    return {"path": path, "kv_dtype": kv_dtype, "batch": batch, "context": context, "setting": setting, "ms": ms}
 
 
 def test_the_recommendation_is_the_least_worst_setting_and_the_crossover_the_largest_winning_batch() -> None:
@@ -103,9 +104,10 @@ def test_the_recommendation_is_the_least_worst_setting_and_the_crossover_the_lar
     assert tune.recommend(rows, decode_batches=[64, 256])["split_wins_up_to"] == {"bfloat16 context 512": 16}
 
 
-def mixed(batch: int, apart_ms: float, together_ms: float, context: int = 512) -> list[dict]:
-    return [row("mixed", batch, "decodes apart", apart_ms, context), row("mixed", batch, "decodes with the chunk",
-                                                                        together_ms, context)]
+def mixed(batch: int, apart_ms: float, together_ms: float, context: int = 512,
+          kv_dtype: str = "bfloat16") -> list[dict]:
+    return [row("mixed", batch, "decodes apart", apart_ms, context, kv_dtype),
+            row("mixed", batch, "decodes with the chunk", together_ms, context, kv_dtype)]
 
 
 def test_the_decodes_own_launch_starts_where_it_wins_at_every_larger_batch() -> None:
@@ -122,3 +124,13 @@ def test_the_decodes_own_launch_starts_where_it_wins_at_every_larger_batch() -> 
     assert never["decode_launch_from"] == {"bfloat16 context 512": None, "bfloat16 context 4096": None}
     assert never["decode_launch_min_seqs"] == 0 and "decode_launch_min_seqs=0" in tune.env_line(never, [])
     assert "decode_launch_from" not in tune.recommend([row("decode", 64, "a", 1.0)], decode_batches=[64])
+
+
+def test_each_kind_of_cache_gets_its_own_decode_launch_threshold() -> None:
+    fp8 = "float8_e4m3fn"
+    rows = mixed(64, 1.2, 1.0) + mixed(256, 0.9, 1.0)  # bf16: apart from 256; FP8 from 32
+    rows += [r for batch in (32, 64, 256) for r in mixed(batch, 0.8, 1.0, kv_dtype=fp8)]
+    chosen = tune.recommend(rows, decode_batches=[64])
+    assert (chosen["decode_launch_min_seqs"], chosen["fp8_decode_launch_min_seqs"]) == (256, 32)
+    assert tune.env_line(chosen, []) == f'{ENV_VAR}="fp8_decode_launch_min_seqs=32"'  # bf16's is the default
+    assert "fp8_decode_launch_min_seqs" not in tune.recommend(mixed(64, 1.2, 1.0), decode_batches=[64])

@@ -9,6 +9,7 @@ import torch
 
 from qasr.engine import ASR, SamplingParams
 from qasr.kernels import AttentionMetadata, ModelOps, get_model_ops
+from qasr.kernels.kv_cache_dtype import is_fp8
 from qasr.kernels.triton.paged_attention import use_split_kv
 from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning, current_tuning
 
@@ -78,7 +79,8 @@ def record_attention_kinds(asr: ASR) -> set[str]:
             kinds.add("decode mixed with prefill")
         if any(q > 1 and c > 0 for q, c in zip(meta.query_lens_host, contexts)):
             kinds.add("chunked prefill")
-        if not meta.is_pure_decode and 0 < current_tuning().decode_launch_min_seqs <= meta.num_decodes:
+        min_decodes = current_tuning().decode_launch_min_seqs_for(is_fp8(k_cache.dtype))
+        if not meta.is_pure_decode and 0 < min_decodes <= meta.num_decodes:
             kinds.add("decodes in a launch of their own")
         return attend(query, k_cache, v_cache, meta, scale)
 

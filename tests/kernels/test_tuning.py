@@ -129,15 +129,17 @@ def test_the_decode_settings_follow_the_caches_dtype(fp8: bool, paged_batch,
 @pytest.mark.parametrize("min_seqs", [0, 3, 4])
 def test_a_mixed_steps_leading_decodes_get_a_launch_with_the_decode_tiles(min_seqs: int, fp8: bool, paged_batch,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three decodes, then prefill chunks: from decode_launch_min_seqs decodes on (0: never) the decodes go first in
-    a launch of their own with the decode settings of the cache's kind, the chunks in the prefill launch (no
-    register cap); fewer ride with the chunks."""
+    """Three decodes, then prefill chunks: from the cache kind's decode_launch_min_seqs decodes on (0: never) the
+    decodes go first in a launch of their own with that kind's decode settings, the chunks in the prefill launch (no
+    register cap); fewer ride with the chunks. The other kind's threshold would always give them one."""
     batch = paged_batch([1, 1, 1, 13, 22, 1], [3, 40, 17, 19, 0, 66], 4, 2, 16, torch.float32, seed=7)
     assert batch.meta.num_decodes == 3
     k_cache, v_cache, launches = spied_launches(batch, fp8, monkeypatch)
     tuning = AttentionTuning(decode_tile_n=64, decode_num_warps=8, decode_num_stages=2, decode_max_registers=96,
                              fp8_decode_tile_n=128, fp8_decode_num_warps=2, fp8_decode_num_stages=4,
-                             fp8_decode_max_registers=128, prefill_tile_n=16, decode_launch_min_seqs=min_seqs)
+                             fp8_decode_max_registers=128, prefill_tile_n=16,
+                             decode_launch_min_seqs=1 if fp8 else min_seqs,
+                             fp8_decode_launch_min_seqs=min_seqs if fp8 else 1)
     with attention_tuning(tuning):
         out = unified_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale)
     settings = [(kwargs["num_seqs"], kwargs["TILE_N"], kwargs["num_warps"], kwargs["num_stages"],
