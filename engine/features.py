@@ -95,7 +95,8 @@ class LogMelExtractor:
         time a GPU would take some 17 launches a clip, on the host's time. The clips lie end to end in one buffer,
         each in a block that starts on a hop and holds its reflect padding (written on the host), so one unfold
         frames them all; each clip's floor is still its own maximum - 8. The spectra of all the clips are held at
-        once: a step's audio, at most what the engine's memory profile passes through."""
+        once: a step's audio, at most what the engine's memory profile passes through. The clips' features are
+        views of one [mels, frames] tensor."""
         n_fft, hop = self.config.n_fft, self.config.hop_length
         pad = n_fft // 2
         waves = [self.as_float32(clip) for clip in clips]
@@ -125,7 +126,7 @@ class LogMelExtractor:
             0, indices[1], log_spec.amax(0), "amax")
         floor = (clip_max - 8.0).index_select(0, indices[1])
         features = torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
-        return [mel.contiguous() for mel in features.split(counts.tolist(), dim=1)]
+        return list(features.split(counts.tolist(), dim=1))  # views: the encoder joins them again
 
     def power_spectrum(self, wave: torch.Tensor) -> torch.Tensor:
         """|STFT|^2 of a 1-D wave, [frames, bins]: torch.stft's (center=True, reflect padding) to the bit, without
