@@ -1,3 +1,4 @@
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -163,34 +164,26 @@ class AudioEncoder(nn.Module):
         return self.run(batch.chunks, batch.keep, batch.window_lens, ops)
 
     def prepare(self, mels: list[torch.Tensor]) -> "EncoderBatch":
-        """The host's part: the clips' 1 s chunks stacked, which of the conv stem's outputs are real, the windows.
-        The clips' frames are joined and spread into zero-padded chunks in a few operations whatever their number
-        (one clip at a time a GPU would take launches a clip)."""
-        chunk_frames = self.chunk_frames
-        frames = np.array([mel.shape[-1] for mel in mels])
-        chunks_per_clip = -(-frames // chunk_frames)
-        valid_per_chunk, window_lens = [], []
-        for clip_frames, num_chunks in zip(frames.tolist(), chunks_per_clip.tolist()):
-            tail = clip_frames - (num_chunks - 1) * chunk_frames
-            valid_per_chunk += [conv_output_length(chunk_frames)] * (num_chunks - 1) + [conv_output_length(tail)]
-            tokens = num_audio_tokens(clip_frames, chunk_frames)
+        """The host's part: the clips' 1 s chunks stacked, which of the conv stem's outputs are real, the windows."""
+        chunks, valid_per_chunk, window_lens = [], [], []
+        for mel in mels:
+            frames = mel.shape[-1]
+            num_chunks = math.ceil(frames / self.chunk_frames)
+            padded = F.pad(mel, (0, num_chunks * self.chunk_frames - frames))
+            chunks.append(padded.view(mel.shape[0], num_chunks, self.chunk_frames).transpose(0, 1))
+            tails = [self.chunk_frames] * (num_chunks - 1) + [frames - (num_chunks - 1) * self.chunk_frames]
+            valid_per_chunk += [conv_output_length(n) for n in tails]
+            tokens = num_audio_tokens(frames, self.chunk_frames)
             window_lens += [self.window_tokens] * (tokens // self.window_tokens)
             if tokens % self.window_tokens:
                 window_lens.append(tokens % self.window_tokens)
-        # each clip's frames from the first frame of its first chunk on; the rest of its last chunk stays zero
-        chunk_starts = (np.cumsum(chunks_per_clip) - chunks_per_clip) * chunk_frames
-        columns = np.repeat(chunk_starts - (np.cumsum(frames) - frames), frames) + np.arange(frames.sum())
-        num_mels, num_chunks = mels[0].shape[0], int(chunks_per_clip.sum())
-        time = conv_output_length(chunk_frames)
-        keep = np.concatenate([chunk * time + np.arange(n) for chunk, n in enumerate(valid_per_chunk)])
-        columns_and_keep = torch.from_numpy(np.concatenate([columns, keep]))
-        if mels[0].is_cuda:
-            columns_and_keep = columns_and_keep.pin_memory().to(mels[0].device, non_blocking=True)
-        columns, keep = columns_and_keep.split([len(columns), len(keep)])
-        padded = mels[0].new_zeros(num_mels, num_chunks * chunk_frames).index_copy_(1, columns, torch.cat(mels, 1))
-        chunks = padded.new_empty(num_chunks, 1, num_mels, chunk_frames, dtype=self.conv_out.weight.dtype)
-        chunks[:, 0].copy_(padded.view(num_mels, num_chunks, chunk_frames).transpose(0, 1))  # cast and laid out
-        return EncoderBatch(chunks, keep, window_lens)
+        x = torch.cat(chunks).unsqueeze(1).to(self.conv_out.weight.dtype)  # [chunks, 1, mel, 100]
+        time = conv_output_length(self.chunk_frames)
+        keep = torch.from_numpy(np.concatenate([chunk * time + np.arange(n)
+                                                for chunk, n in enumerate(valid_per_chunk)]))
+        if x.is_cuda:
+            keep = keep.pin_memory().to(x.device, non_blocking=True)
+        return EncoderBatch(x, keep, window_lens)
 
     def run(self, chunks: torch.Tensor, keep: torch.Tensor, window_lens: list[int], ops: ModelOps,
             starts: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,13 +30,15 @@ def clip_alone(encoder, mel: torch.Tensor) -> tuple[torch.Tensor, list[int], lis
 
 
 def test_a_batch_holds_each_clips_chunks_keeps_and_windows(encoder) -> None:
-    """Clips shorter than a chunk, of whole chunks and past several windows, one of them a strided view (a batched
-    log-mel hands out views of one tensor): the batch is the clips' own chunks in order, to the bit."""
+    """Clips shorter than a chunk, of whole chunks and past several windows, two of them views of one wider tensor,
+    as the log-mel front end hands them out on a GPU (one of whole chunks, which F.pad leaves strided): the batch is
+    the clips' own chunks in order, to the bit, contiguous in the encoder's dtype."""
     generator = torch.Generator().manual_seed(0)
     size = encoder.chunk_frames
     wide = torch.randn(200, 128, generator=generator)
     mels = [torch.randn(128, n, generator=generator) for n in (50, size, 3 * size + 37, 9 * size - 1)]
-    mels.insert(2, wide.T[:, 13:13 + size + 1])  # [128, 101], not contiguous
+    joined = torch.randn(128, 5 * size + 77, generator=generator)
+    mels[2:2] = [wide.T[:, 13:13 + size + 1], *joined.split([2 * size, 3 * size + 77], dim=1)]  # not contiguous
     batch = encoder.prepare(mels)
     alone = [clip_alone(encoder, mel) for mel in mels]
     assert batch.chunks.is_contiguous() and batch.chunks.dtype == encoder.conv_out.weight.dtype
