@@ -306,6 +306,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser)
 
 
+def variant_speedups(rows: list[dict]) -> dict[str, dict]:
+    """Per variant and cache dtype, triton's time over the variant's on the same cases (above 1: the variant is
+    faster): the median, the extremes and the median at batch >= 64 (where the throughput runs decode)."""
+    triton = {(r["mode"], r["batch"], r["context"], r["kv_dtype"]): r["ms"] for r in rows if r["impl"] == "triton"}
+    ratios: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        case = (r["mode"], r["batch"], r["context"], r["kv_dtype"])
+        if r["impl"].startswith("triton:") and case in triton:
+            ratios.setdefault(f"{r['impl'].removeprefix('triton:')} {r['kv_dtype']}", []).append(
+                (r["batch"], triton[case] / r["ms"]))
+    summary = {}
+    for key, pairs in ratios.items():
+        values, large = [v for _, v in pairs], [v for batch, v in pairs if batch >= 64]
+        summary[key] = {"cases": len(values), "median": statistics.median(values), "min": min(values),
+                        "max": max(values), "median_batch_64_up": statistics.median(large) if large else None}
+    return summary
+
+
 def main(args: argparse.Namespace) -> int:
     labels = [variant.label for variant in args.variants]
     if len(set(labels)) < len(labels):
@@ -323,9 +341,13 @@ def main(args: argparse.Namespace) -> int:
               "kv_cache_dtypes": args.kv_cache_dtype, "impls": sorted({r["impl"] for r in rows}),
               "variants": {v.label: v.tuning.describe() for v in args.variants},
               "iters": args.iters, "warmup": args.warmup, "max_prefill_tokens": args.max_prefill_tokens,
-              "copy_gb_s": copy_gb_s, "interpreted": interpreting()}
+              "copy_gb_s": copy_gb_s, "interpreted": interpreting(), "variant_speedups": variant_speedups(rows)}
     print_table(rows)
     print(f"device-to-device copy: {copy_gb_s:.1f} GB/s")
+    for key, speedup in config["variant_speedups"].items():
+        large = speedup["median_batch_64_up"]
+        print(f"variant {key}: {speedup['median']:.2f}x triton's speed at the median of {speedup['cases']} cases "
+              f"({speedup['min']:.2f}-{speedup['max']:.2f}x)" + (f", {large:.2f}x at batch >= 64" if large else ""))
     print(f"results: {write_results('kernels', device, config, rows, args.out_dir)}")
     return 0
 

@@ -39,6 +39,8 @@ def test_kernel_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert {r["kv_dtype"] for r in rows if r["impl"] == "triton:fp8-fp16"} == {"float8_e4m3fn"}
     assert document["config"]["variants"] == {"fp8-fp16": "fp8_dot_fp16=1",
                                               "t32": "decode_tile_n=32,fp8_decode_tile_n=32"}
+    assert set(document["config"]["variant_speedups"]) == {"fp8-fp16 float8_e4m3fn", "t32 float32",
+                                                           "t32 float8_e4m3fn"}
     for r in rows:
         assert r["ms"] > 0 and r["gb_s"] > 0 and r["copy_fraction"] > 0 and r["tflops"] > 0 and r["vs_sdpa"] > 0
 
@@ -73,3 +75,15 @@ def test_variants_need_labels_of_their_own_and_one_that_changes_nothing_is_named
         bench.main(parser.parse_args([*common, "--variants", "a:decode_tile_n=32", "a:decode_tile_n=16"]))
     assert bench.main(parser.parse_args([*common, "--variants", "split:split_tile_n=64"])) == 0
     assert "variant split: launches as triton does in every case here" in capsys.readouterr().out
+
+
+def test_each_variant_is_summed_up_against_triton_on_the_same_cases() -> None:
+    def row(impl: str, batch: int, ms: float, kv_dtype: str = "float8_e4m3fn") -> dict:
+        return {"mode": "decode", "batch": batch, "context": 1024, "kv_dtype": kv_dtype, "impl": impl, "ms": ms}
+    rows = [row("triton", 8, 1.0), row("triton:t128", 8, 2.0), row("triton", 64, 3.0), row("triton:t128", 64, 1.0),
+            row("triton", 256, 4.0), row("triton:t128", 256, 2.0), row("triton:t128", 512, 1.0),  # no triton row
+            row("triton", 64, 1.0, "bfloat16"), row("triton:t128", 64, 0.8, "bfloat16"), row("sdpa-flash", 64, 9.0)]
+    summary = bench.variant_speedups(rows)
+    assert summary == {
+        "t128 float8_e4m3fn": {"cases": 3, "median": 2.0, "min": 0.5, "max": 3.0, "median_batch_64_up": 2.5},
+        "t128 bfloat16": {"cases": 1, "median": 1.25, "min": 1.25, "max": 1.25, "median_batch_64_up": 1.25}}
