@@ -25,7 +25,6 @@ engine.host_memory; benchmarks/transformers_side.py).
 """
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from qasr.engine.hf_conversion import convert_to_hf
 from qasr.engine.llm_engine import LLMEngine
 from qasr.engine.model_loader import resolve_device, resolve_dtype
 from qasr.engine.request import TranscriptionRequest
-from qasr.engine.splitting import split_audio
+from qasr.engine.splitting import max_pieces, split_audio
 from qasr.scheduler import SamplingParams
 
 CLIPS_PER_REPEAT = 100_000  # seed offset of each repeat's clips
@@ -80,8 +79,10 @@ def run_qasr(engine: LLMEngine, items: list[tuple[np.ndarray, int]]) -> tuple[fl
 
 
 def split_width(batch_size: int, longest: float, piece_seconds: float) -> int:
-    """Sequences in flight when batch_size clips of up to `longest` seconds are each split into pieces."""
-    return max(batch_size, 1) * max(1, math.ceil(longest / piece_seconds))
+    """Sequences in flight when batch_size clips of up to `longest` seconds are each split into pieces: as many as
+    the splitter can cut (a 120 s clip in pieces of 30 s: up to 5; a width of 4 a clip left a fifth of the pieces
+    waiting for a place)."""
+    return max(batch_size, 1) * max_pieces(int(longest * SAMPLE_RATE), piece_seconds)
 
 
 @contextmanager

@@ -6,6 +6,8 @@ import numpy as np
 
 from qasr.engine.audio import SAMPLE_RATE
 
+SEARCH_SECONDS = 5.0  # how far before the longest piece's end a cut may fall
+
 
 @dataclass(frozen=True, slots=True)
 class AudioPiece:
@@ -22,7 +24,7 @@ def split_audio(
     samples: np.ndarray,
     max_piece_seconds: float,
     sample_rate: int = SAMPLE_RATE,
-    search_seconds: float = 5.0,
+    search_seconds: float = SEARCH_SECONDS,
     min_window_ms: float = 100.0,
     min_piece_seconds: float = 0.5,
 ) -> list[AudioPiece]:
@@ -34,16 +36,13 @@ def split_audio(
     pieces concatenate back to `samples` exactly. When a split happens, pieces shorter than
     `min_piece_seconds` are zero-padded to it (the model's minimum input); `start` keeps the true offset.
     """
-    if max_piece_seconds <= 0:
-        raise ValueError(f"max_piece_seconds must be positive, got {max_piece_seconds}")
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1:
         raise ValueError(f"samples must be 1-D mono audio, got shape {samples.shape}")
-    max_len = max(1, int(max_piece_seconds * sample_rate))
+    max_len, search_len = _piece_lengths(max_piece_seconds, sample_rate, search_seconds)
     if len(samples) <= max_len:
         return [AudioPiece(samples, 0.0, sample_rate)]
 
-    search_len = max(0, min(int(search_seconds * sample_rate), max_len // 2))
     window_len = max(1, int(min_window_ms / 1000 * sample_rate))
     bounds = [0]
     while len(samples) - bounds[-1] > max_len:
@@ -58,6 +57,25 @@ def split_audio(
             piece = np.pad(piece, (0, min_len - len(piece)))
         pieces.append(AudioPiece(piece, begin / sample_rate, sample_rate))
     return pieces
+
+
+def max_pieces(num_samples: int, max_piece_seconds: float, sample_rate: int = SAMPLE_RATE,
+               search_seconds: float = SEARCH_SECONDS) -> int:
+    """The most pieces split_audio can cut num_samples of any audio into: every piece but the last ends at a cut
+    no earlier than the longest piece less the search, so a 120 s clip in pieces of at most 30 s gives up to 5, not
+    4 (what a batch of split clips puts in flight)."""
+    max_len, search_len = _piece_lengths(max_piece_seconds, sample_rate, search_seconds)
+    if num_samples <= max_len:
+        return 1
+    return 1 + -(-(num_samples - max_len) // (max_len - search_len))
+
+
+def _piece_lengths(max_piece_seconds: float, sample_rate: int, search_seconds: float) -> tuple[int, int]:
+    """The longest piece and the search before its end, in samples."""
+    if max_piece_seconds <= 0:
+        raise ValueError(f"max_piece_seconds must be positive, got {max_piece_seconds}")
+    max_len = max(1, int(max_piece_seconds * sample_rate))
+    return max_len, max(0, min(int(search_seconds * sample_rate), max_len // 2))
 
 
 def _quietest_cut(samples: np.ndarray, begin: int, max_len: int, search_len: int, window_len: int) -> int:

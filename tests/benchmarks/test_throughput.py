@@ -32,8 +32,9 @@ def test_throughput_benchmark_writes_the_standard_json(tmp_path: Path) -> None:
     assert document["config"]["model_shape"]["decoder_layers"] == 2
     short, long, mixed, heldout = document["results"]
     assert document["config"]["repeats"] == 2
-    # built for the widest split (2 clips of up to 8 s in pieces of 5 s), so CUDA graphs would cover every run
-    assert document["config"]["engine_max_num_seqs"] == bench.split_width(2, 8.0, 5.0) == 4
+    # built for the widest split (2 clips of up to 8 s in pieces of 5 s: up to 3 each, cut 2.5-5 s into the rest),
+    # so CUDA graphs would cover every run
+    assert document["config"]["engine_max_num_seqs"] == bench.split_width(2, 8.0, 5.0) == 6
     assert document["config"]["engine_options"]["enable_prefix_caching"] is False  # repeats and splits reuse clips
     assert document["config"]["transformers_process"] == "own"  # on the CPU: neither runs on the other's heap
     for row in (short, long, mixed):

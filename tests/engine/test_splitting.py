@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qasr.engine.splitting import AudioPiece, split_audio
+from qasr.engine.splitting import AudioPiece, max_pieces, split_audio
 
 RATE = 16000
 
@@ -135,7 +135,22 @@ def test_piece_counts_and_lengths(kind: str, seconds: float, max_piece_seconds: 
     np.testing.assert_array_equal(np.concatenate(parts), samples)
     assert all(0 < len(part) <= max_len for part in parts)
     assert all(len(part) >= max_len // 2 for part in parts[:-1])  # only the last piece may be short
-    assert len(pieces) <= max(1, -(-len(samples) // (max_len // 2)))
+    assert len(pieces) <= max_pieces(len(samples), max_piece_seconds)
+
+
+@pytest.mark.parametrize(("seconds", "max_piece_seconds", "expected"),
+                         [(120.0, 30.0, 5), (60.0, 30.0, 3), (45.0, 30.0, 2), (30.0, 30.0, 1), (8.0, 5.0, 3),
+                          (1.0, 30.0, 1)])
+def test_max_pieces_is_reached_where_every_cut_comes_as_early_as_it_may(seconds: float, max_piece_seconds: float,
+                                                                         expected: int) -> None:
+    """Rising loudness puts each piece's quietest window, and its quietest sample, first in the search: every cut
+    falls the search's length before the longest piece would end (25 s pieces of at most 30), so a 120 s clip gives
+    5 pieces where 120 / 30 would say 4."""
+    ramp = np.linspace(0.01, 1.0, round(seconds * RATE), dtype=np.float32)
+    pieces = split_audio(ramp, max_piece_seconds=max_piece_seconds)
+    assert len(pieces) == max_pieces(len(ramp), max_piece_seconds) == expected
+    if expected > 2:
+        assert round(pieces[1].duration, 3) == max_piece_seconds - min(5.0, max_piece_seconds / 2)
 
 
 def test_silence_is_cut_into_the_longest_pieces() -> None:
