@@ -68,6 +68,9 @@ class AttentionMetadata:
     # the first num_decodes sequences have one query token each (the scheduler puts decodes first), which a
     # backend may attend apart from the rest; 0: not counted
     num_decodes: int = 0
+    # int32 [1]: num_decodes on the device, for a CUDA graph's launches, which replay whatever the step's decodes
+    # (num_decodes is frozen at capture); None: the host's num_decodes is the step's
+    num_decodes_device: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -6,7 +6,10 @@ per KV head (GQA packing). The number of q-blocks is bounded by num_tokens // BL
 looking at the query lengths on the host; a program finds its sequence by binary search and exits if its
 block lies past the sequence's queries. Small pure-decode batches go to the split-KV kernels instead. A step that
 mixes many decodes with prefill chunks attends its leading decodes in a launch of their own, with the decode
-settings (a decode in the prefill launch fills 2 of a 64-row block), and the chunks in a second launch.
+settings (a decode in the prefill launch fills 2 of a 64-row block), and the chunks in a second launch. A CUDA graph
+of such steps (engine/mixed_graphs.py) is replayed whatever its number of decodes, so there the two launches read
+that number from the device (`num_decodes_device`), each grid sized for the most it can be, and the programs with no
+sequence of their part exit at once.
 """
 
 import math
@@ -24,18 +27,33 @@ from qasr.kernels.triton.tuning import LaunchSettings, current_tuning
 from qasr.kernels.triton.utils import check_last_dim_contiguous, dot_precision, fp16_dots, upcast_tiles
 
 DECODE_BLOCK_M, PREFILL_BLOCK_M = 16, 64
+# which of the step's sequences a launch attends (SEQ_RANGE): those the host names (first_seq, num_seqs), or, in a
+# graph's launches, its leading decodes or the sequences after them, as num_decodes_device says: the decodes count
+# as such only from min_decodes on (fewer ride in the chunks' launch). The kernel compares these strings.
+HOST_RANGE, DEVICE_DECODES, DEVICE_CHUNKS = "host", "device decodes", "device chunks"
 
 
 # num_seqs and the block-table width change every step; specialised (1, multiple of 16) they would each
 # trigger a compile mid-serving
-@triton.jit(do_not_specialize=["first_seq", "num_seqs", "q_block_offset", "stride_table"])
+@triton.jit(do_not_specialize=["first_seq", "num_seqs", "q_block_offset", "min_decodes", "stride_table"])
 def _unified_attention_kernel(
         q_ptr, out_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-        first_seq, num_seqs, q_block_offset, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_table,
-        stride_cache_block, stride_cache_slot, stride_cache_head,
+        num_decodes_ptr, first_seq, num_seqs, q_block_offset, min_decodes, qk_scale, stride_qt, stride_qh,
+        stride_ot, stride_oh, stride_table, stride_cache_block, stride_cache_slot, stride_cache_head,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr,
-        FP16_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        FP16_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr, SEQ_RANGE: tl.constexpr):
+    if SEQ_RANGE != "host":  # the grid covers the most decodes (or the whole step); the decodes' number comes here
+        decodes = tl.load(num_decodes_ptr)
+        decodes = tl.where(decodes >= min_decodes, decodes, 0)
+        if SEQ_RANGE == "device decodes":
+            num_seqs = decodes
+        else:  # as the host would launch the chunks after `decodes` one-token sequences
+            first_seq = decodes
+            num_seqs -= decodes
+            q_block_offset = decodes // BLOCK_Q
+        if num_seqs == 0:
+            return
     # the sequences from first_seq on (offset here: a sliced tensor's pointer could lose the 16-byte alignment the
     # kernel was compiled for, and a new compile would stall the step)
     query_start_loc_ptr += first_seq
@@ -116,6 +134,15 @@ def unified_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         launch(0, meta.num_seqs, num_tokens, block_m or default_block_m(1, queries_per_kv), decode_settings)
         return out
     min_decodes = tuning.decode_launch_min_seqs_for(fp8_cache)
+    most_decodes = min(num_tokens, meta.num_seqs)
+    # a graph's step, if it can have enough decodes beside a chunk: else its decodes launch would only ever exit,
+    # a few microseconds a layer for nothing (with 256 sequences at most and bf16's 256, every such graph)
+    if meta.num_decodes_device is not None and block_m is None and 0 < min_decodes < most_decodes:
+        launch(0, most_decodes, most_decodes, default_block_m(1, queries_per_kv), decode_settings,
+               seq_range=DEVICE_DECODES, min_decodes=min_decodes)
+        launch(0, meta.num_seqs, num_tokens, default_block_m(meta.max_query_len, queries_per_kv), tuning.prefill(),
+               seq_range=DEVICE_CHUNKS, min_decodes=min_decodes)
+        return out
     decodes = meta.num_decodes if block_m is None and 0 < min_decodes <= meta.num_decodes else 0
     if decodes:
         launch(0, decodes, decodes, default_block_m(1, queries_per_kv), decode_settings)
@@ -130,10 +157,11 @@ def default_block_m(max_query_len: int, queries_per_kv: int) -> int:
 
 def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float, first_seq: int, end_seq: int, end_token: int, block_m: int,
-               settings: LaunchSettings) -> None:
+               settings: LaunchSettings, seq_range: str = HOST_RANGE, min_decodes: int = 0) -> None:
     """The 2D kernel over sequences [first_seq, end_seq) of the step, whose tokens end at end_token: it writes
     their rows of `out`. The sequences before first_seq are decodes, one token each, so first_seq is also the
-    first token."""
+    first token. With a device range (DEVICE_DECODES, DEVICE_CHUNKS) the bounds are the most that range can span,
+    and the kernel narrows them to meta.num_decodes_device's."""
     num_heads, head_dim = query.shape[1:]
     num_kv_heads = k_cache.shape[2]
     queries_per_kv = num_heads // num_kv_heads
@@ -147,14 +175,17 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
     upcast = upcast_tiles(query.dtype)
     fp16 = fp16_dots(k_cache.dtype, current_tuning().fp8_dot_fp16)
     grid = (end_token // block_q + num_seqs - q_block_offset, num_kv_heads)
+    num_decodes = meta.num_decodes_device
     _unified_attention_kernel[grid](
         q_ptr=query, out_ptr=out, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
         block_tables_ptr=meta.block_tables, seq_lens_ptr=meta.seq_lens, query_start_loc_ptr=meta.query_start_loc,
-        first_seq=first_seq, num_seqs=num_seqs, q_block_offset=q_block_offset,
+        # a host range never reads it: any int32 tensor will do
+        num_decodes_ptr=num_decodes if num_decodes is not None else meta.seq_lens,
+        first_seq=first_seq, num_seqs=num_seqs, q_block_offset=q_block_offset, min_decodes=min_decodes,
         qk_scale=scale * math.log2(math.e), stride_qt=query.stride(0), stride_qh=query.stride(1),
         stride_ot=out.stride(0), stride_oh=out.stride(1), stride_table=meta.block_tables.stride(0),
         stride_cache_block=k_cache.stride(0), stride_cache_slot=k_cache.stride(1), stride_cache_head=k_cache.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), QUERIES_PER_KV=queries_per_kv, BLOCK_M=block_m,
         BLOCK_Q=block_q, TILE_N=settings.tile_n, BLOCK_SIZE=k_cache.shape[1], UPCAST=upcast, FP16_DOTS=fp16,
-        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16), **settings.compile_options(),
+        DOT_PRECISION=dot_precision(query.dtype, upcast, fp16), SEQ_RANGE=seq_range, **settings.compile_options(),
     )

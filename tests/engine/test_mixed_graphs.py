@@ -14,6 +14,7 @@ from qasr.engine import ASR, SamplingParams
 from qasr.engine.encoder_graphs import chunk_count_ladder
 from qasr.engine.mixed_graphs import MixedStepGraphs, token_count_ladder
 from qasr.kernels import AttentionMetadata
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
 
 MAX_TOKENS = 4
 
@@ -67,25 +68,32 @@ def hand_made_step(query_lens: list[int], context_lens: list[int], hidden_size: 
     return embeds, positions, meta
 
 
-def test_a_padded_step_reads_and_writes_only_its_own(checkpoint: Path) -> None:
+@pytest.mark.parametrize("decodes_apart", [False, True], ids=["decodes with the chunks", "decodes apart"])
+def test_a_padded_step_reads_and_writes_only_its_own(decodes_apart: bool, checkpoint: Path) -> None:
     """Each step against the same step unpadded on a cache of random context: the same hidden states, and no slot
-    written but the step's own. The second step has fewer sequences than the first: what the first left in the
-    buffers past its sequences must not count."""
+    written but the step's own. Later steps have fewer sequences, and fewer decodes, than the first: what the first
+    left in the buffers past its sequences must not count (with its decodes apart, a stale count would take the
+    second step's chunk for a decode)."""
     asr = ASR(str(checkpoint), attention_backend="triton", max_num_seqs=4, num_kv_blocks=8)
     runner = asr.engine.core.runner
     graphs = MixedStepGraphs(runner.model, runner.ops, max_num_seqs=4, max_num_tokens=40, max_blocks_per_seq=2,
                              block_size=16)
     context = torch.randn(runner.kv_cache.shape, generator=torch.Generator().manual_seed(1))
     hidden_size = runner.model.config.text.hidden_size
-    for seed, (query_lens, context_lens) in enumerate([([1, 1, 9], [20, 7, 3]), ([5], [11])]):
+    tuning = AttentionTuning(decode_launch_min_seqs=1 if decodes_apart else 0)  # 0: never apart
+    steps = [([1, 1, 9], [20, 7, 3]), ([1, 7], [4, 11]), ([5], [11])]
+    for seed, (query_lens, context_lens) in enumerate(steps):
         embeds, positions, meta = hand_made_step(query_lens, context_lens, hidden_size, seed)
         runner.kv_cache.copy_(context)
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_tuning(tuning):
             expected = runner.model(embeds, positions, meta, runner.ops)
         expected_cache = runner.kv_cache.clone()
         runner.kv_cache.copy_(context)
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_tuning(tuning):
             hidden = graphs.run(embeds, positions, meta)
+        # the attention splits off the decodes by this count (test_attention: each launch writes its part's rows);
+        # any count would give the same rows, as a launch attends whatever sequences fall in its part
+        assert graphs.num_decodes.tolist() == [meta.num_decodes]
         assert graphs.padded_size(len(embeds), meta.num_seqs) > len(embeds)
         torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
         written = (runner.kv_cache != context).flatten(4).any(-1)  # [k/v, layer, block, offset in block]
@@ -136,11 +144,13 @@ def test_padded_steps_with_prefill_chunks_give_the_same_tokens(checkpoint: Path,
 def test_full_cuda_graphs_replay_what_the_padded_steps_give_eagerly_in_bf16(checkpoint: Path, speech_like) -> None:
     """Graph replays (decoder and audio encoder) against the same padded buffers run eagerly, which the CPU tests
     hold to the unpadded passes: the same kernels at the same shapes, so the same tokens (unpadded eager steps may
-    take other tiles and cuBLAS kernels, and a bf16 near-tie of random weights could flip)."""
+    take other tiles and cuBLAS kernels, and a bf16 near-tie of random weights could flip). Mixed steps of 2 decodes
+    or more attend them in a launch of their own (256 by default), whose count the graphs read on the device."""
     clips = [speech_like(0.4 + 0.45 * i, seed=500 + i) for i in range(11)]
     options = {"max_num_batched_tokens": 96, "max_num_seqs": 8}  # arrivals in several steps: mixed steps
-    graphed = ASR(str(checkpoint), dtype="bfloat16", cuda_graph_mode="full", **options)
-    padded = ASR(str(checkpoint), dtype="bfloat16", cuda_graph_mode="full", **options)
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=2)):  # read when the graphs are captured
+        graphed = ASR(str(checkpoint), dtype="bfloat16", cuda_graph_mode="full", **options)
+        padded = ASR(str(checkpoint), dtype="bfloat16", cuda_graph_mode="full", **options)
     runner = graphed.engine.core.runner
     assert runner.mixed_graphs is not None and set(runner.mixed_graphs.graphs) == set(token_count_ladder(96))
     assert runner.encoder_graphs is not None and set(runner.encoder_graphs.graphs) == set(chunk_count_ladder(64))
@@ -166,12 +176,13 @@ def test_full_cuda_graphs_replay_what_the_padded_steps_give_eagerly_in_bf16(chec
         return original_encode(mels)
 
     encoder_graphs.encode = encode
-    tokens, expected = transcribe(graphed, clips, 10), transcribe(padded, clips, 10)
-    if tokens != expected:  # which graphs: the same run with the encoder's passes eager too (a GPU window is short)
-        captured, encoder_graphs.graphs = encoder_graphs.graphs, {}
-        blame = ("the audio encoder's" if transcribe(graphed, clips, 10) == expected
-                 else "the decoder's mixed-step (the encoder's too, maybe)")
-        encoder_graphs.graphs = captured
-        pytest.fail(f"full graphs' replays differ from the padded steps run eagerly; {blame} graphs are at fault")
-    assert any(longest > 1 and decodes for longest, decodes in replays), f"no decodes mixed with a chunk: {replays}"
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=2)):  # the padded steps' eager launches
+        tokens, expected = transcribe(graphed, clips, 10), transcribe(padded, clips, 10)
+        if tokens != expected:  # which graphs: the same run with the encoder's passes eager too (a window is short)
+            captured, encoder_graphs.graphs = encoder_graphs.graphs, {}
+            blame = ("the audio encoder's" if transcribe(graphed, clips, 10) == expected
+                     else "the decoder's mixed-step (the encoder's too, maybe)")
+            encoder_graphs.graphs = captured
+            pytest.fail(f"full graphs' replays differ from the padded steps run eagerly; {blame} graphs are at fault")
+    assert any(longest > 1 and decodes >= 2 for longest, decodes in replays), f"no decodes apart: {replays}"
     assert passes and all(size in encoder_graphs.graphs for size in passes), passes  # every pass a replay

@@ -69,13 +69,14 @@ def compile_report(label: str, src: ASTSource, **options: object) -> dict:
 
 
 def unified_attention(label: str, block_m: int, settings: LaunchSettings, dtype: str = "*bf16",
-                      cache: str | None = None, precision: str = "tf32", fp16_dots: bool = False) -> dict:
+                      cache: str | None = None, precision: str = "tf32", fp16_dots: bool = False,
+                      seq_range: str = unified.HOST_RANGE) -> dict:
     queries_per_kv = HEADS // KV_HEADS
     constexprs = {"HEAD_DIM": HEAD_DIM, "BLOCK_D": HEAD_DIM, "QUERIES_PER_KV": queries_per_kv, "BLOCK_M": block_m,
                   "BLOCK_Q": block_m // queries_per_kv, "TILE_N": settings.tile_n, "BLOCK_SIZE": BLOCK_SIZE,
-                  "UPCAST": False, "FP16_DOTS": fp16_dots, "DOT_PRECISION": precision}
+                  "UPCAST": False, "FP16_DOTS": fp16_dots, "DOT_PRECISION": precision, "SEQ_RANGE": seq_range}
     pointers = {"k_cache_ptr": cache or dtype, "v_cache_ptr": cache or dtype, "block_tables_ptr": "*i32",
-                "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
+                "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32", "num_decodes_ptr": "*i32"}
     report = compile_report(label, source(unified._unified_attention_kernel, pointers, constexprs, dtype),
                             **settings.compile_options())
     return report | {"max_registers": settings.max_registers or None}
@@ -109,6 +110,11 @@ def configurations() -> list[Callable[[], dict]]:
         lambda: unified_attention("unified decode bf16", decode_m, decode),
         lambda: unified_attention("unified short mixed bf16", decode_m, prefill),
         lambda: unified_attention("unified prefill bf16", prefill_m, prefill),
+        # a mixed-step graph's two launches, the number of decodes read on the device (mixed_graphs.py)
+        lambda: unified_attention("unified decode bf16, decodes counted on the device", decode_m, decode,
+                                  seq_range=unified.DEVICE_DECODES),
+        lambda: unified_attention("unified prefill bf16, after the decodes counted on the device", prefill_m,
+                                  prefill, seq_range=unified.DEVICE_CHUNKS),
         lambda: unified_attention("unified decode fp16", decode_m, decode, "*fp16"),
         lambda: unified_attention("unified prefill fp16", prefill_m, prefill, "*fp16"),
         lambda: unified_attention("unified decode bf16 + fp8 cache", decode_m, fp8_decode, cache="*fp8e4nv"),

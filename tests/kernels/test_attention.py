@@ -8,6 +8,7 @@ import torch
 from qasr.kernels import SplitKVWorkspace
 from qasr.kernels.attention_metadata import padded_head_dim
 from qasr.kernels.reference import paged_attention as reference
+from qasr.kernels.triton import paged_attention
 from qasr.kernels.triton.paged_attention import unified_attention, use_split_kv
 from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
 
@@ -88,6 +89,62 @@ def test_a_mixed_steps_decodes_apart_give_the_rows_of_each_part_alone(heads: tup
     alone = unified_attention(batch.query[:decodes], batch.k_cache, batch.v_cache, alone_meta, batch.scale,
                               split_kv=False)
     assert torch.equal(apart[:decodes], alone)
+
+
+@pytest.mark.parametrize("decodes_apart", [True, False])
+def test_a_graphs_launches_take_the_decodes_from_the_device(decodes_apart: bool, paged_batch) -> None:
+    """What a CUDA graph of mixed steps replays: both launches, each grid sized for the most its part can hold, the
+    number of decodes read from num_decodes_device (the host's num_decodes is frozen at capture: 0 here). The rows
+    are those of the host's own split, or of the one launch when there are too few decodes, to the bit; and each
+    launch writes only its own part's rows."""
+    decodes = 21
+    context_lens = [(37 * i) % 90 for i in range(decodes)] + [19, 0, 5]
+    batch = paged_batch([1] * decodes + [13, 40, 9], context_lens, 4, 2, 16, torch.float32, seed=23)
+    args = (batch.query, batch.k_cache, batch.v_cache)
+    graph_meta = replace(batch.meta, num_decodes=0, num_decodes_device=torch.tensor([decodes], dtype=torch.int32))
+    tuning = AttentionTuning(decode_launch_min_seqs=decodes if decodes_apart else decodes + 1)
+    with attention_tuning(tuning):
+        from_device = unified_attention(*args, graph_meta, batch.scale)
+        from_host = unified_attention(*args, batch.meta, batch.scale)
+    assert_matches(from_device, batch)
+    assert torch.equal(from_device, from_host)
+
+    def rows_written(seq_range: str) -> torch.Tensor:
+        out = torch.full_like(batch.query, float("nan"))
+        num_tokens, num_seqs = batch.query.shape[0], graph_meta.num_seqs
+        most = min(num_tokens, num_seqs) if seq_range == paged_attention.DEVICE_DECODES else num_seqs
+        block_m = paged_attention.DECODE_BLOCK_M if seq_range == paged_attention.DEVICE_DECODES else 64
+        with attention_tuning(tuning):
+            paged_attention._launch_2d(batch.query, out, *args[1:], graph_meta, batch.scale, 0, most,
+                                       most if seq_range == paged_attention.DEVICE_DECODES else num_tokens, block_m,
+                                       tuning.prefill(), seq_range, tuning.decode_launch_min_seqs)
+        return ~out.isnan().all(dim=(1, 2))
+
+    apart = torch.arange(batch.query.shape[0]) < (decodes if decodes_apart else 0)
+    assert torch.equal(rows_written(paged_attention.DEVICE_DECODES), apart)
+    assert torch.equal(rows_written(paged_attention.DEVICE_CHUNKS), ~apart)
+
+
+def test_a_graph_that_cannot_hold_enough_decodes_beside_a_chunk_launches_once(paged_batch, monkeypatch) -> None:
+    """Each launch a graph captures costs its replays a few microseconds a layer even when all its programs exit:
+    the decodes get one only where a step can have decode_launch_min_seqs of them and a chunk besides."""
+    batch = paged_batch([1, 1, 1, 6], [3, 9, 4, 0], 4, 2, 16, torch.float32, seed=29)  # 4 sequences, 9 tokens
+    graph_meta = replace(batch.meta, num_decodes=0, num_decodes_device=torch.tensor([3], dtype=torch.int32))
+    launches: list[str] = []  # the sequence range of each launch
+    launch = paged_attention._launch_2d
+
+    def recorded(*args, seq_range: str = paged_attention.HOST_RANGE, min_decodes: int = 0) -> None:
+        launches.append(seq_range)
+        launch(*args, seq_range=seq_range, min_decodes=min_decodes)
+
+    monkeypatch.setattr(paged_attention, "_launch_2d", recorded)
+    for min_decodes, expected_launches in [(3, [paged_attention.DEVICE_DECODES, paged_attention.DEVICE_CHUNKS]),
+                                           (4, [paged_attention.HOST_RANGE])]:  # 4 would leave no chunk
+        launches.clear()
+        with attention_tuning(AttentionTuning(decode_launch_min_seqs=min_decodes)):
+            assert_matches(unified_attention(batch.query, batch.k_cache, batch.v_cache, graph_meta, batch.scale),
+                           batch)
+        assert launches == expected_launches
 
 
 def test_the_reference_takes_new_chunks_of_one_length_in_one_call_each_as_alone(paged_batch) -> None:
