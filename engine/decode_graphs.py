@@ -7,7 +7,10 @@ from qasr.kernels.attention_metadata import SplitKVWorkspace, padded_head_dim, s
 
 
 def batch_size_ladder(max_batch_size: int) -> list[int]:
-    sizes = [s for s in (1, 2, 4, 8) if s < max_batch_size] + list(range(16, max_batch_size + 1, 16))
+    """1, 2, 4, 8, then every 16 sizes up to 512 and every 64 beyond (a batch pads by at most an eighth there, and
+    each size is a capture at start-up), up to max_batch_size."""
+    sizes = [s for s in (1, 2, 4, 8) if s < max_batch_size] + list(range(16, min(max_batch_size, 512) + 1, 16))
+    sizes += list(range(576, max_batch_size + 1, 64))
     if not sizes or sizes[-1] != max_batch_size:
         sizes.append(max_batch_size)
     return sizes

@@ -31,7 +31,10 @@ from qasr.scheduler import (
     SequenceStatus,
 )
 
-MAX_GRAPH_BATCH_SIZE = 512
+# decode steps of more sequences run eagerly. vLLM stops at 512; a model of 0.6-1.7B is launch-bound further: an
+# eager step takes the host some 300 launches (the H200's eager steps enqueued in 16-22 ms with a short prefill),
+# where the device reads 1.2-4 GB of weights and the sequences' KV in a few ms
+MAX_GRAPH_BATCH_SIZE = 1024
 # encoder passes of more audio run eagerly: their device work dwarfs their launches, and the graphs' memory pool holds
 # the largest one's activations
 MAX_ENCODER_GRAPH_CHUNKS = 64

@@ -35,6 +35,16 @@ def test_batch_size_ladder() -> None:
     assert batch_size_ladder(6) == [1, 2, 4, 6]
     assert batch_size_ladder(40) == [1, 2, 4, 8, 16, 32, 40]
     assert batch_size_ladder(512)[-3:] == [480, 496, 512]
+    assert batch_size_ladder(640)[-5:] == [480, 496, 512, 576, 640]  # the split runs of bench throughput's 120 s rows
+    assert batch_size_ladder(1000)[-3:] == [896, 960, 1000]
+
+
+def test_decode_steps_of_up_to_1024_sequences_replay_graphs(checkpoint: Path) -> None:
+    """The plan the engine captures by (here on the CPU, where nothing is captured): a split run of 128 clips of 2
+    minutes has 640 pieces in flight."""
+    for max_num_seqs, graphed in [(640, 640), (4096, 1024)]:
+        core = ASR(str(checkpoint), max_num_seqs=max_num_seqs, num_kv_blocks=64).engine.core
+        assert core.graph_plan.max_decode_batch == graphed
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
