@@ -9,10 +9,10 @@ sequence on the device), so the whole decoder forward can be captured, as vLLM's
 backend: the step's tokens padded to the next size of the ladder with tokens that store nothing (slot -1) and belong
 to no sequence, its sequences padded to max_num_seqs with empty ones, whose programs exit at once. The step's
 number of leading decodes goes to the device too, so that its attention takes them in a launch of their own with
-the decode tiles where there are enough of them (decode_launch_min_seqs), as an eager step's does: on the H200 a
-chunk's launch took 1.08-1.22x the time for 128-256 bf16 decodes of 1-4k keys, 1.3-1.7x over an FP8 cache. The
-embeddings, with the step's encoder outputs put in, are made eagerly into the graph's input buffer. With capture
-off the same padded buffers run eagerly, which is how the padding is tested without a GPU.
+the decode tiles where there are enough of them (decode_launch_min_seqs), as an eager step's does (the tuner's
+timings of both ways: README, "GPU numbers"). The embeddings, with the step's encoder outputs put in, are made
+eagerly into the graph's input buffer. With capture off the same padded buffers run eagerly, which is how the
+padding is tested without a GPU.
 """
 
 import torch

@@ -162,6 +162,7 @@ def _launch_2d(query: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, v_
     their rows of `out`. The sequences before first_seq are decodes, one token each, so first_seq is also the
     first token. With a device range (DEVICE_DECODES, DEVICE_CHUNKS) the bounds are the most that range can span,
     and the kernel narrows them to meta.num_decodes_device's."""
+    assert seq_range in (HOST_RANGE, DEVICE_DECODES, DEVICE_CHUNKS), seq_range  # the kernel compares strings
     num_heads, head_dim = query.shape[1:]
     num_kv_heads = k_cache.shape[2]
     queries_per_kv = num_heads // num_kv_heads

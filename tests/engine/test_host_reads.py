@@ -34,6 +34,7 @@ from qasr.engine.encoder_graphs import EncoderGraphs
 from qasr.engine.mixed_graphs import MixedStepGraphs
 from qasr.engine.model_runner import ModelRunner, PendingTokens
 from qasr.engine.request import TranscriptionRequest
+from qasr.kernels.triton.tuning import AttentionTuning, attention_tuning
 from qasr.scheduler import SchedulerOutput
 
 aten = torch.ops.aten
@@ -173,11 +174,13 @@ def test_decode_graphs_capture_no_host_read(runner: ModelRunner) -> None:
     assert capture_reads(graphs.sizes, lambda size: graphs._forward(size, graphs.max_seq_len)) == []
 
 
-def test_mixed_step_graphs_capture_no_host_read(runner: ModelRunner) -> None:
+@pytest.mark.parametrize("min_decodes", [256, 2], ids=["decodes with the chunks", "decodes apart from 2"])
+def test_mixed_step_graphs_capture_no_host_read(min_decodes: int, runner: ModelRunner) -> None:
     graphs = MixedStepGraphs(runner.model, runner.ops, max_num_seqs=4, max_num_tokens=40, max_blocks_per_seq=2,
                              block_size=16)
     graphs.slot_mapping.fill_(-1)
-    assert capture_reads(graphs.sizes, graphs._forward) == []
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=min_decodes)):
+        assert capture_reads(graphs.sizes, graphs._forward) == []
 
 
 def test_encoder_graphs_capture_no_host_read(runner: ModelRunner) -> None:

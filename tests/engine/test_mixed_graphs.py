@@ -91,8 +91,9 @@ def test_a_padded_step_reads_and_writes_only_its_own(decodes_apart: bool, checkp
         runner.kv_cache.copy_(context)
         with torch.inference_mode(), attention_tuning(tuning):
             hidden = graphs.run(embeds, positions, meta)
-        # the attention splits off the decodes by this count (test_attention: each launch writes its part's rows);
-        # any count would give the same rows, as a launch attends whatever sequences fall in its part
+        # the attention splits off the decodes by this count (test_attention: each launch writes its part's rows).
+        # Too low a count costs only speed; too high, and a chunk would fall to the decodes' launch, whose grid holds
+        # one token a sequence: rows left unwritten
         assert graphs.num_decodes.tolist() == [meta.num_decodes]
         assert graphs.padded_size(len(embeds), meta.num_seqs) > len(embeds)
         torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
@@ -116,10 +117,11 @@ def test_what_a_capture_runs_is_a_valid_step_at_every_size(checkpoint: Path) -> 
     assert torch.equal(runner.kv_cache, before)
 
 
-def test_padded_steps_with_prefill_chunks_give_the_same_tokens(checkpoint: Path, clips) -> None:
+@pytest.mark.parametrize("min_decodes", [256, 2], ids=["decodes with the chunks", "decodes apart from 2"])
+def test_padded_steps_with_prefill_chunks_give_the_same_tokens(min_decodes: int, checkpoint: Path, clips) -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the CUDA-graph test on a GPU")
-    # small steps: prefill chunks ride with decodes, and steps between ladder sizes pad
+    # small steps: prefill chunks ride with decodes (or from 2 decodes, apart), steps between ladder sizes pad
     options = {"max_num_batched_tokens": 40, "max_num_seqs": 4}
     expected = transcribe(ASR(str(checkpoint), attention_backend="torch", **options), clips)
     asr = ASR(str(checkpoint), attention_backend="triton", **options)
@@ -135,8 +137,9 @@ def test_padded_steps_with_prefill_chunks_give_the_same_tokens(checkpoint: Path,
         return original_run(embeds, positions, meta)
 
     graphs.run = run
-    assert transcribe(asr, clips) == expected
-    assert any(decodes and tokens > decodes for tokens, _, decodes in steps), f"no decodes mixed with a chunk: {steps}"
+    with attention_tuning(AttentionTuning(decode_launch_min_seqs=min_decodes)):
+        assert transcribe(asr, clips) == expected
+    assert any(decodes >= 2 and tokens > decodes for tokens, _, decodes in steps), f"no decodes beside a chunk: {steps}"
     assert any(padded != tokens for tokens, padded, _ in steps), f"no step was padded: {steps}"
 
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from qasr.kernels import SplitKVWorkspace
+from qasr.kernels import AttentionMetadata, SplitKVWorkspace
 from qasr.kernels.attention_metadata import padded_head_dim
 from qasr.kernels.reference import paged_attention as reference
 from qasr.kernels.triton import paged_attention
@@ -91,38 +91,69 @@ def test_a_mixed_steps_decodes_apart_give_the_rows_of_each_part_alone(heads: tup
     assert torch.equal(apart[:decodes], alone)
 
 
-@pytest.mark.parametrize("decodes_apart", [True, False])
-def test_a_graphs_launches_take_the_decodes_from_the_device(decodes_apart: bool, paged_batch) -> None:
+def graph_step(batch, extra_tokens: int, extra_seqs: int) -> tuple[torch.Tensor, AttentionMetadata]:
+    """The batch as a mixed-step CUDA graph sees it (engine/mixed_graphs.py): tokens padded with ones of no sequence
+    (slot -1), empty sequences after the last, the host's fields frozen at their capture values (num_decodes 0,
+    max_query_len the graph's size), the number of decodes on the device."""
+    meta, num_tokens, num_seqs = batch.meta, batch.query.shape[0], batch.meta.num_seqs
+    size, most_seqs = num_tokens + extra_tokens, num_seqs + extra_seqs
+    query = torch.cat([batch.query, torch.randn(extra_tokens, *batch.query.shape[1:])])
+    query_start_loc = torch.full((most_seqs + 1,), num_tokens, dtype=torch.int32)
+    query_start_loc[:num_seqs + 1] = meta.query_start_loc
+    seq_lens = torch.zeros(most_seqs, dtype=torch.int32)
+    seq_lens[:num_seqs] = meta.seq_lens
+    block_tables = torch.zeros(most_seqs, meta.block_tables.shape[1], dtype=torch.int32)
+    block_tables[:num_seqs] = meta.block_tables
+    return query, AttentionMetadata(
+        slot_mapping=torch.full((size,), -1, dtype=torch.long), query_start_loc=query_start_loc, seq_lens=seq_lens,
+        block_tables=block_tables, max_query_len=size, max_seq_len=meta.max_seq_len,
+        query_lens_host=[0] * most_seqs, seq_lens_host=[0] * most_seqs,
+        num_decodes_device=torch.tensor([meta.num_decodes], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("decodes_apart", [True, False], ids=["decodes apart", "too few decodes"])
+@pytest.mark.parametrize(("decodes", "chunks", "heads", "padding"), [
+    (21, [13, 40, 9], (4, 2, 16), (0, 0)),
+    (70, [13, 40, 9], (6, 2, 24), (7, 5)),  # 21 queries a chunks' q-block: the decodes fill 3 and part of a 4th
+    (64, [17], (4, 2, 16), (3, 0)),  # 2 whole q-blocks of the chunks' launch; every sequence but one a decode
+], ids=["21 decodes", "70 decodes, padded", "64 decodes"])
+def test_a_graphs_launches_take_the_decodes_from_the_device(decodes: int, chunks: list[int],
+                                                            heads: tuple[int, int, int], padding: tuple[int, int],
+                                                            decodes_apart: bool, paged_batch) -> None:
     """What a CUDA graph of mixed steps replays: both launches, each grid sized for the most its part can hold, the
-    number of decodes read from num_decodes_device (the host's num_decodes is frozen at capture: 0 here). The rows
-    are those of the host's own split, or of the one launch when there are too few decodes, to the bit; and each
-    launch writes only its own part's rows."""
-    decodes = 21
-    context_lens = [(37 * i) % 90 for i in range(decodes)] + [19, 0, 5]
-    batch = paged_batch([1] * decodes + [13, 40, 9], context_lens, 4, 2, 16, torch.float32, seed=23)
-    args = (batch.query, batch.k_cache, batch.v_cache)
-    graph_meta = replace(batch.meta, num_decodes=0, num_decodes_device=torch.tensor([decodes], dtype=torch.int32))
+    number of decodes read from num_decodes_device. The rows are those of the host's own split, or of the one
+    launch when there are too few decodes, to the bit; each launch writes only its own part's rows, and the padding
+    gets none."""
+    num_heads, num_kv_heads, head_dim = heads
+    context_lens = [(37 * i) % 90 for i in range(decodes)] + [(19 * i) % 30 for i in range(len(chunks))]
+    batch = paged_batch([1] * decodes + chunks, context_lens, num_heads, num_kv_heads, head_dim, torch.float32,
+                        seed=decodes)
+    query, graph_meta = graph_step(batch, *padding)
+    num_tokens = batch.query.shape[0]
     tuning = AttentionTuning(decode_launch_min_seqs=decodes if decodes_apart else decodes + 1)
     with attention_tuning(tuning):
-        from_device = unified_attention(*args, graph_meta, batch.scale)
-        from_host = unified_attention(*args, batch.meta, batch.scale)
-    assert_matches(from_device, batch)
-    assert torch.equal(from_device, from_host)
+        from_device = unified_attention(query, batch.k_cache, batch.v_cache, graph_meta, batch.scale)
+        from_host = unified_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    assert_matches(from_device[:num_tokens], batch)
+    assert torch.equal(from_device[:num_tokens], from_host)
 
     def rows_written(seq_range: str) -> torch.Tensor:
-        out = torch.full_like(batch.query, float("nan"))
-        num_tokens, num_seqs = batch.query.shape[0], graph_meta.num_seqs
-        most = min(num_tokens, num_seqs) if seq_range == paged_attention.DEVICE_DECODES else num_seqs
-        block_m = paged_attention.DECODE_BLOCK_M if seq_range == paged_attention.DEVICE_DECODES else 64
+        out = torch.full_like(query, float("nan"))
+        size, most_seqs = query.shape[0], graph_meta.num_seqs
+        most_decodes = min(size, most_seqs)
+        decode_part = seq_range == paged_attention.DEVICE_DECODES
         with attention_tuning(tuning):
-            paged_attention._launch_2d(batch.query, out, *args[1:], graph_meta, batch.scale, 0, most,
-                                       most if seq_range == paged_attention.DEVICE_DECODES else num_tokens, block_m,
-                                       tuning.prefill(), seq_range, tuning.decode_launch_min_seqs)
+            paged_attention._launch_2d(
+                query, out, batch.k_cache, batch.v_cache, graph_meta, batch.scale, 0,
+                most_decodes if decode_part else most_seqs, most_decodes if decode_part else size,
+                paged_attention.DECODE_BLOCK_M if decode_part else paged_attention.PREFILL_BLOCK_M,
+                tuning.decode(False) if decode_part else tuning.prefill(), seq_range, tuning.decode_launch_min_seqs)
         return ~out.isnan().all(dim=(1, 2))
 
-    apart = torch.arange(batch.query.shape[0]) < (decodes if decodes_apart else 0)
+    rows = torch.arange(query.shape[0])
+    apart = rows < (decodes if decodes_apart else 0)
     assert torch.equal(rows_written(paged_attention.DEVICE_DECODES), apart)
-    assert torch.equal(rows_written(paged_attention.DEVICE_CHUNKS), ~apart)
+    assert torch.equal(rows_written(paged_attention.DEVICE_CHUNKS), ~apart & (rows < num_tokens))
 
 
 def test_a_graph_that_cannot_hold_enough_decodes_beside_a_chunk_launches_once(paged_batch, monkeypatch) -> None:
