@@ -153,6 +153,15 @@ def test_max_pieces_is_reached_where_every_cut_comes_as_early_as_it_may(seconds:
         assert round(pieces[1].duration, 3) == max_piece_seconds - min(5.0, max_piece_seconds / 2)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.5, 120.0), st.floats(0.5, 40.0), st.floats(0.0, 10.0))
+def test_max_pieces_is_tight_for_any_search(seconds: float, max_piece_seconds: float, search_seconds: float) -> None:
+    """Rising loudness: each cut as early as the search allows, the most pieces there can be."""
+    ramp = np.linspace(0.01, 1.0, round(seconds * RATE), dtype=np.float32)
+    pieces = split_audio(ramp, max_piece_seconds=max_piece_seconds, search_seconds=search_seconds)
+    assert len(pieces) == max_pieces(len(ramp), max_piece_seconds, search_seconds=search_seconds)
+
+
 def test_silence_is_cut_into_the_longest_pieces() -> None:
     pieces = split_audio(np.zeros(10 * RATE, np.float32), max_piece_seconds=3)  # was 112,001 one-sample pieces
     assert [len(piece.samples) for piece in pieces] == [3 * RATE, 3 * RATE, 3 * RATE, RATE]
