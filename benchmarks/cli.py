@@ -17,6 +17,8 @@ BENCHMARKS = {
                                                          "warps, stages, register caps, for bf16 and FP8 caches "
                                                          "apart; split-KV segments) timed on this GPU; "
                                                          "prints the QASR_ATTENTION_TUNING line"),
+    "targets": ("qasr.benchmarks.targets", "the speed targets of a GPU read off a `make gpu-check` run's results: "
+                                           "each figure, its target, met or not"),
     "serve": ("qasr.benchmarks.serving", "online serving: many clients at once against an OpenAI-compatible "
                                          "transcription server (qasr, vLLM, sglang-omni)"),
     "abuse": ("qasr.benchmarks.abuse", "fuzz, bursts, hang-ups, slow connections and cheap expensive inputs "

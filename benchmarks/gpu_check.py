@@ -178,7 +178,13 @@ def main(argv: list[str]) -> int:
     print(f"\ngpu-check part {part}: log and results in {out}")
     for name, outcome, seconds in summary:
         print(f"  {name:28s} {outcome:14s} {seconds:6.0f} s")
+    print(flush=True)  # then the targets, as far as the results in OUT go (under a second: no torch)
+    subprocess.run(targets_command(out), cwd=ROOT, env=env, timeout=60, check=False)
     return 0 if all(outcome == "ok" for _, outcome, _ in summary) else 1
+
+
+def targets_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "qasr", "bench", "targets", str(out)]
 
 
 if __name__ == "__main__":
