@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
     print(f"\ngpu-check part {part}: log and results in {out}")
     for name, outcome, seconds in summary:
         print(f"  {name:28s} {outcome:14s} {seconds:6.0f} s")
-    print(flush=True)  # then the targets, as far as the results in OUT go (under a second: no torch)
+    print(flush=True)  # then the targets, as far as the results in OUT go (a second or two)
     try:
         subprocess.run(targets_command(out), cwd=ROOT, env=env, timeout=60, check=False)
     except subprocess.TimeoutExpired:

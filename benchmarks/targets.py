@@ -1,9 +1,8 @@
 """`qasr bench targets DIR`: the speed targets of a GPU read off the results a `make gpu-check` run wrote to DIR (its
 JSON, and full-graphs/ below it for part 3): each figure beside its target and whether it is met, the engine's
 default graphs (decode steps only) and full graphs side by side, and full graphs' rate against the default's on the
-same rows (make them the default where they win). Standard library only: gpu-check runs it on the GPU machine at
-the end of each part, and it reads the files brought back here just as well. The table also goes to
-DIR/targets.json.
+same rows (make them the default where they win). gpu-check runs it on the GPU machine at the end of each part,
+and it reads the files brought back here just as well. The table also goes to DIR/targets.json.
 
 Targets (one H100/H200): decode attention at >= 0.8 of the measured copy bandwidth at batch >= 64 and context >= 1k
 (bf16 cache); >= 5x transformers on every throughput row; 2-minute clips at concurrency 128, split: 0.6B >= 5,000x
@@ -13,6 +12,8 @@ real time, 1.7B >= 3,000x; time to first token <= 30 ms for a 10 s clip alone.
 import argparse
 import json
 from pathlib import Path
+
+from qasr.benchmarks.report import print_table
 
 COPY_FRACTION, DECODE_MIN_BATCH, DECODE_MIN_CONTEXT = 0.8, 64, 1024
 SPEEDUP = 5.0
@@ -101,20 +102,12 @@ def targets(folder: Path) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    columns = list(rows[0])
-    cells = [[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    for line in [columns, *cells]:
-        print("  ".join(value.ljust(width) for value, width in zip(line, widths)))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, help="a gpu-check run's results (its OUT folder)")
 
 
 def main(args: argparse.Namespace) -> int:
     rows = targets(args.folder)
-    print_rows(rows)
+    print_table(rows)
     (args.folder / "targets.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
