@@ -46,11 +46,7 @@ from qasr.kernels.triton.paged_attention import unified_attention
 from qasr.kernels.triton.tuning import ENV_VAR, AttentionTuning, attention_tuning
 
 RELATIVE_TOLERANCE = 2e-2  # max |out - reference| over max |reference|: bf16 rounding, not a wrong result
-
-
 DECODE_PATHS = ("decode", "fp8_decode")  # the 2D kernel's decode settings over each kind of cache
-
-
 FP8_NAME = "float8"  # how the rows' kv_dtype names an FP8 cache
 
 
